@@ -1,0 +1,238 @@
+//! Options, their defaults and their limits. Nothing here opens a file or
+//! starts a thread; [`QueueOptions::open`] hands a validated copy to the queue.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::codec::{header, record};
+use crate::error::{Error, Result};
+use crate::queue::Queue;
+use crate::storage::{DiskStorage, Storage};
+
+/// Smallest allowed segment: 1 MiB.
+pub const MIN_SEGMENT_SIZE: u64 = 1 << 20;
+/// Largest allowed segment: offsets inside a segment are 32-bit.
+pub const MAX_SEGMENT_SIZE: u64 = 1 << 31;
+/// Default segment size: 64 MiB.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+/// Default size of one journal file: 16 MiB.
+pub const DEFAULT_JOURNAL_FILE_SIZE: u64 = 16 << 20;
+/// Smallest allowed journal file: 64 KiB.
+pub const MIN_JOURNAL_FILE_SIZE: u64 = 64 << 10;
+/// Default largest payload: 4 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 << 20;
+/// Longest delay of a delayed enqueue: the record stores it in 32 bits of
+/// milliseconds (about 49.7 days).
+pub const MAX_DELAY: Duration = Duration::from_millis(u32::MAX as u64);
+/// Longest dead-letter reason kept, in bytes; longer reasons are cut at a
+/// character boundary.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// When writes reach stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every call that changes the queue returns after its records are on
+    /// stable storage (`fdatasync`). Concurrent callers share one sync
+    /// (group commit). Dequeue is the one exception: the delivery record is
+    /// written at once (a process crash keeps it) and made durable by the
+    /// next sync, so a power loss may forget that a message was delivered
+    /// and deliver it again with the same attempt number.
+    Immediate,
+    /// A background thread syncs every given interval. A process crash loses
+    /// nothing; a power loss may lose the last interval's writes.
+    Periodic(Duration),
+    /// The operating system decides when data reaches the disk. A process
+    /// crash loses nothing; a power loss may lose anything not yet written
+    /// back. [`crate::Queue::sync`] still forces a sync.
+    None,
+}
+
+/// Options for opening a queue; see [`QueueOptions::open`].
+///
+/// ```
+/// # fn main() -> Result<(), lanelog::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// use std::time::Duration;
+/// use lanelog::{Durability, QueueOptions};
+/// let q = QueueOptions::new()
+///     .segment_size(8 << 20)
+///     .durability(Durability::Immediate)
+///     .visibility_timeout(Duration::from_secs(30))
+///     .max_deliveries(5)
+///     .open(dir.path())?;
+/// # drop(q); Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct QueueOptions {
+    pub(crate) segment_size: u64,
+    pub(crate) journal_file_size: u64,
+    pub(crate) durability: Durability,
+    pub(crate) visibility_timeout: Duration,
+    pub(crate) max_deliveries: u32,
+    /// `None` = the default, shrunk to fit small segments.
+    max_message_size: Option<usize>,
+    pub(crate) checkpoint_bytes: u64,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl QueueOptions {
+    /// The defaults: 64 MiB segments, `Immediate` durability, a 30 s
+    /// visibility timeout, 5 deliveries before dead-lettering, 4 MiB
+    /// payloads at most.
+    pub fn new() -> Self {
+        QueueOptions {
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            journal_file_size: DEFAULT_JOURNAL_FILE_SIZE,
+            durability: Durability::Immediate,
+            visibility_timeout: Duration::from_secs(30),
+            max_deliveries: 5,
+            max_message_size: None,
+            checkpoint_bytes: 64 << 20,
+            clock: Arc::new(SystemClock::new()),
+        }
+    }
+
+    /// Bytes per segment file, preallocated when the segment is created.
+    /// At least 1 MiB and at most 2 GiB. Default = 64 MiB.
+    #[must_use]
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// Bytes per journal file. At least 64 KiB. Default = 16 MiB.
+    #[must_use]
+    pub fn journal_file_size(mut self, bytes: u64) -> Self {
+        self.journal_file_size = bytes;
+        self
+    }
+
+    /// When writes reach stable storage. Default = `Immediate`.
+    #[must_use]
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// How long a delivery is leased before the message becomes ready again.
+    /// Default = 30 s.
+    #[must_use]
+    pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
+        self.visibility_timeout = timeout;
+        self
+    }
+
+    /// Deliveries after which an unacked message is dead-lettered instead of
+    /// delivered again; 0 = unlimited. Default = 5.
+    #[must_use]
+    pub fn max_deliveries(mut self, deliveries: u32) -> Self {
+        self.max_deliveries = deliveries;
+        self
+    }
+
+    /// Largest payload accepted, in bytes; it must fit in a segment together
+    /// with the headers. Default = 4 MiB, or what fits in a smaller segment.
+    #[must_use]
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = Some(bytes);
+        self
+    }
+
+    /// The largest payload accepted, after defaults.
+    pub fn max_message_bytes(&self) -> usize {
+        let room = self
+            .segment_size
+            .saturating_sub((header::SIZE + record::HEADER_SIZE) as u64);
+        self.max_message_size
+            .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE.min(room as usize))
+    }
+
+    /// Journal bytes written after which a checkpoint is taken. A
+    /// checkpoint is also never taken more often than its own size would
+    /// justify (it is at least as large as the live index). Default = 64 MiB.
+    #[must_use]
+    pub fn checkpoint_bytes(mut self, bytes: u64) -> Self {
+        self.checkpoint_bytes = bytes;
+        self
+    }
+
+    /// The clock the queue reads; tests pass a [`crate::ManualClock`].
+    /// Default = the system clock.
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Open (or create) the queue in directory `dir`.
+    ///
+    /// The directory itself is created if missing, but not its parents.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an option out of range,
+    /// [`Error::BadDirectory`] when `dir` cannot be used, [`Error::Locked`]
+    /// when the queue is already open, [`Error::UnsupportedVersion`] and
+    /// [`Error::Corrupt`] for files recovery cannot read, [`Error::Io`].
+    pub fn open(self, dir: impl AsRef<Path>) -> Result<Queue> {
+        self.validate()?;
+        let dir = dir.as_ref();
+        let storage = DiskStorage::open(dir).map_err(|e| Error::BadDirectory {
+            path: dir.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        Queue::open_with(Arc::new(storage), self)
+    }
+
+    /// Open (or create) the queue on any [`Storage`], such as
+    /// [`crate::storage::MemoryStorage`].
+    ///
+    /// # Errors
+    /// As [`QueueOptions::open`].
+    pub fn open_storage(self, storage: Arc<dyn Storage>) -> Result<Queue> {
+        self.validate()?;
+        Queue::open_with(storage, self)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |s: String| Err(Error::InvalidArgument(s));
+        if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&self.segment_size) {
+            return bad(format!(
+                "segment_size {} is outside {MIN_SEGMENT_SIZE}..={MAX_SEGMENT_SIZE}",
+                self.segment_size
+            ));
+        }
+        if self.journal_file_size < MIN_JOURNAL_FILE_SIZE
+            || self.journal_file_size > MAX_SEGMENT_SIZE
+        {
+            return bad(format!(
+                "journal_file_size {} is outside {MIN_JOURNAL_FILE_SIZE}..={MAX_SEGMENT_SIZE}",
+                self.journal_file_size
+            ));
+        }
+        let room = self.segment_size - header::SIZE as u64 - record::HEADER_SIZE as u64;
+        if self.max_message_bytes() as u64 > room {
+            return bad(format!(
+                "max_message_size {} does not fit in a segment of {} bytes (at most {room})",
+                self.max_message_bytes(),
+                self.segment_size
+            ));
+        }
+        if self.visibility_timeout.is_zero() {
+            return bad("visibility_timeout must be above zero".into());
+        }
+        if let Durability::Periodic(d) = self.durability {
+            if d.is_zero() {
+                return bad("Durability::Periodic interval must be above zero".into());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,619 @@
+//! The in-memory index (the bitcask "keydir"): where every live message is
+//! and what state it is in.
+//!
+//! Invariants:
+//!
+//! A. The index changes only through [`Index::add`] (a record found in a
+//!    segment or just appended) and [`Index::apply`] (a journal entry). The
+//!    same two calls run live and during replay, so the state after recovery
+//!    is the state the live queue had, minus what was never durable.
+//! B. Each live message is in exactly one place: a ready lane, the delayed
+//!    set, the in-flight set or the dead letters. The per-segment live count
+//!    counts exactly those messages.
+//! C. Within a lane, `pop` returns the lowest id first, so never-delivered
+//!    messages leave in enqueue order.
+//!
+//! Memory: a ready message costs one 16-byte slot (id, segment, offset) in
+//! its lane; everything else about it (payload, times) stays on disk. Only
+//! messages that were delivered before keep an attempt count in a side map.
+//! `apply` is lenient: an entry about a message the index does not hold (its
+//! record was never durable, or it is already finished) changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use crate::codec::entry::{Entry, Kind};
+
+/// Where a record lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Loc {
+    pub segment: u32,
+    pub offset: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    id: u64,
+    loc: Loc,
+}
+
+/// One priority's ready messages: `fresh` holds never-delivered messages in
+/// id order (appends only); `others` holds messages that came back (nacks,
+/// expiries, matured delays, redrives), also ordered by id.
+#[derive(Debug, Default)]
+struct Lane {
+    fresh: VecDeque<Slot>,
+    others: BTreeMap<u64, Loc>,
+}
+
+impl Lane {
+    fn insert(&mut self, id: u64, loc: Loc) {
+        if self.fresh.back().is_none_or(|b| b.id < id) {
+            self.fresh.push_back(Slot { id, loc });
+        } else {
+            self.others.insert(id, loc);
+        }
+    }
+
+    fn peek(&self) -> Option<(u64, Loc)> {
+        let f = self.fresh.front().map(|s| (s.id, s.loc));
+        let o = self.others.first_key_value().map(|(&id, &loc)| (id, loc));
+        match (f, o) {
+            (Some(a), Some(b)) => Some(if a.0 < b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Loc> {
+        if self.fresh.front().is_some_and(|s| s.id == id) {
+            return self.fresh.pop_front().map(|s| s.loc);
+        }
+        if let Some(loc) = self.others.remove(&id) {
+            return Some(loc);
+        }
+        let i = self.fresh.binary_search_by_key(&id, |s| s.id).ok()?;
+        self.fresh.remove(i).map(|s| s.loc)
+    }
+
+    fn len(&self) -> usize {
+        self.fresh.len() + self.others.len()
+    }
+}
+
+/// The ready lanes with a bitmap of the non-empty ones, so finding the
+/// highest non-empty priority costs four word tests whatever is in use.
+#[derive(Debug)]
+struct Ready {
+    lanes: Vec<Lane>,
+    nonempty: [u64; 4],
+    count: u64,
+}
+
+impl Ready {
+    fn new() -> Self {
+        Ready {
+            lanes: (0..256).map(|_| Lane::default()).collect(),
+            nonempty: [0; 4],
+            count: 0,
+        }
+    }
+
+    fn insert(&mut self, priority: u8, id: u64, loc: Loc) {
+        self.lanes[usize::from(priority)].insert(id, loc);
+        self.nonempty[usize::from(priority / 64)] |= 1 << (priority % 64);
+        self.count += 1;
+    }
+
+    fn highest(&self) -> Option<u8> {
+        (0..4).rev().find_map(|w| {
+            let bits = self.nonempty[w];
+            (bits != 0).then(|| (w * 64 + 63 - bits.leading_zeros() as usize) as u8)
+        })
+    }
+
+    fn remove(&mut self, priority: u8, id: u64) -> Option<Loc> {
+        let lane = &mut self.lanes[usize::from(priority)];
+        let loc = lane.remove(id)?;
+        if lane.len() == 0 {
+            self.nonempty[usize::from(priority / 64)] &= !(1 << (priority % 64));
+        }
+        self.count -= 1;
+        Some(loc)
+    }
+}
+
+/// A leased message.
+#[derive(Debug, Clone)]
+pub(crate) struct Lease {
+    pub loc: Loc,
+    pub priority: u8,
+    pub attempt: u32,
+    pub deadline: u64,
+    /// Unique per delivery in this process; receipts carry it.
+    pub lease: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Delayed {
+    loc: Loc,
+    priority: u8,
+}
+
+/// A dead letter's index entry.
+#[derive(Debug, Clone)]
+pub(crate) struct Dead {
+    pub loc: Loc,
+    pub priority: u8,
+    pub attempt: u32,
+    pub at: u64,
+    pub reason: String,
+}
+
+/// A message a consumer may take next.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Candidate {
+    pub id: u64,
+    pub priority: u8,
+    pub loc: Loc,
+    /// Deliveries it had so far.
+    pub attempt: u32,
+}
+
+/// Receipts must never match a delivery of another queue handle in this
+/// process, so lease numbers come from one process-wide counter.
+static NEXT_LEASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// See the module documentation.
+#[derive(Debug)]
+pub(crate) struct Index {
+    ready: Ready,
+    /// Attempts of ready or delayed messages delivered before.
+    attempts: HashMap<u64, u32>,
+    /// Delayed messages in ready-at order, and each one's ready-at time.
+    delayed: BTreeMap<(u64, u64), Delayed>,
+    delayed_at: HashMap<u64, u64>,
+    in_flight: HashMap<u64, Lease>,
+    /// In-flight messages in deadline order.
+    deadlines: BTreeSet<(u64, u64)>,
+    dead: BTreeMap<u64, Dead>,
+    /// Live messages per segment.
+    live: BTreeMap<u32, u64>,
+    acked_total: u64,
+}
+
+impl Index {
+    pub fn new(acked_total: u64) -> Self {
+        Index {
+            ready: Ready::new(),
+            attempts: HashMap::new(),
+            delayed: BTreeMap::new(),
+            delayed_at: HashMap::new(),
+            in_flight: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            dead: BTreeMap::new(),
+            live: BTreeMap::new(),
+            acked_total,
+        }
+    }
+
+    /// A message record exists at `loc`: it is ready at `ready_at`
+    /// (delayed until then), with `attempt` deliveries behind it.
+    pub fn add(&mut self, id: u64, priority: u8, loc: Loc, ready_at: u64, attempt: u32) {
+        *self.live.entry(loc.segment).or_insert(0) += 1;
+        if attempt > 0 {
+            self.attempts.insert(id, attempt);
+        }
+        if ready_at > 0 {
+            self.delayed
+                .insert((ready_at, id), Delayed { loc, priority });
+            self.delayed_at.insert(id, ready_at);
+        } else {
+            self.ready.insert(priority, id, loc);
+        }
+    }
+
+    /// A message restored from a checkpoint as in flight: it is leased
+    /// until replay ends (see [`Index::release_all_in_flight`]).
+    pub fn add_in_flight(&mut self, id: u64, priority: u8, loc: Loc, attempt: u32, deadline: u64) {
+        *self.live.entry(loc.segment).or_insert(0) += 1;
+        self.put_lease(id, loc, priority, attempt, deadline);
+    }
+
+    /// A dead letter restored from a checkpoint.
+    pub fn add_dead(&mut self, id: u64, dead: Dead) {
+        *self.live.entry(dead.loc.segment).or_insert(0) += 1;
+        self.dead.insert(id, dead);
+    }
+
+    /// Apply one journal entry. Returns the segment whose last live message
+    /// this entry finished, if any.
+    pub fn apply(&mut self, e: &Entry) -> Option<u32> {
+        match e.kind {
+            Kind::Delivered => {
+                let (loc, _) = self.take_waiting(e.id, e.priority)?;
+                self.put_lease(e.id, loc, e.priority, e.attempt, e.time_ms);
+                None
+            }
+            Kind::LeaseExtended => {
+                let lease = self.in_flight.get_mut(&e.id)?;
+                self.deadlines.remove(&(lease.deadline, e.id));
+                lease.deadline = e.time_ms;
+                self.deadlines.insert((e.time_ms, e.id));
+                None
+            }
+            Kind::Nacked | Kind::Expired => {
+                let lease = self.take_lease(e.id)?;
+                let ready_at = if e.kind == Kind::Nacked { e.time_ms } else { 0 };
+                self.add_back(e.id, lease.priority, lease.loc, ready_at, lease.attempt);
+                None
+            }
+            Kind::Acked => {
+                let loc = self.take_any(e.id, e.priority)?;
+                self.acked_total += 1;
+                self.finish(loc)
+            }
+            Kind::DeadLettered => {
+                let (loc, attempt) = match self.take_lease(e.id) {
+                    Some(l) => (l.loc, l.attempt),
+                    None => self.take_waiting(e.id, e.priority)?,
+                };
+                let dead = Dead {
+                    loc,
+                    priority: e.priority,
+                    attempt,
+                    at: e.time_ms,
+                    reason: e.reason.clone(),
+                };
+                self.dead.insert(e.id, dead);
+                None
+            }
+            Kind::Redriven => {
+                let d = self.dead.remove(&e.id)?;
+                self.ready.insert(d.priority, e.id, d.loc);
+                None
+            }
+            Kind::Purged => {
+                let d = self.dead.remove(&e.id)?;
+                self.finish(d.loc)
+            }
+            Kind::IdsReserved => None,
+        }
+    }
+
+    /// Put a message that was counted live already back among the waiting.
+    fn add_back(&mut self, id: u64, priority: u8, loc: Loc, ready_at: u64, attempt: u32) {
+        if attempt > 0 {
+            self.attempts.insert(id, attempt);
+        }
+        if ready_at > 0 {
+            self.delayed
+                .insert((ready_at, id), Delayed { loc, priority });
+            self.delayed_at.insert(id, ready_at);
+        } else {
+            self.ready.insert(priority, id, loc);
+        }
+    }
+
+    fn put_lease(&mut self, id: u64, loc: Loc, priority: u8, attempt: u32, deadline: u64) {
+        let lease = NEXT_LEASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.deadlines.insert((deadline, id));
+        self.in_flight.insert(
+            id,
+            Lease {
+                loc,
+                priority,
+                attempt,
+                deadline,
+                lease,
+            },
+        );
+    }
+
+    fn take_lease(&mut self, id: u64) -> Option<Lease> {
+        let lease = self.in_flight.remove(&id)?;
+        self.deadlines.remove(&(lease.deadline, id));
+        Some(lease)
+    }
+
+    /// Remove a ready or delayed message; returns its location and attempts.
+    fn take_waiting(&mut self, id: u64, priority: u8) -> Option<(Loc, u32)> {
+        let loc = match self.ready.remove(priority, id) {
+            Some(loc) => loc,
+            None => {
+                let at = self.delayed_at.remove(&id)?;
+                self.delayed.remove(&(at, id))?.loc
+            }
+        };
+        Some((loc, self.attempts.remove(&id).unwrap_or(0)))
+    }
+
+    /// Remove a message wherever it is (acks are accepted in any state).
+    fn take_any(&mut self, id: u64, priority: u8) -> Option<Loc> {
+        if let Some(l) = self.take_lease(id) {
+            return Some(l.loc);
+        }
+        if let Some(d) = self.dead.remove(&id) {
+            return Some(d.loc);
+        }
+        self.take_waiting(id, priority).map(|(loc, _)| loc)
+    }
+
+    fn finish(&mut self, loc: Loc) -> Option<u32> {
+        let n = self.live.get_mut(&loc.segment)?;
+        *n -= 1;
+        (*n == 0).then(|| {
+            self.live.remove(&loc.segment);
+            loc.segment
+        })
+    }
+
+    /// Move delayed messages whose time has come to their lanes.
+    pub fn promote_due(&mut self, now: u64) {
+        while let Some((&(at, id), _)) = self.delayed.first_key_value() {
+            if at > now {
+                break;
+            }
+            if let Some(d) = self.delayed.remove(&(at, id)) {
+                self.delayed_at.remove(&id);
+                self.ready.insert(d.priority, id, d.loc);
+            }
+        }
+    }
+
+    /// Leases whose deadline is at or before `now`, earliest first.
+    pub fn expired(&self, now: u64) -> Vec<(u64, Lease)> {
+        self.deadlines
+            .range(..=(now, u64::MAX))
+            .filter_map(|&(_, id)| self.in_flight.get(&id).map(|l| (id, l.clone())))
+            .collect()
+    }
+
+    /// The next message to deliver, without taking it.
+    pub fn peek(&self) -> Option<Candidate> {
+        let priority = self.ready.highest()?;
+        let (id, loc) = self.ready.lanes[usize::from(priority)].peek()?;
+        let attempt = self.attempts.get(&id).copied().unwrap_or(0);
+        Some(Candidate {
+            id,
+            priority,
+            loc,
+            attempt,
+        })
+    }
+
+    /// The lease of an in-flight message.
+    pub fn lease(&self, id: u64) -> Option<&Lease> {
+        self.in_flight.get(&id)
+    }
+
+    /// A dead letter.
+    pub fn dead(&self, id: u64) -> Option<&Dead> {
+        self.dead.get(&id)
+    }
+
+    /// All dead letters in id order.
+    pub fn dead_letters(&self) -> impl Iterator<Item = (u64, &Dead)> {
+        self.dead.iter().map(|(&id, d)| (id, d))
+    }
+
+    /// Make every in-flight message ready again (on open: its consumer is
+    /// gone with the process that leased it). Returns how many.
+    pub fn release_all_in_flight(&mut self) -> u64 {
+        let leases: Vec<(u64, Lease)> = self.in_flight.drain().collect();
+        self.deadlines.clear();
+        let n = leases.len() as u64;
+        for (id, l) in leases {
+            self.add_back(id, l.priority, l.loc, 0, l.attempt);
+        }
+        n
+    }
+
+    /// A live message's record moved to `loc` (relocation).
+    pub fn relocate(&mut self, id: u64, priority: u8, to: Loc) -> bool {
+        let from = if let Some(l) = self.in_flight.get_mut(&id) {
+            std::mem::replace(&mut l.loc, to)
+        } else if let Some(d) = self.dead.get_mut(&id) {
+            std::mem::replace(&mut d.loc, to)
+        } else if let Some(&at) = self.delayed_at.get(&id) {
+            match self.delayed.get_mut(&(at, id)) {
+                Some(d) => std::mem::replace(&mut d.loc, to),
+                None => return false,
+            }
+        } else {
+            let lane = &mut self.ready.lanes[usize::from(priority)];
+            match lane.remove(id) {
+                Some(old) => {
+                    lane.insert(id, to);
+                    old
+                }
+                None => return false,
+            }
+        };
+        if from.segment != to.segment {
+            *self.live.entry(to.segment).or_insert(0) += 1;
+            if let Some(n) = self.live.get_mut(&from.segment) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        true
+    }
+
+    /// Live messages in `segment`.
+    pub fn live_in(&self, segment: u32) -> u64 {
+        self.live.get(&segment).copied().unwrap_or(0)
+    }
+
+    /// Counts for stats: ready, in flight, delayed, dead.
+    pub fn counts(&self) -> (u64, u64, u64, u64) {
+        (
+            self.ready.count,
+            self.in_flight.len() as u64,
+            self.delayed.len() as u64,
+            self.dead.len() as u64,
+        )
+    }
+
+    /// Ready messages per non-empty lane, highest priority first.
+    pub fn ready_per_lane(&self) -> Vec<(u8, u64)> {
+        (0..=255u8)
+            .rev()
+            .filter_map(|p| {
+                let n = self.ready.lanes[usize::from(p)].len();
+                (n > 0).then_some((p, n as u64))
+            })
+            .collect()
+    }
+
+    /// The lowest-id ready message (the oldest), if any.
+    pub fn oldest_ready(&self) -> Option<(u64, Loc)> {
+        self.ready
+            .lanes
+            .iter()
+            .filter_map(Lane::peek)
+            .min_by_key(|&(id, _)| id)
+    }
+
+    pub fn acked_total(&self) -> u64 {
+        self.acked_total
+    }
+
+    /// Every live message, for a checkpoint: (id, priority, loc, attempt,
+    /// state, time). Ready messages come lane by lane in id order, so a
+    /// reload appends them in order.
+    pub fn snapshot(&self, mut out: impl FnMut(u64, u8, Loc, u32, SnapshotState, u64)) {
+        for (p, lane) in self.ready.lanes.iter().enumerate() {
+            let p = p as u8;
+            for s in &lane.fresh {
+                out(
+                    s.id,
+                    p,
+                    s.loc,
+                    self.attempt_of(s.id),
+                    SnapshotState::Pending,
+                    0,
+                );
+            }
+            for (&id, &loc) in &lane.others {
+                out(id, p, loc, self.attempt_of(id), SnapshotState::Pending, 0);
+            }
+        }
+        for (&(at, id), d) in &self.delayed {
+            out(
+                id,
+                d.priority,
+                d.loc,
+                self.attempt_of(id),
+                SnapshotState::Pending,
+                at,
+            );
+        }
+        for (&id, l) in &self.in_flight {
+            out(
+                id,
+                l.priority,
+                l.loc,
+                l.attempt,
+                SnapshotState::InFlight,
+                l.deadline,
+            );
+        }
+        for (&id, d) in &self.dead {
+            out(id, d.priority, d.loc, d.attempt, SnapshotState::Dead, d.at);
+        }
+    }
+
+    fn attempt_of(&self, id: u64) -> u32 {
+        self.attempts.get(&id).copied().unwrap_or(0)
+    }
+
+    /// Number of live messages.
+    pub fn live_count(&self) -> u64 {
+        self.live.values().sum()
+    }
+}
+
+/// A message's state in a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SnapshotState {
+    Pending,
+    InFlight,
+    Dead,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(o: u32) -> Loc {
+        Loc {
+            segment: 1,
+            offset: o,
+        }
+    }
+
+    #[test]
+    fn higher_priority_first_then_id_order() {
+        let mut ix = Index::new(0);
+        ix.add(1, 0, loc(1), 0, 0);
+        ix.add(2, 9, loc(2), 0, 0);
+        ix.add(3, 9, loc(3), 0, 0);
+        ix.add(4, 200, loc(4), 0, 0);
+        let mut order = Vec::new();
+        while let Some(c) = ix.peek() {
+            order.push(c.id);
+            ix.apply(&Entry::new(Kind::Delivered, c.id, c.priority, 100, 1));
+        }
+        assert_eq!(order, vec![4, 2, 3, 1]);
+        assert_eq!(ix.counts(), (0, 4, 0, 0));
+    }
+
+    #[test]
+    fn expired_message_returns_in_id_order_with_its_attempts() {
+        let mut ix = Index::new(0);
+        ix.add(1, 0, loc(1), 0, 0);
+        ix.add(2, 0, loc(2), 0, 0);
+        ix.apply(&Entry::new(Kind::Delivered, 1, 0, 100, 1));
+        ix.apply(&Entry::new(Kind::Expired, 1, 0, 100, 1));
+        let c = ix.peek().unwrap();
+        assert_eq!((c.id, c.attempt), (1, 1));
+    }
+
+    #[test]
+    fn ack_finishes_segment_and_unknown_entries_change_nothing() {
+        let mut ix = Index::new(0);
+        ix.add(1, 0, loc(1), 0, 0);
+        assert_eq!(ix.apply(&Entry::new(Kind::Acked, 99, 0, 0, 0)), None);
+        ix.apply(&Entry::new(Kind::Delivered, 1, 0, 100, 1));
+        assert_eq!(ix.apply(&Entry::new(Kind::Acked, 1, 0, 0, 0)), Some(1));
+        assert_eq!(ix.acked_total(), 1);
+        assert_eq!(ix.apply(&Entry::new(Kind::Acked, 1, 0, 0, 0)), None);
+        assert_eq!(ix.acked_total(), 1);
+    }
+
+    #[test]
+    fn nack_with_delay_waits_then_promotes() {
+        let mut ix = Index::new(0);
+        ix.add(1, 3, loc(1), 0, 0);
+        ix.apply(&Entry::new(Kind::Delivered, 1, 3, 100, 1));
+        ix.apply(&Entry::new(Kind::Nacked, 1, 3, 500, 1));
+        assert!(ix.peek().is_none());
+        assert_eq!(ix.counts(), (0, 0, 1, 0));
+        ix.promote_due(499);
+        assert!(ix.peek().is_none());
+        ix.promote_due(500);
+        assert_eq!(ix.peek().unwrap().id, 1);
+    }
+
+    #[test]
+    fn dead_letter_redrive_and_purge() {
+        let mut ix = Index::new(0);
+        ix.add(1, 0, loc(1), 0, 0);
+        let mut e = Entry::new(Kind::DeadLettered, 1, 0, 7, 0);
+        e.reason = "bad".into();
+        ix.apply(&e);
+        assert_eq!(ix.dead(1).unwrap().reason, "bad");
+        ix.apply(&Entry::new(Kind::Redriven, 1, 0, 8, 0));
+        assert_eq!(ix.peek().unwrap().attempt, 0);
+        ix.apply(&e);
+        assert_eq!(ix.apply(&Entry::new(Kind::Purged, 1, 0, 9, 0)), Some(1));
+    }
+}

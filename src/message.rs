@@ -1,0 +1,144 @@
+//! The vocabulary: ids, deliveries, receipts and reports. Plain data only.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use crate::clock::Timestamp;
+
+/// A message's id: unique and increasing for the life of the directory,
+/// never reused, not even after a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId(pub(crate) u64);
+
+impl From<MessageId> for u64 {
+    fn from(id: MessageId) -> u64 {
+        id.0
+    }
+}
+
+impl From<u64> for MessageId {
+    fn from(n: u64) -> MessageId {
+        MessageId(n)
+    }
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Names one delivery of a message; pass it to `ack`, `nack`,
+/// `extend_lease` or `dead_letter`.
+///
+/// A receipt goes stale when its lease expires and the message is delivered
+/// again, or when it has been used to settle the delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Receipt {
+    pub(crate) id: u64,
+    pub(crate) lease: u64,
+}
+
+impl Receipt {
+    /// The message this receipt is for.
+    pub fn id(&self) -> MessageId {
+        MessageId(self.id)
+    }
+}
+
+/// A leased message handed to a consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The message's id.
+    pub id: MessageId,
+    /// Its priority (higher is served first).
+    pub priority: u8,
+    /// Which delivery this is: 1 on the first.
+    pub attempt: u32,
+    /// The payload, checksum-verified on this private copy.
+    pub payload: Vec<u8>,
+    /// Settles this delivery.
+    pub receipt: Receipt,
+    /// When the message was enqueued.
+    pub enqueued_at: Timestamp,
+}
+
+/// A message parked in the dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The message's id.
+    pub id: MessageId,
+    /// Its priority.
+    pub priority: u8,
+    /// Deliveries it had.
+    pub attempts: u32,
+    /// Why it was dead-lettered.
+    pub reason: String,
+    /// When it was enqueued.
+    pub enqueued_at: Timestamp,
+    /// When it was dead-lettered.
+    pub dead_at: Timestamp,
+}
+
+/// A snapshot of the queue's counters; cheap to take.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Ready messages per priority, as (priority, count) for non-empty lanes,
+    /// highest priority first.
+    pub ready_per_lane: Vec<(u8, u64)>,
+    /// All ready messages.
+    pub ready: u64,
+    /// Messages leased to consumers.
+    pub in_flight: u64,
+    /// Messages waiting for a delay to pass.
+    pub delayed: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Messages acked over the life of the directory.
+    pub acked_total: u64,
+    /// Segment files on disk.
+    pub segments: u64,
+    /// Bytes of all queue files on disk (segments, journal, checkpoint).
+    pub bytes_on_disk: u64,
+    /// Age of the oldest ready message, if any.
+    pub oldest_ready_age: Option<Duration>,
+}
+
+/// What recovery found and did when the queue was opened.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecoveryReport {
+    /// Whether a checkpoint was loaded (otherwise the whole journal was
+    /// replayed).
+    pub checkpoint: Option<u64>,
+    /// Journal entries replayed.
+    pub entries_replayed: u64,
+    /// Segment records scanned.
+    pub records_scanned: u64,
+    /// Messages that were in flight and are ready again.
+    pub in_flight_released: u64,
+    /// Torn tails cut: file name and the byte range cut.
+    pub torn_tails: Vec<(String, Range<u64>)>,
+    /// Whole frames dropped with torn tails (never durable).
+    pub frames_dropped: u64,
+    /// Damaged regions inside durable data, skipped and never delivered:
+    /// file name and byte range.
+    pub damaged: Vec<(String, Range<u64>)>,
+    /// Files removed because they held nothing (a blank header) or only
+    /// finished messages.
+    pub files_removed: Vec<String>,
+    /// Live messages whose segment is missing; they cannot be delivered.
+    pub missing_messages: u64,
+}
+
+impl RecoveryReport {
+    /// Whether recovery found damage to durable data (not merely a torn
+    /// tail, which is what a crash normally leaves).
+    pub fn found_damage(&self) -> bool {
+        !self.damaged.is_empty() || self.missing_messages > 0
+    }
+}
+
+/// Bounds of a range, widened to u64.
+pub(crate) fn range64(r: Range<u32>) -> Range<u64> {
+    u64::from(r.start)..u64::from(r.end)
+}

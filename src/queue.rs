@@ -1,0 +1,1198 @@
+//! The public [`Queue`]: composes segments, journal, index and recovery
+//! behind one lock, and runs group commit.
+//!
+//! Invariants:
+//!
+//! A. Every state change is written (to a segment or the journal) and
+//!    applied to the index under the core lock, so other threads see it only
+//!    once it is written: a process crash loses nothing a call returned.
+//! B. Group commit: a caller that needs durability waits until a sync that
+//!    started after its write has finished. One caller (the leader) syncs
+//!    every file written since the last sync, oldest first, without holding
+//!    the core lock; the others wait for its result.
+//! C. The first failed sync poisons the queue: the leader and every waiter
+//!    get an error, and every later write fails with [`Error::Poisoned`]
+//!    until the queue is reopened and recovery rebuilds the truth.
+//! D. A segment is deleted only after the journal entries that finished its
+//!    last message are durable; a checkpoint is written only when every
+//!    file it describes has just been synced.
+//! E. Ids are reserved in blocks by a durable journal entry before any id
+//!    of the block is handed out, so no id is reused after a crash.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::clock::{duration_ms, Timestamp};
+use crate::codec::checkpoint::{self, CheckpointMessage, CheckpointMeta, CheckpointState};
+use crate::codec::entry::{Entry, Kind};
+use crate::codec::header;
+use crate::codec::record::{self, RecordHeader};
+use crate::config::{Durability, QueueOptions, MAX_DELAY, MAX_REASON_BYTES};
+use crate::error::{Error, Result};
+use crate::index::{Candidate, Index, Loc, SnapshotState};
+use crate::journal::{self, Journal, JournalPos};
+use crate::message::{DeadLetter, Delivery, MessageId, Receipt, RecoveryReport, Stats};
+use crate::recovery::{self, checkpoint_name};
+use crate::segment::{self, ReadError, Segment};
+use crate::storage::{LockGuard, Storage, StorageFile};
+
+/// Ids reserved by one durable journal entry.
+const ID_BLOCK: u64 = 1 << 20;
+
+/// A durable, log-structured job queue in one directory.
+///
+/// `Queue` is a cheap handle: clone it to share one open queue between
+/// threads. The directory is released when the last handle is dropped or
+/// [`Queue::close`] is called.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("storage", &self.inner.storage)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    core: Mutex<Core>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    storage: Arc<dyn Storage>,
+    opts: QueueOptions,
+    flusher: Mutex<Option<Arc<StopSignal>>>,
+    report: RecoveryReport,
+}
+
+/// Tells the flusher thread to stop.
+type StopSignal = (Mutex<bool>, Condvar);
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Writes with a sequence number up to this are durable.
+    synced_seq: u64,
+    /// A leader is syncing.
+    leading: bool,
+    poisoned: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    Open,
+    Poisoned,
+    Closed,
+}
+
+/// A file written since the last sync.
+struct Dirty {
+    file: Arc<dyn StorageFile>,
+    target: Target,
+    end: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Segment(u32),
+    Journal(u64),
+}
+
+struct Core {
+    index: Index,
+    segments: BTreeMap<u32, Segment>,
+    /// The segment appended to: always the newest.
+    active: u32,
+    journal: Journal,
+    next_id: u64,
+    reserved_until: u64,
+    dirty: Vec<Dirty>,
+    write_seq: u64,
+    /// Journal position up to which entries are durable.
+    journal_durable: JournalPos,
+    /// Sealed segments with nothing live, and the journal position that
+    /// must be durable before they may go.
+    drained: Vec<(u32, JournalPos)>,
+    /// Work for the next sync's maintenance: drained segments or a
+    /// checkpoint due.
+    maintenance_due: bool,
+    journal_bytes_since_checkpoint: u64,
+    checkpoint_number: u64,
+    checkpoint_bytes: u64,
+    health: Health,
+    /// Reused encode buffer.
+    scratch: Vec<u8>,
+    /// The directory's owner lock; released by `close` or on drop.
+    lock: Option<LockGuard>,
+}
+
+/// What a write under the lock asks of the caller once the lock is gone.
+struct Written {
+    seq: u64,
+    maintenance: bool,
+}
+
+impl Queue {
+    /// Open (or create) a queue in `dir` with default options.
+    ///
+    /// # Errors
+    /// See [`QueueOptions::open`].
+    pub fn open(dir: impl AsRef<std::path::Path>) -> Result<Queue> {
+        QueueOptions::new().open(dir)
+    }
+
+    pub(crate) fn open_with(storage: Arc<dyn Storage>, opts: QueueOptions) -> Result<Queue> {
+        let lock = storage.lock().map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => Error::Locked,
+            _ => Error::Io(e),
+        })?;
+        let now = opts.clock.now().0;
+        let rec = recovery::recover(&*storage, &opts, now)?;
+        let mut segments = rec.segments;
+        let active = match segments.keys().next_back() {
+            Some(&id) => id,
+            None => {
+                let seg = Segment::create(&*storage, 1, opts.segment_size as u32, now)?;
+                segments.insert(1, seg);
+                1
+            }
+        };
+        let journal_durable = rec.journal.pos();
+        let core = Core {
+            index: rec.index,
+            segments,
+            active,
+            journal: rec.journal,
+            next_id: rec.next_id,
+            reserved_until: rec.next_id,
+            dirty: Vec::new(),
+            write_seq: 0,
+            journal_durable,
+            drained: Vec::new(),
+            maintenance_due: false,
+            journal_bytes_since_checkpoint: 0,
+            checkpoint_number: rec.checkpoint_number,
+            checkpoint_bytes: rec.checkpoint_bytes,
+            health: Health::Open,
+            scratch: Vec::new(),
+            lock: Some(lock),
+        };
+        let inner = Arc::new(Inner {
+            core: Mutex::new(core),
+            sync: Mutex::new(SyncState::default()),
+            synced: Condvar::new(),
+            storage,
+            opts,
+            flusher: Mutex::new(None),
+            report: rec.report,
+        });
+        if let Durability::Periodic(every) = inner.opts.durability {
+            start_flusher(&inner, every)?;
+        }
+        Ok(Queue { inner })
+    }
+
+    /// What recovery found when this queue was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.report
+    }
+
+    /// Enqueue one message with a priority (higher is served first).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// let id = q.enqueue(b"resize image 7", 5)?;
+    /// let d = q.dequeue()?.expect("one message");
+    /// assert_eq!(d.id, id);
+    /// q.ack(d.receipt)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] for a payload over `max_message_size` (nothing is
+    /// written), [`Error::Io`] (a full disk included; nothing is enqueued),
+    /// [`Error::Poisoned`], [`Error::Closed`].
+    pub fn enqueue(&self, payload: &[u8], priority: u8) -> Result<MessageId> {
+        let ids = self.enqueue_all(&[(payload, priority, 0)])?;
+        Ok(MessageId(ids[0]))
+    }
+
+    /// Enqueue many messages with one write and (under `Immediate`) one sync.
+    /// All or none are enqueued.
+    ///
+    /// # Errors
+    /// As [`Queue::enqueue`]; one oversized payload refuses the whole batch.
+    pub fn enqueue_batch(&self, items: &[(&[u8], u8)]) -> Result<Vec<MessageId>> {
+        let items: Vec<(&[u8], u8, u32)> = items.iter().map(|&(p, pr)| (p, pr, 0)).collect();
+        Ok(self
+            .enqueue_all(&items)?
+            .into_iter()
+            .map(MessageId)
+            .collect())
+    }
+
+    /// Enqueue a message that stays invisible for `delay` (at most
+    /// [`crate::MAX_DELAY`]); the ready time survives a restart.
+    ///
+    /// # Errors
+    /// As [`Queue::enqueue`], and [`Error::InvalidArgument`] for a delay over
+    /// the maximum.
+    pub fn enqueue_delayed(
+        &self,
+        payload: &[u8],
+        priority: u8,
+        delay: Duration,
+    ) -> Result<MessageId> {
+        if delay > MAX_DELAY {
+            return Err(Error::InvalidArgument(format!(
+                "delay {delay:?} is over the maximum {MAX_DELAY:?}"
+            )));
+        }
+        let ms = duration_ms(delay) as u32;
+        let ids = self.enqueue_all(&[(payload, priority, ms)])?;
+        Ok(MessageId(ids[0]))
+    }
+
+    fn enqueue_all(&self, items: &[(&[u8], u8, u32)]) -> Result<Vec<u64>> {
+        let max = self.inner.opts.max_message_bytes();
+        if let Some(big) = items.iter().find(|i| i.0.len() > max) {
+            return Err(Error::TooLarge {
+                size: big.0.len(),
+                max,
+            });
+        }
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (ids, written) = {
+            let mut core = self.inner.core.lock();
+            core.writable()?;
+            let now = self.inner.opts.clock.now().0;
+            self.inner.reserve_ids(&mut core, items.len() as u64, now)?;
+            self.inner.prepare_segments(&mut core, items, now)?;
+            core.append_records(items, now)?
+        };
+        self.inner.finish_write(written)?;
+        Ok(ids)
+    }
+
+    /// Take the next ready message, if any, leasing it for the visibility
+    /// timeout. Never blocks.
+    ///
+    /// # Errors
+    /// [`Error::Io`], [`Error::Poisoned`], [`Error::Closed`].
+    pub fn dequeue(&self) -> Result<Option<Delivery>> {
+        Ok(self.dequeue_up_to(1)?.pop())
+    }
+
+    /// Take up to `max` ready messages at once (one journal write).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `max` is 0; as [`Queue::dequeue`].
+    pub fn dequeue_up_to(&self, max: usize) -> Result<Vec<Delivery>> {
+        if max == 0 {
+            return Err(Error::InvalidArgument("max must be at least 1".into()));
+        }
+        let inner = &self.inner;
+        let mut out = Vec::new();
+        while out.len() < max {
+            let leased = {
+                let mut core = inner.core.lock();
+                core.writable()?;
+                let now = inner.opts.clock.now().0;
+                inner.expire_leases(&mut core, now)?;
+                core.index.promote_due(now);
+                inner.lease(&mut core, max - out.len(), now)?
+            };
+            if leased.is_empty() {
+                break;
+            }
+            let corrupt = inner.read_deliveries(leased, &mut out);
+            if corrupt.is_empty() {
+                break;
+            }
+            // Damaged records are never delivered: park them and look again.
+            inner.dead_letter_corrupt(corrupt)?;
+        }
+        Ok(out)
+    }
+
+    /// Acknowledge a delivery: the message is done and never delivered again.
+    ///
+    /// # Errors
+    /// [`Error::StaleReceipt`] when the delivery is no longer current,
+    /// [`Error::Unknown`] for a receipt this queue never issued; nothing
+    /// changes. [`Error::Io`], [`Error::Poisoned`], [`Error::Closed`].
+    pub fn ack(&self, receipt: Receipt) -> Result<()> {
+        self.ack_batch(&[receipt])
+    }
+
+    /// Acknowledge many deliveries with one write and one sync. If any
+    /// receipt is stale or unknown, none is acked.
+    ///
+    /// # Errors
+    /// As [`Queue::ack`].
+    pub fn ack_batch(&self, receipts: &[Receipt]) -> Result<()> {
+        self.settle(receipts, |_, _| (Kind::Acked, 0, String::new()))
+    }
+
+    /// Give a delivery back: the message is ready again after `delay` (zero
+    /// for at once), keeping its attempt count.
+    ///
+    /// # Errors
+    /// As [`Queue::ack`], and [`Error::InvalidArgument`] for a delay over
+    /// [`crate::MAX_DELAY`].
+    pub fn nack(&self, receipt: Receipt, delay: Duration) -> Result<()> {
+        if delay > MAX_DELAY {
+            return Err(Error::InvalidArgument(format!(
+                "delay {delay:?} is over the maximum {MAX_DELAY:?}"
+            )));
+        }
+        self.settle(&[receipt], |now, _| {
+            let at = if delay.is_zero() {
+                0
+            } else {
+                Timestamp(now).plus(delay).0
+            };
+            (Kind::Nacked, at, String::new())
+        })
+    }
+
+    /// Extend a delivery's lease to `extension` from now.
+    ///
+    /// # Errors
+    /// As [`Queue::ack`], and [`Error::InvalidArgument`] for a zero extension.
+    pub fn extend_lease(&self, receipt: Receipt, extension: Duration) -> Result<()> {
+        if extension.is_zero() {
+            return Err(Error::InvalidArgument(
+                "a lease extension must be above zero".into(),
+            ));
+        }
+        self.settle(&[receipt], |now, _| {
+            (
+                Kind::LeaseExtended,
+                Timestamp(now).plus(extension).0,
+                String::new(),
+            )
+        })
+    }
+
+    /// Move a delivered message straight to the dead letters with a reason
+    /// (cut to 1 KiB).
+    ///
+    /// # Errors
+    /// As [`Queue::ack`].
+    pub fn dead_letter(&self, receipt: Receipt, reason: &str) -> Result<()> {
+        self.settle(&[receipt], |now, _| {
+            (Kind::DeadLettered, now, cut_reason(reason))
+        })
+    }
+
+    fn settle(
+        &self,
+        receipts: &[Receipt],
+        what: impl Fn(u64, &Receipt) -> (Kind, u64, String),
+    ) -> Result<()> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        let written = {
+            let mut core = self.inner.core.lock();
+            core.writable()?;
+            let now = self.inner.opts.clock.now().0;
+            let mut entries = Vec::with_capacity(receipts.len());
+            let mut seen = std::collections::HashSet::new();
+            for r in receipts {
+                let lease = core.check_receipt(r)?;
+                if !seen.insert(r.id) {
+                    return Err(Error::StaleReceipt);
+                }
+                let (kind, time, reason) = what(now, r);
+                let attempt = lease.1;
+                let mut e = Entry::new(kind, r.id, lease.0, time, attempt);
+                e.reason = reason;
+                entries.push(e);
+            }
+            self.inner.write_entries(&mut core, &entries, now)?
+        };
+        self.inner.finish_write(written)
+    }
+
+    /// Make everything written so far durable now, whatever the durability
+    /// mode.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the sync fails (the queue is then poisoned),
+    /// [`Error::Poisoned`], [`Error::Closed`].
+    pub fn sync(&self) -> Result<()> {
+        let seq = {
+            let mut core = self.inner.core.lock();
+            core.writable()?;
+            core.write_seq += 1;
+            core.write_seq
+        };
+        self.inner.commit(seq)
+    }
+
+    /// A snapshot of the queue's counters.
+    pub fn stats(&self) -> Stats {
+        let core = self.inner.core.lock();
+        let (ready, in_flight, delayed, dead) = core.index.counts();
+        let oldest = core.index.oldest_ready().and_then(|(_, loc)| {
+            let seg = core.segments.get(&loc.segment)?;
+            segment::read_header(&*seg.file, loc.offset, seg.size as usize)
+        });
+        let now = self.inner.opts.clock.now();
+        let seg_bytes: u64 = core.segments.values().map(|s| u64::from(s.size)).sum();
+        let journal_bytes = core.journal.files.len() as u64 * u64::from(core.journal.size);
+        Stats {
+            ready_per_lane: core.index.ready_per_lane(),
+            ready,
+            in_flight,
+            delayed,
+            dead,
+            acked_total: core.index.acked_total(),
+            segments: core.segments.len() as u64,
+            bytes_on_disk: seg_bytes + journal_bytes + core.checkpoint_bytes,
+            oldest_ready_age: oldest.map(|h| now.since(Timestamp(h.enqueued_ms))),
+        }
+    }
+
+    /// All dead letters, in id order.
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        let core = self.inner.core.lock();
+        if core.health == Health::Closed {
+            return Err(Error::Closed);
+        }
+        Ok(core
+            .index
+            .dead_letters()
+            .map(|(id, d)| {
+                let enqueued = core
+                    .segments
+                    .get(&d.loc.segment)
+                    .and_then(|s| segment::read_header(&*s.file, d.loc.offset, s.size as usize))
+                    .map_or(0, |h| h.enqueued_ms);
+                DeadLetter {
+                    id: MessageId(id),
+                    priority: d.priority,
+                    attempts: d.attempt,
+                    reason: d.reason.clone(),
+                    enqueued_at: Timestamp(enqueued),
+                    dead_at: Timestamp(d.at),
+                }
+            })
+            .collect())
+    }
+
+    /// Send one dead letter back to ready, its attempts reset.
+    ///
+    /// # Errors
+    /// [`Error::Unknown`] when `id` is not a dead letter; as [`Queue::ack`].
+    pub fn redrive(&self, id: MessageId) -> Result<()> {
+        self.dead_letter_op(Kind::Redriven, Some(id.0)).map(|_| ())
+    }
+
+    /// Send every dead letter back to ready; returns how many.
+    ///
+    /// # Errors
+    /// As [`Queue::ack`].
+    pub fn redrive_all(&self) -> Result<u64> {
+        self.dead_letter_op(Kind::Redriven, None)
+    }
+
+    /// Remove every dead letter for good; returns how many. Their space is
+    /// reclaimed with their segments.
+    ///
+    /// # Errors
+    /// As [`Queue::ack`].
+    pub fn purge_dead_letters(&self) -> Result<u64> {
+        self.dead_letter_op(Kind::Purged, None)
+    }
+
+    fn dead_letter_op(&self, kind: Kind, only: Option<u64>) -> Result<u64> {
+        let (n, written) = {
+            let mut core = self.inner.core.lock();
+            core.writable()?;
+            let now = self.inner.opts.clock.now().0;
+            let entries: Vec<Entry> = match only {
+                Some(id) => {
+                    let d = core.index.dead(id).ok_or(Error::Unknown)?;
+                    vec![Entry::new(kind, id, d.priority, now, 0)]
+                }
+                None => core
+                    .index
+                    .dead_letters()
+                    .map(|(id, d)| Entry::new(kind, id, d.priority, now, 0))
+                    .collect(),
+            };
+            if entries.is_empty() {
+                return Ok(0);
+            }
+            (
+                entries.len() as u64,
+                self.inner.write_entries(&mut core, &entries, now)?,
+            )
+        };
+        self.inner.finish_write(written)?;
+        Ok(n)
+    }
+
+    /// Sync, write a checkpoint (so the next open is fast) and release the
+    /// directory. Other handles to this queue get [`Error::Closed`] after.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the final sync or checkpoint fails; the directory
+    /// is released anyway and the next open recovers.
+    pub fn close(self) -> Result<()> {
+        self.inner.shutdown()
+    }
+}
+
+fn cut_reason(reason: &str) -> String {
+    let mut n = reason.len().min(MAX_REASON_BYTES);
+    while !reason.is_char_boundary(n) {
+        n -= 1;
+    }
+    reason[..n].to_string()
+}
+
+impl Core {
+    fn writable(&self) -> Result<()> {
+        match self.health {
+            Health::Open => Ok(()),
+            Health::Poisoned => Err(Error::Poisoned),
+            Health::Closed => Err(Error::Closed),
+        }
+    }
+
+    /// The (priority, attempt) of the lease a receipt names.
+    fn check_receipt(&self, r: &Receipt) -> Result<(u8, u32)> {
+        match self.index.lease(r.id) {
+            Some(l) if l.lease == r.lease => Ok((l.priority, l.attempt)),
+            Some(_) => Err(Error::StaleReceipt),
+            None if r.id < self.next_id => Err(Error::StaleReceipt),
+            None => Err(Error::Unknown),
+        }
+    }
+
+    fn mark_dirty(&mut self, file: &Arc<dyn StorageFile>, target: Target, end: u32) {
+        match self.dirty.iter_mut().find(|d| d.target == target) {
+            Some(d) => d.end = end,
+            None => self.dirty.push(Dirty {
+                file: file.clone(),
+                target,
+                end,
+            }),
+        }
+        self.write_seq += 1;
+    }
+
+    fn active(&mut self) -> &mut Segment {
+        self.segments
+            .get_mut(&self.active)
+            .expect("the active segment is always open")
+    }
+
+    /// Write records for `items` into the active segment(s), which
+    /// `prepare_segments` made large enough, and index them.
+    fn append_records(
+        &mut self,
+        items: &[(&[u8], u8, u32)],
+        now: u64,
+    ) -> Result<(Vec<u64>, Written)> {
+        let mut ids = Vec::with_capacity(items.len());
+        let mut buf = std::mem::take(&mut self.scratch);
+        let mut i = 0;
+        let mut rotated = false;
+        while i < items.len() {
+            buf.clear();
+            let seg = self.active();
+            let (start, room, synced, seg_id) = (seg.end, seg.room() as usize, seg.synced, seg.id);
+            let mut placed = Vec::new();
+            while i < items.len() && buf.len() + record::HEADER_SIZE + items[i].0.len() <= room {
+                let (payload, priority, delay_ms) = items[i];
+                let id = self.next_id + ids.len() as u64 + placed.len() as u64;
+                let h = RecordHeader {
+                    id,
+                    enqueued_ms: now,
+                    delay_ms,
+                    synced_end: synced,
+                    len: payload.len() as u32,
+                    priority,
+                    flags: 0,
+                };
+                placed.push((id, priority, start + buf.len() as u32, delay_ms));
+                record::encode(&h, payload, &mut buf);
+                i += 1;
+            }
+            if placed.is_empty() {
+                if !self.rotate_segment() {
+                    self.scratch = buf;
+                    return Err(Error::Io(std::io::Error::other(
+                        "no prepared segment to rotate to",
+                    )));
+                }
+                rotated = true;
+                continue;
+            }
+            let seg = self.active();
+            if let Err(e) = seg.append(&buf) {
+                self.health = Health::Poisoned;
+                self.scratch = buf;
+                return Err(e.into());
+            }
+            let (file, end) = (seg.file.clone(), seg.end);
+            self.mark_dirty(&file, Target::Segment(seg_id), end);
+            for (id, priority, offset, delay_ms) in placed {
+                let ready_at = if delay_ms > 0 {
+                    now + u64::from(delay_ms)
+                } else {
+                    0
+                };
+                self.index.add(
+                    id,
+                    priority,
+                    Loc {
+                        segment: seg_id,
+                        offset,
+                    },
+                    ready_at,
+                    0,
+                );
+                ids.push(id);
+            }
+        }
+        self.next_id += ids.len() as u64;
+        self.scratch = buf;
+        Ok((
+            ids,
+            Written {
+                seq: self.write_seq,
+                maintenance: rotated || self.maintenance_due,
+            },
+        ))
+    }
+
+    /// Make the next prepared segment active; the old one is sealed.
+    fn rotate_segment(&mut self) -> bool {
+        let next = self
+            .segments
+            .range(self.active + 1..)
+            .next()
+            .map(|(&id, _)| id);
+        let Some(next) = next else { return false };
+        let old = self.active;
+        self.active = next;
+        if self.index.live_in(old) == 0 {
+            self.drained.push((old, self.journal.pos()));
+            self.maintenance_due = true;
+        }
+        true
+    }
+}
+
+impl Inner {
+    /// Reserve ids durably so that `n` more can be handed out (invariant E).
+    fn reserve_ids(&self, core: &mut Core, n: u64, now: u64) -> Result<()> {
+        if core.next_id + n <= core.reserved_until {
+            return Ok(());
+        }
+        let up_to = core.next_id + n + ID_BLOCK;
+        let e = Entry::new(Kind::IdsReserved, up_to, 0, now, 0);
+        self.append_entries(core, std::slice::from_ref(&e), now)?;
+        // This sync happens under the lock, once per block of ids.
+        let journal_file = core.journal.file.clone();
+        if let Err(err) = journal_file.sync_data() {
+            core.health = Health::Poisoned;
+            self.sync.lock().poisoned = true;
+            return Err(err.into());
+        }
+        core.journal.synced = core.journal.end;
+        core.reserved_until = up_to;
+        Ok(())
+    }
+
+    /// Create the segments a batch will need before writing any of it, so a
+    /// full disk fails the whole batch and changes nothing.
+    fn prepare_segments(
+        &self,
+        core: &mut Core,
+        items: &[(&[u8], u8, u32)],
+        now: u64,
+    ) -> Result<()> {
+        let seg = &core.segments[&core.active];
+        let mut room = seg.room() as usize;
+        let capacity = seg_capacity(self.opts.segment_size);
+        let mut needed = 0u32;
+        for (p, _, _) in items {
+            let len = record::HEADER_SIZE + p.len();
+            if len > room {
+                needed += 1;
+                room = capacity;
+            }
+            room -= len;
+        }
+        let newest = *core.segments.keys().next_back().unwrap_or(&core.active);
+        let prepared = newest - core.active;
+        for k in prepared..needed {
+            let id = core.active + k + 1;
+            let seg = Segment::create(&*self.storage, id, self.opts.segment_size as u32, now)?;
+            core.segments.insert(id, seg);
+        }
+        Ok(())
+    }
+
+    /// Append journal entries, rotating the journal file when they do not
+    /// fit, and mark the files dirty.
+    fn append_entries(&self, core: &mut Core, entries: &[Entry], now: u64) -> Result<()> {
+        let mut buf = std::mem::take(&mut core.scratch);
+        let mut rest = entries;
+        let result = (|| {
+            while !rest.is_empty() {
+                let mut take = 0;
+                let mut bytes = 0;
+                let capacity = core.journal.capacity();
+                while take < rest.len() && bytes + rest[take].frame_len() <= capacity {
+                    bytes += rest[take].frame_len();
+                    take += 1;
+                }
+                if !core.journal.fits(bytes) {
+                    let old = core.journal.rotate(&*self.storage, now)?;
+                    let old_number = core.journal.number - 1;
+                    core.mark_dirty(&old, Target::Journal(old_number), 0);
+                    core.maintenance_due = true;
+                }
+                buf.clear();
+                core.journal.encode(&rest[..take], &mut buf);
+                if let Err(e) = core.journal.write(&buf) {
+                    core.health = Health::Poisoned;
+                    return Err(Error::Io(e));
+                }
+                core.journal_bytes_since_checkpoint += buf.len() as u64;
+                let (file, number, end) = (
+                    core.journal.file.clone(),
+                    core.journal.number,
+                    core.journal.end,
+                );
+                core.mark_dirty(&file, Target::Journal(number), end);
+                rest = &rest[take..];
+            }
+            Ok(())
+        })();
+        core.scratch = buf;
+        result
+    }
+
+    /// Append entries and apply them to the index (journal first, then
+    /// memory), noting segments they finish.
+    fn write_entries(&self, core: &mut Core, entries: &[Entry], now: u64) -> Result<Written> {
+        self.append_entries(core, entries, now)?;
+        self.apply_entries(core, entries);
+        Ok(Written {
+            seq: core.write_seq,
+            maintenance: core.maintenance_due,
+        })
+    }
+
+    fn apply_entries(&self, core: &mut Core, entries: &[Entry]) {
+        for e in entries {
+            if let Some(seg) = core.index.apply(e) {
+                if seg != core.active {
+                    let pos = core.journal.pos();
+                    core.drained.push((seg, pos));
+                    core.maintenance_due = true;
+                }
+            }
+        }
+        if core.journal_bytes_since_checkpoint > self.opts.checkpoint_bytes
+            && core.journal_bytes_since_checkpoint > core.checkpoint_bytes
+        {
+            core.maintenance_due = true;
+        }
+    }
+
+    /// Return expired leases to ready.
+    fn expire_leases(&self, core: &mut Core, now: u64) -> Result<()> {
+        let expired = core.index.expired(now);
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<Entry> = expired
+            .iter()
+            .map(|(id, l)| Entry::new(Kind::Expired, *id, l.priority, now, l.attempt))
+            .collect();
+        self.write_entries(core, &entries, now).map(|_| ())
+    }
+
+    /// Lease up to `max` messages; messages past `max_deliveries` go to the
+    /// dead letters instead.
+    fn lease(&self, core: &mut Core, max: usize, now: u64) -> Result<Vec<Leased>> {
+        let deadline = Timestamp(now).plus(self.opts.visibility_timeout).0;
+        let limit = self.opts.max_deliveries;
+        let mut entries = Vec::new();
+        let mut leased = Vec::new();
+        while leased.len() < max {
+            let Some(c) = core.index.peek() else { break };
+            let e = if limit > 0 && c.attempt >= limit {
+                let mut e = Entry::new(Kind::DeadLettered, c.id, c.priority, now, c.attempt);
+                e.reason = format!(
+                    "delivered {} times without an ack (max_deliveries = {limit})",
+                    c.attempt
+                );
+                e
+            } else {
+                Entry::new(Kind::Delivered, c.id, c.priority, deadline, c.attempt + 1)
+            };
+            core.index.apply(&e);
+            if e.kind == Kind::Delivered {
+                let lease = core.index.lease(c.id).map_or(0, |l| l.lease);
+                let file = core.segments[&c.loc.segment].file.clone();
+                leased.push(Leased { c, lease, file });
+            }
+            entries.push(e);
+        }
+        if entries.is_empty() {
+            return Ok(leased);
+        }
+        // The entries are already applied; if writing them fails the index
+        // is ahead of the disk, so the queue must be reopened (poisoned).
+        if let Err(e) = self.append_entries(core, &entries, now) {
+            core.health = Health::Poisoned;
+            return Err(e);
+        }
+        Ok(leased)
+    }
+
+    /// Read leased records outside the lock; returns the damaged ones.
+    fn read_deliveries(
+        &self,
+        leased: Vec<Leased>,
+        out: &mut Vec<Delivery>,
+    ) -> Vec<(Leased, String)> {
+        let mut corrupt = Vec::new();
+        for l in leased {
+            match segment::read_record(&*l.file, l.c.loc.offset, self.opts.max_message_bytes()) {
+                Ok((h, payload)) if h.id == l.c.id => out.push(Delivery {
+                    id: MessageId(l.c.id),
+                    priority: l.c.priority,
+                    attempt: l.c.attempt + 1,
+                    payload,
+                    receipt: Receipt {
+                        id: l.c.id,
+                        lease: l.lease,
+                    },
+                    enqueued_at: Timestamp(h.enqueued_ms),
+                }),
+                Ok((h, _)) => {
+                    let why = format!(
+                        "record at offset {} holds id {} instead",
+                        l.c.loc.offset, h.id
+                    );
+                    corrupt.push((l, why));
+                }
+                Err(ReadError::Corrupt(e)) => {
+                    let why = format!("record at offset {} is damaged: {e}", l.c.loc.offset);
+                    corrupt.push((l, why));
+                }
+                Err(ReadError::Io(e)) => {
+                    corrupt.push((l, format!("record could not be read: {e}")))
+                }
+            }
+        }
+        corrupt
+    }
+
+    fn dead_letter_corrupt(&self, corrupt: Vec<(Leased, String)>) -> Result<()> {
+        let mut core = self.core.lock();
+        core.writable()?;
+        let now = self.opts.clock.now().0;
+        let entries: Vec<Entry> = corrupt
+            .into_iter()
+            .filter(|(l, _)| core.index.lease(l.c.id).is_some_and(|x| x.lease == l.lease))
+            .map(|(l, why)| {
+                let mut e = Entry::new(
+                    Kind::DeadLettered,
+                    l.c.id,
+                    l.c.priority,
+                    now,
+                    l.c.attempt + 1,
+                );
+                e.reason = cut_reason(&format!("corrupt: {why}"));
+                e
+            })
+            .collect();
+        self.write_entries(&mut core, &entries, now).map(|_| ())
+    }
+
+    /// After a write: wait for durability if the mode asks, and run
+    /// maintenance that became due.
+    fn finish_write(&self, w: Written) -> Result<()> {
+        if self.opts.durability == Durability::Immediate || w.maintenance {
+            self.commit(w.seq)?;
+        }
+        Ok(())
+    }
+
+    /// Group commit (invariant B).
+    fn commit(&self, seq: u64) -> Result<()> {
+        let mut s = self.sync.lock();
+        loop {
+            if s.poisoned {
+                return Err(Error::Poisoned);
+            }
+            if s.synced_seq >= seq {
+                return Ok(());
+            }
+            if s.leading {
+                self.synced.wait(&mut s);
+                continue;
+            }
+            s.leading = true;
+            drop(s);
+            let result = self.sync_once();
+            s = self.sync.lock();
+            s.leading = false;
+            match &result {
+                Ok(upto) => s.synced_seq = s.synced_seq.max(*upto),
+                Err(_) => s.poisoned = true,
+            }
+            self.synced.notify_all();
+            result?;
+        }
+    }
+
+    /// One leader's sync: every dirty file, oldest first, without the core
+    /// lock; then maintenance under it.
+    fn sync_once(&self) -> Result<u64> {
+        let (seq, dirty, journal_pos) = {
+            let mut core = self.core.lock();
+            (
+                core.write_seq,
+                std::mem::take(&mut core.dirty),
+                core.journal.pos(),
+            )
+        };
+        for d in &dirty {
+            if let Err(e) = d.file.sync_data() {
+                self.core.lock().health = Health::Poisoned;
+                return Err(e.into());
+            }
+        }
+        let mut core = self.core.lock();
+        core.mark_synced(&dirty, journal_pos);
+        if core.maintenance_due && core.health == Health::Open {
+            if let Err(e) = self.maintain(&mut core) {
+                core.health = Health::Poisoned;
+                return Err(e);
+            }
+        }
+        Ok(seq)
+    }
+
+    /// Delete segments whose end is durable; checkpoint when due.
+    fn maintain(&self, core: &mut Core) -> Result<()> {
+        core.maintenance_due = false;
+        let durable = core.journal_durable;
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            core.drained.drain(..).partition(|(_, pos)| *pos <= durable);
+        core.drained = waiting;
+        if !core.drained.is_empty() {
+            core.maintenance_due = true;
+        }
+        let mut removed = false;
+        for (id, _) in ready {
+            if id == core.active || core.index.live_in(id) > 0 {
+                continue;
+            }
+            if core.segments.remove(&id).is_some() {
+                self.storage.remove(&segment::name(id))?;
+                removed = true;
+            }
+        }
+        if removed {
+            self.storage.sync_dir()?;
+        }
+        if core.journal_bytes_since_checkpoint > self.opts.checkpoint_bytes
+            && core.journal_bytes_since_checkpoint > core.checkpoint_bytes
+        {
+            self.checkpoint(core)?;
+        }
+        Ok(())
+    }
+
+    /// Write a checkpoint of the durable state (invariant D) and drop the
+    /// journal files it covers.
+    fn checkpoint(&self, core: &mut Core) -> Result<()> {
+        let now = self.opts.clock.now().0;
+        // Start a fresh journal file so replay starts at its beginning, then
+        // sync everything the checkpoint will describe.
+        let old = core.journal.rotate(&*self.storage, now)?;
+        let old_number = core.journal.number - 1;
+        core.mark_dirty(&old, Target::Journal(old_number), 0);
+        let dirty = std::mem::take(&mut core.dirty);
+        for d in &dirty {
+            d.file.sync_data()?;
+        }
+        let pos = core.journal.pos();
+        core.mark_synced(&dirty, pos);
+        let mut messages = Vec::with_capacity(core.index.live_count() as usize);
+        core.index
+            .snapshot(|id, priority, loc, attempt, state, time_ms| {
+                let state = match state {
+                    SnapshotState::Pending => CheckpointState::Pending,
+                    SnapshotState::InFlight => CheckpointState::InFlight,
+                    SnapshotState::Dead => CheckpointState::Dead,
+                };
+                messages.push(CheckpointMessage {
+                    id,
+                    time_ms,
+                    segment: loc.segment,
+                    offset: loc.offset,
+                    attempt,
+                    priority,
+                    state,
+                });
+            });
+        let number = core.checkpoint_number + 1;
+        let active = &core.segments[&core.active];
+        let meta = CheckpointMeta {
+            number,
+            created_ms: now,
+            next_id: core.reserved_until.max(core.next_id),
+            journal_file: core.journal.number,
+            journal_offset: core.journal.end,
+            head_segment: u64::from(active.id),
+            head_offset: active.end,
+            acked_total: core.index.acked_total(),
+        };
+        let reasons: Vec<(u64, &str)> = core
+            .index
+            .dead_letters()
+            .map(|(id, d)| (id, d.reason.as_str()))
+            .collect();
+        let bytes = checkpoint::encode(&meta, &messages, &reasons);
+        let tmp = format!("checkpoint-{number:010}.tmp");
+        let file = self.storage.create(&tmp, bytes.len() as u64)?;
+        file.write_at(0, &bytes)?;
+        file.sync_data()?;
+        self.storage.rename(&tmp, &checkpoint_name(number))?;
+        self.storage.sync_dir()?;
+        // The checkpoint is durable: what it supersedes can go.
+        if core.checkpoint_number > 0 {
+            self.storage
+                .remove(&checkpoint_name(core.checkpoint_number))?;
+        }
+        let current = core.journal.number;
+        for n in core.journal.files.iter().copied().filter(|&n| n < current) {
+            self.storage.remove(&journal::name(n))?;
+        }
+        core.journal.files.retain(|&n| n >= current);
+        self.storage.sync_dir()?;
+        core.checkpoint_number = number;
+        core.checkpoint_bytes = bytes.len() as u64;
+        core.journal_bytes_since_checkpoint = 0;
+        Ok(())
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        if let Some(f) = self.flusher.lock().take() {
+            *f.0.lock() = true;
+            f.1.notify_all();
+        }
+        let seq = {
+            let mut core = self.core.lock();
+            if core.health != Health::Open {
+                core.health = Health::Closed;
+                core.lock = None;
+                return Ok(());
+            }
+            core.write_seq
+        };
+        let synced = self.commit(seq);
+        let mut core = self.core.lock();
+        let result = synced.and_then(|()| {
+            if core.health != Health::Open {
+                return Ok(());
+            }
+            // A checkpoint makes the next open read it instead of replaying.
+            if core.journal.end as usize > header::SIZE || core.journal.files.len() > 1 {
+                self.checkpoint(&mut core)?;
+            }
+            Ok(())
+        });
+        core.health = Health::Closed;
+        core.lock = None;
+        result
+    }
+}
+
+impl Core {
+    fn mark_synced(&mut self, dirty: &[Dirty], journal_pos: JournalPos) {
+        for d in dirty {
+            match d.target {
+                Target::Segment(id) => {
+                    if let Some(s) = self.segments.get_mut(&id) {
+                        s.synced = s.synced.max(d.end);
+                    }
+                }
+                Target::Journal(n) if n == self.journal.number => {
+                    self.journal.synced = self.journal.synced.max(d.end);
+                }
+                Target::Journal(_) => {}
+            }
+        }
+        self.journal_durable = self.journal_durable.max(journal_pos);
+    }
+}
+
+/// Bytes of records a fresh segment holds.
+fn seg_capacity(segment_size: u64) -> usize {
+    segment_size as usize - header::SIZE
+}
+
+/// A message leased under the lock, to be read outside it.
+struct Leased {
+    c: Candidate,
+    lease: u64,
+    file: Arc<dyn StorageFile>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Best effort: the caller who wants the error calls `close`.
+        let _ = self.shutdown();
+    }
+}
+
+fn start_flusher(inner: &Arc<Inner>, every: Duration) -> std::io::Result<()> {
+    let signal = Arc::new((Mutex::new(false), Condvar::new()));
+    *inner.flusher.lock() = Some(signal.clone());
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    let spawned = std::thread::Builder::new()
+        .name("lanelog-flusher".into())
+        .spawn(move || loop {
+            {
+                let mut stop = signal.0.lock();
+                if !*stop {
+                    signal.1.wait_for(&mut stop, every);
+                }
+                if *stop {
+                    return;
+                }
+            }
+            let Some(inner) = weak.upgrade() else { return };
+            let seq = inner.core.lock().write_seq;
+            let _ = inner.commit(seq);
+        });
+    spawned.map(|_| ())
+}

@@ -1,0 +1,457 @@
+//! The open sequence: find the files, load the newest checkpoint, scan the
+//! segments written after it, replay the journal after it into the index,
+//! cut torn tails, and release in-flight messages.
+//!
+//! Invariants:
+//!
+//! A. Nothing is modified until every file has been read and judged: a
+//!    directory with an unknown format version or unrepairable damage is
+//!    refused untouched.
+//! B. Recovery only removes what holds no live message (blank files, files
+//!    whose messages all finished, superseded checkpoints and journal files)
+//!    and only zeroes bytes past the true end of a file, so a crash during
+//!    recovery leaves a directory that recovers to the same state.
+//! C. The state rebuilt is what `Index::add` and `Index::apply` make of the
+//!    durable records and entries, the same calls the live queue makes.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::codec::checkpoint::{self, CheckpointError, CheckpointMeta, CheckpointState};
+use crate::codec::entry::{self, Kind};
+use crate::codec::header::{self, FileHeader, FileKind, HeaderError};
+use crate::codec::record;
+use crate::codec::scan::{self, Frame, Scan};
+use crate::config::QueueOptions;
+use crate::error::{Error, Result};
+use crate::index::{Dead, Index, Loc};
+use crate::journal::{self, Journal};
+use crate::message::{range64, RecoveryReport};
+use crate::segment::{self, Segment};
+use crate::storage::{read_all, Storage, StorageFile};
+use crate::{codec::FORMAT_VERSION, config::MAX_SEGMENT_SIZE};
+
+/// The file name of checkpoint `n`.
+pub(crate) fn checkpoint_name(n: u64) -> String {
+    format!("checkpoint-{n:010}.ckp")
+}
+
+fn parse_checkpoint_name(name: &str) -> Option<u64> {
+    name.strip_prefix("checkpoint-")?
+        .strip_suffix(".ckp")?
+        .parse()
+        .ok()
+}
+
+/// Everything the queue needs to resume.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    pub index: Index,
+    pub segments: BTreeMap<u32, Segment>,
+    pub journal: Journal,
+    pub next_id: u64,
+    pub checkpoint_number: u64,
+    pub checkpoint_bytes: u64,
+    pub report: RecoveryReport,
+}
+
+/// A change recovery will make once everything has been read (invariant A).
+enum Fix {
+    Remove(String),
+    Zero(Arc<dyn StorageFile>, Range<u64>),
+}
+
+struct Files {
+    segments: Vec<u32>,
+    journals: Vec<u64>,
+    checkpoints: Vec<u64>,
+    temporary: Vec<String>,
+}
+
+fn list(storage: &dyn Storage) -> io::Result<Files> {
+    let mut f = Files {
+        segments: vec![],
+        journals: vec![],
+        checkpoints: vec![],
+        temporary: vec![],
+    };
+    for name in storage.list()? {
+        if let Some(id) = segment::parse_name(&name) {
+            f.segments.push(id);
+        } else if let Some(n) = journal::parse_name(&name) {
+            f.journals.push(n);
+        } else if let Some(n) = parse_checkpoint_name(&name) {
+            f.checkpoints.push(n);
+        } else if name.starts_with("checkpoint-") && name.ends_with(".tmp") {
+            f.temporary.push(name);
+        }
+    }
+    f.segments.sort_unstable();
+    f.journals.sort_unstable();
+    f.checkpoints.sort_unstable();
+    Ok(f)
+}
+
+fn header_error(file: &str, e: HeaderError) -> Error {
+    match e {
+        HeaderError::Version(found) => Error::UnsupportedVersion {
+            file: file.to_string(),
+            found,
+            supported: FORMAT_VERSION,
+        },
+        other => Error::Corrupt {
+            file: file.to_string(),
+            offset: 0,
+            detail: format!("bad file header: {other:?}"),
+        },
+    }
+}
+
+/// Check the header of every file before touching anything; returns the
+/// names of blank files (created, never initialised).
+fn check_headers(storage: &dyn Storage, files: &Files) -> Result<Vec<String>> {
+    let mut blank = Vec::new();
+    let named = files
+        .segments
+        .iter()
+        .map(|&id| (segment::name(id), FileKind::Segment))
+        .chain(
+            files
+                .journals
+                .iter()
+                .map(|&n| (journal::name(n), FileKind::Journal)),
+        )
+        .chain(
+            files
+                .checkpoints
+                .iter()
+                .map(|&n| (checkpoint_name(n), FileKind::Checkpoint)),
+        );
+    for (name, kind) in named {
+        let file = storage.open(&name)?;
+        let mut b = [0u8; header::SIZE];
+        let len = file.len()?;
+        if len < header::SIZE as u64 {
+            if len == 0 {
+                blank.push(name);
+                continue;
+            }
+            return Err(header_error(&name, HeaderError::Short));
+        }
+        file.read_at(0, &mut b)?;
+        match FileHeader::decode(kind, &b) {
+            Ok(_) => {}
+            Err(HeaderError::Blank) => {
+                blank.push(name);
+                continue;
+            }
+            Err(e) => return Err(header_error(&name, e)),
+        }
+        if kind != FileKind::Checkpoint && len > MAX_SEGMENT_SIZE {
+            return Err(Error::Corrupt {
+                file: name,
+                offset: 0,
+                detail: format!("file of {len} bytes is over the 2 GiB limit"),
+            });
+        }
+    }
+    Ok(blank)
+}
+
+impl Frame for record::RecordHeader {
+    fn synced_end(&self) -> u32 {
+        self.synced_end
+    }
+}
+
+impl Frame for (entry::Entry, u32) {
+    fn synced_end(&self) -> u32 {
+        self.1
+    }
+}
+
+fn scan_segment(buf: &[u8], start: usize, max_len: usize) -> Scan<record::RecordHeader> {
+    scan::scan(
+        buf,
+        start,
+        record::MAGIC.to_le_bytes(),
+        |b| record::decode(b, max_len).map(|(h, _)| (h, h.frame_len())),
+        |h| (!h.relocated()).then_some(h.id),
+    )
+}
+
+fn scan_journal(buf: &[u8], start: usize) -> Scan<(entry::Entry, u32)> {
+    scan::scan(
+        buf,
+        start,
+        entry::MAGIC.to_le_bytes(),
+        |b| entry::decode(b).map(|(e, s, n)| ((e, s), n)),
+        |_| None,
+    )
+}
+
+/// Note what a scan found in the report and schedule its torn tail to be
+/// zeroed.
+fn judge<F>(
+    name: &str,
+    file: &Arc<dyn StorageFile>,
+    s: &Scan<F>,
+    report: &mut RecoveryReport,
+    fixes: &mut Vec<Fix>,
+) {
+    for d in &s.damaged {
+        report.damaged.push((name.to_string(), range64(d.clone())));
+    }
+    if let Some(t) = &s.torn {
+        report
+            .torn_tails
+            .push((name.to_string(), range64(t.clone())));
+        report.frames_dropped += s.dropped_frames as u64;
+        fixes.push(Fix::Zero(file.clone(), range64(t.clone())));
+    }
+}
+
+/// Run the open sequence on a locked directory.
+pub(crate) fn recover(
+    storage: &dyn Storage,
+    opts: &QueueOptions,
+    now_ms: u64,
+) -> Result<Recovered> {
+    let files = list(storage)?;
+    let blank = check_headers(storage, &files)?;
+    let mut report = RecoveryReport::default();
+    let mut fixes: Vec<Fix> = Vec::new();
+    for name in blank.iter().chain(&files.temporary) {
+        fixes.push(Fix::Remove(name.clone()));
+        report.files_removed.push(name.clone());
+    }
+    let is_blank = |n: &str| blank.iter().any(|b| b == n);
+
+    // The newest checkpoint, if any; older ones are superseded.
+    let mut meta = CheckpointMeta::default();
+    let mut index = Index::new(0);
+    let mut cp_messages = Vec::new();
+    let mut reasons: BTreeMap<u64, String> = BTreeMap::new();
+    let mut checkpoint_bytes = 0;
+    let live_checkpoints: Vec<u64> = files
+        .checkpoints
+        .iter()
+        .copied()
+        .filter(|&n| !is_blank(&checkpoint_name(n)))
+        .collect();
+    if let Some(&n) = live_checkpoints.last() {
+        let name = checkpoint_name(n);
+        let bytes = read_all(&*storage.open(&name)?)?;
+        checkpoint_bytes = bytes.len() as u64;
+        meta = checkpoint::decode(
+            &bytes,
+            |m| cp_messages.push(m),
+            |id, r| {
+                reasons.insert(id, r);
+            },
+        )
+        .map_err(|e| match e {
+            CheckpointError::Header(h) => header_error(&name, h),
+            CheckpointError::Body(d) => Error::Corrupt {
+                file: name.clone(),
+                offset: 0,
+                detail: d.to_string(),
+            },
+        })?;
+        report.checkpoint = Some(n);
+        index = Index::new(meta.acked_total);
+        for old in &live_checkpoints[..live_checkpoints.len() - 1] {
+            fixes.push(Fix::Remove(checkpoint_name(*old)));
+        }
+    }
+    let has_checkpoint = report.checkpoint.is_some();
+    let mut next_id = meta.next_id;
+
+    // Checkpointed messages go in first (a relocated copy found by the
+    // scan below updates them); their segments must exist.
+    let present: Vec<u32> = files
+        .segments
+        .iter()
+        .copied()
+        .filter(|&id| !is_blank(&segment::name(id)))
+        .collect();
+    for m in cp_messages {
+        let loc = Loc {
+            segment: m.segment,
+            offset: m.offset,
+        };
+        if present.binary_search(&m.segment).is_err() {
+            report.missing_messages += 1;
+            continue;
+        }
+        match m.state {
+            CheckpointState::Pending => index.add(m.id, m.priority, loc, m.time_ms, m.attempt),
+            CheckpointState::InFlight => {
+                index.add_in_flight(m.id, m.priority, loc, m.attempt, m.time_ms)
+            }
+            CheckpointState::Dead => {
+                let reason = reasons.remove(&m.id).unwrap_or_default();
+                index.add_dead(
+                    m.id,
+                    Dead {
+                        loc,
+                        priority: m.priority,
+                        attempt: m.attempt,
+                        at: m.time_ms,
+                        reason,
+                    },
+                );
+            }
+        }
+    }
+
+    // Segments: open all, scan those newer than the checkpoint's head.
+    let mut segments = BTreeMap::new();
+    for &id in &files.segments {
+        let name = segment::name(id);
+        if is_blank(&name) {
+            continue;
+        }
+        let file = storage.open(&name)?;
+        let size = file.len()? as u32;
+        let covered = has_checkpoint && u64::from(id) < meta.head_segment;
+        let mut seg = Segment {
+            id,
+            file: file.clone(),
+            size,
+            end: size,
+            synced: size,
+        };
+        if !covered {
+            let start = if has_checkpoint && u64::from(id) == meta.head_segment {
+                (meta.head_offset as usize).max(header::SIZE)
+            } else {
+                header::SIZE
+            };
+            let buf = read_all(&*file)?;
+            let s = scan_segment(&buf, start, opts.max_message_bytes().max(size as usize));
+            judge(&name, &file, &s, &mut report, &mut fixes);
+            report.records_scanned += s.frames.len() as u64;
+            for (offset, h) in &s.frames {
+                let loc = Loc {
+                    segment: id,
+                    offset: *offset,
+                };
+                next_id = next_id.max(h.id + 1);
+                if h.relocated() && index.relocate(h.id, h.priority, loc) {
+                    continue;
+                }
+                let ready_at = if h.delay_ms > 0 {
+                    h.enqueued_ms + u64::from(h.delay_ms)
+                } else {
+                    0
+                };
+                index.add(h.id, h.priority, loc, ready_at, 0);
+            }
+            seg.end = s.end;
+            seg.synced = s.end;
+        }
+        segments.insert(id, seg);
+    }
+
+    // Journal: replay every file from the checkpoint's position on.
+    let mut journal_files: Vec<u64> = Vec::new();
+    let mut last: Option<(u64, Arc<dyn StorageFile>, u32, u32)> = None;
+    for &n in &files.journals {
+        let name = journal::name(n);
+        if is_blank(&name) {
+            continue;
+        }
+        if has_checkpoint && n < meta.journal_file {
+            fixes.push(Fix::Remove(name.clone()));
+            report.files_removed.push(name);
+            continue;
+        }
+        let file = storage.open(&name)?;
+        let buf = read_all(&*file)?;
+        let start = if has_checkpoint && n == meta.journal_file {
+            (meta.journal_offset as usize).max(header::SIZE)
+        } else {
+            header::SIZE
+        };
+        let s = scan_journal(&buf, start);
+        judge(&name, &file, &s, &mut report, &mut fixes);
+        for (_, (e, _)) in &s.frames {
+            report.entries_replayed += 1;
+            if e.kind == Kind::IdsReserved {
+                next_id = next_id.max(e.id);
+            } else {
+                next_id = next_id.max(e.id + 1);
+            }
+            index.apply(e);
+        }
+        journal_files.push(n);
+        last = Some((n, file, buf.len() as u32, s.end));
+    }
+    report.in_flight_released = index.release_all_in_flight();
+
+    // Segments with nothing live are finished, except the newest, which
+    // takes the next appends.
+    let newest = segments.keys().next_back().copied();
+    let finished: Vec<u32> = segments
+        .keys()
+        .copied()
+        .filter(|&id| Some(id) != newest && index.live_in(id) == 0)
+        .collect();
+    for id in finished {
+        segments.remove(&id);
+        fixes.push(Fix::Remove(segment::name(id)));
+        report.files_removed.push(segment::name(id));
+    }
+
+    apply_fixes(storage, fixes)?;
+
+    let journal = match last {
+        Some((n, file, size, end)) => Journal::resume(n, file, size, end, journal_files),
+        None => {
+            let n = meta.journal_file.max(1);
+            let size = opts.journal_file_size as u32;
+            let file = Journal::create(storage, n, size, now_ms)?;
+            Journal::resume(n, file, size, header::SIZE as u32, vec![n])
+        }
+    };
+    Ok(Recovered {
+        index,
+        segments,
+        journal,
+        next_id: next_id.max(1),
+        checkpoint_number: report.checkpoint.unwrap_or(0),
+        checkpoint_bytes,
+        report,
+    })
+}
+
+fn apply_fixes(storage: &dyn Storage, fixes: Vec<Fix>) -> Result<()> {
+    if fixes.is_empty() {
+        return Ok(());
+    }
+    let zeros = vec![0u8; 1 << 20];
+    for fix in &fixes {
+        if let Fix::Zero(file, range) = fix {
+            let mut at = range.start;
+            while at < range.end {
+                let n = (range.end - at).min(zeros.len() as u64) as usize;
+                file.write_at(at, &zeros[..n])?;
+                at += n as u64;
+            }
+            file.sync_data()?;
+        }
+    }
+    for fix in &fixes {
+        if let Fix::Remove(name) = fix {
+            match storage.remove(name) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+    }
+    storage.sync_dir()?;
+    Ok(())
+}

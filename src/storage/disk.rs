@@ -1,0 +1,510 @@
+//! Real files under one directory.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{RwLock, RwLockWriteGuard};
+
+use super::mmap::{self, ReadMap};
+use super::{LockGuard, Storage, StorageFile};
+
+/// Name of the file whose `flock` is the directory's owner lock. It is never
+/// removed: deleting it would let a second owner lock a fresh inode while the
+/// first still holds the old one.
+const LOCK_FILE: &str = "LOCK";
+
+/// A queue directory on a real file system.
+#[derive(Debug)]
+pub struct DiskStorage {
+    path: PathBuf,
+}
+
+impl DiskStorage {
+    /// Use the directory at `path`, creating it (one level only) if missing.
+    ///
+    /// Fails with `NotFound` naming the parent when the parent directory does
+    /// not exist (nothing is created), and with `NotADirectory` when `path`
+    /// exists but is not a directory.
+    pub fn open(path: &Path) -> io::Result<DiskStorage> {
+        ensure_dir(path)?;
+        Ok(DiskStorage {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The directory this storage works in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn file_path(&self, name: &str) -> io::Result<PathBuf> {
+        check_name(name)?;
+        Ok(self.path.join(name))
+    }
+}
+
+/// Make sure `path` is a directory, creating it if it does not exist.
+fn ensure_dir(path: &Path) -> io::Result<()> {
+    match fs::metadata(path) {
+        Ok(meta) => return require_dir(path, &meta),
+        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+        Err(_) => {}
+    }
+    match fs::create_dir(path) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Err(missing_parent(path)),
+        // Someone created it between the two calls: judge what is there now.
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+            require_dir(path, &fs::metadata(path)?)
+        }
+        other => other,
+    }
+}
+
+fn require_dir(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
+    if meta.is_dir() {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotADirectory,
+        format!("{} exists but is not a directory", path.display()),
+    ))
+}
+
+fn missing_parent(path: &Path) -> io::Error {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!(
+            "cannot create {}: parent directory {} does not exist",
+            path.display(),
+            parent.display()
+        ),
+    )
+}
+
+/// Reject names that are not a single plain file name, so a name can never
+/// reach outside the directory. Shared with the memory storage so both accept
+/// exactly the same names.
+pub(super) fn check_name(name: &str) -> io::Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid file name {name:?}"),
+        ));
+    }
+    Ok(())
+}
+
+impl Storage for DiskStorage {
+    fn lock(&self) -> io::Result<LockGuard> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.path.join(LOCK_FILE))?;
+        match file.try_lock() {
+            Ok(()) => Ok(LockGuard::new(Box::new(file))),
+            Err(TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is locked by another handle", self.path.display()),
+            )),
+            Err(TryLockError::Error(err)) => Err(err),
+        }
+    }
+
+    /// Regular files only; the lock file is left out so the names seen are
+    /// the same as on a [`super::MemoryStorage`] and nothing above ever
+    /// mistakes it for queue data. Names that are not UTF-8 cannot be
+    /// addressed through this API and are skipped.
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.path)? {
+            let entry = entry?;
+            if !entry.file_type()?.is_file() {
+                continue;
+            }
+            if let Ok(name) = entry.file_name().into_string() {
+                if name != LOCK_FILE {
+                    names.push(name);
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    fn open(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.file_path(name)?)?;
+        Ok(Arc::new(DiskFile::new(file)))
+    }
+
+    fn create(&self, name: &str, len: u64) -> io::Result<Arc<dyn StorageFile>> {
+        let path = self.file_path(name)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        if let Err(err) = mmap::preallocate(&file, len).and_then(|()| file.sync_all()) {
+            // Best effort: the caller needs the original error, and a leftover
+            // file is only wasted space that a retry will report as existing.
+            let _ = fs::remove_file(&path);
+            return Err(err);
+        }
+        Ok(Arc::new(DiskFile::new(file)))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        fs::rename(self.file_path(from)?, self.file_path(to)?)
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        fs::remove_file(self.file_path(name)?)
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.path)?.sync_all()
+    }
+}
+
+/// One open file. Reads are served from a read-only map made on first use;
+/// writes go through `pwrite`, which the map sees at once (same page cache).
+#[derive(Debug)]
+struct DiskFile {
+    file: File,
+    /// Readers copy out under the read lock; `set_len` takes the write lock
+    /// and drops the map before truncating, so no read can touch mapped pages
+    /// past a new, shorter end.
+    map: RwLock<Option<ReadMap>>,
+}
+
+impl DiskFile {
+    fn new(file: File) -> DiskFile {
+        DiskFile {
+            file,
+            map: RwLock::new(None),
+        }
+    }
+
+    /// Copy `[offset, end)` from the current map if it covers the range.
+    fn read_mapped(&self, offset: u64, end: u64, buf: &mut [u8]) -> bool {
+        self.map
+            .read()
+            .as_ref()
+            .is_some_and(|map| copy_from(map, offset, end, buf))
+    }
+
+    /// The range is not in the map: check it against the file's length,
+    /// (re)map if the file has grown, and read.
+    fn read_remapped(&self, offset: u64, end: u64, buf: &mut [u8]) -> io::Result<()> {
+        let mut slot = self.map.write();
+        let len = self.file.metadata()?.len();
+        if end > len {
+            return Err(past_end(offset, buf.len(), len));
+        }
+        let stale = slot
+            .as_ref()
+            .is_none_or(|map| (map.bytes().len() as u64) < len);
+        if stale && len > 0 {
+            *slot = Some(mmap::map_read(&self.file)?);
+        }
+        let slot = RwLockWriteGuard::downgrade(slot);
+        match slot.as_ref() {
+            Some(map) if copy_from(map, offset, end, buf) => Ok(()),
+            _ => self.file.read_exact_at(buf, offset),
+        }
+    }
+}
+
+/// Copy `map[offset..end]` into `buf`; false if the map does not cover it.
+fn copy_from(map: &ReadMap, offset: u64, end: u64, buf: &mut [u8]) -> bool {
+    let (Ok(start), Ok(end)) = (usize::try_from(offset), usize::try_from(end)) else {
+        return false;
+    };
+    match map.bytes().get(start..end) {
+        Some(src) if src.len() == buf.len() => {
+            buf.copy_from_slice(src);
+            true
+        }
+        _ => false,
+    }
+}
+
+fn past_end(offset: u64, want: usize, len: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("read of {want} bytes at offset {offset} is past the end of a {len}-byte file"),
+    )
+}
+
+impl StorageFile for DiskFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .ok_or_else(|| past_end(offset, buf.len(), u64::MAX))?;
+        if self.read_mapped(offset, end, buf) {
+            return Ok(());
+        }
+        self.read_remapped(offset, end, buf)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut slot = self.map.write();
+        *slot = None;
+        self.file.set_len(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn storage() -> (tempfile::TempDir, DiskStorage) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = DiskStorage::open(&dir.path().join("q")).expect("open");
+        (dir, storage)
+    }
+
+    fn read(file: &dyn StorageFile, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        file.read_at(offset, &mut buf)?;
+        Ok(buf)
+    }
+
+    #[test]
+    fn round_trip_through_reopen() {
+        let (_dir, s) = storage();
+        let f = s.create("seg-1", 4096).expect("create");
+        f.write_at(100, b"payload").expect("write");
+        f.sync_data().expect("sync");
+        s.sync_dir().expect("sync dir");
+        drop(f);
+        let f = s.open("seg-1").expect("open");
+        assert_eq!(f.len().expect("len"), 4096);
+        assert_eq!(read(&*f, 100, 7).expect("read"), b"payload");
+        assert_eq!(read(&*f, 0, 4).expect("read"), [0; 4]);
+    }
+
+    #[test]
+    fn reads_see_writes_made_after_mapping_and_growth() {
+        let (_dir, s) = storage();
+        let f = s.create("f", 16).expect("create");
+        assert_eq!(read(&*f, 0, 16).expect("read"), [0; 16]);
+        f.write_at(0, b"abcd").expect("write");
+        assert_eq!(read(&*f, 0, 4).expect("read"), b"abcd");
+        f.write_at(16, b"tail").expect("grow");
+        assert_eq!(read(&*f, 14, 6).expect("read"), b"\0\0tail");
+    }
+
+    fn map_len(f: &DiskFile) -> Option<usize> {
+        f.map.read().as_ref().map(|map| map.bytes().len())
+    }
+
+    #[test]
+    fn reads_are_served_from_a_map_that_follows_growth() {
+        let (_dir, s) = storage();
+        drop(s.create("f", 64).expect("create"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(s.path().join("f"))
+            .expect("open");
+        let f = DiskFile::new(file);
+        assert_eq!(map_len(&f), None, "mapped lazily");
+        f.write_at(8, b"mapped").expect("write");
+        assert_eq!(read(&f, 8, 6).expect("read"), b"mapped");
+        assert_eq!(map_len(&f), Some(64));
+        f.write_at(64, b"more").expect("grow");
+        assert_eq!(read(&f, 64, 4).expect("read"), b"more");
+        assert_eq!(map_len(&f), Some(68), "remapped after growth");
+        f.set_len(4).expect("shrink");
+        assert_eq!(map_len(&f), None, "shrinking drops the map");
+    }
+
+    #[test]
+    fn concurrent_reads_and_resizes_never_see_a_stale_map() {
+        let (_dir, s) = storage();
+        let f = s.create("f", 1 << 16).expect("create");
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let mut buf = [0u8; 4096];
+                for i in 0..2000u64 {
+                    match f.read_at((i * 4096) % (1 << 16), &mut buf) {
+                        Ok(()) => {}
+                        Err(err) => assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof),
+                    }
+                }
+            });
+            for i in 0..200 {
+                let len = if i % 2 == 0 { 4096 } else { 1 << 16 };
+                f.set_len(len).expect("resize");
+            }
+            reader.join().expect("reader");
+        });
+    }
+
+    #[test]
+    fn read_past_end_is_unexpected_eof() {
+        let (_dir, s) = storage();
+        let f = s.create("f", 10).expect("create");
+        let err = read(&*f, 8, 3).expect_err("past end");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        let err = read(&*f, u64::MAX, 1).expect_err("overflow");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(read(&*f, 10, 0).expect("empty read at end").is_empty());
+    }
+
+    #[test]
+    fn empty_file_reads() {
+        let (_dir, s) = storage();
+        let f = s.create("empty", 0).expect("create");
+        assert_eq!(f.len().expect("len"), 0);
+        assert!(read(&*f, 0, 0).expect("empty").is_empty());
+        let err = read(&*f, 0, 1).expect_err("past end");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn shrinking_drops_the_map() {
+        let (_dir, s) = storage();
+        let f = s.create("f", 8192).expect("create");
+        f.write_at(0, b"keep").expect("write");
+        assert_eq!(read(&*f, 0, 4).expect("read"), b"keep");
+        f.set_len(2).expect("shrink");
+        assert_eq!(f.len().expect("len"), 2);
+        let err = read(&*f, 0, 4).expect_err("past new end");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(read(&*f, 0, 2).expect("read"), b"ke");
+        f.set_len(6).expect("extend");
+        assert_eq!(read(&*f, 0, 6).expect("read"), b"ke\0\0\0\0");
+    }
+
+    #[test]
+    fn create_preallocates_and_refuses_existing() {
+        let (_dir, s) = storage();
+        let len = 1 << 20;
+        drop(s.create("f", len).expect("create"));
+        let meta = fs::metadata(s.path().join("f")).expect("metadata");
+        assert_eq!(meta.len(), len);
+        assert!(
+            meta.blocks() * 512 >= len,
+            "not allocated: {}",
+            meta.blocks()
+        );
+        let err = s.create("f", 10).expect_err("exists");
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::metadata(s.path().join("f")).expect("kept").len(), len);
+    }
+
+    #[test]
+    fn failed_create_leaves_no_file() {
+        let (_dir, s) = storage();
+        // Past the largest file size ext4/xfs/tmpfs allow: preallocation fails.
+        let err = s.create("huge", 1 << 62).expect_err("too large");
+        assert!(err.raw_os_error().is_some(), "{err}");
+        assert!(!s.path().join("huge").exists());
+    }
+
+    #[test]
+    fn list_rename_remove() {
+        let (_dir, s) = storage();
+        let _guard = s.lock().expect("lock");
+        drop(s.create("a", 1).expect("create"));
+        drop(s.create("b", 1).expect("create"));
+        fs::create_dir(s.path().join("subdir")).expect("mkdir");
+        let mut names = s.list().expect("list");
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+        s.rename("a", "b").expect("rename");
+        assert_eq!(s.list().expect("list"), ["b"]);
+        s.remove("b").expect("remove");
+        assert!(s.list().expect("list").is_empty());
+        assert_eq!(
+            s.open("b").expect_err("gone").kind(),
+            io::ErrorKind::NotFound
+        );
+        s.sync_dir().expect("sync dir");
+    }
+
+    #[test]
+    fn removed_file_stays_readable_through_open_handle() {
+        let (_dir, s) = storage();
+        let f = s.create("f", 4).expect("create");
+        f.write_at(0, b"data").expect("write");
+        s.remove("f").expect("remove");
+        assert_eq!(read(&*f, 0, 4).expect("read"), b"data");
+    }
+
+    #[test]
+    fn bad_names_are_rejected() {
+        let (_dir, s) = storage();
+        for name in ["", ".", "..", "a/b", "../x", "nul\0"] {
+            let err = s.create(name, 1).expect_err(name);
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn lock_conflicts_between_two_storages_of_one_directory() {
+        let (_dir, s) = storage();
+        let other = DiskStorage::open(s.path()).expect("open again");
+        let guard = s.lock().expect("first lock");
+        let err = other.lock().expect_err("second lock");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(
+            s.lock().expect_err("same storage").kind(),
+            io::ErrorKind::WouldBlock
+        );
+        drop(guard);
+        let _guard = other.lock().expect("lock after release");
+        assert!(s.path().join(LOCK_FILE).exists());
+    }
+
+    #[test]
+    fn open_creates_one_level_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("missing").join("q");
+        let err = DiskStorage::open(&path).expect_err("missing parent");
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        let parent = dir.path().join("missing");
+        assert!(
+            err.to_string().contains(&parent.display().to_string()),
+            "{err}"
+        );
+        assert!(!parent.exists());
+    }
+
+    #[test]
+    fn open_rejects_a_regular_file_and_accepts_an_existing_dir() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("plain");
+        fs::write(&file, b"x").expect("write");
+        let err = DiskStorage::open(&file).expect_err("not a dir");
+        assert_eq!(err.kind(), io::ErrorKind::NotADirectory);
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        let s = DiskStorage::open(dir.path()).expect("existing dir");
+        assert_eq!(s.path(), dir.path());
+    }
+}

@@ -1,0 +1,190 @@
+//! Read-only memory maps and space preallocation: the only `unsafe` code in
+//! the crate, kept to two small blocks.
+//!
+//! Soundness of the maps rests on rules the rest of the crate keeps: a queue
+//! directory is used only while its exclusive owner lock is held, files are
+//! preallocated to their full size and only [`super::disk`] truncates them,
+//! after dropping its map. Another process modifying or truncating an open
+//! queue's files is documented as unsupported.
+#![allow(unsafe_code)]
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// Size of each zero write when the file system cannot preallocate.
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// A read-only, shared memory map of a whole file.
+pub(super) struct ReadMap {
+    map: memmap2::Mmap,
+}
+
+impl ReadMap {
+    /// The mapped bytes: the file's contents as of now, up to its length at
+    /// the time it was mapped.
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl fmt::Debug for ReadMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadMap")
+            .field("len", &self.map.len())
+            .finish()
+    }
+}
+
+/// Map `file` read-only, covering its current length.
+pub(super) fn map_read(file: &File) -> io::Result<ReadMap> {
+    // SAFETY: `memmap2::Mmap::map` is unsafe because the mapped bytes can
+    // change or vanish (SIGBUS) if the file is modified or truncated while
+    // mapped. Truncation: this crate shrinks a file only through
+    // `DiskFile::set_len`, which drops the map under its write lock first,
+    // and while the map is alive the file is at least as long as the map.
+    // Modification: writes come only from this crate's `DiskFile::write_at`
+    // (the queue holds the directory's exclusive owner lock), land in the
+    // same page cache the map shows, and the map is only ever copied out of,
+    // never handed out as a long-lived reference; the queue does not read
+    // bytes it is still writing, so a copy never races a write to the same
+    // range. External modification of an open queue's files is documented
+    // as unsupported.
+    let map = unsafe { memmap2::Mmap::map(file)? };
+    Ok(ReadMap { map })
+}
+
+/// Allocate disk space for the first `len` bytes of `file`, extending it with
+/// zeros to at least `len`; existing bytes are kept.
+///
+/// A full disk is reported here as an error with raw os error `ENOSPC`.
+pub(super) fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    match fallocate(file, len) {
+        Err(err) if needs_fallback(&err) => zero_fill(file, len),
+        other => other,
+    }
+}
+
+/// True when the fast path is unavailable here rather than failing.
+fn needs_fallback(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::Unsupported
+        || matches!(err.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL))
+}
+
+#[cfg(target_os = "linux")]
+fn fallocate(file: &File, len: u64) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+
+    // A length beyond `off_t` cannot be passed; report it like the kernel
+    // would so the portable path gets to try (and fail) with the real size.
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: the descriptor is borrowed from `file`, so it stays open for
+    // the whole call; `posix_fallocate` takes only integers and touches no
+    // memory of ours.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    // posix_fallocate returns the error number instead of setting errno.
+    match rc {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn fallocate(_file: &File, _len: u64) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// Extend `file` to `len` by writing real zero blocks, so the space is
+/// allocated now rather than left as a hole.
+fn zero_fill(file: &File, len: u64) -> io::Result<()> {
+    let zeros = vec![0u8; ZERO_CHUNK];
+    let mut pos = file.metadata()?.len();
+    while pos < len {
+        let step = usize::try_from(len - pos).map_or(ZERO_CHUNK, |rest| rest.min(ZERO_CHUNK));
+        file.write_all_at(&zeros[..step], pos)?;
+        pos += step as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn temp_file() -> (tempfile::TempDir, File) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.path().join("f"))
+            .expect("create");
+        (dir, file)
+    }
+
+    #[test]
+    fn preallocate_sets_length_and_allocates_blocks() {
+        let (_dir, file) = temp_file();
+        preallocate(&file, 3 << 20).expect("preallocate");
+        let meta = file.metadata().expect("metadata");
+        assert_eq!(meta.len(), 3 << 20);
+        assert!(meta.blocks() * 512 >= 3 << 20, "blocks: {}", meta.blocks());
+    }
+
+    #[test]
+    fn preallocate_zero_is_a_no_op() {
+        let (_dir, file) = temp_file();
+        preallocate(&file, 0).expect("preallocate");
+        assert_eq!(file.metadata().expect("metadata").len(), 0);
+    }
+
+    #[test]
+    fn zero_fill_keeps_existing_bytes_and_writes_zeros() {
+        let (_dir, file) = temp_file();
+        file.write_all_at(b"abc", 0).expect("write");
+        let len = ZERO_CHUNK as u64 + 100;
+        zero_fill(&file, len).expect("zero fill");
+        let meta = file.metadata().expect("metadata");
+        assert_eq!(meta.len(), len);
+        assert!(meta.blocks() * 512 >= len);
+        let mut head = [0u8; 5];
+        file.read_exact_at(&mut head, 0).expect("read");
+        assert_eq!(&head, b"abc\0\0");
+    }
+
+    #[test]
+    fn zero_fill_reports_a_full_device_as_enospc() {
+        // /dev/full accepts positioned writes and fails every one with ENOSPC.
+        let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+            return;
+        };
+        let err = zero_fill(&full, 10).expect_err("device is full");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+    }
+
+    #[test]
+    fn fallback_is_chosen_only_for_unsupported() {
+        assert!(needs_fallback(&io::Error::from_raw_os_error(
+            libc::EOPNOTSUPP
+        )));
+        assert!(needs_fallback(&io::Error::from_raw_os_error(libc::EINVAL)));
+        assert!(needs_fallback(&io::ErrorKind::Unsupported.into()));
+        assert!(!needs_fallback(&io::Error::from_raw_os_error(libc::ENOSPC)));
+        assert!(!needs_fallback(&io::Error::from_raw_os_error(libc::EIO)));
+    }
+
+    #[test]
+    fn map_shows_file_bytes_and_later_writes() {
+        let (_dir, file) = temp_file();
+        file.write_all_at(b"hello world", 0).expect("write");
+        let map = map_read(&file).expect("map");
+        assert_eq!(map.bytes(), b"hello world");
+        file.write_all_at(b"HELLO", 0).expect("write");
+        assert_eq!(map.bytes(), b"HELLO world");
+    }
+}

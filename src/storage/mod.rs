@@ -1,0 +1,120 @@
+//! The storage seam: the only code in the crate that touches files.
+//!
+//! Everything above this module sees a queue directory as a flat set of named
+//! files, each with positional reads and writes. Two implementations exist:
+//!
+//! - [`DiskStorage`]: real files under one directory, with `fdatasync`,
+//!   directory `fsync`, `posix_fallocate` preallocation and read-only memory
+//!   maps for the read path (the maps and the one foreign call live in
+//!   `mmap.rs`, the only module allowed to use `unsafe`).
+//! - [`MemoryStorage`]: files in RAM that keep the bytes *written* apart from
+//!   the bytes *synced*, and directory entries created apart from entries made
+//!   durable by a directory sync. [`MemoryStorage::crash`] builds the image a
+//!   power loss would leave, and a fault plan fails chosen calls, so crash and
+//!   I/O-error tests need no real disk.
+//!
+//! Invariants every implementation keeps:
+//!
+//! A. A write reported `Ok` is visible to every later read through any handle
+//!    to the same file (a process crash loses nothing that was written).
+//! B. `sync_data` returning `Ok` means every write issued before it survives
+//!    power loss. Nothing else is promised to survive.
+//! C. A file created, renamed or removed survives power loss only after a
+//!    later `sync_dir` returns `Ok`.
+//! D. `create` preallocates the whole length, so a full disk is reported at
+//!    creation and never later as a failed write into a hole or a `SIGBUS`.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+mod disk;
+mod memory;
+mod mmap;
+
+pub use disk::DiskStorage;
+pub use memory::{CrashPolicy, Fault, FaultKind, FaultOps, MemoryStorage};
+
+/// A directory of named files: the whole file-system surface of a queue.
+///
+/// Names are plain file names (no separators). Every method reports failures
+/// as `io::Error`; the queue maps them to [`crate::Error`].
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Take the exclusive, non-blocking owner lock of the directory.
+    ///
+    /// Fails with `io::ErrorKind::WouldBlock` when another handle, in this
+    /// process or another, holds it. The lock is released when the returned
+    /// guard is dropped.
+    fn lock(&self) -> io::Result<LockGuard>;
+
+    /// The names of all files in the directory, in no particular order.
+    fn list(&self) -> io::Result<Vec<String>>;
+
+    /// Open an existing file for reading and writing.
+    fn open(&self, name: &str) -> io::Result<Arc<dyn StorageFile>>;
+
+    /// Create a new file of exactly `len` zero bytes with its space allocated,
+    /// and make its contents and size durable (not its directory entry: see
+    /// [`Storage::sync_dir`]). Fails with `AlreadyExists` if the name exists.
+    fn create(&self, name: &str, len: u64) -> io::Result<Arc<dyn StorageFile>>;
+
+    /// Atomically rename `from` to `to`, replacing `to` if it exists.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+
+    /// Remove a file. Handles already open stay readable.
+    fn remove(&self, name: &str) -> io::Result<()>;
+
+    /// Make every create, rename and remove issued so far durable.
+    fn sync_dir(&self) -> io::Result<()>;
+}
+
+/// One open file, read and written at explicit offsets.
+///
+/// Handles are shared (`Arc`) between writers and readers; implementations
+/// are internally synchronised.
+#[expect(clippy::len_without_is_empty, reason = "files are never empty-checked")]
+pub trait StorageFile: Send + Sync + fmt::Debug {
+    /// The current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+
+    /// Fill `buf` from `offset`; reading past the end is `UnexpectedEof`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    /// Write all of `data` at `offset`, extending the file if needed.
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+
+    /// Make every write issued before this call durable (`fdatasync`).
+    fn sync_data(&self) -> io::Result<()>;
+
+    /// Truncate or extend (with zeros) to `len`, durable once `sync_data`
+    /// returns.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+}
+
+/// Proof of holding a directory's owner lock; dropping it releases the lock.
+pub struct LockGuard {
+    _inner: Box<dyn Send + Sync>,
+}
+
+impl LockGuard {
+    /// Wrap whatever keeps the lock held (an open locked file, a flag guard).
+    pub fn new(inner: Box<dyn Send + Sync>) -> Self {
+        LockGuard { _inner: inner }
+    }
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LockGuard")
+    }
+}
+
+/// Read a whole file into memory (used by recovery, which checks every byte).
+pub(crate) fn read_all(file: &dyn StorageFile) -> io::Result<Vec<u8>> {
+    let len = file.len()?;
+    let len = usize::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large to read"))?;
+    let mut buf = vec![0u8; len];
+    file.read_at(0, &mut buf)?;
+    Ok(buf)
+}
