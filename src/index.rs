@@ -63,6 +63,14 @@ impl Lane {
         }
     }
 
+    fn find(&self, id: u64) -> Option<Loc> {
+        if let Some(loc) = self.others.get(&id) {
+            return Some(*loc);
+        }
+        let i = self.fresh.binary_search_by_key(&id, |s| s.id).ok()?;
+        self.fresh.get(i).map(|s| s.loc)
+    }
+
     fn remove(&mut self, id: u64) -> Option<Loc> {
         if self.fresh.front().is_some_and(|s| s.id == id) {
             return self.fresh.pop_front().map(|s| s.loc);
@@ -209,6 +217,43 @@ impl Index {
         } else {
             self.ready.insert(priority, id, loc);
         }
+    }
+
+    /// Set the lifetime acked count (from a checkpoint).
+    pub fn set_acked_total(&mut self, n: u64) {
+        self.acked_total = n;
+    }
+
+    /// Set a dead letter's reason (checkpoints store reasons apart).
+    pub fn set_reason(&mut self, id: u64, reason: String) {
+        if let Some(d) = self.dead.get_mut(&id) {
+            d.reason = reason;
+        }
+    }
+
+    /// Where a live message's record is, if it is live.
+    pub fn locate(&self, id: u64, priority: u8) -> Option<Loc> {
+        if let Some(l) = self.in_flight.get(&id) {
+            return Some(l.loc);
+        }
+        if let Some(d) = self.dead.get(&id) {
+            return Some(d.loc);
+        }
+        if let Some(at) = self.delayed_at.get(&id) {
+            return self.delayed.get(&(*at, id)).map(|d| d.loc);
+        }
+        self.ready.lanes[usize::from(priority)].find(id)
+    }
+
+    /// Segments holding the next message of some lane: consumers will
+    /// reach them soon, so moving their records would be wasted work.
+    pub fn lane_head_segments(&self) -> Vec<u32> {
+        self.ready
+            .lanes
+            .iter()
+            .filter_map(Lane::peek)
+            .map(|(_, loc)| loc.segment)
+            .collect()
     }
 
     /// A message restored from a checkpoint as in flight: it is leased
@@ -435,6 +480,30 @@ impl Index {
             }
         }
         true
+    }
+
+    /// Segments holding live messages.
+    pub fn segments_with_live(&self) -> impl Iterator<Item = u32> + '_ {
+        self.live.keys().copied()
+    }
+
+    /// Forget every message whose record is in `segment` (the file is gone);
+    /// returns how many. Walks the whole index: recovery only.
+    pub fn drop_segment(&mut self, segment: u32) -> u64 {
+        let mut gone = Vec::new();
+        self.snapshot(|id, priority, loc, _, _, _| {
+            if loc.segment == segment {
+                gone.push((id, priority));
+            }
+        });
+        for &(id, priority) in &gone {
+            if self.take_lease(id).is_none() && self.dead.remove(&id).is_none() {
+                self.take_waiting(id, priority);
+            }
+            self.attempts.remove(&id);
+        }
+        self.live.remove(&segment);
+        gone.len() as u64
     }
 
     /// Live messages in `segment`.

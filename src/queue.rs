@@ -646,7 +646,7 @@ impl Core {
                 continue;
             }
             let seg = self.active();
-            if let Err(e) = seg.append(&buf) {
+            if let Err(e) = seg.append(&buf, placed.len() as u32) {
                 self.health = Health::Poisoned;
                 self.scratch = buf;
                 return Err(e.into());
@@ -856,7 +856,7 @@ impl Inner {
             core.index.apply(&e);
             if e.kind == Kind::Delivered {
                 let lease = core.index.lease(c.id).map_or(0, |l| l.lease);
-                let file = core.segments[&c.loc.segment].file.clone();
+                let file = core.segments.get(&c.loc.segment).map(|s| s.file.clone());
                 leased.push(Leased { c, lease, file });
             }
             entries.push(e);
@@ -881,7 +881,11 @@ impl Inner {
     ) -> Vec<(Leased, String)> {
         let mut corrupt = Vec::new();
         for l in leased {
-            match segment::read_record(&*l.file, l.c.loc.offset, self.opts.max_message_bytes()) {
+            let Some(file) = l.file.clone() else {
+                corrupt.push((l, "its segment file is missing".to_string()));
+                continue;
+            };
+            match segment::read_record(&*file, l.c.loc.offset, self.opts.max_message_bytes()) {
                 Ok((h, payload)) if h.id == l.c.id => out.push(Delivery {
                     id: MessageId(l.c.id),
                     priority: l.c.priority,
@@ -1022,12 +1026,101 @@ impl Inner {
         if removed {
             self.storage.sync_dir()?;
         }
+        if self.relocate_one(core)? {
+            // One segment per pass bounds the pause; look again next sync.
+            core.maintenance_due = true;
+        }
         if core.journal_bytes_since_checkpoint > self.opts.checkpoint_bytes
             && core.journal_bytes_since_checkpoint > core.checkpoint_bytes
         {
             self.checkpoint(core)?;
         }
         Ok(())
+    }
+
+    /// Sync every dirty file while holding the core lock (maintenance only).
+    fn sync_inline(&self, core: &mut Core) -> Result<()> {
+        let dirty = std::mem::take(&mut core.dirty);
+        for d in &dirty {
+            d.file.sync_data()?;
+        }
+        let pos = core.journal.pos();
+        core.mark_synced(&dirty, pos);
+        Ok(())
+    }
+
+    /// Copy the live records of one sealed, mostly finished segment into the
+    /// active segment, then delete it, so that dead letters, long delays and
+    /// starved lanes never pin old segments. A segment qualifies when at most
+    /// a quarter of its records are live and no lane's next message is in it
+    /// (consumers are about to finish those anyway).
+    fn relocate_one(&self, core: &mut Core) -> Result<bool> {
+        let heads = core.index.lane_head_segments();
+        let candidate = core.segments.values().find(|s| {
+            let live = core.index.live_in(s.id);
+            s.id < core.active
+                && live > 0
+                && live * 4 <= u64::from(s.records)
+                && !heads.contains(&s.id)
+        });
+        let Some(from) = candidate.map(|s| s.id) else {
+            return Ok(false);
+        };
+        let (file, size, end) = {
+            let s = &core.segments[&from];
+            (s.file.clone(), s.size, s.end)
+        };
+        let bytes = crate::storage::read_all(&*file)?;
+        let bytes = &bytes[..end as usize];
+        let scan = recovery::scan_segment(bytes, header::SIZE, size as usize);
+        let now = self.opts.clock.now().0;
+        for (offset, h) in scan.frames {
+            let here = Loc {
+                segment: from,
+                offset,
+            };
+            if core.index.locate(h.id, h.priority) != Some(here) {
+                continue;
+            }
+            let payload =
+                &bytes[offset as usize + record::HEADER_SIZE..offset as usize + h.frame_len()];
+            let len = record::HEADER_SIZE + payload.len();
+            if (core.active().room() as usize) < len {
+                let id = core.active + 1;
+                if !core.segments.contains_key(&id) {
+                    let seg =
+                        Segment::create(&*self.storage, id, self.opts.segment_size as u32, now)?;
+                    core.segments.insert(id, seg);
+                }
+                core.rotate_segment();
+            }
+            let active = core.active();
+            let copy = RecordHeader {
+                synced_end: active.synced,
+                flags: record::FLAG_RELOCATED,
+                ..h
+            };
+            let mut buf = Vec::with_capacity(len);
+            record::encode(&copy, payload, &mut buf);
+            let at = active.append(&buf, 1)?;
+            let (seg_id, file, end) = (active.id, active.file.clone(), active.end);
+            core.mark_dirty(&file, Target::Segment(seg_id), end);
+            core.index.relocate(
+                h.id,
+                h.priority,
+                Loc {
+                    segment: seg_id,
+                    offset: at,
+                },
+            );
+        }
+        // The copies must be durable before the originals go.
+        self.sync_inline(core)?;
+        if core.index.live_in(from) == 0 && core.segments.remove(&from).is_some() {
+            self.storage.remove(&segment::name(from))?;
+            self.storage.sync_dir()?;
+        }
+        Ok(true)
     }
 
     /// Write a checkpoint of the durable state (invariant D) and drop the
@@ -1039,12 +1132,7 @@ impl Inner {
         let old = core.journal.rotate(&*self.storage, now)?;
         let old_number = core.journal.number - 1;
         core.mark_dirty(&old, Target::Journal(old_number), 0);
-        let dirty = std::mem::take(&mut core.dirty);
-        for d in &dirty {
-            d.file.sync_data()?;
-        }
-        let pos = core.journal.pos();
-        core.mark_synced(&dirty, pos);
+        self.sync_inline(core)?;
         let mut messages = Vec::with_capacity(core.index.live_count() as usize);
         core.index
             .snapshot(|id, priority, loc, attempt, state, time_ms| {
@@ -1080,7 +1168,8 @@ impl Inner {
             .dead_letters()
             .map(|(id, d)| (id, d.reason.as_str()))
             .collect();
-        let bytes = checkpoint::encode(&meta, &messages, &reasons);
+        let segments: Vec<(u32, u32)> = core.segments.values().map(|s| (s.id, s.records)).collect();
+        let bytes = checkpoint::encode(&meta, &segments, &messages, &reasons);
         let tmp = format!("checkpoint-{number:010}.tmp");
         let file = self.storage.create(&tmp, bytes.len() as u64)?;
         file.write_at(0, &bytes)?;
@@ -1164,7 +1253,8 @@ fn seg_capacity(segment_size: u64) -> usize {
 struct Leased {
     c: Candidate,
     lease: u64,
-    file: Arc<dyn StorageFile>,
+    /// `None` if the segment is gone (never after a clean recovery).
+    file: Option<Arc<dyn StorageFile>>,
 }
 
 impl Drop for Inner {

@@ -172,7 +172,7 @@ impl Frame for (entry::Entry, u32) {
     }
 }
 
-fn scan_segment(buf: &[u8], start: usize, max_len: usize) -> Scan<record::RecordHeader> {
+pub(crate) fn scan_segment(buf: &[u8], start: usize, max_len: usize) -> Scan<record::RecordHeader> {
     scan::scan(
         buf,
         start,
@@ -232,9 +232,10 @@ pub(crate) fn recover(
     // The newest checkpoint, if any; older ones are superseded.
     let mut meta = CheckpointMeta::default();
     let mut index = Index::new(0);
-    let mut cp_messages = Vec::new();
-    let mut reasons: BTreeMap<u64, String> = BTreeMap::new();
     let mut checkpoint_bytes = 0;
+    let mut records_per_segment: BTreeMap<u32, u32> = BTreeMap::new();
+    // Checkpointed messages go in first; a relocated copy found by the
+    // segment scan below updates them.
     let live_checkpoints: Vec<u64> = files
         .checkpoints
         .iter()
@@ -245,12 +246,14 @@ pub(crate) fn recover(
         let name = checkpoint_name(n);
         let bytes = read_all(&*storage.open(&name)?)?;
         checkpoint_bytes = bytes.len() as u64;
+        let mut dead_reasons = Vec::new();
         meta = checkpoint::decode(
             &bytes,
-            |m| cp_messages.push(m),
-            |id, r| {
-                reasons.insert(id, r);
+            |id, records| {
+                records_per_segment.insert(id, records);
             },
+            |m| add_checkpointed(&mut index, m),
+            |id, r| dead_reasons.push((id, r)),
         )
         .map_err(|e| match e {
             CheckpointError::Header(h) => header_error(&name, h),
@@ -260,52 +263,17 @@ pub(crate) fn recover(
                 detail: d.to_string(),
             },
         })?;
+        for (id, r) in dead_reasons {
+            index.set_reason(id, r);
+        }
+        index.set_acked_total(meta.acked_total);
         report.checkpoint = Some(n);
-        index = Index::new(meta.acked_total);
         for old in &live_checkpoints[..live_checkpoints.len() - 1] {
             fixes.push(Fix::Remove(checkpoint_name(*old)));
         }
     }
     let has_checkpoint = report.checkpoint.is_some();
     let mut next_id = meta.next_id;
-
-    // Checkpointed messages go in first (a relocated copy found by the
-    // scan below updates them); their segments must exist.
-    let present: Vec<u32> = files
-        .segments
-        .iter()
-        .copied()
-        .filter(|&id| !is_blank(&segment::name(id)))
-        .collect();
-    for m in cp_messages {
-        let loc = Loc {
-            segment: m.segment,
-            offset: m.offset,
-        };
-        if present.binary_search(&m.segment).is_err() {
-            report.missing_messages += 1;
-            continue;
-        }
-        match m.state {
-            CheckpointState::Pending => index.add(m.id, m.priority, loc, m.time_ms, m.attempt),
-            CheckpointState::InFlight => {
-                index.add_in_flight(m.id, m.priority, loc, m.attempt, m.time_ms)
-            }
-            CheckpointState::Dead => {
-                let reason = reasons.remove(&m.id).unwrap_or_default();
-                index.add_dead(
-                    m.id,
-                    Dead {
-                        loc,
-                        priority: m.priority,
-                        attempt: m.attempt,
-                        at: m.time_ms,
-                        reason,
-                    },
-                );
-            }
-        }
-    }
 
     // Segments: open all, scan those newer than the checkpoint's head.
     let mut segments = BTreeMap::new();
@@ -323,6 +291,7 @@ pub(crate) fn recover(
             size,
             end: size,
             synced: size,
+            records: records_per_segment.get(&id).copied().unwrap_or(0),
         };
         if !covered {
             let start = if has_checkpoint && u64::from(id) == meta.head_segment {
@@ -352,6 +321,7 @@ pub(crate) fn recover(
             }
             seg.end = s.end;
             seg.synced = s.end;
+            seg.records += s.frames.len() as u32;
         }
         segments.insert(id, seg);
     }
@@ -391,6 +361,14 @@ pub(crate) fn recover(
         last = Some((n, file, buf.len() as u32, s.end));
     }
     report.in_flight_released = index.release_all_in_flight();
+    // Live messages whose segment is gone cannot be delivered.
+    let lost: Vec<u32> = index
+        .segments_with_live()
+        .filter(|id| !segments.contains_key(id))
+        .collect();
+    for id in lost {
+        report.missing_messages += index.drop_segment(id);
+    }
 
     // Segments with nothing live are finished, except the newest, which
     // takes the next appends.
@@ -426,6 +404,29 @@ pub(crate) fn recover(
         checkpoint_bytes,
         report,
     })
+}
+
+fn add_checkpointed(index: &mut Index, m: checkpoint::CheckpointMessage) {
+    let loc = Loc {
+        segment: m.segment,
+        offset: m.offset,
+    };
+    match m.state {
+        CheckpointState::Pending => index.add(m.id, m.priority, loc, m.time_ms, m.attempt),
+        CheckpointState::InFlight => {
+            index.add_in_flight(m.id, m.priority, loc, m.attempt, m.time_ms)
+        }
+        CheckpointState::Dead => {
+            let dead = Dead {
+                loc,
+                priority: m.priority,
+                attempt: m.attempt,
+                at: m.time_ms,
+                reason: String::new(),
+            };
+            index.add_dead(m.id, dead);
+        }
+    }
 }
 
 fn apply_fixes(storage: &dyn Storage, fixes: Vec<Fix>) -> Result<()> {

@@ -45,6 +45,9 @@ pub(crate) struct Segment {
     pub end: u32,
     /// Offset known durable.
     pub synced: u32,
+    /// Records appended over the segment's life (relocated copies
+    /// included); with the index's live count it gives the live share.
+    pub records: u32,
 }
 
 impl Segment {
@@ -73,6 +76,7 @@ impl Segment {
             size,
             end: start,
             synced: start,
+            records: 0,
         })
     }
 
@@ -81,12 +85,13 @@ impl Segment {
         self.size - self.end
     }
 
-    /// Write encoded records at the end; returns their offset.
-    pub fn append(&mut self, bytes: &[u8]) -> io::Result<u32> {
+    /// Write `records` encoded records at the end; returns their offset.
+    pub fn append(&mut self, bytes: &[u8], records: u32) -> io::Result<u32> {
         debug_assert!(bytes.len() <= self.room() as usize);
         let at = self.end;
         self.file.write_at(u64::from(at), bytes)?;
         self.end += bytes.len() as u32;
+        self.records += records;
         Ok(at)
     }
 }

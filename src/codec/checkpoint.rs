@@ -13,7 +13,9 @@
 //!     64    8 acked total (u64): messages acked over the queue's life
 //!     72    8 message count (u64), N
 //!     80    8 reason section length in bytes (u64), R
-//!     88 32*N messages, each:
+//!     88    8 segment count (u64), S
+//!     96  8*S segments, each: segment id (u32), records appended (u32)
+//!      .. 32*N messages, each:
 //!               0  8 id (u64)
 //!               8  8 time (u64, ms): ready-at for a pending message,
 //!                    dead-lettered-at for a dead letter
@@ -32,7 +34,7 @@ use super::header::{FileHeader, FileKind, HeaderError, SIZE as HEADER};
 use super::{crc, u16_at, u32_at, u64_at};
 use crate::config::MAX_REASON_BYTES;
 
-const FIXED: usize = 56;
+const FIXED: usize = 64;
 /// Bytes per message entry.
 pub const MESSAGE_SIZE: usize = 32;
 
@@ -87,14 +89,17 @@ pub enum CheckpointState {
     InFlight = 2,
 }
 
-/// Encode a whole checkpoint.
+/// Encode a whole checkpoint; `segments` lists (segment id, records
+/// appended to it).
 pub fn encode(
     meta: &CheckpointMeta,
+    segments: &[(u32, u32)],
     messages: &[CheckpointMessage],
     reasons: &[(u64, &str)],
 ) -> Vec<u8> {
     let reason_len: usize = reasons.iter().map(|(_, r)| 10 + cut(r).len()).sum();
-    let mut b = Vec::with_capacity(HEADER + FIXED + messages.len() * MESSAGE_SIZE + reason_len + 4);
+    let size = HEADER + FIXED + segments.len() * 8 + messages.len() * MESSAGE_SIZE + reason_len + 4;
+    let mut b = Vec::with_capacity(size);
     let header = FileHeader {
         kind: FileKind::Checkpoint,
         id: meta.number,
@@ -106,13 +111,20 @@ pub fn encode(
     }
     b.extend_from_slice(&meta.journal_offset.to_le_bytes());
     b.extend_from_slice(&meta.head_offset.to_le_bytes());
-    for v in [
-        meta.head_segment,
-        meta.acked_total,
+    let counts = [
         messages.len() as u64,
         reason_len as u64,
-    ] {
+        segments.len() as u64,
+    ];
+    for v in [meta.head_segment, meta.acked_total]
+        .into_iter()
+        .chain(counts)
+    {
         b.extend_from_slice(&v.to_le_bytes());
+    }
+    for &(id, records) in segments {
+        b.extend_from_slice(&id.to_le_bytes());
+        b.extend_from_slice(&records.to_le_bytes());
     }
     for m in messages {
         b.extend_from_slice(&m.id.to_le_bytes());
@@ -157,6 +169,7 @@ pub enum CheckpointError {
 /// before the checksum over them has passed.
 pub fn decode(
     b: &[u8],
+    mut on_segment: impl FnMut(u32, u32),
     mut on_message: impl FnMut(CheckpointMessage),
     mut on_reason: impl FnMut(u64, String),
 ) -> Result<CheckpointMeta, CheckpointError> {
@@ -181,12 +194,18 @@ pub fn decode(
     };
     let count = u64_at(f, 40);
     let reason_len = u64_at(f, 48);
+    let segment_count = u64_at(f, 56);
     let rest = &f[FIXED..];
     let expected = count
         .checked_mul(MESSAGE_SIZE as u64)
-        .and_then(|m| m.checked_add(reason_len));
+        .and_then(|m| m.checked_add(reason_len))
+        .and_then(|m| m.checked_add(segment_count.checked_mul(8)?));
     if expected != Some(rest.len() as u64) {
         return Err(CheckpointError::Body("section lengths do not add up"));
+    }
+    let (segs, rest) = rest.split_at(segment_count as usize * 8);
+    for s in segs.chunks_exact(8) {
+        on_segment(u32_at(s, 0), u32_at(s, 4));
     }
     let (msgs, mut reasons) = rest.split_at(count as usize * MESSAGE_SIZE);
     for m in msgs.chunks_exact(MESSAGE_SIZE) {
@@ -258,22 +277,30 @@ mod tests {
                 state: CheckpointState::Dead,
             },
         ];
-        let b = encode(&meta, &msgs, &[(11u64, "boom")]);
+        let b = encode(&meta, &[(4, 9), (5, 1)], &msgs, &[(11u64, "boom")]);
         let mut got = Vec::new();
         let mut rs = Vec::new();
-        assert_eq!(
-            decode(&b, |m| got.push(m), |id, r| rs.push((id, r))),
-            Ok(meta)
+        let mut segs = Vec::new();
+        let decoded = decode(
+            &b,
+            |id, n| segs.push((id, n)),
+            |m| got.push(m),
+            |id, r| rs.push((id, r)),
         );
+        assert_eq!(decoded, Ok(meta));
+        assert_eq!(segs, vec![(4, 9), (5, 1)]);
         assert_eq!(got, msgs);
         assert_eq!(rs, vec![(11, "boom".to_string())]);
         for i in 0..b.len() {
             let mut bad = b.clone();
             bad[i] ^= 0x40;
-            assert!(decode(&bad, |_| {}, |_, _| {}).is_err(), "byte {i}");
+            assert!(
+                decode(&bad, |_, _| {}, |_| {}, |_, _| {}).is_err(),
+                "byte {i}"
+            );
         }
         for cut in 0..b.len() {
-            assert!(decode(&b[..cut], |_| {}, |_, _| {}).is_err());
+            assert!(decode(&b[..cut], |_, _| {}, |_| {}, |_, _| {}).is_err());
         }
     }
 }
