@@ -8,7 +8,9 @@ use lanelog::{Durability, QueueOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let q = QueueOptions::new().durability(Durability::Immediate).open(dir.path())?;
+    let q = QueueOptions::new()
+        .durability(Durability::Immediate)
+        .open(dir.path())?;
 
     let n = 20_000u32;
     let start = Instant::now();

@@ -1087,10 +1087,9 @@ impl Inner {
             let len = record::HEADER_SIZE + payload.len();
             if (core.active().room() as usize) < len {
                 let id = core.active + 1;
-                if !core.segments.contains_key(&id) {
-                    let seg =
-                        Segment::create(&*self.storage, id, self.opts.segment_size as u32, now)?;
-                    core.segments.insert(id, seg);
+                if let std::collections::btree_map::Entry::Vacant(slot) = core.segments.entry(id) {
+                    let size = self.opts.segment_size as u32;
+                    slot.insert(Segment::create(&*self.storage, id, size, now)?);
                 }
                 core.rotate_segment();
             }
