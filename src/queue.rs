@@ -161,6 +161,11 @@ impl Queue {
                 1
             }
         };
+        // What a killed process left in the page cache becomes durable now,
+        // so the `synced end` stamped into new frames is true (invariant C of
+        // `segment`).
+        segments[&active].file.sync_data()?;
+        rec.journal.file.sync_data()?;
         let journal_durable = rec.journal.pos();
         let core = Core {
             index: rec.index,
