@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::clock::{Clock, SystemClock};
 use crate::codec::{header, record};
 use crate::error::{Error, Result};
+use crate::lanes::Scheduling;
 use crate::queue::Queue;
 use crate::storage::{DiskStorage, Storage};
 
@@ -74,6 +75,7 @@ pub struct QueueOptions {
     /// `None` = the default, shrunk to fit small segments.
     max_message_size: Option<usize>,
     pub(crate) checkpoint_bytes: u64,
+    pub(crate) scheduling: Scheduling,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -96,6 +98,7 @@ impl QueueOptions {
             max_deliveries: 5,
             max_message_size: None,
             checkpoint_bytes: 64 << 20,
+            scheduling: Scheduling::Strict,
             clock: Arc::new(SystemClock::new()),
         }
     }
@@ -161,6 +164,14 @@ impl QueueOptions {
     #[must_use]
     pub fn checkpoint_bytes(mut self, bytes: u64) -> Self {
         self.checkpoint_bytes = bytes;
+        self
+    }
+
+    /// How ready lanes share consumers: [`Scheduling::Strict`] or
+    /// [`Scheduling::Weighted`] (no lane starves). Default = `Strict`.
+    #[must_use]
+    pub fn scheduling(mut self, scheduling: Scheduling) -> Self {
+        self.scheduling = scheduling;
         self
     }
 
@@ -232,6 +243,85 @@ impl QueueOptions {
             if d.is_zero() {
                 return bad("Durability::Periodic interval must be above zero".into());
             }
+        }
+        Ok(())
+    }
+}
+
+/// How to dequeue: see [`crate::Queue::dequeue_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DequeueOptions {
+    pub(crate) max: usize,
+    pub(crate) wait: Duration,
+    pub(crate) linger: Duration,
+    pub(crate) linger_within_wait: bool,
+    pub(crate) visibility: Option<Duration>,
+}
+
+impl Default for DequeueOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DequeueOptions {
+    /// One message, no waiting, the queue's visibility timeout.
+    pub fn new() -> Self {
+        DequeueOptions {
+            max: 1,
+            wait: Duration::ZERO,
+            linger: Duration::ZERO,
+            linger_within_wait: false,
+            visibility: None,
+        }
+    }
+
+    /// Most messages to take. Default = 1.
+    #[must_use]
+    pub fn max(mut self, max: usize) -> Self {
+        self.max = max;
+        self
+    }
+
+    /// Longest wait for the first message. Default = no wait.
+    #[must_use]
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// After the first message, how much longer to wait for the batch to
+    /// fill. Default = no lingering.
+    #[must_use]
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self.linger_within_wait = false;
+        self
+    }
+
+    /// Let the batch fill until the end of the `wait` (one overall deadline).
+    #[must_use]
+    pub(crate) fn linger_within_wait(mut self) -> Self {
+        self.linger_within_wait = true;
+        self
+    }
+
+    /// The lease of these deliveries. Default = the queue's visibility
+    /// timeout.
+    #[must_use]
+    pub fn visibility(mut self, lease: Duration) -> Self {
+        self.visibility = Some(lease);
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.max == 0 {
+            return Err(Error::InvalidArgument("max must be at least 1".into()));
+        }
+        if self.visibility.is_some_and(|v| v.is_zero()) {
+            return Err(Error::InvalidArgument(
+                "visibility must be above zero".into(),
+            ));
         }
         Ok(())
     }

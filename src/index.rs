@@ -111,13 +111,6 @@ impl Ready {
         self.count += 1;
     }
 
-    fn highest(&self) -> Option<u8> {
-        (0..4).rev().find_map(|w| {
-            let bits = self.nonempty[w];
-            (bits != 0).then(|| (w * 64 + 63 - bits.leading_zeros() as usize) as u8)
-        })
-    }
-
     fn remove(&mut self, priority: u8, id: u64) -> Option<Loc> {
         let lane = &mut self.lanes[usize::from(priority)];
         let loc = lane.remove(id)?;
@@ -404,6 +397,17 @@ impl Index {
         }
     }
 
+    /// The earliest delay or lease deadline, when a waiting consumer must
+    /// look again.
+    pub fn next_timer(&self) -> Option<u64> {
+        let delay = self.delayed.first_key_value().map(|(&(at, _), _)| at);
+        let lease = self.deadlines.first().map(|&(at, _)| at);
+        match (delay, lease) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Leases whose deadline is at or before `now`, earliest first.
     pub fn expired(&self, now: u64) -> Vec<(u64, Lease)> {
         self.deadlines
@@ -412,9 +416,19 @@ impl Index {
             .collect()
     }
 
-    /// The next message to deliver, without taking it.
+    /// The non-empty ready lanes as a 256-bit map.
+    pub fn nonempty(&self) -> [u64; 4] {
+        self.ready.nonempty
+    }
+
+    /// The next message of the highest non-empty lane, without taking it.
+    #[cfg(test)]
     pub fn peek(&self) -> Option<Candidate> {
-        let priority = self.ready.highest()?;
+        self.peek_lane(crate::lanes::highest(self.ready.nonempty)?)
+    }
+
+    /// The next message of lane `priority`, without taking it.
+    pub fn peek_lane(&self, priority: u8) -> Option<Candidate> {
         let (id, loc) = self.ready.lanes[usize::from(priority)].peek()?;
         let attempt = self.attempts.get(&id).copied().unwrap_or(0);
         Some(Candidate {

@@ -49,6 +49,7 @@
 //! - `segment`, `journal`: the two file kinds, appending and reading.
 //! - `index`: the in-memory keydir and ready lanes, changed only by `add` and
 //!   `apply`, live and in replay alike.
+//! - `lanes`: the scheduling policy ([`Scheduling`]), pure.
 //! - [`codec`]: every byte layout, pure functions over slices.
 //! - [`storage`]: the only module that touches files; [`storage::MemoryStorage`]
 //!   simulates crashes and faults. Its `mmap` module is the only `unsafe` code.
@@ -64,6 +65,7 @@ mod config;
 mod error;
 mod index;
 mod journal;
+mod lanes;
 mod message;
 mod queue;
 mod recovery;
@@ -72,9 +74,10 @@ pub mod storage;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use config::{
-    Durability, QueueOptions, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SEGMENT_SIZE, MAX_DELAY,
-    MAX_REASON_BYTES, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
+    DequeueOptions, Durability, QueueOptions, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SEGMENT_SIZE,
+    MAX_DELAY, MAX_REASON_BYTES, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
 };
 pub use error::{Error, Result};
+pub use lanes::{weighted_wait_bound, Scheduling};
 pub use message::{DeadLetter, Delivery, MessageId, Receipt, RecoveryReport, Stats};
 pub use queue::Queue;

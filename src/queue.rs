@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -30,10 +30,11 @@ use crate::codec::checkpoint::{self, CheckpointMessage, CheckpointMeta, Checkpoi
 use crate::codec::entry::{Entry, Kind};
 use crate::codec::header;
 use crate::codec::record::{self, RecordHeader};
-use crate::config::{Durability, QueueOptions, MAX_DELAY, MAX_REASON_BYTES};
+use crate::config::{DequeueOptions, Durability, QueueOptions, MAX_DELAY, MAX_REASON_BYTES};
 use crate::error::{Error, Result};
 use crate::index::{Candidate, Index, Loc, SnapshotState};
 use crate::journal::{self, Journal, JournalPos};
+use crate::lanes::Scheduler;
 use crate::message::{DeadLetter, Delivery, MessageId, Receipt, RecoveryReport, Stats};
 use crate::recovery::{self, checkpoint_name};
 use crate::segment::{self, ReadError, Segment};
@@ -62,6 +63,8 @@ impl std::fmt::Debug for Queue {
 
 struct Inner {
     core: Mutex<Core>,
+    /// Consumers waiting in `dequeue_with` sleep here, paired with `core`.
+    ready: Condvar,
     sync: Mutex<SyncState>,
     synced: Condvar,
     storage: Arc<dyn Storage>,
@@ -124,6 +127,9 @@ struct Core {
     checkpoint_number: u64,
     checkpoint_bytes: u64,
     health: Health,
+    /// Consumers asleep on `Inner::ready`.
+    waiting: usize,
+    scheduler: Scheduler,
     /// Reused encode buffer.
     scratch: Vec<u8>,
     /// The directory's owner lock; released by `close` or on drop.
@@ -183,11 +189,14 @@ impl Queue {
             checkpoint_number: rec.checkpoint_number,
             checkpoint_bytes: rec.checkpoint_bytes,
             health: Health::Open,
+            waiting: 0,
+            scheduler: Scheduler::new(opts.scheduling),
             scratch: Vec::new(),
             lock: Some(lock),
         };
         let inner = Arc::new(Inner {
             core: Mutex::new(core),
+            ready: Condvar::new(),
             sync: Mutex::new(SyncState::default()),
             synced: Condvar::new(),
             storage,
@@ -281,7 +290,10 @@ impl Queue {
             let now = self.inner.opts.clock.now().0;
             self.inner.reserve_ids(&mut core, items.len() as u64, now)?;
             self.inner.prepare_segments(&mut core, items, now)?;
-            core.append_records(items, now)?
+            let appended = core.append_records(items, now)?;
+            self.inner
+                .wake(&core, items.iter().filter(|i| i.2 == 0).count());
+            appended
         };
         self.inner.finish_write(written)?;
         Ok(ids)
@@ -293,37 +305,127 @@ impl Queue {
     /// # Errors
     /// [`Error::Io`], [`Error::Poisoned`], [`Error::Closed`].
     pub fn dequeue(&self) -> Result<Option<Delivery>> {
-        Ok(self.dequeue_up_to(1)?.pop())
+        Ok(self.dequeue_with(&DequeueOptions::new())?.pop())
     }
 
-    /// Take up to `max` ready messages at once (one journal write).
+    /// Take the next ready message, waiting up to `wait` for one to become
+    /// ready (an enqueue, a delay that matures, a lease that expires). The
+    /// thread sleeps until one of those can happen; it never polls.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// assert!(q.dequeue_timeout(Duration::from_millis(10))?.is_none());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Queue::dequeue`].
+    pub fn dequeue_timeout(&self, wait: Duration) -> Result<Option<Delivery>> {
+        Ok(self.dequeue_with(&DequeueOptions::new().wait(wait))?.pop())
+    }
+
+    /// Take up to `max` messages, returning as soon as `max` are leased or
+    /// when `linger` has passed with whatever was ready by then (possibly
+    /// none): the way inference servers fill a batch.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `max` is 0; as [`Queue::dequeue`].
+    pub fn dequeue_batch(&self, max: usize, linger: Duration) -> Result<Vec<Delivery>> {
+        self.dequeue_with(
+            &DequeueOptions::new()
+                .max(max)
+                .wait(linger)
+                .linger_within_wait(),
+        )
+    }
+
+    /// Take up to `max` ready messages without waiting.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when `max` is 0; as [`Queue::dequeue`].
     pub fn dequeue_up_to(&self, max: usize) -> Result<Vec<Delivery>> {
-        if max == 0 {
-            return Err(Error::InvalidArgument("max must be at least 1".into()));
-        }
+        self.dequeue_with(&DequeueOptions::new().max(max))
+    }
+
+    /// Dequeue with every knob: how many, how long to wait for the first,
+    /// how long to linger for more, and the lease for these deliveries.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// use lanelog::DequeueOptions;
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// q.enqueue_batch(&[(&b"a"[..], 0), (&b"b"[..], 0)])?;
+    /// let batch = q.dequeue_with(
+    ///     &DequeueOptions::new()
+    ///         .max(64)
+    ///         .wait(Duration::from_secs(1))
+    ///         .linger(Duration::from_millis(2))
+    ///         .visibility(Duration::from_secs(120)),
+    /// )?;
+    /// assert_eq!(batch.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `max` is 0 or the visibility is zero;
+    /// as [`Queue::dequeue`].
+    pub fn dequeue_with(&self, opts: &DequeueOptions) -> Result<Vec<Delivery>> {
+        opts.validate()?;
         let inner = &self.inner;
+        let visibility = opts.visibility.unwrap_or(inner.opts.visibility_timeout);
+        let start = Instant::now();
+        let first_deadline = start + opts.wait;
+        let mut fill_deadline: Option<Instant> = None;
         let mut out = Vec::new();
-        while out.len() < max {
-            let leased = {
-                let mut core = inner.core.lock();
-                core.writable()?;
-                let now = inner.opts.clock.now().0;
-                inner.expire_leases(&mut core, now)?;
-                core.index.promote_due(now);
-                inner.lease(&mut core, max - out.len(), now)?
+        let mut core = inner.core.lock();
+        loop {
+            core.writable()?;
+            let now = inner.opts.clock.now().0;
+            inner.expire_leases(&mut core, now)?;
+            core.index.promote_due(now);
+            let leased = inner.lease(&mut core, opts.max - out.len(), now, visibility)?;
+            if !leased.is_empty() {
+                drop(core);
+                let corrupt = inner.read_deliveries(leased, &mut out);
+                if !corrupt.is_empty() {
+                    // Damaged records are never delivered: park them, look again.
+                    inner.dead_letter_corrupt(corrupt)?;
+                }
+                if out.len() >= opts.max {
+                    break;
+                }
+                if !out.is_empty() && fill_deadline.is_none() {
+                    let linger_end = Instant::now() + opts.linger;
+                    fill_deadline = Some(if opts.linger_within_wait {
+                        first_deadline
+                    } else {
+                        linger_end
+                    });
+                }
+                core = inner.core.lock();
+                continue;
+            }
+            let deadline = fill_deadline.unwrap_or(first_deadline);
+            let now_instant = Instant::now();
+            if now_instant >= deadline {
+                break;
+            }
+            // Sleep until the deadline, an enqueue (notified), or the next
+            // delay or lease expiry, whichever comes first.
+            let wake = match core.index.next_timer() {
+                Some(at) => {
+                    deadline.min(now_instant + Duration::from_millis(at.saturating_sub(now)))
+                }
+                None => deadline,
             };
-            if leased.is_empty() {
-                break;
-            }
-            let corrupt = inner.read_deliveries(leased, &mut out);
-            if corrupt.is_empty() {
-                break;
-            }
-            // Damaged records are never delivered: park them and look again.
-            inner.dead_letter_corrupt(corrupt)?;
+            core.waiting += 1;
+            inner.ready.wait_until(&mut core, wake);
+            core.waiting -= 1;
         }
         Ok(out)
     }
@@ -424,7 +526,13 @@ impl Queue {
                 e.reason = reason;
                 entries.push(e);
             }
-            self.inner.write_entries(&mut core, &entries, now)?
+            let written = self.inner.write_entries(&mut core, &entries, now)?;
+            let back = entries
+                .iter()
+                .filter(|e| e.kind == Kind::Nacked && e.time_ms == 0)
+                .count();
+            self.inner.wake(&core, back);
+            written
         };
         self.inner.finish_write(written)
     }
@@ -543,10 +651,11 @@ impl Queue {
             if entries.is_empty() {
                 return Ok(0);
             }
-            (
-                entries.len() as u64,
-                self.inner.write_entries(&mut core, &entries, now)?,
-            )
+            let written = self.inner.write_entries(&mut core, &entries, now)?;
+            if kind == Kind::Redriven {
+                self.inner.wake(&core, entries.len());
+            }
+            (entries.len() as u64, written)
         };
         self.inner.finish_write(written)?;
         Ok(n)
@@ -707,6 +816,14 @@ impl Core {
 }
 
 impl Inner {
+    /// Wake up to `n` sleeping consumers (one per newly ready message, so an
+    /// enqueue of one message does not stampede every waiter).
+    fn wake(&self, core: &Core, n: usize) {
+        for _ in 0..n.min(core.waiting) {
+            self.ready.notify_one();
+        }
+    }
+
     /// Reserve ids durably so that `n` more can be handed out (invariant E).
     fn reserve_ids(&self, core: &mut Core, n: u64, now: u64) -> Result<()> {
         if core.next_id + n <= core.reserved_until {
@@ -841,13 +958,24 @@ impl Inner {
 
     /// Lease up to `max` messages; messages past `max_deliveries` go to the
     /// dead letters instead.
-    fn lease(&self, core: &mut Core, max: usize, now: u64) -> Result<Vec<Leased>> {
-        let deadline = Timestamp(now).plus(self.opts.visibility_timeout).0;
+    fn lease(
+        &self,
+        core: &mut Core,
+        max: usize,
+        now: u64,
+        visibility: Duration,
+    ) -> Result<Vec<Leased>> {
+        let deadline = Timestamp(now).plus(visibility).0;
         let limit = self.opts.max_deliveries;
         let mut entries = Vec::new();
         let mut leased = Vec::new();
         while leased.len() < max {
-            let Some(c) = core.index.peek() else { break };
+            let Some(lane) = core.scheduler.pick(core.index.nonempty()) else {
+                break;
+            };
+            let Some(c) = core.index.peek_lane(lane) else {
+                break;
+            };
             let e = if limit > 0 && c.attempt >= limit {
                 let mut e = Entry::new(Kind::DeadLettered, c.id, c.priority, now, c.attempt);
                 e.reason = format!(
@@ -860,6 +988,7 @@ impl Inner {
             };
             core.index.apply(&e);
             if e.kind == Kind::Delivered {
+                core.scheduler.charge(c.priority);
                 let lease = core.index.lease(c.id).map_or(0, |l| l.lease);
                 let file = core.segments.get(&c.loc.segment).map(|s| s.file.clone());
                 leased.push(Leased { c, lease, file });

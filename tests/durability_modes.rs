@@ -9,11 +9,16 @@ use lanelog::storage::{CrashPolicy, MemoryStorage, Storage};
 use lanelog::{Durability, QueueOptions};
 
 fn opts(d: Durability) -> QueueOptions {
-    QueueOptions::new().segment_size(1 << 20).journal_file_size(64 << 10).durability(d)
+    QueueOptions::new()
+        .segment_size(1 << 20)
+        .journal_file_size(64 << 10)
+        .durability(d)
 }
 
 fn open(m: &MemoryStorage, d: Durability) -> lanelog::Queue {
-    opts(d).open_storage(Arc::new(m.clone()) as Arc<dyn Storage>).unwrap()
+    opts(d)
+        .open_storage(Arc::new(m.clone()) as Arc<dyn Storage>)
+        .unwrap()
 }
 
 #[test]
@@ -24,7 +29,10 @@ fn immediate_survives_power_loss_with_concurrent_producers() {
         .map(|t| {
             let q = q.clone();
             std::thread::spawn(move || {
-                (0..100u32).map(|i| q.enqueue(&[t, i as u8], t).unwrap()).count()
+                for i in 0..100u8 {
+                    q.enqueue(&[t, i], t).unwrap();
+                }
+                100
             })
         })
         .collect();
@@ -79,7 +87,10 @@ fn periodic_flushes_in_the_background() {
         if open(&image, Durability::None).stats().ready == 1 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "the flusher never synced");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the flusher never synced"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
