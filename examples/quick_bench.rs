@@ -16,11 +16,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().map_or(Ok(200_000), |a| a.parse())?;
     let pending: usize = args.next().map_or(Ok(1_000_000), |a| a.parse())?;
-    let payload = vec![0xABu8; 128];
-    println!("fdatasync probe (16 x 4 KiB appends): median {:?}", fsync_probe()?);
-    for (name, durability) in [("Immediate", Durability::Immediate), ("None", Durability::None)] {
+    let payload = [0xABu8; 128];
+    println!(
+        "fdatasync probe (16 x 4 KiB appends): median {:?}",
+        fsync_probe()?
+    );
+    for (name, durability) in [
+        ("Immediate", Durability::Immediate),
+        ("None", Durability::None),
+    ] {
         let dir = tempfile::tempdir()?;
-        let q = QueueOptions::new().durability(durability).open(dir.path())?;
+        let q = QueueOptions::new()
+            .durability(durability)
+            .open(dir.path())?;
         let batch: Vec<(&[u8], u8)> = vec![(&payload[..], 0); 100];
         let t = Instant::now();
         for _ in 0..n / 100 {
@@ -44,7 +52,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         q.close()?;
     }
     let dir = tempfile::tempdir()?;
-    let q = QueueOptions::new().durability(Durability::None).open(dir.path())?;
+    let q = QueueOptions::new()
+        .durability(Durability::None)
+        .open(dir.path())?;
     let batch: Vec<(&[u8], u8)> = vec![(&payload[..], 0); 1000];
     for _ in 0..pending / 1000 {
         q.enqueue_batch(&batch)?;
@@ -62,12 +72,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Median of 16 appends of 4 KiB, each followed by fdatasync.
 fn fsync_probe() -> std::io::Result<Duration> {
     let dir = tempfile::tempdir()?;
-    let mut f = OpenOptions::new().create(true).append(true).open(dir.path().join("probe"))?;
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("probe"))?;
     let block = vec![1u8; 4096];
     let mut times: Vec<Duration> = (0..16)
         .map(|_| {
             let t = Instant::now();
-            f.write_all(&block).and_then(|()| f.sync_data()).map(|()| t.elapsed())
+            f.write_all(&block)
+                .and_then(|()| f.sync_data())
+                .map(|()| t.elapsed())
         })
         .collect::<Result<_, _>>()?;
     times.sort();
