@@ -54,6 +54,7 @@
 //! - [`storage`]: the only module that touches files; [`storage::MemoryStorage`]
 //!   simulates crashes and faults. Its `mmap` module is the only `unsafe` code.
 //! - [`clock`](Clock): the only code that reads time.
+//! - `waker` (feature `tokio`): async wake-ups and the timer thread.
 //! - `config`, `message`, `error`: options, plain data, the error type.
 
 #![deny(unsafe_code)]
@@ -71,6 +72,8 @@ mod queue;
 mod recovery;
 mod segment;
 pub mod storage;
+#[cfg(feature = "tokio")]
+mod waker;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use config::{

@@ -71,6 +71,9 @@ struct Inner {
     opts: QueueOptions,
     flusher: Mutex<Option<Arc<StopSignal>>>,
     report: RecoveryReport,
+    /// Async wake-ups, made on the first async dequeue.
+    #[cfg(feature = "tokio")]
+    waker: std::sync::OnceLock<crate::waker::AsyncWaker>,
 }
 
 /// Tells the flusher thread to stop.
@@ -203,6 +206,8 @@ impl Queue {
             opts,
             flusher: Mutex::new(None),
             report: rec.report,
+            #[cfg(feature = "tokio")]
+            waker: std::sync::OnceLock::new(),
         });
         if let Durability::Periodic(every) = inner.opts.durability {
             start_flusher(&inner, every)?;
@@ -291,6 +296,9 @@ impl Queue {
             self.inner.reserve_ids(&mut core, items.len() as u64, now)?;
             self.inner.prepare_segments(&mut core, items, now)?;
             let appended = core.append_records(items, now)?;
+            if let Some(d) = items.iter().map(|i| i.2).filter(|&d| d > 0).min() {
+                self.inner.timer_at(now + u64::from(d));
+            }
             self.inner
                 .wake(&core, items.iter().filter(|i| i.2 == 0).count());
             appended
@@ -430,6 +438,61 @@ impl Queue {
         Ok(out)
     }
 
+    /// Wait (asynchronously) for the next ready message and lease it.
+    /// Bound the wait with `tokio::time::timeout` if you need one.
+    ///
+    /// Cancel-safe: the message is leased by a synchronous call that either
+    /// completes or does not start, so a dropped future never strands one.
+    ///
+    /// # Errors
+    /// As [`Queue::dequeue`].
+    #[cfg(feature = "tokio")]
+    pub async fn dequeue_async(&self) -> Result<Delivery> {
+        loop {
+            let mut batch = self.dequeue_batch_async(1).await?;
+            if let Some(d) = batch.pop() {
+                return Ok(d);
+            }
+        }
+    }
+
+    /// Wait (asynchronously) until at least one message is ready, then lease
+    /// up to `max` that are ready. Cancel-safe like [`Queue::dequeue_async`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `max` is 0; as [`Queue::dequeue`].
+    #[cfg(feature = "tokio")]
+    pub async fn dequeue_batch_async(&self, max: usize) -> Result<Vec<Delivery>> {
+        let waker = self.async_waker()?;
+        loop {
+            let mut notified = std::pin::pin!(waker.notify.notified());
+            // Register before looking, so an enqueue between the look and
+            // the await still wakes this future.
+            notified.as_mut().enable();
+            let batch = self.dequeue_up_to(max)?;
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+            notified.await;
+        }
+    }
+
+    #[cfg(feature = "tokio")]
+    fn async_waker(&self) -> Result<&crate::waker::AsyncWaker> {
+        let mut started = Ok(());
+        let waker = self.inner.waker.get_or_init(|| {
+            let w = crate::waker::AsyncWaker::default();
+            let owner = Arc::downgrade(&self.inner);
+            started = w.start(owner, self.inner.opts.clock.clone(), Inner::fire_timers);
+            w
+        });
+        started?;
+        if let Some(t) = self.inner.core.lock().index.next_timer() {
+            waker.hint(t);
+        }
+        Ok(waker)
+    }
+
     /// Acknowledge a delivery: the message is done and never delivered again.
     ///
     /// # Errors
@@ -531,6 +594,12 @@ impl Queue {
                 .iter()
                 .filter(|e| e.kind == Kind::Nacked && e.time_ms == 0)
                 .count();
+            for e in entries
+                .iter()
+                .filter(|e| matches!(e.kind, Kind::Nacked | Kind::LeaseExtended) && e.time_ms > 0)
+            {
+                self.inner.timer_at(e.time_ms);
+            }
             self.inner.wake(&core, back);
             written
         };
@@ -822,6 +891,40 @@ impl Inner {
         for _ in 0..n.min(core.waiting) {
             self.ready.notify_one();
         }
+        #[cfg(feature = "tokio")]
+        if n > 0 {
+            if let Some(w) = self.waker.get() {
+                w.notify.notify_waiters();
+            }
+        }
+    }
+
+    /// A delay or lease deadline at `at` now exists (for the async timer).
+    fn timer_at(&self, at: u64) {
+        #[cfg(feature = "tokio")]
+        if let Some(w) = self.waker.get() {
+            w.hint(at);
+        }
+        #[cfg(not(feature = "tokio"))]
+        let _ = at;
+    }
+
+    /// Mature delays and expire leases now, and wake whoever waits; returns
+    /// the next deadline, or `None` when the queue is closed (timer thread).
+    #[cfg(feature = "tokio")]
+    fn fire_timers(&self) -> Option<Option<u64>> {
+        let mut core = self.core.lock();
+        core.writable().ok()?;
+        let now = self.opts.clock.now().0;
+        self.expire_leases(&mut core, now).ok()?;
+        core.index.promote_due(now);
+        self.ready.notify_all();
+        let next = core.index.next_timer();
+        drop(core);
+        if let Some(w) = self.waker.get() {
+            w.notify.notify_waiters();
+        }
+        Some(next)
     }
 
     /// Reserve ids durably so that `n` more can be handed out (invariant E).
@@ -997,6 +1100,9 @@ impl Inner {
         }
         if entries.is_empty() {
             return Ok(leased);
+        }
+        if !leased.is_empty() {
+            self.timer_at(deadline);
         }
         // The entries are already applied; if writing them fails the index
         // is ahead of the disk, so the queue must be reopened (poisoned).
@@ -1331,6 +1437,10 @@ impl Inner {
             *f.0.lock() = true;
             f.1.notify_all();
         }
+        #[cfg(feature = "tokio")]
+        if let Some(w) = self.waker.get() {
+            w.stop();
+        }
         let seq = {
             let mut core = self.core.lock();
             if core.health != Health::Open {
@@ -1354,6 +1464,7 @@ impl Inner {
         });
         core.health = Health::Closed;
         core.lock = None;
+        self.ready.notify_all();
         result
     }
 }
