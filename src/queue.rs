@@ -160,7 +160,8 @@ impl Queue {
             _ => Error::Io(e),
         })?;
         let now = opts.clock.now().0;
-        let rec = recovery::recover(&*storage, &opts, now)?;
+        let mut rec = recovery::recover(&*storage, &opts, now)?;
+        rec.index.promote_due(now);
         let mut segments = rec.segments;
         let active = match segments.keys().next_back() {
             Some(&id) => id,
@@ -624,13 +625,15 @@ impl Queue {
 
     /// A snapshot of the queue's counters.
     pub fn stats(&self) -> Stats {
-        let core = self.inner.core.lock();
+        let mut core = self.inner.core.lock();
+        let now = self.inner.opts.clock.now();
+        // Delays that matured count as ready (promotion is not journaled).
+        core.index.promote_due(now.0);
         let (ready, in_flight, delayed, dead) = core.index.counts();
         let oldest = core.index.oldest_ready().and_then(|(_, loc)| {
             let seg = core.segments.get(&loc.segment)?;
             segment::read_header(&*seg.file, loc.offset, seg.size as usize)
         });
-        let now = self.inner.opts.clock.now();
         let seg_bytes: u64 = core.segments.values().map(|s| u64::from(s.size)).sum();
         let journal_bytes = core.journal.files.len() as u64 * u64::from(core.journal.size);
         Stats {
