@@ -246,6 +246,16 @@ impl Queue {
     /// Enqueue many messages with one write and (under `Immediate`) one sync.
     /// All or none are enqueued.
     ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// let ids = q.enqueue_batch(&[(&b"a"[..], 0), (&b"b"[..], 9)])?;
+    /// assert_eq!(ids.len(), 2);
+    /// assert_eq!(q.dequeue()?.unwrap().payload, b"b"); // priority 9 first
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// As [`Queue::enqueue`]; one oversized payload refuses the whole batch.
     pub fn enqueue_batch(&self, items: &[(&[u8], u8)]) -> Result<Vec<MessageId>> {
@@ -259,6 +269,17 @@ impl Queue {
 
     /// Enqueue a message that stays invisible for `delay` (at most
     /// [`crate::MAX_DELAY`]); the ready time survives a restart.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// q.enqueue_delayed(b"later", 0, Duration::from_secs(3600))?;
+    /// assert!(q.dequeue()?.is_none());
+    /// assert_eq!(q.stats().delayed, 1);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`Queue::enqueue`], and [`Error::InvalidArgument`] for a delay over
@@ -311,6 +332,17 @@ impl Queue {
     /// Take the next ready message, if any, leasing it for the visibility
     /// timeout. Never blocks.
     ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// assert!(q.dequeue()?.is_none());
+    /// q.enqueue(b"job", 0)?;
+    /// let d = q.dequeue()?.expect("ready");
+    /// assert_eq!((d.payload.as_slice(), d.attempt), (&b"job"[..], 1));
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Io`], [`Error::Poisoned`], [`Error::Closed`].
     pub fn dequeue(&self) -> Result<Option<Delivery>> {
@@ -340,6 +372,17 @@ impl Queue {
     /// when `linger` has passed with whatever was ready by then (possibly
     /// none): the way inference servers fill a batch.
     ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// q.enqueue_batch(&[(&b"a"[..], 0), (&b"b"[..], 0)])?;
+    /// let batch = q.dequeue_batch(64, Duration::from_millis(5))?;
+    /// assert_eq!(batch.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`Error::InvalidArgument`] when `max` is 0; as [`Queue::dequeue`].
     pub fn dequeue_batch(&self, max: usize, linger: Duration) -> Result<Vec<Delivery>> {
@@ -352,6 +395,15 @@ impl Queue {
     }
 
     /// Take up to `max` ready messages without waiting.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// q.enqueue_batch(&[(&b"a"[..], 0), (&b"b"[..], 0), (&b"c"[..], 0)])?;
+    /// assert_eq!(q.dequeue_up_to(2)?.len(), 2);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when `max` is 0; as [`Queue::dequeue`].
@@ -507,6 +559,17 @@ impl Queue {
     /// Acknowledge many deliveries with one write and one sync. If any
     /// receipt is stale or unknown, none is acked.
     ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// q.enqueue_batch(&[(&b"a"[..], 0), (&b"b"[..], 0)])?;
+    /// let receipts: Vec<_> = q.dequeue_up_to(2)?.iter().map(|d| d.receipt).collect();
+    /// q.ack_batch(&receipts)?;
+    /// assert_eq!(q.stats().acked_total, 2);
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// As [`Queue::ack`].
     pub fn ack_batch(&self, receipts: &[Receipt]) -> Result<()> {
@@ -515,6 +578,18 @@ impl Queue {
 
     /// Give a delivery back: the message is ready again after `delay` (zero
     /// for at once), keeping its attempt count.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// q.enqueue(b"flaky", 0)?;
+    /// let d = q.dequeue()?.unwrap();
+    /// q.nack(d.receipt, Duration::ZERO)?;
+    /// assert_eq!(q.dequeue()?.unwrap().attempt, 2);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`Queue::ack`], and [`Error::InvalidArgument`] for a delay over
@@ -537,6 +612,18 @@ impl Queue {
 
     /// Extend a delivery's lease to `extension` from now.
     ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// q.enqueue(b"long job", 0)?;
+    /// let d = q.dequeue()?.unwrap();
+    /// q.extend_lease(d.receipt, Duration::from_secs(600))?;
+    /// q.ack(d.receipt)?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// As [`Queue::ack`], and [`Error::InvalidArgument`] for a zero extension.
     pub fn extend_lease(&self, receipt: Receipt, extension: Duration) -> Result<()> {
@@ -556,6 +643,17 @@ impl Queue {
 
     /// Move a delivered message straight to the dead letters with a reason
     /// (cut to 1 KiB).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// q.enqueue(b"bad input", 0)?;
+    /// let d = q.dequeue()?.unwrap();
+    /// q.dead_letter(d.receipt, "shape mismatch")?;
+    /// assert_eq!(q.dead_letters()?[0].reason, "shape mismatch");
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`Queue::ack`].
@@ -610,6 +708,16 @@ impl Queue {
     /// Make everything written so far durable now, whatever the durability
     /// mode.
     ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use lanelog::{Durability, QueueOptions};
+    /// let q = QueueOptions::new().durability(Durability::None).open(dir.path())?;
+    /// q.enqueue(b"x", 0)?;
+    /// q.sync()?; // now durable
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Io`] when the sync fails (the queue is then poisoned),
     /// [`Error::Poisoned`], [`Error::Closed`].
@@ -624,6 +732,16 @@ impl Queue {
     }
 
     /// A snapshot of the queue's counters.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// q.enqueue(b"x", 3)?;
+    /// let s = q.stats();
+    /// assert_eq!((s.ready, s.ready_per_lane.clone()), (1, vec![(3, 1)]));
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> Stats {
         let mut core = self.inner.core.lock();
         let now = self.inner.opts.clock.now();
@@ -650,6 +768,14 @@ impl Queue {
     }
 
     /// All dead letters, in id order.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// assert!(q.dead_letters()?.is_empty());
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`Error::Closed`].
@@ -681,6 +807,17 @@ impl Queue {
 
     /// Send one dead letter back to ready, its attempts reset.
     ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// let id = q.enqueue(b"x", 0)?;
+    /// q.dead_letter(q.dequeue()?.unwrap().receipt, "oops")?;
+    /// q.redrive(id)?;
+    /// assert_eq!(q.dequeue()?.unwrap().attempt, 1);
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Unknown`] when `id` is not a dead letter; as [`Queue::ack`].
     pub fn redrive(&self, id: MessageId) -> Result<()> {
@@ -688,6 +825,16 @@ impl Queue {
     }
 
     /// Send every dead letter back to ready; returns how many.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// q.enqueue(b"x", 0)?;
+    /// q.dead_letter(q.dequeue()?.unwrap().receipt, "oops")?;
+    /// assert_eq!(q.redrive_all()?, 1);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`Queue::ack`].
@@ -697,6 +844,17 @@ impl Queue {
 
     /// Remove every dead letter for good; returns how many. Their space is
     /// reclaimed with their segments.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// q.enqueue(b"x", 0)?;
+    /// q.dead_letter(q.dequeue()?.unwrap().receipt, "oops")?;
+    /// assert_eq!(q.purge_dead_letters()?, 1);
+    /// assert_eq!(q.stats().dead, 0);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`Queue::ack`].
@@ -735,6 +893,15 @@ impl Queue {
 
     /// Sync, write a checkpoint (so the next open is fast) and release the
     /// directory. Other handles to this queue get [`Error::Closed`] after.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// q.close()?;
+    /// let q = lanelog::Queue::open(dir.path())?; // the directory is free again
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`Error::Io`] when the final sync or checkpoint fails; the directory
