@@ -14,7 +14,9 @@ const CONSUMERS: usize = 4;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let q = QueueOptions::new().durability(Durability::Immediate).open(dir.path())?;
+    let q = QueueOptions::new()
+        .durability(Durability::Immediate)
+        .open(dir.path())?;
     let start = Instant::now();
 
     let producer = {

@@ -61,6 +61,14 @@ impl std::fmt::Debug for Queue {
     }
 }
 
+// `Queue` is a cheap handle shared across threads (SPEC §2).
+const _: fn() = || {
+    fn handle<T: Send + Sync + Clone>() {}
+    fn receipt<T: Copy + Send + Sync>() {}
+    handle::<Queue>();
+    receipt::<Receipt>();
+};
+
 struct Inner {
     core: Mutex<Core>,
     /// Consumers waiting in `dequeue_with` sleep here, paired with `core`.

@@ -182,3 +182,28 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// Where two file snapshots differ, in a few words (never whole files).
+pub fn diff(a: &BTreeMap<String, Vec<u8>>, b: &BTreeMap<String, Vec<u8>>) -> Option<String> {
+    let names = |m: &BTreeMap<String, Vec<u8>>| m.keys().cloned().collect::<Vec<_>>();
+    if names(a) != names(b) {
+        return Some(format!("files {:?} became {:?}", names(a), names(b)));
+    }
+    for (name, x) in a {
+        let y = &b[name];
+        if x.len() != y.len() {
+            return Some(format!("{name}: length {} became {}", x.len(), y.len()));
+        }
+        if let Some(i) = x.iter().zip(y).position(|(p, q)| p != q) {
+            return Some(format!("{name}: byte {i} changed {} -> {}", x[i], y[i]));
+        }
+    }
+    None
+}
+
+/// Panic with a short description if the snapshots differ.
+pub fn assert_same_files(a: &BTreeMap<String, Vec<u8>>, b: &BTreeMap<String, Vec<u8>>, ctx: &str) {
+    if let Some(d) = diff(a, b) {
+        panic!("{ctx}: {d}");
+    }
+}
