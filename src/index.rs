@@ -267,7 +267,12 @@ impl Index {
     pub fn apply(&mut self, e: &Entry) -> Option<u32> {
         match e.kind {
             Kind::Delivered => {
-                let (loc, _) = self.take_waiting(e.id, e.priority)?;
+                // A message still leased here was released by a restart in
+                // between (releases at open are not journaled).
+                let loc = match self.take_lease(e.id) {
+                    Some(l) => l.loc,
+                    None => self.take_waiting(e.id, e.priority)?.0,
+                };
                 self.put_lease(e.id, loc, e.priority, e.attempt, e.time_ms);
                 None
             }

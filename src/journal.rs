@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::codec::entry::{self, Entry};
 use crate::codec::header::{self, FileHeader, FileKind};
+use crate::segment::{create_with_header, CreateError};
 use crate::storage::{Storage, StorageFile};
 
 /// The file name of journal file `n`.
@@ -57,23 +58,13 @@ impl Journal {
         number: u64,
         size: u32,
         now_ms: u64,
-    ) -> io::Result<Arc<dyn StorageFile>> {
-        let file = storage.create(&name(number), u64::from(size))?;
-        let made = (|| {
-            let h = FileHeader {
-                kind: FileKind::Journal,
-                id: number,
-                created_ms: now_ms,
-            };
-            file.write_at(0, &h.encode())?;
-            file.sync_data()?;
-            storage.sync_dir()
-        })();
-        if let Err(e) = made {
-            let _ = storage.remove(&name(number));
-            return Err(e);
-        }
-        Ok(file)
+    ) -> Result<Arc<dyn StorageFile>, CreateError> {
+        let h = FileHeader {
+            kind: FileKind::Journal,
+            id: number,
+            created_ms: now_ms,
+        };
+        create_with_header(storage, &name(number), size, &h)
     }
 
     /// A journal appending to an existing file at `end`.
@@ -117,7 +108,7 @@ impl Journal {
         &mut self,
         storage: &dyn Storage,
         now_ms: u64,
-    ) -> io::Result<Arc<dyn StorageFile>> {
+    ) -> Result<Arc<dyn StorageFile>, CreateError> {
         let next = self.number + 1;
         let file = Journal::create(storage, next, self.size, now_ms)?;
         let old = std::mem::replace(&mut self.file, file);

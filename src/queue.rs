@@ -37,7 +37,7 @@ use crate::journal::{self, Journal, JournalPos};
 use crate::lanes::Scheduler;
 use crate::message::{DeadLetter, Delivery, MessageId, Receipt, RecoveryReport, Stats};
 use crate::recovery::{self, checkpoint_name};
-use crate::segment::{self, ReadError, Segment};
+use crate::segment::{self, CreateError, ReadError, Segment};
 use crate::storage::{LockGuard, Storage, StorageFile};
 
 /// Ids reserved by one durable journal entry.
@@ -174,7 +174,8 @@ impl Queue {
         let active = match segments.keys().next_back() {
             Some(&id) => id,
             None => {
-                let seg = Segment::create(&*storage, 1, opts.segment_size as u32, now)?;
+                let seg = Segment::create(&*storage, 1, opts.segment_size as u32, now)
+                    .map_err(std::io::Error::from)?;
                 segments.insert(1, seg);
                 1
             }
@@ -1105,6 +1106,21 @@ impl Inner {
         Some(next)
     }
 
+    /// Pass a file creation's result on; a failure after the file existed
+    /// (a failed write or sync) poisons the queue, a failure to make it (a
+    /// full disk) does not.
+    fn created<T>(&self, core: &mut Core, made: std::result::Result<T, CreateError>) -> Result<T> {
+        match made {
+            Ok(t) => Ok(t),
+            Err(CreateError::NotMade(e)) => Err(e.into()),
+            Err(CreateError::Failed(e)) => {
+                core.health = Health::Poisoned;
+                self.sync.lock().poisoned = true;
+                Err(e.into())
+            }
+        }
+    }
+
     /// Reserve ids durably so that `n` more can be handed out (invariant E).
     fn reserve_ids(&self, core: &mut Core, n: u64, now: u64) -> Result<()> {
         if core.next_id + n <= core.reserved_until {
@@ -1149,7 +1165,8 @@ impl Inner {
         let prepared = newest - core.active;
         for k in prepared..needed {
             let id = core.active + k + 1;
-            let seg = Segment::create(&*self.storage, id, self.opts.segment_size as u32, now)?;
+            let made = Segment::create(&*self.storage, id, self.opts.segment_size as u32, now);
+            let seg = self.created(core, made)?;
             core.segments.insert(id, seg);
         }
         Ok(())
@@ -1170,7 +1187,8 @@ impl Inner {
                     take += 1;
                 }
                 if !core.journal.fits(bytes) {
-                    let old = core.journal.rotate(&*self.storage, now)?;
+                    let rotated = core.journal.rotate(&*self.storage, now);
+                    let old = self.created(core, rotated)?;
                     let old_number = core.journal.number - 1;
                     core.mark_dirty(&old, Target::Journal(old_number), 0);
                     core.maintenance_due = true;
@@ -1507,7 +1525,10 @@ impl Inner {
                 let id = core.active + 1;
                 if let std::collections::btree_map::Entry::Vacant(slot) = core.segments.entry(id) {
                     let size = self.opts.segment_size as u32;
-                    slot.insert(Segment::create(&*self.storage, id, size, now)?);
+                    slot.insert(
+                        Segment::create(&*self.storage, id, size, now)
+                            .map_err(std::io::Error::from)?,
+                    );
                 }
                 core.rotate_segment();
             }
@@ -1546,7 +1567,10 @@ impl Inner {
         let now = self.opts.clock.now().0;
         // Start a fresh journal file so replay starts at its beginning, then
         // sync everything the checkpoint will describe.
-        let old = core.journal.rotate(&*self.storage, now)?;
+        let old = core
+            .journal
+            .rotate(&*self.storage, now)
+            .map_err(std::io::Error::from)?;
         let old_number = core.journal.number - 1;
         core.mark_dirty(&old, Target::Journal(old_number), 0);
         self.sync_inline(core)?;

@@ -391,7 +391,7 @@ pub(crate) fn recover(
         None => {
             let n = meta.journal_file.max(1);
             let size = opts.journal_file_size as u32;
-            let file = Journal::create(storage, n, size, now_ms)?;
+            let file = Journal::create(storage, n, size, now_ms).map_err(std::io::Error::from)?;
             Journal::resume(n, file, size, header::SIZE as u32, vec![n])
         }
     };

@@ -53,22 +53,18 @@ pub(crate) struct Segment {
 impl Segment {
     /// Create segment `id` of `size` bytes: preallocate, write and sync the
     /// header, sync the directory (invariant A).
-    pub fn create(storage: &dyn Storage, id: u32, size: u32, now_ms: u64) -> io::Result<Segment> {
-        let file = storage.create(&name(id), u64::from(size))?;
-        let made = (|| {
-            let h = FileHeader {
-                kind: FileKind::Segment,
-                id: u64::from(id),
-                created_ms: now_ms,
-            };
-            file.write_at(0, &h.encode())?;
-            file.sync_data()?;
-            storage.sync_dir()
-        })();
-        if let Err(e) = made {
-            let _ = storage.remove(&name(id));
-            return Err(e);
-        }
+    pub fn create(
+        storage: &dyn Storage,
+        id: u32,
+        size: u32,
+        now_ms: u64,
+    ) -> Result<Segment, CreateError> {
+        let h = FileHeader {
+            kind: FileKind::Segment,
+            id: u64::from(id),
+            created_ms: now_ms,
+        };
+        let file = create_with_header(storage, &name(id), size, &h)?;
         let start = header::SIZE as u32;
         Ok(Segment {
             id,
@@ -94,6 +90,48 @@ impl Segment {
         self.records += records;
         Ok(at)
     }
+}
+
+/// Why creating a file failed.
+#[derive(Debug)]
+pub(crate) enum CreateError {
+    /// The file could not be made (a full disk, say): nothing changed.
+    NotMade(io::Error),
+    /// Writing or syncing it failed: after a failed sync the storage can no
+    /// longer be trusted, so the queue must be poisoned.
+    Failed(io::Error),
+}
+
+impl From<CreateError> for io::Error {
+    fn from(e: CreateError) -> io::Error {
+        match e {
+            CreateError::NotMade(e) | CreateError::Failed(e) => e,
+        }
+    }
+}
+
+/// Create a preallocated file, write and sync its header, and sync the
+/// directory, so that its entry is durable before anything is written to
+/// it. A half-made file is removed.
+pub(crate) fn create_with_header(
+    storage: &dyn Storage,
+    name: &str,
+    size: u32,
+    header: &FileHeader,
+) -> Result<Arc<dyn StorageFile>, CreateError> {
+    let file = storage
+        .create(name, u64::from(size))
+        .map_err(CreateError::NotMade)?;
+    let made = (|| {
+        file.write_at(0, &header.encode())?;
+        file.sync_data()?;
+        storage.sync_dir()
+    })();
+    if let Err(e) = made {
+        let _ = storage.remove(name);
+        return Err(CreateError::Failed(e));
+    }
+    Ok(file)
 }
 
 /// Why reading a record failed.
