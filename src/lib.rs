@@ -20,13 +20,37 @@
 //! ```
 //!
 //! It is not a server, not a distributed log and not a general key-value
-//! store: one process owns a queue directory at a time.
+//! store: one process owns a queue directory at a time, and payloads are
+//! opaque bytes (at most `max_message_size`, 4 MiB by default).
+//!
+//! # Using it
+//!
+//! - **Enqueue** with a priority `0..=255` (higher first): [`Queue::enqueue`],
+//!   [`Queue::enqueue_batch`] (one write, one sync), [`Queue::enqueue_delayed`].
+//! - **Dequeue** leases a message for the visibility timeout:
+//!   [`Queue::dequeue`] (never blocks), [`Queue::dequeue_timeout`] (long
+//!   poll), [`Queue::dequeue_batch`] (fill a batch within a linger),
+//!   [`Queue::dequeue_with`] (every knob, including a per-call lease), and
+//!   with the `tokio` feature `dequeue_async` / `dequeue_batch_async`.
+//! - **Settle** a delivery with its [`Receipt`]: [`Queue::ack`],
+//!   [`Queue::nack`] (ready again, optionally after a delay),
+//!   [`Queue::extend_lease`], [`Queue::dead_letter`]. A lease that expires
+//!   makes the message ready again with its attempt raised; after
+//!   `max_deliveries` it goes to the dead letters instead.
+//! - **Dead letters**: [`Queue::dead_letters`], [`Queue::redrive`],
+//!   [`Queue::redrive_all`], [`Queue::purge_dead_letters`].
+//! - **Scheduling** across lanes is [`Scheduling::Strict`] by default;
+//!   [`Scheduling::Weighted`] gives lane `p` a share growing with `p + 1`
+//!   and bounds how long any non-empty lane waits ([`weighted_wait_bound`]).
 //!
 //! # Guarantees
 //!
 //! - **At-least-once.** Every message whose enqueue returned `Ok` is
 //!   delivered until acked or dead-lettered. Duplicates happen only after a
 //!   lease expiry, a nack or a crash.
+//! - **Order.** Higher priority first; within a priority, never-delivered
+//!   messages leave in enqueue order (messages that came back are served by
+//!   id among them).
 //! - **Durability** as chosen by [`Durability`]: `Immediate` syncs before a
 //!   write call returns (concurrent callers share one sync); `Periodic` and
 //!   `None` lose nothing on a process crash.
@@ -35,7 +59,10 @@
 //!   messages ready again; see [`Queue::recovery_report`].
 //! - **One owner.** A second open of an open directory fails with
 //!   [`Error::Locked`].
-//! - **Space.** Segments whose messages are all finished are deleted.
+//! - **Space.** Segments whose messages are all finished are deleted; a
+//!   sealed segment with at most a quarter of its records live (dead
+//!   letters, long delays, a starved lane) has them copied forward and is
+//!   deleted, so disk use follows live data, not history.
 //!
 //! The on-disk format is described in `docs/format.md`.
 //!
