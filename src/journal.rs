@@ -26,10 +26,7 @@ pub(crate) fn name(n: u64) -> String {
 
 /// The number in a journal file name.
 pub(crate) fn parse_name(name: &str) -> Option<u64> {
-    name.strip_prefix("journal-")?
-        .strip_suffix(".jnl")?
-        .parse()
-        .ok()
+    crate::segment::parse_number(name.strip_prefix("journal-")?.strip_suffix(".jnl")?)
 }
 
 /// A position in the journal: file number, then offset.

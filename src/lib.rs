@@ -61,8 +61,10 @@
 //!   [`Error::Locked`].
 //! - **Space.** Segments whose messages are all finished are deleted; a
 //!   sealed segment with at most a quarter of its records live (dead
-//!   letters, long delays, a starved lane) has them copied forward and is
-//!   deleted, so disk use follows live data, not history.
+//!   letters, long delays, a starved lane's backlog) has them copied forward
+//!   and is deleted, so disk use follows live data, not history. The one
+//!   exception: a segment holding the next message of a lane is left for
+//!   consumers to finish.
 //!
 //! The on-disk format is described in `docs/format.md`.
 //!
@@ -82,6 +84,8 @@
 //!   simulates crashes and faults. Its `mmap` module is the only `unsafe` code.
 //! - [`clock`](Clock): the only code that reads time.
 //! - `waker` (feature `tokio`): async wake-ups and the timer thread.
+//! - [`worker`]: the inference worker pool and `parallel_infer`, on the
+//!   public `Queue` API only; `OnnxModel` behind the `onnx` feature.
 //! - `config`, `message`, `error`: options, plain data, the error type.
 
 #![deny(unsafe_code)]
@@ -101,6 +105,7 @@ mod segment;
 pub mod storage;
 #[cfg(feature = "tokio")]
 mod waker;
+pub mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use config::{

@@ -123,8 +123,9 @@ pub struct RecoveryReport {
     /// Damaged regions inside durable data, skipped and never delivered:
     /// file name and byte range.
     pub damaged: Vec<(String, Range<u64>)>,
-    /// Files removed because they held nothing (a blank header) or only
-    /// finished messages.
+    /// Files removed: blank files (created, never initialised), segments
+    /// holding only finished messages, leftover temporary checkpoints, and
+    /// checkpoints and journal files a newer checkpoint supersedes.
     pub files_removed: Vec<String>,
     /// Live messages whose segment is missing; they cannot be delivered.
     pub missing_messages: u64,

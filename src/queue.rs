@@ -140,6 +140,8 @@ struct Core {
     health: Health,
     /// Consumers asleep on `Inner::ready`.
     waiting: usize,
+    /// Segments relocation found unreadable live records in.
+    unmovable: std::collections::HashSet<u32>,
     scheduler: Scheduler,
     /// Reused encode buffer.
     scratch: Vec<u8>,
@@ -203,6 +205,7 @@ impl Queue {
             checkpoint_bytes: rec.checkpoint_bytes,
             health: Health::Open,
             waiting: 0,
+            unmovable: std::collections::HashSet::new(),
             scheduler: Scheduler::new(opts.scheduling),
             scratch: Vec::new(),
             lock: Some(lock),
@@ -1487,14 +1490,16 @@ impl Inner {
 
     /// Copy the live records of one sealed, mostly finished segment into the
     /// active segment, then delete it, so that dead letters, long delays and
-    /// starved lanes never pin old segments. A segment qualifies when at most
-    /// a quarter of its records are live and no lane's next message is in it
-    /// (consumers are about to finish those anyway).
+    /// starved lanes pin at most one old segment each. A segment qualifies
+    /// when at most a quarter of its records are live and no lane's next
+    /// message is in it (consumers are about to finish those anyway).
+    /// Returns whether a segment was reclaimed.
     fn relocate_one(&self, core: &mut Core) -> Result<bool> {
         let heads = core.index.lane_head_segments();
         let candidate = core.segments.values().find(|s| {
             let live = core.index.live_in(s.id);
             s.id < core.active
+                && !core.unmovable.contains(&s.id)
                 && live > 0
                 && live * 4 <= u64::from(s.records)
                 && !heads.contains(&s.id)
@@ -1525,10 +1530,14 @@ impl Inner {
                 let id = core.active + 1;
                 if let std::collections::btree_map::Entry::Vacant(slot) = core.segments.entry(id) {
                     let size = self.opts.segment_size as u32;
-                    slot.insert(
-                        Segment::create(&*self.storage, id, size, now)
-                            .map_err(std::io::Error::from)?,
-                    );
+                    match Segment::create(&*self.storage, id, size, now) {
+                        Ok(seg) => {
+                            slot.insert(seg);
+                        }
+                        // A full disk: what was copied stays valid; try later.
+                        Err(CreateError::NotMade(_)) => return Ok(false),
+                        Err(CreateError::Failed(e)) => return Err(e.into()),
+                    }
                 }
                 core.rotate_segment();
             }
@@ -1554,7 +1563,13 @@ impl Inner {
         }
         // The copies must be durable before the originals go.
         self.sync_inline(core)?;
-        if core.index.live_in(from) == 0 && core.segments.remove(&from).is_some() {
+        if core.index.live_in(from) > 0 {
+            // A live record that cannot be read (damage) keeps the segment;
+            // do not try it again in this process.
+            core.unmovable.insert(from);
+            return Ok(false);
+        }
+        if core.segments.remove(&from).is_some() {
             self.storage.remove(&segment::name(from))?;
             self.storage.sync_dir()?;
         }
@@ -1567,10 +1582,12 @@ impl Inner {
         let now = self.opts.clock.now().0;
         // Start a fresh journal file so replay starts at its beginning, then
         // sync everything the checkpoint will describe.
-        let old = core
-            .journal
-            .rotate(&*self.storage, now)
-            .map_err(std::io::Error::from)?;
+        let old = match core.journal.rotate(&*self.storage, now) {
+            Ok(old) => old,
+            // A full disk: no checkpoint now; the next maintenance tries again.
+            Err(CreateError::NotMade(_)) => return Ok(()),
+            Err(CreateError::Failed(e)) => return Err(e.into()),
+        };
         let old_number = core.journal.number - 1;
         core.mark_dirty(&old, Target::Journal(old_number), 0);
         self.sync_inline(core)?;

@@ -39,10 +39,7 @@ pub(crate) fn checkpoint_name(n: u64) -> String {
 }
 
 fn parse_checkpoint_name(name: &str) -> Option<u64> {
-    name.strip_prefix("checkpoint-")?
-        .strip_suffix(".ckp")?
-        .parse()
-        .ok()
+    segment::parse_number(name.strip_prefix("checkpoint-")?.strip_suffix(".ckp")?)
 }
 
 /// Everything the queue needs to resume.
@@ -61,6 +58,10 @@ pub(crate) struct Recovered {
 enum Fix {
     Remove(String),
     Zero(Arc<dyn StorageFile>, Range<u64>),
+    /// A file recovery read: what a killed process left in the page cache
+    /// must be durable before anything decided from it (removing a finished
+    /// segment, a later checkpoint) can be.
+    Sync(Arc<dyn StorageFile>),
 }
 
 struct Files {
@@ -270,6 +271,7 @@ pub(crate) fn recover(
         report.checkpoint = Some(n);
         for old in &live_checkpoints[..live_checkpoints.len() - 1] {
             fixes.push(Fix::Remove(checkpoint_name(*old)));
+            report.files_removed.push(checkpoint_name(*old));
         }
     }
     let has_checkpoint = report.checkpoint.is_some();
@@ -300,6 +302,7 @@ pub(crate) fn recover(
                 header::SIZE
             };
             let buf = read_all(&*file)?;
+            fixes.push(Fix::Sync(file.clone()));
             let s = scan_segment(&buf, start, opts.max_message_bytes().max(size as usize));
             judge(&name, &file, &s, &mut report, &mut fixes);
             report.records_scanned += s.frames.len() as u64;
@@ -347,6 +350,7 @@ pub(crate) fn recover(
             header::SIZE
         };
         let s = scan_journal(&buf, start);
+        fixes.push(Fix::Sync(file.clone()));
         judge(&name, &file, &s, &mut report, &mut fixes);
         for (_, (e, _)) in &s.frames {
             report.entries_replayed += 1;
@@ -434,6 +438,11 @@ fn apply_fixes(storage: &dyn Storage, fixes: Vec<Fix>) -> Result<()> {
         return Ok(());
     }
     let zeros = vec![0u8; 1 << 20];
+    for fix in &fixes {
+        if let Fix::Sync(file) = fix {
+            file.sync_data()?;
+        }
+    }
     for fix in &fixes {
         if let Fix::Zero(file, range) = fix {
             let mut at = range.start;

@@ -28,10 +28,18 @@ pub(crate) fn name(id: u32) -> String {
 
 /// The id in a segment file name.
 pub(crate) fn parse_name(name: &str) -> Option<u32> {
-    name.strip_prefix("segment-")?
-        .strip_suffix(".seg")?
-        .parse()
-        .ok()
+    u32::try_from(parse_number(
+        name.strip_prefix("segment-")?.strip_suffix(".seg")?,
+    )?)
+    .ok()
+}
+
+/// The number in a file name: exactly ten decimal digits, as written.
+pub(crate) fn parse_number(digits: &str) -> Option<u64> {
+    if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// An open segment.

@@ -1,0 +1,533 @@
+//! `parallel_infer`: a whole table in, results out in input order.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::pool::{PoolOptions, WorkerPool};
+use super::{codec, wall_ms, Model, ResultRecord, RowOutcome};
+use crate::storage::{MemoryStorage, Storage};
+use crate::{Durability, Error, Queue, QueueOptions, Receipt, Result, Timestamp};
+
+/// A column of the result table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Column {
+    /// When the row finished (always present).
+    Time,
+    /// The input row (`in.*`).
+    Input,
+    /// The output row or its error (`out.*`).
+    Output,
+    /// `anomaly.count` and the names of the validations that flagged.
+    Anomaly,
+    /// Timings, model name and hash, attempt.
+    Metadata,
+}
+
+/// A validation: a name and a predicate that flags an output.
+type Validation<O> = (String, Arc<dyn Fn(&O) -> bool + Send + Sync>);
+
+/// Options of [`parallel_infer`].
+#[derive(Clone)]
+pub struct InferOptions<O> {
+    pub(crate) pool: PoolOptions,
+    pub(crate) dir: Option<PathBuf>,
+    pub(crate) durability: Durability,
+    pub(crate) columns: Vec<Column>,
+    pub(crate) validations: Vec<Validation<O>>,
+    pub(crate) failure_budget: Option<f64>,
+}
+
+impl<O> std::fmt::Debug for InferOptions<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InferOptions")
+            .field("pool", &self.pool)
+            .field("dir", &self.dir)
+            .field("durability", &self.durability)
+            .field("columns", &self.columns)
+            .field(
+                "validations",
+                &self.validations.iter().map(|v| &v.0).collect::<Vec<_>>(),
+            )
+            .field("failure_budget", &self.failure_budget)
+            .finish()
+    }
+}
+
+impl<O> Default for InferOptions<O> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<O> InferOptions<O> {
+    /// The pool's defaults ([`PoolOptions::new`]), queues in memory, every
+    /// column, no validations, no failure budget.
+    pub fn new() -> Self {
+        InferOptions {
+            pool: PoolOptions::new(),
+            dir: None,
+            durability: Durability::Immediate,
+            columns: vec![
+                Column::Time,
+                Column::Input,
+                Column::Output,
+                Column::Anomaly,
+                Column::Metadata,
+            ],
+            validations: Vec::new(),
+            failure_budget: None,
+        }
+    }
+
+    /// Worker and batching options.
+    #[must_use]
+    pub fn pool(mut self, pool: PoolOptions) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// Keep the job and result queues in `dir` (subdirectories `jobs` and
+    /// `results`) so that a caller that crashed can call again with the
+    /// same rows and collect what was already computed. Default = in memory.
+    #[must_use]
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// Durability of the queues in `dir`. Default = `Immediate`.
+    #[must_use]
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+
+    /// Return only these columns (`time` is always returned).
+    #[must_use]
+    pub fn dataset(mut self, columns: &[Column]) -> Self {
+        self.columns = columns.to_vec();
+        self
+    }
+
+    /// Return every column except these (`time` is always returned).
+    #[must_use]
+    pub fn dataset_exclude(mut self, columns: &[Column]) -> Self {
+        self.columns.retain(|c| !columns.contains(c));
+        self
+    }
+
+    /// Add a named validation; each output it flags counts in
+    /// `anomaly_count` and is reported by name.
+    #[must_use]
+    pub fn validation(
+        mut self,
+        name: &str,
+        flags: impl Fn(&O) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.validations.push((name.to_string(), Arc::new(flags)));
+        self
+    }
+
+    /// Stop early with [`Error::FailureBudget`] once more than this share
+    /// (0.0..=1.0) of the rows failed.
+    #[must_use]
+    pub fn failure_budget(mut self, share: f64) -> Self {
+        self.failure_budget = Some(share);
+        self
+    }
+}
+
+/// Timings and provenance of one row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metadata {
+    /// The model's name.
+    pub model_name: String,
+    /// The model's version (file hash).
+    pub model_version: String,
+    /// Which delivery produced the result (1 on the first).
+    pub attempt: u32,
+    /// Time in the queue before a worker took the row.
+    pub queue_time: Duration,
+    /// Time the model took for the batch holding this row.
+    pub infer_time: Duration,
+    /// Rows in that batch.
+    pub batch_rows: u32,
+}
+
+/// One row of the result table; columns not asked for are `None`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferRow<I, O> {
+    /// When the row finished.
+    pub time: Timestamp,
+    /// The input row.
+    pub input: Option<I>,
+    /// The output, or the error of a row that failed past its retries.
+    pub output: Option<std::result::Result<O, String>>,
+    /// How many validations flagged the output.
+    pub anomaly_count: Option<u32>,
+    /// The names of the validations that flagged it.
+    pub anomalies: Option<Vec<String>>,
+    /// Timings and provenance.
+    pub metadata: Option<Metadata>,
+}
+
+/// The result table and run totals.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferResult<I, O> {
+    /// One row per input row, in input order.
+    pub rows: Vec<InferRow<I, O>>,
+    /// Rows that failed past their retries.
+    pub failed: usize,
+    /// Rows whose results were already stored by an earlier call.
+    pub resumed: usize,
+    /// Wall time of the call.
+    pub elapsed: Duration,
+    /// The run's id (a hash of the model version and the rows).
+    pub run: u64,
+}
+
+/// Run `model` over every row of `rows` through durable job and result
+/// queues and a pool of workers; return the results in input order.
+///
+/// ```
+/// use std::sync::Arc;
+/// use lanelog::worker::{parallel_infer, InferOptions, Model, ModelError};
+///
+/// struct Double;
+/// impl Model for Double {
+///     type Input = f32;
+///     type Output = f32;
+///     fn name(&self) -> &str { "double" }
+///     fn version(&self) -> &str { "1" }
+///     fn infer(&self, rows: &[f32]) -> Result<Vec<f32>, ModelError> {
+///         Ok(rows.iter().map(|x| x * 2.0).collect())
+///     }
+/// }
+///
+/// # fn main() -> Result<(), lanelog::Error> {
+/// let out = parallel_infer(Arc::new(Double), &[1.0, 2.0, 3.0], &InferOptions::new())?;
+/// let values: Vec<f32> = out.rows.iter().map(|r| *r.output.as_ref().unwrap().as_ref().unwrap()).collect();
+/// assert_eq!(values, vec![2.0, 4.0, 6.0]);
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for options out of range or a row too large
+/// to encode; [`Error::FailureBudget`] when too many rows failed; queue
+/// errors ([`Error::Io`], [`Error::Locked`], ...).
+pub fn parallel_infer<M: Model>(
+    model: Arc<M>,
+    rows: &[M::Input],
+    opts: &InferOptions<M::Output>,
+) -> Result<InferResult<M::Input, M::Output>> {
+    opts.pool.validate()?;
+    if let Some(b) = opts.failure_budget {
+        if !(0.0..=1.0).contains(&b) {
+            return Err(Error::InvalidArgument(
+                "failure_budget must be in 0.0..=1.0".into(),
+            ));
+        }
+    }
+    let started = Instant::now();
+    let encoded: Vec<Vec<u8>> = rows
+        .iter()
+        .map(codec::encode)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(Error::InvalidArgument)?;
+    let run = run_id(model.version(), &encoded);
+    let (jobs, results) = open_queues(opts)?;
+    let mut collector = Collector::new(run, rows.len());
+    collector.drain::<M::Output>(&results, Duration::ZERO)?;
+    let resumed = collector.done();
+    if !collector.started && collector.done() < rows.len() {
+        enqueue_jobs(&jobs, run, &encoded, &collector)?;
+        let start = codec::encode(&ResultRecord::<M::Output>::Started {
+            run,
+            rows: rows.len() as u64,
+        })
+        .map_err(Error::InvalidArgument)?;
+        results.enqueue(&start, 0)?;
+    }
+    let pool = WorkerPool::start(model, jobs.clone(), results.clone(), opts.pool.clone())?;
+    let budget = opts
+        .failure_budget
+        .map(|b| (b * rows.len() as f64).floor() as usize);
+    while collector.done() < rows.len() {
+        collector.drain::<M::Output>(&results, Duration::from_millis(20))?;
+        if budget.is_some_and(|b| collector.failed > b) {
+            let failed = collector.failed;
+            pool.shutdown()?;
+            collector.release(&results)?;
+            return Err(Error::FailureBudget {
+                failed,
+                rows: rows.len(),
+            });
+        }
+    }
+    pool.shutdown()?;
+    let outcomes = collector.finish(&results)?;
+    let failed = outcomes.iter().filter(|o| o.output.is_err()).count();
+    let rows_out = outcomes
+        .into_iter()
+        .zip(rows)
+        .map(|(o, input)| make_row(o, input, opts))
+        .collect();
+    Ok(InferResult {
+        rows: rows_out,
+        failed,
+        resumed,
+        elapsed: started.elapsed(),
+        run,
+    })
+}
+
+/// FNV-1a over the model version and the encoded rows: the same table on
+/// the same model is the same run, so a resumed call finds its results.
+fn run_id(version: &str, rows: &[Vec<u8>]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(version.as_bytes());
+    for r in rows {
+        eat(&(r.len() as u64).to_le_bytes());
+        eat(r);
+    }
+    h
+}
+
+fn open_queues<O>(opts: &InferOptions<O>) -> Result<(Queue, Queue)> {
+    let queue_opts = |d: Durability| {
+        QueueOptions::new()
+            .durability(d)
+            .max_deliveries(0)
+            .segment_size(16 << 20)
+    };
+    match &opts.dir {
+        Some(dir) => {
+            // Makes `dir` itself if missing (not its parents).
+            crate::storage::DiskStorage::open(dir).map_err(|e| Error::BadDirectory {
+                path: dir.clone(),
+                detail: e.to_string(),
+            })?;
+            let jobs = queue_opts(opts.durability).open(dir.join("jobs"))?;
+            let results = queue_opts(opts.durability).open(dir.join("results"))?;
+            Ok((jobs, results))
+        }
+        None => {
+            let mem = |_| -> Arc<dyn Storage> { Arc::new(MemoryStorage::new()) };
+            let jobs = queue_opts(Durability::None).open_storage(mem(()))?;
+            let results = queue_opts(Durability::None).open_storage(mem(()))?;
+            Ok((jobs, results))
+        }
+    }
+}
+
+fn enqueue_jobs(jobs: &Queue, run: u64, encoded: &[Vec<u8>], have: &Collector) -> Result<()> {
+    let now = wall_ms();
+    for chunk in (0..encoded.len())
+        .filter(|&i| !have.has(i))
+        .collect::<Vec<_>>()
+        .chunks(1024)
+    {
+        let payloads: Vec<Vec<u8>> = chunk
+            .iter()
+            .map(|&i| job_bytes(run, i as u64, now, &encoded[i]))
+            .collect();
+        let refs: Vec<(&[u8], u8)> = payloads.iter().map(|p| (&p[..], 0)).collect();
+        jobs.enqueue_batch(&refs)?;
+    }
+    Ok(())
+}
+
+/// A `JobRecord` encoded around an already encoded input (the codec's
+/// fixed-width layout: run, row, enqueued_ms, then the input's bytes).
+fn job_bytes(run: u64, row: u64, enqueued_ms: u64, input: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(24 + input.len());
+    for v in [run, row, enqueued_ms] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(input);
+    b
+}
+
+/// Gathers this run's outcomes from the results queue, holding every
+/// result leased until the call returns (so a crashed caller finds them
+/// again), and holding other runs' results aside to give back.
+struct Collector {
+    run: u64,
+    outcomes: Vec<Option<(Vec<u8>, Receipt)>>,
+    done: usize,
+    failed: usize,
+    started: bool,
+    mine: Vec<Receipt>,
+    others: Vec<Receipt>,
+}
+
+impl Collector {
+    fn new(run: u64, rows: usize) -> Collector {
+        Collector {
+            run,
+            outcomes: vec![None; rows],
+            done: 0,
+            failed: 0,
+            started: false,
+            mine: Vec::new(),
+            others: Vec::new(),
+        }
+    }
+
+    fn done(&self) -> usize {
+        self.done
+    }
+
+    fn has(&self, row: usize) -> bool {
+        self.outcomes[row].is_some()
+    }
+
+    /// Take every result available now (or within `wait` for the first).
+    fn drain<O: serde::de::DeserializeOwned>(
+        &mut self,
+        results: &Queue,
+        wait: Duration,
+    ) -> Result<()> {
+        let take = crate::DequeueOptions::new()
+            .max(1024)
+            .wait(wait)
+            .visibility(Duration::from_secs(3600));
+        loop {
+            let batch = results.dequeue_with(&take)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let mut duplicates = Vec::new();
+            for d in batch {
+                match codec::decode::<ResultRecord<O>>(&d.payload) {
+                    Ok(ResultRecord::Started { run, .. }) if run == self.run => {
+                        self.started = true;
+                        self.mine.push(d.receipt);
+                    }
+                    Ok(ResultRecord::Done(o)) if o.run == self.run => {
+                        let Some(slot) = self.outcomes.get_mut(o.row as usize) else {
+                            duplicates.push(d.receipt);
+                            continue;
+                        };
+                        if slot.is_some() {
+                            // A job computed twice (its worker died after
+                            // storing the result): keep the first.
+                            duplicates.push(d.receipt);
+                            continue;
+                        }
+                        self.done += 1;
+                        if o.output.is_err() {
+                            self.failed += 1;
+                        }
+                        *slot = Some((d.payload, d.receipt));
+                    }
+                    _ => self.others.push(d.receipt),
+                }
+            }
+            results.ack_batch(&duplicates)?;
+            if wait.is_zero() {
+                continue;
+            }
+            return Ok(());
+        }
+    }
+
+    /// The outcomes in row order; acks them (the call is about to return
+    /// them) and gives other runs' results back.
+    fn finish<O: serde::de::DeserializeOwned>(
+        mut self,
+        results: &Queue,
+    ) -> Result<Vec<RowOutcome<O>>> {
+        let mut out = Vec::with_capacity(self.outcomes.len());
+        let mut receipts = std::mem::take(&mut self.mine);
+        for slot in self.outcomes.iter_mut() {
+            let (bytes, receipt) = slot
+                .take()
+                .ok_or_else(|| Error::InvalidArgument("a row has no result".into()))?;
+            match codec::decode::<ResultRecord<O>>(&bytes).map_err(Error::InvalidArgument)? {
+                ResultRecord::Done(o) => out.push(o),
+                ResultRecord::Started { .. } => {
+                    return Err(Error::InvalidArgument("a row holds a start record".into()))
+                }
+            }
+            receipts.push(receipt);
+        }
+        results.ack_batch(&receipts)?;
+        for r in std::mem::take(&mut self.others) {
+            results.nack(r, Duration::ZERO)?;
+        }
+        Ok(out)
+    }
+
+    /// Give every held result back (an early stop).
+    fn release(self, results: &Queue) -> Result<()> {
+        let held = self
+            .mine
+            .into_iter()
+            .chain(self.others)
+            .chain(self.outcomes.into_iter().flatten().map(|(_, r)| r));
+        for r in held {
+            results.nack(r, Duration::ZERO)?;
+        }
+        Ok(())
+    }
+}
+
+fn make_row<I: Clone, O: Clone>(
+    o: RowOutcome<O>,
+    input: &I,
+    opts: &InferOptions<O>,
+) -> InferRow<I, O> {
+    let want = |c: Column| opts.columns.contains(&c);
+    let flagged: Vec<String> = match &o.output {
+        Ok(out) => opts
+            .validations
+            .iter()
+            .filter(|(_, f)| f(out))
+            .map(|(n, _)| n.clone())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    InferRow {
+        time: Timestamp(o.finished_ms),
+        input: want(Column::Input).then(|| input.clone()),
+        anomaly_count: want(Column::Anomaly).then_some(flagged.len() as u32),
+        anomalies: want(Column::Anomaly).then_some(flagged),
+        metadata: want(Column::Metadata).then(|| Metadata {
+            model_name: o.model.0.clone(),
+            model_version: o.model.1.clone(),
+            attempt: o.attempt,
+            queue_time: Duration::from_micros(o.queue_us),
+            infer_time: Duration::from_micros(o.infer_us),
+            batch_rows: o.batch_rows,
+        }),
+        output: want(Column::Output).then_some(o.output),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::JobRecord;
+    use super::*;
+
+    #[test]
+    fn job_bytes_is_the_codec_layout() {
+        let input = vec![1.0f32, 2.0];
+        let direct = codec::encode(&JobRecord {
+            run: 7,
+            row: 3,
+            enqueued_ms: 99,
+            input: input.clone(),
+        })
+        .unwrap();
+        let composed = job_bytes(7, 3, 99, &codec::encode(&input).unwrap());
+        assert_eq!(direct, composed);
+    }
+}

@@ -1,0 +1,200 @@
+//! Goal: `parallel_infer` returns every row's result once, in input order,
+//! through retries, timeouts, panics and restarts. Method: test models that
+//! fail, stall or panic on chosen rows, run with several pool shapes.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanelog::worker::{parallel_infer, Column, InferOptions, Model, ModelError, PoolOptions};
+use lanelog::Error;
+
+/// Squares its input; fails, stalls or panics on the rows it is told to.
+#[derive(Default)]
+struct Square {
+    fail_always: Vec<u32>,
+    fail_first: Vec<u32>,
+    stall_first: Vec<u32>,
+    panic_on: Vec<u32>,
+    calls: AtomicU32,
+    seen_fail: parking_lot::Mutex<Vec<u32>>,
+    seen_stall: parking_lot::Mutex<Vec<u32>>,
+}
+
+impl Model for Square {
+    type Input = u32;
+    type Output = u64;
+    fn name(&self) -> &str {
+        "square"
+    }
+    fn version(&self) -> &str {
+        "v1"
+    }
+    fn infer(&self, rows: &[u32]) -> Result<Vec<u64>, ModelError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        for r in rows {
+            if self.panic_on.contains(r) {
+                panic!("row {r} makes the model panic");
+            }
+            if self.fail_always.contains(r) {
+                return Err(ModelError(format!("row {r} is invalid")));
+            }
+            if self.fail_first.contains(r) && !self.seen_fail.lock().contains(r) {
+                self.seen_fail.lock().push(*r);
+                return Err(ModelError(format!("row {r} failed once")));
+            }
+            if self.stall_first.contains(r) && !self.seen_stall.lock().contains(r) {
+                self.seen_stall.lock().push(*r);
+                std::thread::sleep(Duration::from_secs(3));
+            }
+        }
+        Ok(rows.iter().map(|&x| u64::from(x) * u64::from(x)).collect())
+    }
+}
+
+fn fast_pool() -> PoolOptions {
+    PoolOptions::new()
+        .backoff(Duration::from_millis(1), Duration::from_millis(5))
+        .linger(Duration::from_millis(1))
+}
+
+fn outputs(r: &lanelog::worker::InferResult<u32, u64>) -> Vec<Result<u64, String>> {
+    r.rows
+        .iter()
+        .map(|row| row.output.clone().unwrap())
+        .collect()
+}
+
+#[test]
+fn results_come_back_in_input_order_for_any_pool_shape() {
+    let rows: Vec<u32> = (0..500).collect();
+    let want: Vec<Result<u64, String>> = rows
+        .iter()
+        .map(|&x| Ok(u64::from(x) * u64::from(x)))
+        .collect();
+    for (workers, batch) in [(1, 1), (2, 7), (4, 64), (3, 1000)] {
+        let opts = InferOptions::new().pool(fast_pool().num_parallel(workers).max_batch(batch));
+        let out = parallel_infer(Arc::new(Square::default()), &rows, &opts).unwrap();
+        assert_eq!(outputs(&out), want, "{workers} workers, batches of {batch}");
+        assert_eq!(out.failed, 0);
+        let meta = out.rows[0].metadata.as_ref().unwrap();
+        assert_eq!(
+            (
+                meta.model_name.as_str(),
+                meta.model_version.as_str(),
+                meta.attempt
+            ),
+            ("square", "v1", 1)
+        );
+        assert!(meta.batch_rows as usize <= batch);
+    }
+}
+
+#[test]
+fn failures_retry_then_dead_letter_and_the_rest_completes() {
+    let model = Square {
+        fail_always: vec![3],
+        fail_first: vec![5],
+        panic_on: vec![8],
+        ..Square::default()
+    };
+    let rows: Vec<u32> = (0..20).collect();
+    let opts = InferOptions::new().pool(fast_pool().max_batch(1).retries(2));
+    let out = parallel_infer(Arc::new(model), &rows, &opts).unwrap();
+    let outs = outputs(&out);
+    assert_eq!(outs[3], Err("row 3 is invalid".into()));
+    assert!(
+        outs[8].as_ref().unwrap_err().contains("panicked"),
+        "{:?}",
+        outs[8]
+    );
+    assert_eq!(outs[5], Ok(25), "a row failing once succeeds on retry");
+    assert_eq!(out.rows[5].metadata.as_ref().unwrap().attempt, 2);
+    assert_eq!(
+        out.rows[3].metadata.as_ref().unwrap().attempt,
+        3,
+        "1 try + 2 retries"
+    );
+    assert_eq!(out.failed, 2);
+    for (i, o) in outs.iter().enumerate().filter(|(i, _)| ![3, 8].contains(i)) {
+        assert_eq!(*o, Ok((i * i) as u64));
+    }
+}
+
+#[test]
+fn a_stalled_batch_times_out_and_is_retried() {
+    let model = Square {
+        stall_first: vec![2],
+        ..Square::default()
+    };
+    let rows: Vec<u32> = (0..6).collect();
+    let opts = InferOptions::new().pool(
+        fast_pool()
+            .max_batch(1)
+            .timeout(Duration::from_millis(200))
+            .lease(Duration::from_millis(90)),
+    );
+    let out = parallel_infer(Arc::new(model), &rows, &opts).unwrap();
+    assert_eq!(outputs(&out)[2], Ok(4));
+    assert_eq!(out.rows[2].metadata.as_ref().unwrap().attempt, 2);
+}
+
+#[test]
+fn failure_budget_stops_early() {
+    let model = Square {
+        fail_always: (0..50).collect(),
+        ..Square::default()
+    };
+    let rows: Vec<u32> = (0..100).collect();
+    let opts = InferOptions::new()
+        .pool(fast_pool().retries(0))
+        .failure_budget(0.1);
+    match parallel_infer(Arc::new(model), &rows, &opts) {
+        Err(Error::FailureBudget { failed, rows }) => assert!(failed > 10 && rows == 100),
+        other => panic!("expected FailureBudget, got {other:?}"),
+    }
+}
+
+#[test]
+fn columns_validations_and_bad_options() {
+    let rows: Vec<u32> = (0..10).collect();
+    let opts = InferOptions::new()
+        .pool(fast_pool())
+        .validation("big", |o: &u64| *o > 50)
+        .validation("odd", |o: &u64| o % 2 == 1)
+        .dataset_exclude(&[Column::Input, Column::Metadata]);
+    let out = parallel_infer(Arc::new(Square::default()), &rows, &opts).unwrap();
+    let r9 = &out.rows[9];
+    assert!(r9.input.is_none() && r9.metadata.is_none());
+    assert_eq!(r9.anomaly_count, Some(2));
+    assert_eq!(
+        r9.anomalies.as_deref(),
+        Some(&["big".to_string(), "odd".to_string()][..])
+    );
+    assert_eq!(out.rows[2].anomaly_count, Some(0));
+    let only_time = InferOptions::new().pool(fast_pool()).dataset(&[]);
+    let out = parallel_infer(Arc::new(Square::default()), &rows, &only_time).unwrap();
+    assert!(out.rows.iter().all(|r| r.output.is_none() && r.time.0 > 0));
+    for bad in [fast_pool().num_parallel(0), fast_pool().max_batch(0)] {
+        let opts = InferOptions::new().pool(bad);
+        assert!(matches!(
+            parallel_infer(Arc::new(Square::default()), &rows, &opts),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+}
+
+#[test]
+fn a_resumed_call_collects_stored_results_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<u32> = (0..300).collect();
+    let opts = InferOptions::new().pool(fast_pool()).dir(dir.path());
+    let first = parallel_infer(Arc::new(Square::default()), &rows, &opts).unwrap();
+    assert_eq!(first.resumed, 0);
+    // The same table again: a new run would recompute; the results of the
+    // first call were returned and acked, so this one computes afresh.
+    let model = Arc::new(Square::default());
+    let again = parallel_infer(model.clone(), &rows, &opts).unwrap();
+    assert_eq!(outputs(&again), outputs(&first));
+    assert!(model.calls.load(Ordering::SeqCst) > 0);
+}
