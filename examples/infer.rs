@@ -46,9 +46,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 2. The model called directly on micro-batches, same threads.
     let t = Instant::now();
+    let chunks: Vec<&[Vec<f32>]> = rows.chunks(BATCH).collect();
+    let per = chunks.len().div_ceil(threads);
     std::thread::scope(|s| {
-        let chunks: Vec<&[Vec<f32>]> = rows.chunks(BATCH).collect();
-        let per = chunks.len().div_ceil(threads);
         for part in chunks.chunks(per) {
             let model = &model;
             s.spawn(move || {
@@ -69,10 +69,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .max_batch(BATCH)
                 .linger(Duration::from_millis(1)),
         )
-        .dir(dir.path())
         .validation("low_confidence", |p: &Vec<f32>| {
             p.iter().copied().fold(0.0, f32::max) < 0.6
         });
+    // LANELOG_INFER_IN_MEMORY=1 keeps the queues in memory, to show what
+    // the durable queues cost.
+    let in_memory = std::env::var_os("LANELOG_INFER_IN_MEMORY").is_some();
+    let opts = if in_memory {
+        opts
+    } else {
+        opts.dir(dir.path())
+    };
     let out = parallel_infer(model.clone(), &rows, &opts)?;
     let parallel = out.elapsed;
 

@@ -305,7 +305,8 @@ fn open_queues<O>(opts: &InferOptions<O>) -> Result<(Queue, Queue)> {
         QueueOptions::new()
             .durability(d)
             .max_deliveries(0)
-            .segment_size(16 << 20)
+            .segment_size(4 << 20)
+            .journal_file_size(1 << 20)
     };
     match &opts.dir {
         Some(dir) => {
