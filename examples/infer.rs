@@ -94,8 +94,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ms(direct),
         rate(direct)
     );
+    let how = if in_memory { "in memory" } else { "durable" };
     println!(
-        "parallel_infer (durable queues) {:>9.1} ms  {:>9.0} rows/s",
+        "parallel_infer ({how:>9} queues) {:>5.1} ms  {:>9.0} rows/s",
         ms(parallel),
         rate(parallel)
     );

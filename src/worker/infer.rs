@@ -242,6 +242,7 @@ pub fn parallel_infer<M: Model>(
     let resumed = collector.done();
     if !collector.started && collector.done() < rows.len() {
         enqueue_jobs(&jobs, run, &encoded, &collector)?;
+        jobs.sync()?;
         let start = codec::encode(&ResultRecord::<M::Output>::Started {
             run,
             rows: rows.len() as u64,
@@ -315,7 +316,11 @@ fn open_queues<O>(opts: &InferOptions<O>) -> Result<(Queue, Queue)> {
                 path: dir.clone(),
                 detail: e.to_string(),
             })?;
-            let jobs = queue_opts(opts.durability).open(dir.join("jobs"))?;
+            // Job acks need not be durable: a job whose ack is lost runs
+            // again and its duplicate result is recognised. Enqueued jobs
+            // are made durable by one `sync` before the run is marked
+            // started; results use the durability asked for.
+            let jobs = queue_opts(Durability::None).open(dir.join("jobs"))?;
             let results = queue_opts(opts.durability).open(dir.join("results"))?;
             Ok((jobs, results))
         }

@@ -245,7 +245,9 @@ impl<M: Model> Worker<M> {
         let mut runner = Runner::new(self.model.clone());
         let take = DequeueOptions::new()
             .max(self.opts.max_batch)
-            .wait(Duration::from_millis(50))
+            // Short, so a shutdown is noticed quickly; the wait is not a poll:
+            // an enqueue wakes the worker at once.
+            .wait(Duration::from_millis(10))
             .linger(self.opts.linger)
             .visibility(self.opts.lease);
         while !self.stop.load(Ordering::SeqCst) {
