@@ -61,3 +61,18 @@ fn second_open_is_locked() {
         place.open(small()).unwrap();
     });
 }
+
+#[test]
+fn zero_length_payloads_round_trip() {
+    both(|place| {
+        let q = place.open(small()).unwrap();
+        let id = q.enqueue(b"", 3).unwrap();
+        q.enqueue_batch(&[(&b""[..], 0), (&b"x"[..], 0)]).unwrap();
+        drop(q);
+        let q = place.open(small()).unwrap();
+        let d = q.dequeue().unwrap().unwrap();
+        assert_eq!((d.id, d.payload.len(), d.priority), (id, 0, 3));
+        assert_eq!(q.dequeue().unwrap().unwrap().payload, b"");
+        assert_eq!(q.dequeue().unwrap().unwrap().payload, b"x");
+    });
+}
