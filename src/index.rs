@@ -286,12 +286,21 @@ impl Index {
             Kind::Nacked | Kind::Expired => {
                 let lease = self.take_lease(e.id)?;
                 let ready_at = if e.kind == Kind::Nacked { e.time_ms } else { 0 };
-                self.add_back(e.id, lease.priority, lease.loc, ready_at, lease.attempt);
+                // A nack carries the attempt count to keep: the lease's, or
+                // the one before it when a delivery is given back unread.
+                let attempt = if e.kind == Kind::Nacked {
+                    e.attempt.min(lease.attempt)
+                } else {
+                    lease.attempt
+                };
+                self.add_back(e.id, lease.priority, lease.loc, ready_at, attempt);
                 None
             }
             Kind::Acked => {
-                let loc = self.take_any(e.id, e.priority)?;
+                // Counted even when the message's record is gone (its
+                // segment was deleted): each message is acked at most once.
                 self.acked_total += 1;
+                let loc = self.take_any(e.id, e.priority)?;
                 self.finish(loc)
             }
             Kind::DeadLettered => {

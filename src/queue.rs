@@ -256,7 +256,9 @@ impl Queue {
     }
 
     /// Enqueue many messages with one write and (under `Immediate`) one sync.
-    /// All or none are enqueued.
+    /// All or none are enqueued, also across a crash: the batch's records go
+    /// into one segment, and recovery drops a batch whose last record is
+    /// missing.
     ///
     /// ```
     /// # fn main() -> Result<(), lanelog::Error> {
@@ -269,7 +271,9 @@ impl Queue {
     /// ```
     ///
     /// # Errors
-    /// As [`Queue::enqueue`]; one oversized payload refuses the whole batch.
+    /// As [`Queue::enqueue`]; one oversized payload refuses the whole batch,
+    /// and so does a batch whose records (payloads plus 40 bytes each) do
+    /// not fit in one segment ([`Error::TooLarge`] with the segment's room).
     pub fn enqueue_batch(&self, items: &[(&[u8], u8)]) -> Result<Vec<MessageId>> {
         let items: Vec<(&[u8], u8, u32)> = items.iter().map(|&(p, pr)| (p, pr, 0)).collect();
         Ok(self
@@ -323,13 +327,22 @@ impl Queue {
         if items.is_empty() {
             return Ok(Vec::new());
         }
+        // A batch is one write into one segment, so it is all or none.
+        let total: usize = items.iter().map(|i| record::HEADER_SIZE + i.0.len()).sum();
+        let capacity = seg_capacity(self.inner.opts.segment_size);
+        if total > capacity {
+            return Err(Error::TooLarge {
+                size: total,
+                max: capacity,
+            });
+        }
         let (ids, written) = {
             let mut core = self.inner.core.lock();
             core.writable()?;
             let now = self.inner.opts.clock.now().0;
             self.inner.reserve_ids(&mut core, items.len() as u64, now)?;
             self.inner.prepare_segments(&mut core, items, now)?;
-            let appended = core.append_records(items, now)?;
+            let appended = core.append_records(items, now, self.inner.opts.segment_size)?;
             if let Some(d) = items.iter().map(|i| i.2).filter(|&d| d > 0).min() {
                 self.inner.timer_at(now + u64::from(d));
             }
@@ -464,10 +477,26 @@ impl Queue {
             let leased = inner.lease(&mut core, opts.max - out.len(), now, visibility)?;
             if !leased.is_empty() {
                 drop(core);
-                let corrupt = inner.read_deliveries(leased, &mut out);
+                let (corrupt, unreadable) = inner.read_deliveries(leased, &mut out);
                 if !corrupt.is_empty() {
                     // Damaged records are never delivered: park them, look again.
                     inner.dead_letter_corrupt(corrupt)?;
+                }
+                if let Some((_, e)) = unreadable.first() {
+                    // A transient read error is not damage: give back every
+                    // delivery of this call and report the error, so a failed
+                    // dequeue never hides a message nor delivers part.
+                    let error = Error::Io(std::io::Error::new(e.kind(), e.to_string()));
+                    let back = unreadable
+                        .iter()
+                        .map(|(l, _)| (l.c.id, l.c.priority, l.lease, l.c.attempt))
+                        .chain(
+                            out.iter()
+                                .map(|d| (d.id.0, d.priority, d.receipt.lease, d.attempt - 1)),
+                        )
+                        .collect::<Vec<_>>();
+                    inner.release(&back)?;
+                    return Err(error);
                 }
                 if out.len() >= opts.max {
                     break;
@@ -968,23 +997,46 @@ impl Core {
             .expect("the active segment is always open")
     }
 
-    /// Write records for `items` into the active segment(s), which
-    /// `prepare_segments` made large enough, and index them.
+    /// Write records for `items` into the segments `plan_chunks` chose (and
+    /// `prepare_segments` made), and index them. Each chunk is one write
+    /// whose records all but the last carry `FLAG_MORE`, so recovery drops a
+    /// chunk that was only partly written.
     fn append_records(
         &mut self,
         items: &[(&[u8], u8, u32)],
         now: u64,
+        segment_size: u64,
     ) -> Result<(Vec<u64>, Written)> {
         let mut ids = Vec::with_capacity(items.len());
         let mut buf = std::mem::take(&mut self.scratch);
-        let mut i = 0;
+        let room = self.active().room() as usize;
+        let chunks = plan_chunks(items, room, seg_capacity(segment_size));
         let mut rotated = false;
-        while i < items.len() {
+        for (range, new_segment) in chunks {
+            if new_segment {
+                // Seal: the old segment's tail must be durable before any
+                // record in the next one can be, or a power loss under
+                // `None` could keep a later message and lose an earlier one.
+                let sealed = self.active().file.clone();
+                if let Err(e) = sealed.sync_data() {
+                    self.health = Health::Poisoned;
+                    self.scratch = buf;
+                    return Err(e.into());
+                }
+                if !self.rotate_segment() {
+                    self.scratch = buf;
+                    return Err(Error::Io(std::io::Error::other(
+                        "no prepared segment to rotate to",
+                    )));
+                }
+                rotated = true;
+            }
             buf.clear();
             let seg = self.active();
-            let (start, room, synced, seg_id) = (seg.end, seg.room() as usize, seg.synced, seg.id);
-            let mut placed = Vec::new();
-            while i < items.len() && buf.len() + record::HEADER_SIZE + items[i].0.len() <= room {
+            let (start, synced, seg_id) = (seg.end, seg.synced, seg.id);
+            let mut placed = Vec::with_capacity(range.len());
+            let last = range.end - 1;
+            for i in range {
                 let (payload, priority, delay_ms) = items[i];
                 let id = self.next_id + ids.len() as u64 + placed.len() as u64;
                 let h = RecordHeader {
@@ -994,21 +1046,10 @@ impl Core {
                     synced_end: synced,
                     len: payload.len() as u32,
                     priority,
-                    flags: 0,
+                    flags: if i < last { record::FLAG_MORE } else { 0 },
                 };
                 placed.push((id, priority, start + buf.len() as u32, delay_ms));
                 record::encode(&h, payload, &mut buf);
-                i += 1;
-            }
-            if placed.is_empty() {
-                if !self.rotate_segment() {
-                    self.scratch = buf;
-                    return Err(Error::Io(std::io::Error::other(
-                        "no prepared segment to rotate to",
-                    )));
-                }
-                rotated = true;
-                continue;
             }
             let seg = self.active();
             if let Err(e) = seg.append(&buf, placed.len() as u32) {
@@ -1152,18 +1193,12 @@ impl Inner {
         items: &[(&[u8], u8, u32)],
         now: u64,
     ) -> Result<()> {
-        let seg = &core.segments[&core.active];
-        let mut room = seg.room() as usize;
+        let room = core.segments[&core.active].room() as usize;
         let capacity = seg_capacity(self.opts.segment_size);
-        let mut needed = 0u32;
-        for (p, _, _) in items {
-            let len = record::HEADER_SIZE + p.len();
-            if len > room {
-                needed += 1;
-                room = capacity;
-            }
-            room -= len;
-        }
+        let needed = plan_chunks(items, room, capacity)
+            .iter()
+            .filter(|c| c.1)
+            .count() as u32;
         let newest = *core.segments.keys().next_back().unwrap_or(&core.active);
         let prepared = newest - core.active;
         for k in prepared..needed {
@@ -1312,13 +1347,11 @@ impl Inner {
         Ok(leased)
     }
 
-    /// Read leased records outside the lock; returns the damaged ones.
-    fn read_deliveries(
-        &self,
-        leased: Vec<Leased>,
-        out: &mut Vec<Delivery>,
-    ) -> Vec<(Leased, String)> {
+    /// Read leased records outside the lock; returns the damaged ones and
+    /// the ones an I/O error kept from being read.
+    fn read_deliveries(&self, leased: Vec<Leased>, out: &mut Vec<Delivery>) -> ReadOutcome {
         let mut corrupt = Vec::new();
+        let mut unreadable = Vec::new();
         for l in leased {
             let Some(file) = l.file.clone() else {
                 corrupt.push((l, "its segment file is missing".to_string()));
@@ -1347,12 +1380,27 @@ impl Inner {
                     let why = format!("record at offset {} is damaged: {e}", l.c.loc.offset);
                     corrupt.push((l, why));
                 }
-                Err(ReadError::Io(e)) => {
-                    corrupt.push((l, format!("record could not be read: {e}")))
-                }
+                // Not damage: the read may work next time.
+                Err(ReadError::Io(e)) => unreadable.push((l, e)),
             }
         }
-        corrupt
+        (corrupt, unreadable)
+    }
+
+    /// Give back deliveries (id, priority, lease, attempts to keep) still
+    /// current: ready again at once, the delivery not counted.
+    fn release(&self, deliveries: &[(u64, u8, u64, u32)]) -> Result<()> {
+        let mut core = self.core.lock();
+        core.writable()?;
+        let now = self.opts.clock.now().0;
+        let entries: Vec<Entry> = deliveries
+            .iter()
+            .filter(|(id, _, lease, _)| core.index.lease(*id).is_some_and(|x| x.lease == *lease))
+            .map(|&(id, priority, _, attempt)| Entry::new(Kind::Nacked, id, priority, 0, attempt))
+            .collect();
+        self.write_entries(&mut core, &entries, now)?;
+        self.wake(&core, entries.len());
+        Ok(())
     }
 
     fn dead_letter_corrupt(&self, corrupt: Vec<(Leased, String)>) -> Result<()> {
@@ -1707,10 +1755,30 @@ impl Core {
     }
 }
 
+/// Where a batch's records go, as (items, starts a new segment) chunks: the
+/// whole batch into the active segment if it fits, else into a fresh one
+/// (`enqueue_all` refuses batches larger than a segment, so a batch is
+/// always one write and all-or-none).
+fn plan_chunks(
+    items: &[(&[u8], u8, u32)],
+    room: usize,
+    _capacity: usize,
+) -> Vec<(std::ops::Range<usize>, bool)> {
+    if items.is_empty() {
+        return Vec::new();
+    }
+    let total: usize = items.iter().map(|i| record::HEADER_SIZE + i.0.len()).sum();
+    vec![(0..items.len(), total > room)]
+}
+
 /// Bytes of records a fresh segment holds.
 fn seg_capacity(segment_size: u64) -> usize {
     segment_size as usize - header::SIZE
 }
+
+/// Leased records that were damaged (with why) and that an I/O error kept
+/// from being read.
+type ReadOutcome = (Vec<(Leased, String)>, Vec<(Leased, std::io::Error)>);
 
 /// A message leased under the lock, to be read outside it.
 struct Leased {

@@ -148,6 +148,14 @@ fn check_headers(storage: &dyn Storage, files: &Files) -> Result<Vec<String>> {
                 blank.push(name);
                 continue;
             }
+            // A header torn while the file was being made (its write is
+            // synced before any frame goes in): nothing else was written.
+            Err(HeaderError::BadChecksum | HeaderError::WrongMagic)
+                if kind != FileKind::Checkpoint && only_zeros_after_header(&*file)? =>
+            {
+                blank.push(name);
+                continue;
+            }
             Err(e) => return Err(header_error(&name, e)),
         }
         if kind != FileKind::Checkpoint && len > MAX_SEGMENT_SIZE {
@@ -159,6 +167,13 @@ fn check_headers(storage: &dyn Storage, files: &Files) -> Result<Vec<String>> {
         }
     }
     Ok(blank)
+}
+
+fn only_zeros_after_header(file: &dyn StorageFile) -> io::Result<bool> {
+    let bytes = read_all(file)?;
+    Ok(bytes
+        .get(header::SIZE..)
+        .is_none_or(|rest| rest.iter().all(|&b| b == 0)))
 }
 
 impl Frame for record::RecordHeader {
@@ -173,14 +188,31 @@ impl Frame for (entry::Entry, u32) {
     }
 }
 
+/// Scan a segment; a batch whose last record never made it (its trailing
+/// records still say more follow) was not completely written, so it is cut
+/// with the torn tail: a batch is all or none.
 pub(crate) fn scan_segment(buf: &[u8], start: usize, max_len: usize) -> Scan<record::RecordHeader> {
-    scan::scan(
+    let mut s = scan::scan(
         buf,
         start,
         record::MAGIC.to_le_bytes(),
         |b| record::decode(b, max_len).map(|(h, _)| (h, h.frame_len())),
         |h| (!h.relocated()).then_some(h.id),
-    )
+    );
+    let keep = s
+        .frames
+        .iter()
+        .rposition(|(_, h)| !h.more())
+        .map_or(0, |i| i + 1);
+    if keep < s.frames.len() {
+        let cut = s.frames[keep].0;
+        let torn_end = s.torn.as_ref().map_or(s.end, |t| t.end);
+        s.dropped_frames += s.frames.len() - keep;
+        s.frames.truncate(keep);
+        s.torn = Some(cut..torn_end.max(s.end));
+        s.end = cut;
+    }
+    s
 }
 
 fn scan_journal(buf: &[u8], start: usize) -> Scan<(entry::Entry, u32)> {

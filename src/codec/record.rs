@@ -14,7 +14,9 @@
 //!     32    4 payload length (u32), at most the queue's max_message_size
 //!     36    1 priority (u8, higher is served first)
 //!     37    1 flags: bit 0 = relocated copy of a record from an older
-//!             segment (keeps its original id); other bits zero
+//!             segment (keeps its original id); bit 1 = more records of the
+//!             same batch follow in this segment (a batch whose last record
+//!             is missing was never completely written); other bits zero
 //!     38    2 reserved, zero
 //!     40    n payload
 //! ```
@@ -27,6 +29,8 @@ pub const HEADER_SIZE: usize = 40;
 pub const MAGIC: u32 = u32::from_le_bytes(*b"LLRC");
 /// Flag bit: this record is a relocated copy.
 pub const FLAG_RELOCATED: u8 = 1;
+/// Flag bit: more records of the same batch follow in this segment.
+pub const FLAG_MORE: u8 = 2;
 
 /// The fixed fields of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +55,11 @@ impl RecordHeader {
     /// Total bytes of the record on disk.
     pub fn frame_len(&self) -> usize {
         HEADER_SIZE + self.len as usize
+    }
+
+    /// Whether more records of its batch follow it.
+    pub fn more(&self) -> bool {
+        self.flags & FLAG_MORE != 0
     }
 
     /// Whether this is a relocated copy of an older record.
@@ -102,7 +111,7 @@ pub fn decode_header(b: &[u8], max_len: usize) -> Result<RecordHeader, DecodeErr
     if h.len as usize > max_len {
         return Err(DecodeError::BadLength);
     }
-    if h.flags & !FLAG_RELOCATED != 0 || u16_at(b, 38) != 0 {
+    if h.flags & !(FLAG_RELOCATED | FLAG_MORE) != 0 || u16_at(b, 38) != 0 {
         return Err(DecodeError::BadField);
     }
     Ok(h)
