@@ -342,7 +342,7 @@ impl Queue {
             let now = self.inner.opts.clock.now().0;
             self.inner.reserve_ids(&mut core, items.len() as u64, now)?;
             self.inner.prepare_segments(&mut core, items, now)?;
-            let appended = core.append_records(items, now, self.inner.opts.segment_size)?;
+            let appended = core.append_records(items, now)?;
             if let Some(d) = items.iter().map(|i| i.2).filter(|&d| d > 0).min() {
                 self.inner.timer_at(now + u64::from(d));
             }
@@ -1005,12 +1005,11 @@ impl Core {
         &mut self,
         items: &[(&[u8], u8, u32)],
         now: u64,
-        segment_size: u64,
     ) -> Result<(Vec<u64>, Written)> {
         let mut ids = Vec::with_capacity(items.len());
         let mut buf = std::mem::take(&mut self.scratch);
         let room = self.active().room() as usize;
-        let chunks = plan_chunks(items, room, seg_capacity(segment_size));
+        let chunks = plan_chunks(items, room);
         let mut rotated = false;
         for (range, new_segment) in chunks {
             if new_segment {
@@ -1194,11 +1193,7 @@ impl Inner {
         now: u64,
     ) -> Result<()> {
         let room = core.segments[&core.active].room() as usize;
-        let capacity = seg_capacity(self.opts.segment_size);
-        let needed = plan_chunks(items, room, capacity)
-            .iter()
-            .filter(|c| c.1)
-            .count() as u32;
+        let needed = plan_chunks(items, room).iter().filter(|c| c.1).count() as u32;
         let newest = *core.segments.keys().next_back().unwrap_or(&core.active);
         let prepared = newest - core.active;
         for k in prepared..needed {
@@ -1759,11 +1754,7 @@ impl Core {
 /// whole batch into the active segment if it fits, else into a fresh one
 /// (`enqueue_all` refuses batches larger than a segment, so a batch is
 /// always one write and all-or-none).
-fn plan_chunks(
-    items: &[(&[u8], u8, u32)],
-    room: usize,
-    _capacity: usize,
-) -> Vec<(std::ops::Range<usize>, bool)> {
+fn plan_chunks(items: &[(&[u8], u8, u32)], room: usize) -> Vec<(std::ops::Range<usize>, bool)> {
     if items.is_empty() {
         return Vec::new();
     }

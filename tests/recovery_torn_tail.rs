@@ -96,30 +96,29 @@ fn torn_every_byte(place: &Place, last: u64, checkpointed: bool) {
         let r = q.recovery_report().clone();
         assert!(!r.found_damage(), "{ctx}: {r:?}");
         assert!(r.damaged.is_empty(), "{ctx}: {r:?}");
-        assert_eq!(r.frames_dropped, 0, "{ctx}: {r:?}");
         assert_eq!(r.missing_messages, 0, "{ctx}: {r:?}");
-        // The record holding the cut, if the cut is inside one.
-        let torn = tail
-            .iter()
-            .find(|(off, len, _)| *off < cut && cut < off + len);
-        match torn {
-            Some((off, _, _)) => {
-                assert_eq!(r.torn_tails.len(), 1, "{ctx}: {r:?}");
-                let (name, range) = &r.torn_tails[0];
-                assert_eq!(name, &seg, "{ctx}");
-                assert_eq!(range.start, *off as u64, "{ctx}: {r:?}");
-                assert!(
-                    range.end > range.start && range.end <= cut as u64,
-                    "{ctx}: {r:?}"
-                );
-            }
-            None => assert!(r.torn_tails.is_empty(), "{ctx}: {r:?}"),
+        // The write is one batch, all or none: cut anywhere before its end,
+        // none of it survives; whole records before the cut are dropped with
+        // the torn tail, which starts at the batch's first record.
+        let whole = cut == end;
+        let complete = tail.iter().filter(|(off, len, _)| off + len <= cut).count();
+        if whole || cut == start {
+            assert!(r.torn_tails.is_empty(), "{ctx}: {r:?}");
+            assert_eq!(r.frames_dropped, 0, "{ctx}: {r:?}");
+        } else {
+            assert_eq!(r.torn_tails.len(), 1, "{ctx}: {r:?}");
+            let (name, range) = &r.torn_tails[0];
+            assert_eq!(name, &seg, "{ctx}");
+            assert_eq!(range.start, start as u64, "{ctx}: {r:?}");
+            assert!(
+                range.end > range.start && range.end <= cut as u64,
+                "{ctx}: {r:?}"
+            );
+            assert_eq!(r.frames_dropped, complete as u64, "{ctx}: {r:?}");
         }
         let mut want = before.clone();
-        for ((off, len, _), (id, p)) in tail.iter().zip(&after) {
-            if off + len <= cut {
-                want.insert(*id, p.clone());
-            }
+        if whole {
+            want.extend(after.iter().map(|(id, p)| (*id, p.clone())));
         }
         expect_exactly(&q, &want, &ctx);
 
