@@ -18,8 +18,10 @@
 #   LANELOG_FUZZ_SECONDS       fuzzing time per target (default 60; 0 = only
 #                              replay the corpus)
 #   LANELOG_FUZZ_TARGETS       targets to run (default: all five)
-#   LANELOG_FUZZ_REGRESSIONS=1 also replay fuzz/regressions/<target>/: the
-#                              inputs of known bugs, which fail until fixed
+#
+# fuzz/regressions/<target>/ holds the inputs of bugs the fuzzers found (all
+# fixed, each also a test in tests/fuzz_regressions.rs); they are replayed
+# with the corpus.
 #
 # The committed corpus is only read: new inputs go to a scratch directory.
 set -euo pipefail
@@ -66,8 +68,8 @@ for t in $targets; do
         failed="$failed $t(corpus)"
         continue
     fi
-    if [ "${LANELOG_FUZZ_REGRESSIONS:-0}" = 1 ] && [ -d "fuzz/regressions/$t" ]; then
-        echo "== $t: replay fuzz/regressions/$t (known bugs)"
+    if [ -d "fuzz/regressions/$t" ]; then
+        echo "== $t: replay fuzz/regressions/$t (bugs found and fixed)"
         if ! cargo fuzz run "$t" "fuzz/regressions/$t" -- -runs=0 "$@"; then
             failed="$failed $t(regressions)"
         fi

@@ -47,6 +47,10 @@ pub enum Durability {
     /// The operating system decides when data reaches the disk. A process
     /// crash loses nothing; a power loss may lose anything not yet written
     /// back. [`crate::Queue::sync`] still forces a sync.
+    ///
+    /// Under `Periodic` and `None`, what a power loss keeps of each lane is
+    /// a prefix of its enqueue order: it never keeps a message and loses an
+    /// earlier one of the same lane.
     None,
 }
 

@@ -299,7 +299,7 @@ impl Index {
             Kind::Acked => {
                 // Counted even when the message's record is gone (its
                 // segment was deleted): each message is acked at most once.
-                self.acked_total += 1;
+                self.acked_total = self.acked_total.saturating_add(1);
                 let loc = self.take_any(e.id, e.priority)?;
                 self.finish(loc)
             }

@@ -41,9 +41,13 @@ pub(crate) struct JournalPos {
 pub(crate) struct Journal {
     pub number: u64,
     pub file: Arc<dyn StorageFile>,
+    /// This file's size (a file found at open may be shorter than the
+    /// configured size).
     pub size: u32,
     pub end: u32,
     pub synced: u32,
+    /// The configured size: new files get it.
+    pub new_size: u32,
     /// Journal files on disk (including this one), oldest first.
     pub files: Vec<u64>,
 }
@@ -68,8 +72,8 @@ impl Journal {
     pub fn resume(
         number: u64,
         file: Arc<dyn StorageFile>,
-        size: u32,
-        end: u32,
+        (size, end): (u32, u32),
+        new_size: u32,
         files: Vec<u64>,
     ) -> Journal {
         Journal {
@@ -78,6 +82,7 @@ impl Journal {
             size,
             end,
             synced: end,
+            new_size,
             files,
         }
     }
@@ -92,24 +97,28 @@ impl Journal {
 
     /// Whether `bytes` more fit in the current file.
     pub fn fits(&self, bytes: usize) -> bool {
-        bytes <= (self.size - self.end) as usize
+        bytes <= self.size.saturating_sub(self.end) as usize
     }
 
-    /// Largest batch of bytes one file can take.
+    /// Largest batch of bytes a new file can take.
     pub fn capacity(&self) -> usize {
-        self.size as usize - header::SIZE
+        self.new_size as usize - header::SIZE
     }
 
-    /// Switch to a new file; returns the old file (still to be synced).
+    /// Switch to a new file of the configured size; returns the old file
+    /// (still to be synced).
     pub fn rotate(
         &mut self,
         storage: &dyn Storage,
         now_ms: u64,
     ) -> Result<Arc<dyn StorageFile>, CreateError> {
+        // Open refuses file numbers above MAX_FILE_NUMBER, so this cannot
+        // overflow.
         let next = self.number + 1;
-        let file = Journal::create(storage, next, self.size, now_ms)?;
+        let file = Journal::create(storage, next, self.new_size, now_ms)?;
         let old = std::mem::replace(&mut self.file, file);
         self.number = next;
+        self.size = self.new_size;
         self.end = header::SIZE as u32;
         self.synced = self.end;
         self.files.push(next);

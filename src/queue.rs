@@ -30,6 +30,7 @@ use crate::codec::checkpoint::{self, CheckpointMessage, CheckpointMeta, Checkpoi
 use crate::codec::entry::{Entry, Kind};
 use crate::codec::header;
 use crate::codec::record::{self, RecordHeader};
+use crate::codec::MAX_ID;
 use crate::config::{DequeueOptions, Durability, QueueOptions, MAX_DELAY, MAX_REASON_BYTES};
 use crate::error::{Error, Result};
 use crate::index::{Candidate, Index, Loc, SnapshotState};
@@ -344,7 +345,7 @@ impl Queue {
             self.inner.prepare_segments(&mut core, items, now)?;
             let appended = core.append_records(items, now)?;
             if let Some(d) = items.iter().map(|i| i.2).filter(|&d| d > 0).min() {
-                self.inner.timer_at(now + u64::from(d));
+                self.inner.timer_at(now.saturating_add(u64::from(d)));
             }
             self.inner
                 .wake(&core, items.iter().filter(|i| i.2 == 0).count());
@@ -1060,7 +1061,7 @@ impl Core {
             self.mark_dirty(&file, Target::Segment(seg_id), end);
             for (id, priority, offset, delay_ms) in placed {
                 let ready_at = if delay_ms > 0 {
-                    now + u64::from(delay_ms)
+                    now.saturating_add(u64::from(delay_ms))
                 } else {
                     0
                 };
@@ -1169,7 +1170,16 @@ impl Inner {
         if core.next_id + n <= core.reserved_until {
             return Ok(());
         }
-        let up_to = core.next_id + n + ID_BLOCK;
+        // Ids read at open are below MAX_ID (the codecs refuse others) and
+        // `n` is a batch length, so these sums cannot overflow.
+        if core.next_id + n > MAX_ID {
+            return Err(Error::Corrupt {
+                file: journal::name(core.journal.number),
+                offset: 0,
+                detail: format!("message ids exhausted: the next id would pass {MAX_ID}"),
+            });
+        }
+        let up_to = (core.next_id + n + ID_BLOCK).min(MAX_ID);
         let e = Entry::new(Kind::IdsReserved, up_to, 0, now, 0);
         self.append_entries(core, std::slice::from_ref(&e), now)?;
         // This sync happens under the lock, once per block of ids.
@@ -1218,6 +1228,15 @@ impl Inner {
                 while take < rest.len() && bytes + rest[take].frame_len() <= capacity {
                     bytes += rest[take].frame_len();
                     take += 1;
+                }
+                if take == 0 {
+                    // Entries are at most 36 + MAX_REASON_BYTES bytes and a
+                    // journal file at least MIN_JOURNAL_FILE_SIZE: unreachable
+                    // unless those limits change, but never a silent spin.
+                    return Err(Error::InvalidArgument(format!(
+                        "a journal entry of {} bytes is larger than a journal file",
+                        rest[0].frame_len()
+                    )));
                 }
                 if !core.journal.fits(bytes) {
                     let rotated = core.journal.rotate(&*self.storage, now);
@@ -1316,7 +1335,13 @@ impl Inner {
                 );
                 e
             } else {
-                Entry::new(Kind::Delivered, c.id, c.priority, deadline, c.attempt + 1)
+                Entry::new(
+                    Kind::Delivered,
+                    c.id,
+                    c.priority,
+                    deadline,
+                    c.attempt.saturating_add(1),
+                )
             };
             core.index.apply(&e);
             if e.kind == Kind::Delivered {

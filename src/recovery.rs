@@ -95,6 +95,52 @@ fn list(storage: &dyn Storage) -> io::Result<Files> {
     Ok(f)
 }
 
+/// A segment or journal file's size; refuses one larger than any the queue
+/// makes (positions inside these files are 32-bit).
+fn file_size(name: &str, file: &dyn StorageFile) -> Result<u32> {
+    let len = file.len()?;
+    if len > MAX_SEGMENT_SIZE {
+        return Err(Error::Corrupt {
+            file: name.to_string(),
+            offset: MAX_SEGMENT_SIZE,
+            detail: format!("{len} bytes: larger than any file the queue makes"),
+        });
+    }
+    Ok(len as u32)
+}
+
+/// Refuse file numbers the queue could not go on from (see
+/// `segment::MAX_FILE_NUMBER` and `segment::MAX_SEGMENT_ID`).
+fn check_numbers(files: &Files) -> Result<()> {
+    let out_of_range = |file: String| Error::Corrupt {
+        file,
+        offset: 0,
+        detail: "file number out of range".into(),
+    };
+    if let Some(&id) = files
+        .segments
+        .last()
+        .filter(|&&id| id > segment::MAX_SEGMENT_ID)
+    {
+        return Err(out_of_range(segment::name(id)));
+    }
+    if let Some(&n) = files
+        .journals
+        .last()
+        .filter(|&&n| n > segment::MAX_FILE_NUMBER)
+    {
+        return Err(out_of_range(journal::name(n)));
+    }
+    if let Some(&n) = files
+        .checkpoints
+        .last()
+        .filter(|&&n| n > segment::MAX_FILE_NUMBER)
+    {
+        return Err(out_of_range(checkpoint_name(n)));
+    }
+    Ok(())
+}
+
 fn header_error(file: &str, e: HeaderError) -> Error {
     match e {
         HeaderError::Version(found) => Error::UnsupportedVersion {
@@ -253,6 +299,7 @@ pub(crate) fn recover(
     now_ms: u64,
 ) -> Result<Recovered> {
     let files = list(storage)?;
+    check_numbers(&files)?;
     let blank = check_headers(storage, &files)?;
     let mut report = RecoveryReport::default();
     let mut fixes: Vec<Fix> = Vec::new();
@@ -299,6 +346,13 @@ pub(crate) fn recover(
         for (id, r) in dead_reasons {
             index.set_reason(id, r);
         }
+        if meta.journal_file > segment::MAX_FILE_NUMBER {
+            return Err(Error::Corrupt {
+                file: name,
+                offset: 0,
+                detail: format!("journal file number {} out of range", meta.journal_file),
+            });
+        }
         index.set_acked_total(meta.acked_total);
         report.checkpoint = Some(n);
         for old in &live_checkpoints[..live_checkpoints.len() - 1] {
@@ -317,7 +371,7 @@ pub(crate) fn recover(
             continue;
         }
         let file = storage.open(&name)?;
-        let size = file.len()? as u32;
+        let size = file_size(&name, &*file)?;
         let covered = has_checkpoint && u64::from(id) < meta.head_segment;
         let mut seg = Segment {
             id,
@@ -348,7 +402,7 @@ pub(crate) fn recover(
                     continue;
                 }
                 let ready_at = if h.delay_ms > 0 {
-                    h.enqueued_ms + u64::from(h.delay_ms)
+                    h.enqueued_ms.saturating_add(u64::from(h.delay_ms))
                 } else {
                     0
                 };
@@ -375,6 +429,7 @@ pub(crate) fn recover(
             continue;
         }
         let file = storage.open(&name)?;
+        let size = file_size(&name, &*file)?;
         let buf = read_all(&*file)?;
         let start = if has_checkpoint && n == meta.journal_file {
             (meta.journal_offset as usize).max(header::SIZE)
@@ -394,7 +449,7 @@ pub(crate) fn recover(
             index.apply(e);
         }
         journal_files.push(n);
-        last = Some((n, file, buf.len() as u32, s.end));
+        last = Some((n, file, size, s.end));
     }
     report.in_flight_released = index.release_all_in_flight();
     // Live messages whose segment is gone cannot be delivered.
@@ -422,13 +477,16 @@ pub(crate) fn recover(
 
     apply_fixes(storage, fixes)?;
 
+    let new_size = opts.journal_file_size as u32;
     let journal = match last {
-        Some((n, file, size, end)) => Journal::resume(n, file, size, end, journal_files),
+        Some((n, file, size, end)) => {
+            Journal::resume(n, file, (size, end), new_size, journal_files)
+        }
         None => {
             let n = meta.journal_file.max(1);
-            let size = opts.journal_file_size as u32;
-            let file = Journal::create(storage, n, size, now_ms).map_err(std::io::Error::from)?;
-            Journal::resume(n, file, size, header::SIZE as u32, vec![n])
+            let file =
+                Journal::create(storage, n, new_size, now_ms).map_err(std::io::Error::from)?;
+            Journal::resume(n, file, (new_size, header::SIZE as u32), new_size, vec![n])
         }
     };
     Ok(Recovered {

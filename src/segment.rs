@@ -34,13 +34,24 @@ pub(crate) fn parse_name(name: &str) -> Option<u32> {
     .ok()
 }
 
-/// The number in a file name: exactly ten decimal digits, as written.
+/// The number in a file name, as `name` writes it: at least ten decimal
+/// digits, zero-padded to ten, never with a leading zero past ten.
 pub(crate) fn parse_number(digits: &str) -> Option<u64> {
-    if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let canonical = digits.len() == 10 || (digits.len() > 10 && !digits.starts_with('0'));
+    if !canonical || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     digits.parse().ok()
 }
+
+/// Open refuses a directory with a journal or checkpoint number above this
+/// (10^18; a queue rotating a journal file every millisecond reaches it in
+/// 30 million years), so adding one to a file number never overflows.
+pub(crate) const MAX_FILE_NUMBER: u64 = 1_000_000_000_000_000_000;
+
+/// Open refuses a directory with a segment id above this (2^31 segments of
+/// at least 1 MiB are 2 PiB), so the next segment id never overflows.
+pub(crate) const MAX_SEGMENT_ID: u32 = 1 << 31;
 
 /// An open segment.
 #[derive(Debug)]
@@ -158,15 +169,18 @@ pub(crate) fn read_record(
     max_len: usize,
 ) -> Result<(RecordHeader, Vec<u8>), ReadError> {
     let mut head = [0u8; record::HEADER_SIZE];
+    // A read past the end of the file is no transient failure: the
+    // location itself is wrong (a damaged checkpoint), so it is corrupt.
+    let past_end = |e: io::Error| match e.kind() {
+        io::ErrorKind::UnexpectedEof => ReadError::Corrupt(DecodeError::Incomplete),
+        _ => ReadError::Io(e),
+    };
     file.read_at(u64::from(offset), &mut head)
-        .map_err(ReadError::Io)?;
+        .map_err(past_end)?;
     let h = record::decode_header(&head, max_len).map_err(ReadError::Corrupt)?;
     let mut payload = vec![0u8; h.len as usize];
     let at = u64::from(offset) + record::HEADER_SIZE as u64;
-    file.read_at(at, &mut payload).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => ReadError::Corrupt(DecodeError::Incomplete),
-        _ => ReadError::Io(e),
-    })?;
+    file.read_at(at, &mut payload).map_err(past_end)?;
     record::verify(&head, &payload).map_err(ReadError::Corrupt)?;
     Ok((h, payload))
 }

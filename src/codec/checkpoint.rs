@@ -31,7 +31,7 @@
 //! ```
 
 use super::header::{FileHeader, FileKind, HeaderError, SIZE as HEADER};
-use super::{crc, u16_at, u32_at, u64_at};
+use super::{crc, u16_at, u32_at, u64_at, MAX_ID};
 use crate::config::MAX_REASON_BYTES;
 
 const FIXED: usize = 64;
@@ -192,6 +192,9 @@ pub fn decode(
         head_segment: u64_at(f, 24),
         acked_total: u64_at(f, 32),
     };
+    if meta.next_id > MAX_ID {
+        return Err(CheckpointError::Body("next id out of range"));
+    }
     let count = u64_at(f, 40);
     let reason_len = u64_at(f, 48);
     let segment_count = u64_at(f, 56);
@@ -209,7 +212,7 @@ pub fn decode(
     }
     let (msgs, mut reasons) = rest.split_at(count as usize * MESSAGE_SIZE);
     for m in msgs.chunks_exact(MESSAGE_SIZE) {
-        if m[29] > 2 || m[30] != 0 || m[31] != 0 {
+        if m[29] > 2 || m[30] != 0 || m[31] != 0 || u64_at(m, 0) >= MAX_ID {
             return Err(CheckpointError::Body("bad message entry"));
         }
         on_message(CheckpointMessage {

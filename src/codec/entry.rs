@@ -17,7 +17,7 @@
 //!     36    n tail
 //! ```
 
-use super::{crc, u16_at, u32_at, u64_at, DecodeError};
+use super::{crc, u16_at, u32_at, u64_at, DecodeError, MAX_ID};
 use crate::config::MAX_REASON_BYTES;
 
 /// Entry header size in bytes.
@@ -144,6 +144,10 @@ pub fn decode(b: &[u8]) -> Result<(Entry, u32, usize), DecodeError> {
         return Err(DecodeError::BadChecksum);
     }
     let kind = Kind::from_u8(b[32]).ok_or(DecodeError::BadField)?;
+    // `IdsReserved` carries the first id not reserved, so MAX_ID itself.
+    if u64_at(b, 8) > MAX_ID {
+        return Err(DecodeError::BadField);
+    }
     // A cut reason may end inside a character; keep what is valid.
     let reason = String::from_utf8_lossy(&frame[HEADER_SIZE..]).into_owned();
     let e = Entry {

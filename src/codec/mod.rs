@@ -16,6 +16,12 @@ pub mod scan;
 /// The one format version this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// Message ids are below this bound (2^62, more ids than a queue taking ten
+/// million messages a second uses in 14,000 years). A record or entry
+/// carrying a larger id is invalid, like one with a bad field, so no id
+/// read from disk can make id arithmetic overflow.
+pub const MAX_ID: u64 = 1 << 62;
+
 /// Why a frame did not decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeError {

@@ -21,7 +21,7 @@
 //!     40    n payload
 //! ```
 
-use super::{crc, u16_at, u32_at, u64_at, DecodeError};
+use super::{crc, u16_at, u32_at, u64_at, DecodeError, MAX_ID};
 
 /// Record header size in bytes.
 pub const HEADER_SIZE: usize = 40;
@@ -111,7 +111,7 @@ pub fn decode_header(b: &[u8], max_len: usize) -> Result<RecordHeader, DecodeErr
     if h.len as usize > max_len {
         return Err(DecodeError::BadLength);
     }
-    if h.flags & !(FLAG_RELOCATED | FLAG_MORE) != 0 || u16_at(b, 38) != 0 {
+    if h.flags & !(FLAG_RELOCATED | FLAG_MORE) != 0 || u16_at(b, 38) != 0 || h.id >= MAX_ID {
         return Err(DecodeError::BadField);
     }
     Ok(h)

@@ -114,8 +114,9 @@ pub struct Model {
     acks: Vec<u64>,
     /// Possible effects of failed ops on known messages.
     pub doubt: Vec<(u64, Seen)>,
-    /// Messages of failed enqueues: they may or may not exist.
-    pub doubt_items: Vec<Item>,
+    /// Messages of failed enqueues, one list per call: each call's messages
+    /// may all exist or none.
+    pub doubt_items: Vec<Vec<Item>>,
     pub doubt_acks: u64,
     pub max_deliveries: u32,
     pub visibility_ms: u64,

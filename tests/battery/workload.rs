@@ -392,7 +392,7 @@ impl Driver {
                         Ok(imm)
                     }
                     Err(e) => {
-                        self.model.doubt_items.extend(items);
+                        self.model.doubt_items.push(items);
                         Err(e)
                     }
                 }

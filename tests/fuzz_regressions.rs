@@ -1,0 +1,280 @@
+//! Regression tests for bugs the fuzz targets found (their inputs are in
+//! `fuzz/regressions/open_image/`). Each builds a small directory on a
+//! `MemoryStorage` through the storage API and states what must hold: open
+//! refuses the directory with a clear error, or the queue works on it.
+//! The overflow cases only panicked where overflow checks are on (as in
+//! `cargo test` without `--release`); without them the sums wrapped and ids
+//! were reused, which `ids_stay_fresh` catches in either build.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanelog::codec::checkpoint::{self, CheckpointMeta};
+use lanelog::codec::entry::{self, Entry, Kind};
+use lanelog::codec::header::{FileHeader, FileKind};
+use lanelog::codec::record::{self, RecordHeader};
+use lanelog::storage::{MemoryStorage, Storage};
+use lanelog::{Queue, QueueOptions};
+
+const T0: u64 = 1_700_000_000_000;
+
+fn small() -> QueueOptions {
+    QueueOptions::new()
+        .segment_size(1 << 20)
+        .journal_file_size(64 << 10)
+}
+
+/// A directory holding `files` (name, size, leading bytes), durable.
+fn directory(files: &[(&str, u64, Vec<u8>)]) -> MemoryStorage {
+    let s = MemoryStorage::new();
+    for (name, size, bytes) in files {
+        let f = s.create(name, *size).expect("create");
+        f.write_at(0, bytes).expect("write");
+        f.sync_data().expect("sync");
+    }
+    s.sync_dir().expect("sync dir");
+    s
+}
+
+fn header(kind: FileKind, id: u64) -> Vec<u8> {
+    FileHeader {
+        kind,
+        id,
+        created_ms: T0,
+    }
+    .encode()
+    .to_vec()
+}
+
+fn open(s: &MemoryStorage) -> lanelog::Result<Queue> {
+    small().open_storage(Arc::new(s.clone()) as Arc<dyn Storage>)
+}
+
+/// Open must refuse the directory or keep handing out fresh ids: never
+/// panic (builds with overflow checks), never wrap around to ids already
+/// used (builds without).
+fn ids_stay_fresh(s: &MemoryStorage) {
+    let Ok(q) = open(s) else { return };
+    let mut last = None;
+    for _ in 0..3 {
+        if let Ok(id) = q.enqueue(b"x", 0) {
+            assert!(last < Some(id), "id {id} after {last:?}: reused");
+            last = Some(id);
+        }
+    }
+}
+
+// Found by fuzzing: a checkpoint with next_id near u64::MAX opens, then enqueue overflows (reserve_ids).
+#[test]
+fn checkpoint_next_id_near_max() {
+    let meta = CheckpointMeta {
+        number: 1,
+        created_ms: T0,
+        next_id: u64::MAX,
+        journal_file: 1,
+        journal_offset: 32,
+        head_segment: 1,
+        head_offset: 32,
+        acked_total: 0,
+    };
+    let ckp = checkpoint::encode(&meta, &[], &[], &[]);
+    let len = ckp.len() as u64;
+    ids_stay_fresh(&directory(&[("checkpoint-0000000001.ckp", len, ckp)]));
+}
+
+// Found by fuzzing: a segment record with id u64::MAX panics open on `h.id + 1` (builds with overflow checks).
+#[test]
+fn record_id_max() {
+    let mut seg = header(FileKind::Segment, 1);
+    let h = RecordHeader {
+        id: u64::MAX,
+        enqueued_ms: T0,
+        delay_ms: 0,
+        synced_end: 32,
+        len: 1,
+        priority: 0,
+        flags: 0,
+    };
+    record::encode(&h, b"x", &mut seg);
+    ids_stay_fresh(&directory(&[("segment-0000000001.seg", 1 << 20, seg)]));
+}
+
+// Found by fuzzing: a journal entry with id u64::MAX panics open on `e.id + 1` (builds with overflow checks).
+#[test]
+fn entry_id_max() {
+    let mut jnl = header(FileKind::Journal, 1);
+    entry::encode(&Entry::new(Kind::Acked, u64::MAX, 0, T0, 1), 32, &mut jnl);
+    ids_stay_fresh(&directory(&[("journal-0000000001.jnl", 64 << 10, jnl)]));
+}
+
+// Found by fuzzing: a checkpoint naming journal file >= 10^10 makes open create a journal name that parse_name rejects; reopen fails.
+#[test]
+fn journal_number_over_ten_digits() {
+    let meta = CheckpointMeta {
+        number: 1,
+        created_ms: T0,
+        next_id: 1,
+        journal_file: 10_000_000_000,
+        journal_offset: 32,
+        head_segment: 1,
+        head_offset: 32,
+        acked_total: 0,
+    };
+    let ckp = checkpoint::encode(&meta, &[], &[], &[]);
+    let len = ckp.len() as u64;
+    let s = directory(&[("checkpoint-0000000001.ckp", len, ckp)]);
+    // The first open may refuse the directory; if it accepts it, the
+    // files it writes itself must not stop the next open.
+    let Ok(q) = open(&s) else { return };
+    q.close().expect("close");
+    if let Err(e) = open(&s) {
+        panic!("the directory the queue itself closed does not reopen: {e}");
+    }
+}
+
+// Found by fuzzing: a record with enqueued_ms near u64::MAX and a delay panics open on the ready-at sum (builds with overflow checks).
+#[test]
+fn record_ready_at_overflow() {
+    let mut seg = header(FileKind::Segment, 1);
+    let h = RecordHeader {
+        id: 1,
+        enqueued_ms: u64::MAX,
+        delay_ms: 1,
+        synced_end: 32,
+        len: 1,
+        priority: 0,
+        flags: 0,
+    };
+    record::encode(&h, b"x", &mut seg);
+    ids_stay_fresh(&directory(&[("segment-0000000001.seg", 1 << 20, seg)]));
+}
+
+// Found by fuzzing: a checkpoint with acked_total = u64::MAX panics the next ack (builds with overflow checks).
+#[test]
+fn acked_total_overflow() {
+    let meta = CheckpointMeta {
+        number: 1,
+        created_ms: T0,
+        next_id: 1,
+        journal_file: 1,
+        journal_offset: 32,
+        head_segment: 1,
+        head_offset: 32,
+        acked_total: u64::MAX,
+    };
+    let ckp = checkpoint::encode(&meta, &[], &[], &[]);
+    let len = ckp.len() as u64;
+    let mut seg = header(FileKind::Segment, 1);
+    let h = RecordHeader {
+        id: 1,
+        enqueued_ms: T0,
+        delay_ms: 0,
+        synced_end: 32,
+        len: 1,
+        priority: 0,
+        flags: 0,
+    };
+    record::encode(&h, b"x", &mut seg);
+    let s = directory(&[
+        ("checkpoint-0000000001.ckp", len, ckp),
+        ("segment-0000000001.seg", 1 << 20, seg),
+    ]);
+    let Ok(q) = open(&s) else { return };
+    let d = q.dequeue().expect("dequeue").expect("the record is ready");
+    let _ = q.ack(d.receipt);
+}
+
+/// Run `f` on another thread; false if it did not finish in 10 s (the
+/// thread is left spinning until the test process exits).
+fn finishes(f: impl FnOnce() + Send + 'static) -> bool {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(Duration::from_secs(10)).is_ok()
+}
+
+// Found by fuzzing: a journal file shorter than one entry makes the first write loop forever (append_entries).
+#[test]
+fn short_journal_file_hangs_enqueue() {
+    // A journal file cut to its header and 8 bytes: opens fine.
+    let mut jnl = header(FileKind::Journal, 1);
+    jnl.extend_from_slice(&[0; 8]);
+    let s = directory(&[("journal-0000000001.jnl", 40, jnl)]);
+    let done = finishes(move || {
+        if let Ok(q) = open(&s) {
+            let _ = q.enqueue(b"x", 0);
+        }
+    });
+    assert!(done, "enqueue did not return within 10 s");
+}
+
+// Found by fuzzing: a journal file shorter than 1060 bytes hangs the first dead letter with a 1 KiB reason.
+#[test]
+fn short_journal_file_hangs_dead_letter() {
+    let jnl = header(FileKind::Journal, 1);
+    let s = directory(&[("journal-0000000001.jnl", 1024, jnl)]);
+    let done = finishes(move || {
+        let Ok(q) = open(&s) else { return };
+        q.enqueue(b"x", 0).expect("enqueue fits");
+        let d = q.dequeue().expect("dequeue").expect("ready");
+        let _ = q.dead_letter(d.receipt, &"r".repeat(1024));
+    });
+    assert!(done, "dead_letter did not return within 10 s");
+}
+
+// Found by fuzzing: a checkpoint placing a message past the end of its
+// segment made every dequeue that reached it fail with `Error::Io` (a read
+// past the end was taken for a transient failure), so the lane, and every
+// batch that included it, was stuck for good.
+#[test]
+fn location_past_segment_end_is_corrupt_not_transient() {
+    use lanelog::codec::checkpoint::{CheckpointMessage, CheckpointState};
+    let mut seg = header(FileKind::Segment, 1);
+    let h = RecordHeader {
+        id: 1,
+        enqueued_ms: T0,
+        delay_ms: 0,
+        synced_end: 32,
+        len: 4,
+        priority: 9,
+        flags: 0,
+    };
+    record::encode(&h, b"good", &mut seg);
+    let head_offset = seg.len() as u32;
+    let meta = CheckpointMeta {
+        number: 1,
+        created_ms: T0,
+        next_id: 3,
+        journal_file: 1,
+        journal_offset: 32,
+        head_segment: 1,
+        head_offset,
+        acked_total: 0,
+    };
+    let msg = |id, offset, priority| CheckpointMessage {
+        id,
+        time_ms: T0,
+        segment: 1,
+        offset,
+        attempt: 0,
+        priority,
+        state: CheckpointState::Pending,
+    };
+    let messages = [msg(1, 32, 9), msg(2, 3 << 20, 1)];
+    let ckp = checkpoint::encode(&meta, &[(1, 2)], &messages, &[]);
+    let len = ckp.len() as u64;
+    let s = directory(&[
+        ("checkpoint-0000000001.ckp", len, ckp),
+        ("segment-0000000001.seg", 1 << 20, seg),
+    ]);
+    let q = open(&s).expect("open");
+    let batch = q.dequeue_up_to(16).expect("the bad location is no I/O error");
+    assert_eq!(batch.len(), 1);
+    assert_eq!(batch[0].payload, b"good");
+    let dead = q.dead_letters().expect("dead letters");
+    assert_eq!(dead.len(), 1, "the misplaced message is parked: {dead:?}");
+    assert!(dead[0].reason.starts_with("corrupt"), "{}", dead[0].reason);
+}
