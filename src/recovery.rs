@@ -54,7 +54,26 @@ pub(crate) struct Recovered {
     pub report: RecoveryReport,
 }
 
+/// What reading a directory found, before recovery changes anything.
+#[derive(Debug)]
+pub(crate) struct Scanned {
+    pub index: Index,
+    pub segments: BTreeMap<u32, Segment>,
+    /// The newest journal file: number, file, size, end of its entries.
+    pub last_journal: Option<(u64, Arc<dyn StorageFile>, u32, u32)>,
+    pub journal_files: Vec<u64>,
+    /// The journal file the checkpoint names (where a new journal starts).
+    pub checkpoint_journal: u64,
+    pub next_id: u64,
+    pub checkpoint_number: u64,
+    pub checkpoint_bytes: u64,
+    pub report: RecoveryReport,
+    /// The changes recovery makes next (the report lists them).
+    fixes: Vec<Fix>,
+}
+
 /// A change recovery will make once everything has been read (invariant A).
+#[derive(Debug)]
 enum Fix {
     Remove(String),
     Zero(Arc<dyn StorageFile>, Range<u64>),
@@ -298,6 +317,41 @@ pub(crate) fn recover(
     opts: &QueueOptions,
     now_ms: u64,
 ) -> Result<Recovered> {
+    let s = scan_directory(storage, opts, true)?;
+    apply_fixes(storage, s.fixes)?;
+    let new_size = opts.journal_file_size as u32;
+    let journal = match s.last_journal {
+        Some((n, file, size, end)) => {
+            Journal::resume(n, file, (size, end), new_size, s.journal_files)
+        }
+        None => {
+            let n = s.checkpoint_journal.max(1);
+            let file =
+                Journal::create(storage, n, new_size, now_ms).map_err(std::io::Error::from)?;
+            Journal::resume(n, file, (new_size, header::SIZE as u32), new_size, vec![n])
+        }
+    };
+    Ok(Recovered {
+        index: s.index,
+        segments: s.segments,
+        journal,
+        next_id: s.next_id,
+        checkpoint_number: s.checkpoint_number,
+        checkpoint_bytes: s.checkpoint_bytes,
+        report: s.report,
+    })
+}
+
+/// Read a directory the way open does, and change nothing: the index,
+/// segments and report, plus the fixes `recover` would apply. With
+/// `release_in_flight` (open), messages leased before a crash are ready
+/// again; without (inspecting a queue another process may own), they stay
+/// in flight as the journal left them.
+pub(crate) fn scan_directory(
+    storage: &dyn Storage,
+    opts: &QueueOptions,
+    release_in_flight: bool,
+) -> Result<Scanned> {
     let files = list(storage)?;
     check_numbers(&files)?;
     let blank = check_headers(storage, &files)?;
@@ -451,7 +505,9 @@ pub(crate) fn recover(
         journal_files.push(n);
         last = Some((n, file, size, s.end));
     }
-    report.in_flight_released = index.release_all_in_flight();
+    if release_in_flight {
+        report.in_flight_released = index.release_all_in_flight();
+    }
     // Live messages whose segment is gone cannot be delivered.
     let lost: Vec<u32> = index
         .segments_with_live()
@@ -475,28 +531,17 @@ pub(crate) fn recover(
         report.files_removed.push(segment::name(id));
     }
 
-    apply_fixes(storage, fixes)?;
-
-    let new_size = opts.journal_file_size as u32;
-    let journal = match last {
-        Some((n, file, size, end)) => {
-            Journal::resume(n, file, (size, end), new_size, journal_files)
-        }
-        None => {
-            let n = meta.journal_file.max(1);
-            let file =
-                Journal::create(storage, n, new_size, now_ms).map_err(std::io::Error::from)?;
-            Journal::resume(n, file, (new_size, header::SIZE as u32), new_size, vec![n])
-        }
-    };
-    Ok(Recovered {
+    Ok(Scanned {
         index,
         segments,
-        journal,
+        last_journal: last,
+        journal_files,
+        checkpoint_journal: meta.journal_file,
         next_id: next_id.max(1),
         checkpoint_number: report.checkpoint.unwrap_or(0),
         checkpoint_bytes,
         report,
+        fixes,
     })
 }
 
