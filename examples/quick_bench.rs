@@ -2,9 +2,9 @@
 //! figures (the disk of the development machines switches between fast and
 //! slow phases, so figures are only comparable with their probe).
 //!
-//! Run: `cargo run --release --example quick_bench [messages] [pending]`
+//! Run: `cargo run --release --example quick_bench [messages] [pending] [size]`
 //! (defaults: 200000 messages per throughput cell, 1000000 pending for the
-//! open-time cell).
+//! open-time cell, 128-byte payloads).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -16,7 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().map_or(Ok(200_000), |a| a.parse())?;
     let pending: usize = args.next().map_or(Ok(1_000_000), |a| a.parse())?;
-    let payload = [0xABu8; 128];
+    let size: usize = args.next().map_or(Ok(128), |a| a.parse())?;
+    let payload = vec![0xABu8; size];
     println!(
         "fdatasync probe (16 x 4 KiB appends): median {:?}",
         fsync_probe()?
@@ -45,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let deq = t.elapsed();
         println!(
-            "{name:>9}: enqueue (batches of 100 x 128 B) {:>9.0} msgs/s | dequeue+ack (batches of 100) {:>9.0} msgs/s",
+            "{name:>9}: enqueue (batches of 100 x {size} B) {:>9.0} msgs/s | dequeue+ack (batches of 100) {:>9.0} msgs/s",
             n as f64 / enq.as_secs_f64(),
             n as f64 / deq.as_secs_f64()
         );
@@ -65,7 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let clean = t.elapsed();
     assert_eq!(q.stats().ready as usize, pending / 1000 * 1000);
     drop(q);
-    println!("open with {pending} pending 128 B messages after a clean close: {clean:?}");
+    println!("open with {pending} pending {size} B messages after a clean close: {clean:?}");
     Ok(())
 }
 

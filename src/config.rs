@@ -81,6 +81,8 @@ pub struct QueueOptions {
     pub(crate) checkpoint_bytes: u64,
     pub(crate) scheduling: Scheduling,
     pub(crate) clock: Arc<dyn Clock>,
+    /// `None` = on for a directory, off for a custom storage.
+    pub(crate) prepare_ahead: Option<bool>,
 }
 
 impl Default for QueueOptions {
@@ -104,6 +106,7 @@ impl QueueOptions {
             checkpoint_bytes: 64 << 20,
             scheduling: Scheduling::Strict,
             clock: Arc::new(SystemClock::new()),
+            prepare_ahead: None,
         }
     }
 
@@ -171,6 +174,18 @@ impl QueueOptions {
         self
     }
 
+    /// Make the next segment and journal file in a background thread once
+    /// the current one is an eighth full, so the write that fills it does not
+    /// stall on writing megabytes of preallocated zeros. Default = on for
+    /// [`QueueOptions::open`] (a directory), off for
+    /// [`QueueOptions::open_storage`], whose users (crash simulations) need
+    /// the storage calls in a deterministic order.
+    #[must_use]
+    pub fn prepare_ahead(mut self, on: bool) -> Self {
+        self.prepare_ahead = Some(on);
+        self
+    }
+
     /// How ready lanes share consumers: [`Scheduling::Strict`] or
     /// [`Scheduling::Weighted`] (no lane starves). Default = `Strict`.
     #[must_use]
@@ -203,7 +218,9 @@ impl QueueOptions {
             path: dir.to_path_buf(),
             detail: e.to_string(),
         })?;
-        Queue::open_with(Arc::new(storage), self)
+        let mut opts = self;
+        opts.prepare_ahead.get_or_insert(true);
+        Queue::open_with(Arc::new(storage), opts)
     }
 
     /// Open (or create) the queue on any [`Storage`], such as

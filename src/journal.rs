@@ -107,15 +107,20 @@ impl Journal {
 
     /// Switch to a new file of the configured size; returns the old file
     /// (still to be synced).
+    /// `prepared` is the next file made ahead (see `prepare`), if any.
     pub fn rotate(
         &mut self,
         storage: &dyn Storage,
         now_ms: u64,
+        prepared: Option<Arc<dyn StorageFile>>,
     ) -> Result<Arc<dyn StorageFile>, CreateError> {
         // Open refuses file numbers above MAX_FILE_NUMBER, so this cannot
         // overflow.
         let next = self.number + 1;
-        let file = Journal::create(storage, next, self.new_size, now_ms)?;
+        let file = match prepared {
+            Some(file) => file,
+            None => Journal::create(storage, next, self.new_size, now_ms)?,
+        };
         let old = std::mem::replace(&mut self.file, file);
         self.number = next;
         self.size = self.new_size;

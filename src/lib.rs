@@ -76,6 +76,8 @@
 //! - `recovery`: the open sequence (the only code that truncates or removes
 //!   at open).
 //! - `segment`, `journal`: the two file kinds, appending and reading.
+//! - `prepare`: a background thread that makes the next segment and journal
+//!   file before they are needed (through `storage`, never the core lock).
 //! - `index`: the in-memory keydir and ready lanes, changed only by `add` and
 //!   `apply`, live and in replay alike.
 //! - `lanes`: the scheduling policy ([`Scheduling`]), pure.
@@ -99,6 +101,7 @@ mod index;
 mod journal;
 mod lanes;
 mod message;
+mod prepare;
 mod queue;
 mod recovery;
 mod segment;

@@ -20,6 +20,7 @@
 //!    of the block is handed out, so no id is reused after a crash.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -37,12 +38,17 @@ use crate::index::{Candidate, Index, Loc, SnapshotState};
 use crate::journal::{self, Journal, JournalPos};
 use crate::lanes::Scheduler;
 use crate::message::{DeadLetter, Delivery, MessageId, Receipt, RecoveryReport, Stats};
+use crate::prepare::{Preparer, Want};
 use crate::recovery::{self, checkpoint_name};
 use crate::segment::{self, CreateError, ReadError, Segment};
 use crate::storage::{LockGuard, Storage, StorageFile};
 
 /// Ids reserved by one durable journal entry.
 const ID_BLOCK: u64 = 1 << 20;
+
+/// Bytes written to the active segment between background syncs under
+/// `Durability::None` and `Periodic` (see `prepare`).
+const WRITE_BEHIND: u32 = 8 << 20;
 
 /// A durable, log-structured job queue in one directory.
 ///
@@ -79,6 +85,8 @@ struct Inner {
     storage: Arc<dyn Storage>,
     opts: QueueOptions,
     flusher: Mutex<Option<Arc<StopSignal>>>,
+    /// Makes next files ahead of need (`QueueOptions::prepare_ahead`).
+    prep: Option<Arc<Preparer>>,
     report: RecoveryReport,
     /// Async wake-ups, made on the first async dequeue.
     #[cfg(feature = "tokio")]
@@ -148,6 +156,10 @@ struct Core {
     scratch: Vec<u8>,
     /// The directory's owner lock; released by `close` or on drop.
     lock: Option<LockGuard>,
+    /// Set by the preparer when a background sync failed.
+    behind_failed: Option<Arc<AtomicBool>>,
+    /// The active segment's end when a background sync was last asked for.
+    behind_at: u32,
 }
 
 /// What a write under the lock asks of the caller once the lock is gone.
@@ -189,6 +201,10 @@ impl Queue {
         segments[&active].file.sync_data()?;
         rec.journal.file.sync_data()?;
         let journal_durable = rec.journal.pos();
+        let prep = match opts.prepare_ahead {
+            Some(true) => Some(Preparer::start(storage.clone())?),
+            _ => None,
+        };
         let core = Core {
             index: rec.index,
             segments,
@@ -210,6 +226,8 @@ impl Queue {
             scheduler: Scheduler::new(opts.scheduling),
             scratch: Vec::new(),
             lock: Some(lock),
+            behind_failed: prep.as_ref().map(|p| p.sync_failed()),
+            behind_at: 0,
         };
         let inner = Arc::new(Inner {
             core: Mutex::new(core),
@@ -219,6 +237,7 @@ impl Queue {
             storage,
             opts,
             flusher: Mutex::new(None),
+            prep,
             report: rec.report,
             #[cfg(feature = "tokio")]
             waker: std::sync::OnceLock::new(),
@@ -344,6 +363,27 @@ impl Queue {
             self.inner.reserve_ids(&mut core, items.len() as u64, now)?;
             self.inner.prepare_segments(&mut core, items, now)?;
             let appended = core.append_records(items, now)?;
+            if let Some(p) = &self.inner.prep {
+                let id = core.active;
+                let newest = core.segments.keys().next_back() == Some(&id);
+                let (end, size) = (core.segments[&id].end, core.segments[&id].size);
+                // Ask early: at a fast writer's pace, making a segment's
+                // zeros can take longer than filling half of one.
+                if end > size / 8 && newest {
+                    p.ask(Want::Segment(id + 1), size, now);
+                }
+                // Write-behind: without a sync per write, keep what sealing
+                // this segment must flush small.
+                if self.inner.opts.durability != Durability::Immediate {
+                    if core.behind_at > end {
+                        core.behind_at = 0;
+                    }
+                    if end - core.behind_at > WRITE_BEHIND {
+                        core.behind_at = end;
+                        p.sync_behind(core.segments[&id].file.clone());
+                    }
+                }
+            }
             if let Some(d) = items.iter().map(|i| i.2).filter(|&d| d > 0).min() {
                 self.inner.timer_at(now.saturating_add(u64::from(d)));
             }
@@ -963,6 +1003,13 @@ fn cut_reason(reason: &str) -> String {
 
 impl Core {
     fn writable(&self) -> Result<()> {
+        if self
+            .behind_failed
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
+        {
+            return Err(Error::Poisoned);
+        }
         match self.health {
             Health::Open => Ok(()),
             Health::Poisoned => Err(Error::Poisoned),
@@ -1206,10 +1253,20 @@ impl Inner {
         let needed = plan_chunks(items, room).iter().filter(|c| c.1).count() as u32;
         let newest = *core.segments.keys().next_back().unwrap_or(&core.active);
         let prepared = newest - core.active;
+        let size = self.opts.segment_size as u32;
         for k in prepared..needed {
             let id = core.active + k + 1;
-            let made = Segment::create(&*self.storage, id, self.opts.segment_size as u32, now);
-            let seg = self.created(core, made)?;
+            let ahead = match &self.prep {
+                Some(p) => self.created(core, p.take(Want::Segment(id)))?,
+                None => None,
+            };
+            let seg = match ahead {
+                Some(file) => Segment::made(id, file, size),
+                None => {
+                    let made = Segment::create(&*self.storage, id, size, now);
+                    self.created(core, made)?
+                }
+            };
             core.segments.insert(id, seg);
         }
         Ok(())
@@ -1239,7 +1296,12 @@ impl Inner {
                     )));
                 }
                 if !core.journal.fits(bytes) {
-                    let rotated = core.journal.rotate(&*self.storage, now);
+                    let next = Want::Journal(core.journal.number + 1);
+                    let ahead = match &self.prep {
+                        Some(p) => self.created(core, p.take(next))?,
+                        None => None,
+                    };
+                    let rotated = core.journal.rotate(&*self.storage, now, ahead);
                     let old = self.created(core, rotated)?;
                     let old_number = core.journal.number - 1;
                     core.mark_dirty(&old, Target::Journal(old_number), 0);
@@ -1258,6 +1320,11 @@ impl Inner {
                     core.journal.end,
                 );
                 core.mark_dirty(&file, Target::Journal(number), end);
+                if let Some(p) = &self.prep {
+                    if core.journal.end > core.journal.new_size / 8 {
+                        p.ask(Want::Journal(number + 1), core.journal.new_size, now);
+                    }
+                }
                 rest = &rest[take..];
             }
             Ok(())
@@ -1500,6 +1567,13 @@ impl Inner {
             }
         }
         let mut core = self.core.lock();
+        if let Err(e) = core.writable() {
+            // A background sync failed: nothing is known durable.
+            if matches!(e, Error::Poisoned) {
+                core.health = Health::Poisoned;
+            }
+            return Err(e);
+        }
         core.mark_synced(&dirty, journal_pos);
         if core.maintenance_due && core.health == Health::Open {
             if let Err(e) = self.maintain(&mut core) {
@@ -1650,7 +1724,13 @@ impl Inner {
         let now = self.opts.clock.now().0;
         // Start a fresh journal file so replay starts at its beginning, then
         // sync everything the checkpoint will describe.
-        let old = match core.journal.rotate(&*self.storage, now) {
+        let next = Want::Journal(core.journal.number + 1);
+        let rotated = match &self.prep {
+            Some(p) => p.take(next),
+            None => Ok(None),
+        }
+        .and_then(|ahead| core.journal.rotate(&*self.storage, now, ahead));
+        let old = match rotated {
             Ok(old) => old,
             // A full disk: no checkpoint now; the next maintenance tries again.
             Err(CreateError::NotMade(_)) => return Ok(()),
@@ -1720,6 +1800,9 @@ impl Inner {
     }
 
     fn shutdown(&self) -> Result<()> {
+        if let Some(p) = &self.prep {
+            p.stop();
+        }
         if let Some(f) = self.flusher.lock().take() {
             *f.0.lock() = true;
             f.1.notify_all();

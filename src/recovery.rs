@@ -104,7 +104,9 @@ fn list(storage: &dyn Storage) -> io::Result<Files> {
             f.journals.push(n);
         } else if let Some(n) = parse_checkpoint_name(&name) {
             f.checkpoints.push(n);
-        } else if name.starts_with("checkpoint-") && name.ends_with(".tmp") {
+        } else if (name.starts_with("checkpoint-") && name.ends_with(".tmp"))
+            || crate::prepare::is_temp_name(&name)
+        {
             f.temporary.push(name);
         }
     }

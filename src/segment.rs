@@ -84,15 +84,21 @@ impl Segment {
             created_ms: now_ms,
         };
         let file = create_with_header(storage, &name(id), size, &h)?;
+        Ok(Segment::made(id, file, size))
+    }
+
+    /// A segment for a file just made (header written and synced, entry
+    /// durable), such as one prepared ahead.
+    pub fn made(id: u32, file: Arc<dyn StorageFile>, size: u32) -> Segment {
         let start = header::SIZE as u32;
-        Ok(Segment {
+        Segment {
             id,
             file,
             size,
             end: start,
             synced: start,
             records: 0,
-        })
+        }
     }
 
     /// Bytes still free.

@@ -271,7 +271,9 @@ fn location_past_segment_end_is_corrupt_not_transient() {
         ("segment-0000000001.seg", 1 << 20, seg),
     ]);
     let q = open(&s).expect("open");
-    let batch = q.dequeue_up_to(16).expect("the bad location is no I/O error");
+    let batch = q
+        .dequeue_up_to(16)
+        .expect("the bad location is no I/O error");
     assert_eq!(batch.len(), 1);
     assert_eq!(batch[0].payload, b"good");
     let dead = q.dead_letters().expect("dead letters");

@@ -325,7 +325,9 @@ impl Harness<'_> {
         Ok(())
     }
 
-    fn enqueue(&mut self, items: &[(u8, usize, u64)]) -> Result<(), TestCaseError> {
+    /// Returns whether the queue wrote anything (an oversized batch is
+    /// refused before any write, so it syncs nothing either).
+    fn enqueue(&mut self, items: &[(u8, usize, u64)]) -> Result<bool, TestCaseError> {
         let now = self.now();
         let tags: Vec<u64> = items
             .iter()
@@ -358,7 +360,7 @@ impl Harness<'_> {
             let total: usize = items.iter().map(|it| 40 + it.1).sum();
             if total > (1 << 20) - 32 {
                 return match self.q().enqueue_batch(&pairs) {
-                    Err(lanelog::Error::TooLarge { .. }) => Ok(()),
+                    Err(lanelog::Error::TooLarge { .. }) => Ok(false),
                     other => Err(fail(
                         self,
                         format!("oversized batch of {total} bytes: {other:?}"),
@@ -399,7 +401,7 @@ impl Harness<'_> {
                 );
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     fn dequeue(&mut self, n: usize) -> Result<(), TestCaseError> {
@@ -655,8 +657,7 @@ impl Harness<'_> {
             }
             Op::EnqueueBatch(items) => {
                 let items: Vec<(u8, usize, u64)> = items.iter().map(|&(p, s)| (p, s, 0)).collect();
-                self.enqueue(&items)?;
-                imm
+                self.enqueue(&items)? && imm
             }
             Op::Dequeue(n) => {
                 self.dequeue(*n)?;

@@ -123,7 +123,9 @@ fn steady_traffic_uses_bounded_space() {
 #[test]
 fn stats_bytes_on_disk_matches_the_directory() {
     both(|place| {
-        let q = place.open(opts(place)).unwrap();
+        // Files made ahead in the background appear at moments of their
+        // own; `prepared_files_stay_within_one_of_each` covers them.
+        let q = place.open(opts(place).prepare_ahead(false)).unwrap();
         let p = payload(1, PAYLOAD);
         for i in 0..2000 {
             q.enqueue(&p, 0).unwrap();
@@ -141,5 +143,34 @@ fn stats_bytes_on_disk_matches_the_directory() {
                 );
             }
         }
+    });
+}
+
+#[test]
+fn prepared_files_stay_within_one_of_each() {
+    both(|place| {
+        let q = place.open(opts(place).prepare_ahead(true)).unwrap();
+        let p = payload(1, PAYLOAD);
+        for i in 0..2000 {
+            q.enqueue(&p, 0).unwrap();
+            let d = q.dequeue().unwrap().unwrap();
+            q.ack(d.receipt).unwrap();
+            if i % 250 == 0 {
+                let (counted, used) = (q.stats().bytes_on_disk, used_bytes(place));
+                assert!(
+                    counted <= used && used <= counted + SEGMENT + JOURNAL_FILE,
+                    "{} step {i}: stats {counted}, directory {used}: files {:?}",
+                    place.name(),
+                    file_names(place)
+                );
+            }
+        }
+        q.close().unwrap();
+        assert!(
+            !file_names(place).iter().any(|n| n.ends_with(".prep")),
+            "{}: close leaves no prepared file: {:?}",
+            place.name(),
+            file_names(place)
+        );
     });
 }

@@ -63,6 +63,10 @@ pub fn scan<F: Frame>(
     let mut last_seq: Option<u64> = None;
     let mut pos = start.min(buf.len());
     let mut data_end = pos;
+    // Where the scan found nothing but zeros to the end of the buffer (the
+    // usual end of a preallocated file), so the torn-tail check below need
+    // not read those bytes again.
+    let mut zero_from = None;
     loop {
         match try_frame(&buf[pos..], &decode, &seq, last_seq) {
             Some((f, n)) => {
@@ -73,6 +77,7 @@ pub fn scan<F: Frame>(
             }
             None => {
                 if is_zero(&buf[pos..]) {
+                    zero_from = Some(pos);
                     break;
                 }
                 let next = resync(buf, pos + 1, &finder, &decode, &seq, last_seq);
@@ -103,7 +108,11 @@ pub fn scan<F: Frame>(
             break;
         }
     }
-    let torn = last_nonzero(&buf[data_end..]).map(|n| data_end as u32..(data_end + n + 1) as u32);
+    let torn = if zero_from == Some(data_end) {
+        None
+    } else {
+        last_nonzero(&buf[data_end..]).map(|n| data_end as u32..(data_end + n + 1) as u32)
+    };
     Scan {
         frames,
         end: data_end as u32,
