@@ -626,6 +626,88 @@ impl Index {
     pub fn live_count(&self) -> u64 {
         self.live.values().sum()
     }
+
+    /// Ready messages in the order strict scheduling delivers them: the
+    /// highest priority first, by id within a lane; only lane `only` when
+    /// given. Read-only (for inspection).
+    pub fn ready_in_order(&self, only: Option<u8>) -> impl Iterator<Item = Candidate> + '_ {
+        let lanes: Vec<u8> = match only {
+            Some(p) => vec![p],
+            None => (0..=255u8).rev().collect(),
+        };
+        lanes.into_iter().flat_map(move |p| {
+            let lane = &self.ready.lanes[usize::from(p)];
+            let mut fresh = lane.fresh.iter().map(|s| (s.id, s.loc)).peekable();
+            let mut others = lane.others.iter().map(|(&id, &loc)| (id, loc)).peekable();
+            std::iter::from_fn(move || {
+                let take_fresh = match (fresh.peek(), others.peek()) {
+                    (Some(a), Some(b)) => a.0 < b.0,
+                    (a, _) => a.is_some(),
+                };
+                if take_fresh {
+                    fresh.next()
+                } else {
+                    others.next()
+                }
+            })
+            .map(move |(id, loc)| Candidate {
+                id,
+                priority: p,
+                loc,
+                attempt: self.attempt_of(id),
+            })
+        })
+    }
+
+    /// Where a live message is and in what state, wherever it is. Walks the
+    /// ready lanes when it is in none of the other sets: inspection only.
+    pub fn find(&self, id: u64) -> Option<Found<'_>> {
+        if let Some(l) = self.in_flight.get(&id) {
+            return Some(Found::InFlight(l));
+        }
+        if let Some(d) = self.dead.get(&id) {
+            return Some(Found::Dead(d));
+        }
+        if let Some(&at) = self.delayed_at.get(&id) {
+            let d = self.delayed.get(&(at, id))?;
+            return Some(Found::Delayed {
+                priority: d.priority,
+                loc: d.loc,
+                attempt: self.attempt_of(id),
+                ready_at: at,
+            });
+        }
+        (0..=255u8).find_map(|p| {
+            let loc = self.ready.lanes[usize::from(p)].find(id)?;
+            Some(Found::Ready {
+                priority: p,
+                loc,
+                attempt: self.attempt_of(id),
+            })
+        })
+    }
+}
+
+/// A live message found by [`Index::find`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Found<'a> {
+    /// In lane `priority`, ready to be delivered.
+    Ready {
+        priority: u8,
+        loc: Loc,
+        attempt: u32,
+    },
+    /// Waiting for its delay (or a nack's delay) to pass.
+    Delayed {
+        priority: u8,
+        loc: Loc,
+        attempt: u32,
+        ready_at: u64,
+    },
+    /// Leased to a consumer.
+    InFlight(&'a Lease),
+    /// A dead letter.
+    Dead(&'a Dead),
 }
 
 /// A message's state in a snapshot.
@@ -701,6 +783,42 @@ mod tests {
         assert!(ix.peek().is_none());
         ix.promote_due(500);
         assert_eq!(ix.peek().unwrap().id, 1);
+    }
+
+    #[test]
+    fn ready_in_order_follows_strict_delivery_and_find_sees_every_state() {
+        let mut ix = Index::new(0);
+        for (id, p) in [(1, 0), (2, 9), (3, 9), (4, 200), (5, 9)] {
+            ix.add(id, p, loc(id as u32), 0, 0);
+        }
+        // 2 comes back after 3 was fresh: served by id among the lane.
+        ix.apply(&Entry::new(Kind::Delivered, 2, 9, 100, 1));
+        ix.apply(&Entry::new(Kind::Nacked, 2, 9, 0, 1));
+        let order: Vec<u64> = ix.ready_in_order(None).map(|c| c.id).collect();
+        assert_eq!(order, vec![4, 2, 3, 5, 1]);
+        let mut strict = Vec::new();
+        while let Some(c) = ix.peek() {
+            strict.push(c.id);
+            ix.apply(&Entry::new(Kind::Delivered, c.id, c.priority, 100, 1));
+        }
+        assert_eq!(strict, order);
+        let mut ix = Index::new(0);
+        ix.add(1, 3, loc(1), 0, 0);
+        ix.add(2, 3, loc(2), 500, 0);
+        ix.add(3, 3, loc(3), 0, 0);
+        ix.apply(&Entry::new(Kind::Delivered, 3, 3, 100, 1));
+        assert_eq!(
+            ix.ready_in_order(Some(3)).map(|c| c.id).collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert!(ix.ready_in_order(Some(4)).next().is_none());
+        assert!(matches!(ix.find(1), Some(Found::Ready { priority: 3, .. })));
+        assert!(matches!(
+            ix.find(2),
+            Some(Found::Delayed { ready_at: 500, .. })
+        ));
+        assert!(matches!(ix.find(3), Some(Found::InFlight(l)) if l.deadline == 100));
+        assert!(ix.find(4).is_none());
     }
 
     #[test]

@@ -73,6 +73,9 @@
 //! Dependencies point downward only:
 //!
 //! - [`queue`](Queue): the public facade, one core lock and group commit.
+//! - [`inspect`]: read-only views of a directory (stats, peek, a message's
+//!   history, a check of every file) without the lock, for the `lanelog`
+//!   command-line tool (feature `cli`).
 //! - `recovery`: the open sequence (the only code that truncates or removes
 //!   at open).
 //! - `segment`, `journal`: the two file kinds, appending and reading.
@@ -98,6 +101,7 @@ pub mod codec;
 mod config;
 mod error;
 mod index;
+pub mod inspect;
 mod journal;
 mod lanes;
 mod message;

@@ -38,7 +38,7 @@ pub(crate) fn checkpoint_name(n: u64) -> String {
     format!("checkpoint-{n:010}.ckp")
 }
 
-fn parse_checkpoint_name(name: &str) -> Option<u64> {
+pub(crate) fn parse_checkpoint_name(name: &str) -> Option<u64> {
     segment::parse_number(name.strip_prefix("checkpoint-")?.strip_suffix(".ckp")?)
 }
 
@@ -68,6 +68,9 @@ pub(crate) struct Scanned {
     pub checkpoint_number: u64,
     pub checkpoint_bytes: u64,
     pub report: RecoveryReport,
+    /// Live messages whose segment file is gone (id, segment); the report
+    /// counts them in `missing_messages`.
+    pub missing: Vec<(u64, u32)>,
     /// The changes recovery makes next (the report lists them).
     fixes: Vec<Fix>,
 }
@@ -83,14 +86,15 @@ enum Fix {
     Sync(Arc<dyn StorageFile>),
 }
 
-struct Files {
-    segments: Vec<u32>,
-    journals: Vec<u64>,
-    checkpoints: Vec<u64>,
-    temporary: Vec<String>,
+/// A directory's file names, classified and sorted by number.
+pub(crate) struct Files {
+    pub segments: Vec<u32>,
+    pub journals: Vec<u64>,
+    pub checkpoints: Vec<u64>,
+    pub temporary: Vec<String>,
 }
 
-fn list(storage: &dyn Storage) -> io::Result<Files> {
+pub(crate) fn list(storage: &dyn Storage) -> io::Result<Files> {
     let mut f = Files {
         segments: vec![],
         journals: vec![],
@@ -132,7 +136,7 @@ fn file_size(name: &str, file: &dyn StorageFile) -> Result<u32> {
 
 /// Refuse file numbers the queue could not go on from (see
 /// `segment::MAX_FILE_NUMBER` and `segment::MAX_SEGMENT_ID`).
-fn check_numbers(files: &Files) -> Result<()> {
+pub(crate) fn check_numbers(files: &Files) -> Result<()> {
     let out_of_range = |file: String| Error::Corrupt {
         file,
         offset: 0,
@@ -198,42 +202,50 @@ fn check_headers(storage: &dyn Storage, files: &Files) -> Result<Vec<String>> {
                 .map(|&n| (checkpoint_name(n), FileKind::Checkpoint)),
         );
     for (name, kind) in named {
-        let file = storage.open(&name)?;
-        let mut b = [0u8; header::SIZE];
-        let len = file.len()?;
-        if len < header::SIZE as u64 {
-            if len == 0 {
-                blank.push(name);
-                continue;
-            }
-            return Err(header_error(&name, HeaderError::Short));
-        }
-        file.read_at(0, &mut b)?;
-        match FileHeader::decode(kind, &b) {
-            Ok(_) => {}
-            Err(HeaderError::Blank) => {
-                blank.push(name);
-                continue;
-            }
-            // A header torn while the file was being made (its write is
-            // synced before any frame goes in): nothing else was written.
-            Err(HeaderError::BadChecksum | HeaderError::WrongMagic)
-                if kind != FileKind::Checkpoint && only_zeros_after_header(&*file)? =>
-            {
-                blank.push(name);
-                continue;
-            }
-            Err(e) => return Err(header_error(&name, e)),
-        }
-        if kind != FileKind::Checkpoint && len > MAX_SEGMENT_SIZE {
-            return Err(Error::Corrupt {
-                file: name,
-                offset: 0,
-                detail: format!("file of {len} bytes is over the 2 GiB limit"),
-            });
+        if check_header(storage, &name, kind)?.is_none() {
+            blank.push(name);
         }
     }
     Ok(blank)
+}
+
+/// Judge one file's header as open does: `None` for a blank file (created,
+/// never initialised, so it holds no data), the header otherwise.
+pub(crate) fn check_header(
+    storage: &dyn Storage,
+    name: &str,
+    kind: FileKind,
+) -> Result<Option<FileHeader>> {
+    let file = storage.open(name)?;
+    let mut b = [0u8; header::SIZE];
+    let len = file.len()?;
+    if len < header::SIZE as u64 {
+        if len == 0 {
+            return Ok(None);
+        }
+        return Err(header_error(name, HeaderError::Short));
+    }
+    file.read_at(0, &mut b)?;
+    let h = match FileHeader::decode(kind, &b) {
+        Ok(h) => h,
+        Err(HeaderError::Blank) => return Ok(None),
+        // A header torn while the file was being made (its write is
+        // synced before any frame goes in): nothing else was written.
+        Err(HeaderError::BadChecksum | HeaderError::WrongMagic)
+            if kind != FileKind::Checkpoint && only_zeros_after_header(&*file)? =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(header_error(name, e)),
+    };
+    if kind != FileKind::Checkpoint && len > MAX_SEGMENT_SIZE {
+        return Err(Error::Corrupt {
+            file: name.to_string(),
+            offset: 0,
+            detail: format!("file of {len} bytes is over the 2 GiB limit"),
+        });
+    }
+    Ok(Some(h))
 }
 
 fn only_zeros_after_header(file: &dyn StorageFile) -> io::Result<bool> {
@@ -282,7 +294,7 @@ pub(crate) fn scan_segment(buf: &[u8], start: usize, max_len: usize) -> Scan<rec
     s
 }
 
-fn scan_journal(buf: &[u8], start: usize) -> Scan<(entry::Entry, u32)> {
+pub(crate) fn scan_journal(buf: &[u8], start: usize) -> Scan<(entry::Entry, u32)> {
     scan::scan(
         buf,
         start,
@@ -515,7 +527,13 @@ pub(crate) fn scan_directory(
         .segments_with_live()
         .filter(|id| !segments.contains_key(id))
         .collect();
+    let mut missing = Vec::new();
     for id in lost {
+        index.snapshot(|m, _, loc, _, _, _| {
+            if loc.segment == id {
+                missing.push((m, id));
+            }
+        });
         report.missing_messages += index.drop_segment(id);
     }
 
@@ -543,6 +561,7 @@ pub(crate) fn scan_directory(
         checkpoint_number: report.checkpoint.unwrap_or(0),
         checkpoint_bytes,
         report,
+        missing,
         fixes,
     })
 }

@@ -20,6 +20,9 @@ const LOCK_FILE: &str = "LOCK";
 #[derive(Debug)]
 pub struct DiskStorage {
     path: PathBuf,
+    /// Made by [`DiskStorage::open_read_only`]: files are opened for reading
+    /// only and read without maps; every change and the lock are refused.
+    read_only: bool,
 }
 
 impl DiskStorage {
@@ -32,7 +35,57 @@ impl DiskStorage {
         ensure_dir(path)?;
         Ok(DiskStorage {
             path: path.to_path_buf(),
+            read_only: false,
         })
+    }
+
+    /// Use the existing directory at `path` for reading only, as an
+    /// inspector of a queue that another process may have open does.
+    ///
+    /// Nothing is created, written, removed or locked: [`Storage::lock`],
+    /// `create`, `rename`, `remove`, `sync_dir` and every file's `write_at`,
+    /// `set_len` and `sync_data` fail with `PermissionDenied`. Files are
+    /// opened read-only and read with plain positional reads, never mapped,
+    /// so another process writing (or removing) them cannot fault a reader;
+    /// what is read may be a moment old or, at the very end of a file being
+    /// appended to, half written.
+    ///
+    /// Fails with `NotFound` when `path` does not exist and with
+    /// `NotADirectory` when it is not a directory.
+    pub fn open_read_only(path: &Path) -> io::Result<DiskStorage> {
+        require_dir(path, &fs::metadata(path)?)?;
+        Ok(DiskStorage {
+            path: path.to_path_buf(),
+            read_only: true,
+        })
+    }
+
+    /// Whether this storage was opened with [`DiskStorage::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The processes holding the directory's owner lock, without taking it
+    /// (taking it, even briefly, could make the owner's open fail).
+    ///
+    /// On Linux this reads `/proc/locks` and matches the `LOCK` file's device
+    /// and inode; the pids are as listed there (an empty list: nobody holds
+    /// it, or there is no `LOCK` file). Elsewhere, and when `/proc/locks`
+    /// cannot be read, it fails with `Unsupported`.
+    pub fn lock_holders(&self) -> io::Result<Vec<i64>> {
+        let meta = match fs::metadata(self.path.join(LOCK_FILE)) {
+            Ok(meta) => meta,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(err),
+        };
+        lock_holders_of(&meta)
+    }
+
+    fn refuse(&self) -> io::Result<()> {
+        if self.read_only {
+            return Err(read_only_error());
+        }
+        Ok(())
     }
 
     /// The directory this storage works in.
@@ -44,6 +97,63 @@ impl DiskStorage {
         check_name(name)?;
         Ok(self.path.join(name))
     }
+}
+
+fn read_only_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        "queue directory opened read-only",
+    )
+}
+
+#[cfg(target_os = "linux")]
+fn lock_holders_of(meta: &fs::Metadata) -> io::Result<Vec<i64>> {
+    use std::os::unix::fs::MetadataExt;
+    let locks = fs::read_to_string("/proc/locks")
+        .map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e))?;
+    // glibc's encoding of a dev_t into major and minor numbers.
+    let dev = meta.dev();
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    Ok(parse_proc_locks(&locks, major, minor, meta.ino()))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lock_holders_of(_meta: &fs::Metadata) -> io::Result<Vec<i64>> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "lock holders can only be listed on Linux",
+    ))
+}
+
+/// The pids of granted locks on the file `major:minor:inode` in the text of
+/// `/proc/locks` ("1: FLOCK  ADVISORY  WRITE 1234 fe:00:24694 0 EOF"; lines
+/// with "->" are waiters, not holders).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn parse_proc_locks(text: &str, major: u64, minor: u64, inode: u64) -> Vec<i64> {
+    let mut pids = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) == Some(&"->") {
+            continue;
+        }
+        let Some(at) = fields.iter().position(|f| f.matches(':').count() == 2) else {
+            continue;
+        };
+        let mut parts = fields[at].split(':');
+        let (Some(ma), Some(mi), Some(ino)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let same = u64::from_str_radix(ma, 16).ok() == Some(major)
+            && u64::from_str_radix(mi, 16).ok() == Some(minor)
+            && ino.parse::<u64>().ok() == Some(inode);
+        if same {
+            if let Some(pid) = at.checked_sub(1).and_then(|i| fields[i].parse().ok()) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
 }
 
 /// Make sure `path` is a directory, creating it if it does not exist.
@@ -103,6 +213,7 @@ pub(super) fn check_name(name: &str) -> io::Result<()> {
 
 impl Storage for DiskStorage {
     fn lock(&self) -> io::Result<LockGuard> {
+        self.refuse()?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -140,6 +251,10 @@ impl Storage for DiskStorage {
     }
 
     fn open(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
+        if self.read_only {
+            let file = File::open(self.file_path(name)?)?;
+            return Ok(Arc::new(DiskFile::read_only(file)));
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -148,6 +263,7 @@ impl Storage for DiskStorage {
     }
 
     fn create(&self, name: &str, len: u64) -> io::Result<Arc<dyn StorageFile>> {
+        self.refuse()?;
         let path = self.file_path(name)?;
         let file = OpenOptions::new()
             .read(true)
@@ -164,14 +280,17 @@ impl Storage for DiskStorage {
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.refuse()?;
         fs::rename(self.file_path(from)?, self.file_path(to)?)
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
+        self.refuse()?;
         fs::remove_file(self.file_path(name)?)
     }
 
     fn sync_dir(&self) -> io::Result<()> {
+        self.refuse()?;
         File::open(&self.path)?.sync_all()
     }
 }
@@ -185,6 +304,9 @@ struct DiskFile {
     /// and drops the map before truncating, so no read can touch mapped pages
     /// past a new, shorter end.
     map: RwLock<Option<ReadMap>>,
+    /// Opened read-only (see [`DiskStorage::open_read_only`]): never mapped,
+    /// never written.
+    read_only: bool,
 }
 
 impl DiskFile {
@@ -192,6 +314,15 @@ impl DiskFile {
         DiskFile {
             file,
             map: RwLock::new(None),
+            read_only: false,
+        }
+    }
+
+    fn read_only(file: File) -> DiskFile {
+        DiskFile {
+            file,
+            map: RwLock::new(None),
+            read_only: true,
         }
     }
 
@@ -255,6 +386,15 @@ impl StorageFile for DiskFile {
         let end = offset
             .checked_add(buf.len() as u64)
             .ok_or_else(|| past_end(offset, buf.len(), u64::MAX))?;
+        if self.read_only {
+            // Another process may own and write this file: no maps.
+            return self.file.read_exact_at(buf, offset).map_err(|e| {
+                match (e.kind(), self.file.metadata()) {
+                    (io::ErrorKind::UnexpectedEof, Ok(m)) => past_end(offset, buf.len(), m.len()),
+                    _ => e,
+                }
+            });
+        }
         if self.read_mapped(offset, end, buf) {
             return Ok(());
         }
@@ -262,14 +402,23 @@ impl StorageFile for DiskFile {
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.read_only {
+            return Err(read_only_error());
+        }
         self.file.write_all_at(data, offset)
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        if self.read_only {
+            return Err(read_only_error());
+        }
         self.file.sync_data()
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        if self.read_only {
+            return Err(read_only_error());
+        }
         let mut slot = self.map.write();
         *slot = None;
         self.file.set_len(len)
@@ -480,6 +629,73 @@ mod tests {
         drop(guard);
         let _guard = other.lock().expect("lock after release");
         assert!(s.path().join(LOCK_FILE).exists());
+    }
+
+    #[test]
+    fn read_only_storage_reads_without_maps_and_refuses_every_change() {
+        let (_dir, s) = storage();
+        let f = s.create("f", 16).expect("create");
+        f.write_at(0, b"data").expect("write");
+        let before = fs::read(s.path().join("f")).expect("read");
+        let missing = s.path().join("nope");
+        assert_eq!(
+            DiskStorage::open_read_only(&missing)
+                .expect_err("missing")
+                .kind(),
+            io::ErrorKind::NotFound
+        );
+        assert!(!missing.exists(), "nothing created");
+        let ro = DiskStorage::open_read_only(s.path()).expect("read-only");
+        assert!(ro.is_read_only() && !s.is_read_only());
+        let g = ro.open("f").expect("open");
+        assert_eq!(read(&*g, 0, 4).expect("read"), b"data");
+        let err = read(&*g, 14, 4).expect_err("past end");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        let denied = io::ErrorKind::PermissionDenied;
+        assert_eq!(g.write_at(0, b"x").expect_err("write").kind(), denied);
+        assert_eq!(g.set_len(1).expect_err("set_len").kind(), denied);
+        assert_eq!(g.sync_data().expect_err("sync").kind(), denied);
+        assert_eq!(ro.lock().expect_err("lock").kind(), denied);
+        assert_eq!(ro.create("g", 1).expect_err("create").kind(), denied);
+        assert_eq!(ro.rename("f", "g").expect_err("rename").kind(), denied);
+        assert_eq!(ro.remove("f").expect_err("remove").kind(), denied);
+        assert_eq!(ro.sync_dir().expect_err("sync dir").kind(), denied);
+        assert_eq!(fs::read(s.path().join("f")).expect("read"), before);
+        assert!(!s.path().join(LOCK_FILE).exists(), "no lock file made");
+        // A written file is seen at once by the read-only handle.
+        f.write_at(4, b"more").expect("write");
+        assert_eq!(read(&*g, 0, 8).expect("read"), b"datamore");
+    }
+
+    #[test]
+    fn lock_holders_are_listed_without_taking_the_lock() {
+        let (_dir, s) = storage();
+        let ro = DiskStorage::open_read_only(s.path()).expect("read-only");
+        match ro.lock_holders() {
+            Err(err) => assert_eq!(err.kind(), io::ErrorKind::Unsupported),
+            Ok(pids) => {
+                assert!(pids.is_empty(), "no LOCK file yet: {pids:?}");
+                let guard = s.lock().expect("lock");
+                let me = i64::from(std::process::id());
+                assert_eq!(ro.lock_holders().expect("holders"), vec![me]);
+                drop(guard);
+                assert!(ro.lock_holders().expect("holders").is_empty());
+                // Listing never took the lock: the owner can still lock.
+                let _guard = s.lock().expect("lock again");
+            }
+        }
+    }
+
+    #[test]
+    fn proc_locks_lines_are_matched_by_device_and_inode() {
+        let text = "1: FLOCK  ADVISORY  WRITE 4242 fe:00:246951 0 EOF\n\
+                    1: -> FLOCK  ADVISORY  WRITE 77 fe:00:246951 0 EOF\n\
+                    2: POSIX  ADVISORY  READ 99 08:01:246951 0 EOF\n\
+                    3: FLOCK  ADVISORY  WRITE 5 fe:00:1 0 EOF\n";
+        assert_eq!(parse_proc_locks(text, 0xfe, 0, 246951), vec![4242]);
+        assert_eq!(parse_proc_locks(text, 8, 1, 246951), vec![99]);
+        assert!(parse_proc_locks(text, 8, 1, 2).is_empty());
+        assert!(parse_proc_locks("garbage\n: x\n", 0, 0, 0).is_empty());
     }
 
     #[test]
