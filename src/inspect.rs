@@ -654,26 +654,7 @@ impl Inspector {
     /// As [`Inspector::recovery_report`].
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
         let s = self.scanned()?;
-        Ok(s.index
-            .dead_letters()
-            .map(|(id, d)| {
-                let enqueued = s
-                    .segments
-                    .get(&d.loc.segment)
-                    .and_then(|seg| {
-                        segment::read_header(&*seg.file, d.loc.offset, self.limit(seg.size))
-                    })
-                    .map_or(0, |h| h.enqueued_ms);
-                DeadLetter {
-                    id: MessageId(id),
-                    priority: d.priority,
-                    attempts: d.attempt,
-                    reason: d.reason.clone(),
-                    enqueued_at: Timestamp(enqueued),
-                    dead_at: Timestamp(d.at),
-                }
-            })
-            .collect())
+        Ok(crate::queue::dead_letter_list(&s.index, &s.segments))
     }
 
     /// A message's whole history: its record, its entry in the newest

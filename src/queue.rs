@@ -866,25 +866,7 @@ impl Queue {
         if core.health == Health::Closed {
             return Err(Error::Closed);
         }
-        Ok(core
-            .index
-            .dead_letters()
-            .map(|(id, d)| {
-                let enqueued = core
-                    .segments
-                    .get(&d.loc.segment)
-                    .and_then(|s| segment::read_header(&*s.file, d.loc.offset, s.size as usize))
-                    .map_or(0, |h| h.enqueued_ms);
-                DeadLetter {
-                    id: MessageId(id),
-                    priority: d.priority,
-                    attempts: d.attempt,
-                    reason: d.reason.clone(),
-                    enqueued_at: Timestamp(enqueued),
-                    dead_at: Timestamp(d.at),
-                }
-            })
-            .collect())
+        Ok(dead_letter_list(&core.index, &core.segments))
     }
 
     /// Send one dead letter back to ready, its attempts reset.
@@ -991,6 +973,31 @@ impl Queue {
     pub fn close(self) -> Result<()> {
         self.inner.shutdown()
     }
+}
+
+/// The dead letters of `index`, in id order, with the enqueue time read
+/// from each record's header (0 when it cannot be read).
+pub(crate) fn dead_letter_list(
+    index: &Index,
+    segments: &BTreeMap<u32, Segment>,
+) -> Vec<DeadLetter> {
+    index
+        .dead_letters()
+        .map(|(id, d)| {
+            let enqueued = segments
+                .get(&d.loc.segment)
+                .and_then(|s| segment::read_header(&*s.file, d.loc.offset, s.size as usize))
+                .map_or(0, |h| h.enqueued_ms);
+            DeadLetter {
+                id: MessageId(id),
+                priority: d.priority,
+                attempts: d.attempt,
+                reason: d.reason.clone(),
+                enqueued_at: Timestamp(enqueued),
+                dead_at: Timestamp(d.at),
+            }
+        })
+        .collect()
 }
 
 fn cut_reason(reason: &str) -> String {
