@@ -331,4 +331,44 @@ mod tests {
         assert_eq!(prep(&image), 0);
         q.close().unwrap();
     }
+
+    #[test]
+    fn segments_made_ahead_take_the_configured_size_after_a_reopen() {
+        use crate::QueueOptions;
+        let s = MemoryStorage::new();
+        let opts = |size: u64| {
+            QueueOptions::new()
+                .segment_size(size)
+                .journal_file_size(64 << 10)
+                .prepare_ahead(true)
+        };
+        let payload = vec![3u8; 64 << 10];
+        let q = opts(1 << 20).open_storage(Arc::new(s.clone())).unwrap();
+        for _ in 0..4 {
+            q.enqueue(&payload, 0).unwrap();
+        }
+        q.close().unwrap();
+        // Reopened with bigger segments: the ones made from now on (ahead
+        // or inline) are 2 MiB, and every message survives the rolls.
+        let q = opts(2 << 20).open_storage(Arc::new(s.clone())).unwrap();
+        for _ in 0..60 {
+            q.enqueue(&payload, 0).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        q.close().unwrap();
+        let q = opts(2 << 20).open_storage(Arc::new(s.clone())).unwrap();
+        assert_eq!(q.stats().ready, 64);
+        let mut n = 0;
+        while let Some(d) = q.dequeue().unwrap() {
+            assert_eq!(d.payload, payload);
+            q.ack(d.receipt).unwrap();
+            n += 1;
+        }
+        assert_eq!(n, 64);
+        for name in s.list().unwrap() {
+            if name.starts_with("segment-") && name != "segment-0000000001.seg" {
+                assert_eq!(s.open(&name).unwrap().len().unwrap(), 2 << 20, "{name}");
+            }
+        }
+    }
 }

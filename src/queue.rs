@@ -368,9 +368,15 @@ impl Queue {
                 let newest = core.segments.keys().next_back() == Some(&id);
                 let (end, size) = (core.segments[&id].end, core.segments[&id].size);
                 // Ask early: at a fast writer's pace, making a segment's
-                // zeros can take longer than filling half of one.
+                // zeros can take longer than filling half of one. New
+                // segments get the configured size (a reopened queue may
+                // have been given another).
                 if end > size / 8 && newest {
-                    p.ask(Want::Segment(id + 1), size, now);
+                    p.ask(
+                        Want::Segment(id + 1),
+                        self.inner.opts.segment_size as u32,
+                        now,
+                    );
                 }
                 // Write-behind: without a sync per write, keep what sealing
                 // this segment must flush small.
