@@ -16,7 +16,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use lanelog::{Durability, Queue, QueueOptions};
+use lanelog::{Delivery, Durability, Queue, QueueOptions};
 
 const SIZES: [usize; 2] = [128, 1024];
 
@@ -48,6 +48,12 @@ fn fill(q: &Queue, n: u64, payload: &[u8]) {
         left -= k as u64;
     }
     q.sync().expect("sync");
+}
+
+/// Ack a dequeued batch with one call.
+fn ack_all(q: &Queue, ds: &[Delivery]) {
+    let receipts: Vec<_> = ds.iter().map(|d| d.receipt).collect();
+    q.ack_batch(&receipts).expect("ack");
 }
 
 fn enqueue(c: &mut Criterion) {
@@ -94,9 +100,7 @@ fn dequeue_ack(c: &mut Criterion) {
                         fill(&q, iters * per as u64, &payload);
                         let t = Instant::now();
                         for _ in 0..iters {
-                            let ds = q.dequeue_up_to(per).expect("dequeue");
-                            let receipts: Vec<_> = ds.iter().map(|d| d.receipt).collect();
-                            q.ack_batch(&receipts).expect("ack");
+                            ack_all(&q, &q.dequeue_up_to(per).expect("dequeue"));
                         }
                         t.elapsed()
                     })
@@ -133,8 +137,7 @@ fn mixed(c: &mut Criterion) {
                                 .dequeue_batch(100, Duration::from_millis(50))
                                 .expect("dequeue");
                             got += ds.len();
-                            let receipts: Vec<_> = ds.iter().map(|d| d.receipt).collect();
-                            q.ack_batch(&receipts).expect("ack");
+                            ack_all(&q, &ds);
                         }
                     });
                     t.elapsed()

@@ -9,50 +9,19 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lanelog::{Clock, Durability, ManualClock, MessageId, Queue, QueueOptions, SystemClock};
 use serde_json::Value;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn lanelog(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_lanelog"))
-        .args(args)
-        .output()
-        .expect("run lanelog");
-    Run {
-        code: out.status.code().expect("exit status"),
-        stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
-        stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
-    }
-}
+mod cli_support;
+use cli_support::{lanelog, p, unlocked, Run};
 
 fn json(args: &[&str]) -> Value {
     let r = lanelog(args);
     assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
     serde_json::from_str(&r.stdout).expect("json")
-}
-
-/// Run a read-only command on a directory this process no longer holds.
-/// Another test's child process may still hold a copy of the lock for a
-/// moment (a `fork` copies open files until `exec` closes them), so a
-/// "locked" answer is asked again.
-fn unlocked(args: &[&str]) -> Run {
-    for _ in 0..50 {
-        let r = lanelog(args);
-        if !r.stderr.contains("open in another process") {
-            return r;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    panic!("{args:?}: still locked");
 }
 
 /// Open a directory this process just closed (see [`unlocked`]).
@@ -64,10 +33,6 @@ fn reopen(dir: &Path) -> Queue {
         }
     }
     panic!("{}: still locked", dir.display());
-}
-
-fn p(dir: &Path) -> &str {
-    dir.to_str().expect("utf-8 path")
 }
 
 /// One line on stderr, no panic, no backtrace.

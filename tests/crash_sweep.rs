@@ -33,7 +33,7 @@ use std::time::Instant;
 use battery::model::View;
 use battery::verify::{check, Findings, Observed};
 use battery::workload::{Driver, Mode, Weights, Workload};
-use battery::{mix, n, options, parallel, scale};
+use battery::{mix, n, options, parallel, profile, scale};
 use lanelog::storage::{CrashPolicy, Fault, FaultKind, FaultOps, MemoryStorage};
 use lanelog::{Durability, ManualClock, Timestamp};
 
@@ -88,38 +88,6 @@ fn none_with_sync(seed: u64) -> Workload {
         reopen_at: Some(500),
         ..immediate(seed)
     }
-}
-
-/// What a fault-free run does, from its storage call log.
-fn profile(w: &Workload) -> (u64, String) {
-    let d = Driver::run_logged(w, None, Mode::StopAtFirstError, true).expect("no panic");
-    assert!(
-        d.unexpected.is_empty() && d.errors == 0 && d.model.read_error_dead == 0,
-        "{}: the fault-free run must match the model: {:?}",
-        w.name,
-        d.unexpected
-    );
-    let log = d.traced.log();
-    let count = |kind: &str, prefix: &str| {
-        log.iter()
-            .filter(|c| c.kind == kind && c.file.starts_with(prefix))
-            .count()
-    };
-    let (ready, in_flight, delayed, dead) = d.model.counts();
-    let summary = format!(
-        "{} calls ({} syncs, {} reads), {} segments made / {} removed ({} whole-segment reads), {} journal files, {} checkpoints, {} messages, {} acked; at the end {ready} ready, {in_flight} in flight, {delayed} delayed, {dead} dead",
-        log.len(),
-        log.iter().filter(|c| c.is_sync()).count(),
-        count("read_at", ""),
-        count("create", "segment-"),
-        count("remove", "segment-"),
-        count("len", "segment-"),
-        count("create", "journal-"),
-        count("rename", "checkpoint-"),
-        d.model.msgs.len(),
-        d.model.acked_bounds(View::Process).0,
-    );
-    (log.len() as u64, summary)
 }
 
 /// Crash the recovery of `img` at each of its calls, lose power, reopen:
@@ -262,7 +230,7 @@ fn power_loss_at_every_storage_call() {
     for s in 0..scale() {
         for w in [immediate(0xC0FFEE + s), none_with_sync(0xBEEF + s)] {
             let t = Instant::now();
-            let (calls, summary) = profile(&w);
+            let (calls, summary) = profile(&w, Mode::StopAtFirstError);
             println!("crash-sweep: {} seed {}: {summary}", w.name, w.seed);
             let (f, images, doubles) = sweep(&w, calls);
             println!(
@@ -304,7 +272,7 @@ fn workloads_match_the_model_without_faults() {
     let seeds = (0..scale()).flat_map(|s| [immediate(0xC0FFEE + s), none_with_sync(0xBEEF + s)]);
     for w in seeds {
         let t = Instant::now();
-        let (_, summary) = profile(&w);
+        let (_, summary) = profile(&w, Mode::StopAtFirstError);
         println!(
             "{} seed {}: {summary} ({:.1?})",
             w.name,

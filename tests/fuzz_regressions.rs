@@ -47,6 +47,47 @@ fn header(kind: FileKind, id: u64) -> Vec<u8> {
     .to_vec()
 }
 
+/// A checkpoint of an empty queue: each test changes one field.
+fn meta() -> CheckpointMeta {
+    CheckpointMeta {
+        number: 1,
+        created_ms: T0,
+        next_id: 1,
+        journal_file: 1,
+        journal_offset: 32,
+        head_segment: 1,
+        head_offset: 32,
+        acked_total: 0,
+    }
+}
+
+/// The file `checkpoint-0000000001.ckp` holding `meta` and no messages.
+fn checkpoint_file(meta: &CheckpointMeta) -> (&'static str, u64, Vec<u8>) {
+    let ckp = checkpoint::encode(meta, &[], &[], &[]);
+    ("checkpoint-0000000001.ckp", ckp.len() as u64, ckp)
+}
+
+/// A one-byte message record in lane 0: each test changes a field.
+fn record_header(id: u64) -> RecordHeader {
+    RecordHeader {
+        id,
+        enqueued_ms: T0,
+        delay_ms: 0,
+        synced_end: 32,
+        len: 1,
+        priority: 0,
+        flags: 0,
+    }
+}
+
+/// The file `segment-0000000001.seg` holding the record `h` with payload
+/// `x`.
+fn segment_file(h: &RecordHeader) -> (&'static str, u64, Vec<u8>) {
+    let mut seg = header(FileKind::Segment, 1);
+    record::encode(h, b"x", &mut seg);
+    ("segment-0000000001.seg", 1 << 20, seg)
+}
+
 fn open(s: &MemoryStorage) -> lanelog::Result<Queue> {
     small().open_storage(Arc::new(s.clone()) as Arc<dyn Storage>)
 }
@@ -69,35 +110,16 @@ fn ids_stay_fresh(s: &MemoryStorage) {
 #[test]
 fn checkpoint_next_id_near_max() {
     let meta = CheckpointMeta {
-        number: 1,
-        created_ms: T0,
         next_id: u64::MAX,
-        journal_file: 1,
-        journal_offset: 32,
-        head_segment: 1,
-        head_offset: 32,
-        acked_total: 0,
+        ..meta()
     };
-    let ckp = checkpoint::encode(&meta, &[], &[], &[]);
-    let len = ckp.len() as u64;
-    ids_stay_fresh(&directory(&[("checkpoint-0000000001.ckp", len, ckp)]));
+    ids_stay_fresh(&directory(&[checkpoint_file(&meta)]));
 }
 
 // Found by fuzzing: a segment record with id u64::MAX panics open on `h.id + 1` (builds with overflow checks).
 #[test]
 fn record_id_max() {
-    let mut seg = header(FileKind::Segment, 1);
-    let h = RecordHeader {
-        id: u64::MAX,
-        enqueued_ms: T0,
-        delay_ms: 0,
-        synced_end: 32,
-        len: 1,
-        priority: 0,
-        flags: 0,
-    };
-    record::encode(&h, b"x", &mut seg);
-    ids_stay_fresh(&directory(&[("segment-0000000001.seg", 1 << 20, seg)]));
+    ids_stay_fresh(&directory(&[segment_file(&record_header(u64::MAX))]));
 }
 
 // Found by fuzzing: a journal entry with id u64::MAX panics open on `e.id + 1` (builds with overflow checks).
@@ -112,18 +134,10 @@ fn entry_id_max() {
 #[test]
 fn journal_number_over_ten_digits() {
     let meta = CheckpointMeta {
-        number: 1,
-        created_ms: T0,
-        next_id: 1,
         journal_file: 10_000_000_000,
-        journal_offset: 32,
-        head_segment: 1,
-        head_offset: 32,
-        acked_total: 0,
+        ..meta()
     };
-    let ckp = checkpoint::encode(&meta, &[], &[], &[]);
-    let len = ckp.len() as u64;
-    let s = directory(&[("checkpoint-0000000001.ckp", len, ckp)]);
+    let s = directory(&[checkpoint_file(&meta)]);
     // The first open may refuse the directory; if it accepts it, the
     // files it writes itself must not stop the next open.
     let Ok(q) = open(&s) else { return };
@@ -136,50 +150,22 @@ fn journal_number_over_ten_digits() {
 // Found by fuzzing: a record with enqueued_ms near u64::MAX and a delay panics open on the ready-at sum (builds with overflow checks).
 #[test]
 fn record_ready_at_overflow() {
-    let mut seg = header(FileKind::Segment, 1);
     let h = RecordHeader {
-        id: 1,
         enqueued_ms: u64::MAX,
         delay_ms: 1,
-        synced_end: 32,
-        len: 1,
-        priority: 0,
-        flags: 0,
+        ..record_header(1)
     };
-    record::encode(&h, b"x", &mut seg);
-    ids_stay_fresh(&directory(&[("segment-0000000001.seg", 1 << 20, seg)]));
+    ids_stay_fresh(&directory(&[segment_file(&h)]));
 }
 
 // Found by fuzzing: a checkpoint with acked_total = u64::MAX panics the next ack (builds with overflow checks).
 #[test]
 fn acked_total_overflow() {
     let meta = CheckpointMeta {
-        number: 1,
-        created_ms: T0,
-        next_id: 1,
-        journal_file: 1,
-        journal_offset: 32,
-        head_segment: 1,
-        head_offset: 32,
         acked_total: u64::MAX,
+        ..meta()
     };
-    let ckp = checkpoint::encode(&meta, &[], &[], &[]);
-    let len = ckp.len() as u64;
-    let mut seg = header(FileKind::Segment, 1);
-    let h = RecordHeader {
-        id: 1,
-        enqueued_ms: T0,
-        delay_ms: 0,
-        synced_end: 32,
-        len: 1,
-        priority: 0,
-        flags: 0,
-    };
-    record::encode(&h, b"x", &mut seg);
-    let s = directory(&[
-        ("checkpoint-0000000001.ckp", len, ckp),
-        ("segment-0000000001.seg", 1 << 20, seg),
-    ]);
+    let s = directory(&[checkpoint_file(&meta), segment_file(&record_header(1))]);
     let Ok(q) = open(&s) else { return };
     let d = q.dequeue().expect("dequeue").expect("the record is ready");
     let _ = q.ack(d.receipt);
@@ -234,25 +220,15 @@ fn location_past_segment_end_is_corrupt_not_transient() {
     use lanelog::codec::checkpoint::{CheckpointMessage, CheckpointState};
     let mut seg = header(FileKind::Segment, 1);
     let h = RecordHeader {
-        id: 1,
-        enqueued_ms: T0,
-        delay_ms: 0,
-        synced_end: 32,
         len: 4,
         priority: 9,
-        flags: 0,
+        ..record_header(1)
     };
     record::encode(&h, b"good", &mut seg);
-    let head_offset = seg.len() as u32;
     let meta = CheckpointMeta {
-        number: 1,
-        created_ms: T0,
         next_id: 3,
-        journal_file: 1,
-        journal_offset: 32,
-        head_segment: 1,
-        head_offset,
-        acked_total: 0,
+        head_offset: seg.len() as u32,
+        ..meta()
     };
     let msg = |id, offset, priority| CheckpointMessage {
         id,

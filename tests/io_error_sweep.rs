@@ -30,7 +30,7 @@ use std::time::Instant;
 use battery::model::View;
 use battery::verify::{check, Findings};
 use battery::workload::{Driver, Mode, Weights, Workload};
-use battery::{n, parallel, scale};
+use battery::{n, parallel, profile, scale};
 use lanelog::storage::{CrashPolicy, Fault, FaultKind, FaultOps, MemoryStorage};
 use lanelog::{Durability, ManualClock, Timestamp};
 
@@ -139,38 +139,6 @@ const KINDS: [(FaultKind, bool); 6] = [
     (FaultKind::ShortWrite, true),
 ];
 
-/// What a fault-free run does.
-fn profile(w: &Workload) -> (u64, String) {
-    let d = Driver::run_logged(w, None, Mode::UntilPoisoned, true).expect("no panic");
-    assert!(
-        d.unexpected.is_empty() && d.errors == 0 && d.model.read_error_dead == 0,
-        "{}: the fault-free run must match the model: {:?}",
-        w.name,
-        d.unexpected
-    );
-    let log = d.traced.log();
-    let count = |kind: &str, prefix: &str| {
-        log.iter()
-            .filter(|c| c.kind == kind && c.file.starts_with(prefix))
-            .count()
-    };
-    let (ready, in_flight, delayed, dead) = d.model.counts();
-    let summary = format!(
-        "{} calls ({} syncs, {} writes, {} reads), {} segments made / {} removed, {} journal files, {} checkpoints, {} messages, {} acked; at the end {ready} ready, {in_flight} in flight, {delayed} delayed, {dead} dead",
-        log.len(),
-        log.iter().filter(|c| c.is_sync()).count(),
-        count("write_at", ""),
-        count("read_at", ""),
-        count("create", "segment-"),
-        count("remove", "segment-"),
-        count("create", "journal-"),
-        count("rename", "checkpoint-"),
-        d.model.msgs.len(),
-        d.model.acked_bounds(View::Process).0,
-    );
-    (log.len() as u64, summary)
-}
-
 #[derive(Default)]
 struct Tally {
     f: Findings,
@@ -276,7 +244,7 @@ fn every_storage_call_fails_in_every_way() {
             mix(0x30 + s),
         ] {
             let t0 = Instant::now();
-            let (calls, summary) = profile(&w);
+            let (calls, summary) = profile(&w, Mode::UntilPoisoned);
             println!("io-sweep: {} seed {}: {summary}", w.name, w.seed);
             let t = sweep(&w, calls);
             println!(
@@ -329,7 +297,7 @@ fn workloads_match_the_model_without_faults() {
     });
     for w in seeds {
         let t = Instant::now();
-        let (_, summary) = profile(&w);
+        let (_, summary) = profile(&w, Mode::UntilPoisoned);
         println!(
             "{} seed {}: {summary} ({:.1?})",
             w.name,

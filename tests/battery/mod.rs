@@ -183,3 +183,38 @@ pub fn n(x: u64) -> String {
     }
     out
 }
+
+/// What a fault-free run of `w` does, from its storage call log: the number
+/// of storage calls (the crash points a sweep covers) and a summary line.
+/// Panics if the run does not match the model.
+pub fn profile(w: &workload::Workload, mode: workload::Mode) -> (u64, String) {
+    let d = workload::Driver::run_logged(w, None, mode, true).expect("no panic");
+    assert!(
+        d.unexpected.is_empty() && d.errors == 0 && d.model.read_error_dead == 0,
+        "{}: the fault-free run must match the model: {:?}",
+        w.name,
+        d.unexpected
+    );
+    let log = d.traced.log();
+    let count = |kind: &str, prefix: &str| {
+        log.iter()
+            .filter(|c| c.kind == kind && c.file.starts_with(prefix))
+            .count()
+    };
+    let (ready, in_flight, delayed, dead) = d.model.counts();
+    let summary = format!(
+        "{} calls ({} syncs, {} writes, {} reads), {} segments made / {} removed ({} whole-segment reads), {} journal files, {} checkpoints, {} messages, {} acked; at the end {ready} ready, {in_flight} in flight, {delayed} delayed, {dead} dead",
+        log.len(),
+        log.iter().filter(|c| c.is_sync()).count(),
+        count("write_at", ""),
+        count("read_at", ""),
+        count("create", "segment-"),
+        count("remove", "segment-"),
+        count("len", "segment-"),
+        count("create", "journal-"),
+        count("rename", "checkpoint-"),
+        d.model.msgs.len(),
+        d.model.acked_bounds(model::View::Process).0,
+    );
+    (log.len() as u64, summary)
+}
