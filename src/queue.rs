@@ -158,8 +158,8 @@ struct Core {
     lock: Option<LockGuard>,
     /// Set by the preparer when a background sync failed.
     behind_failed: Option<Arc<AtomicBool>>,
-    /// The active segment's end when a background sync was last asked for.
-    behind_at: u32,
+    /// The segment and its end when a background sync was last asked for.
+    behind_at: (u32, u32),
 }
 
 /// What a write under the lock asks of the caller once the lock is gone.
@@ -227,7 +227,7 @@ impl Queue {
             scratch: Vec::new(),
             lock: Some(lock),
             behind_failed: prep.as_ref().map(|p| p.sync_failed()),
-            behind_at: 0,
+            behind_at: (0, 0),
         };
         let inner = Arc::new(Inner {
             core: Mutex::new(core),
@@ -381,11 +381,13 @@ impl Queue {
                 // Write-behind: without a sync per write, keep what sealing
                 // this segment must flush small.
                 if self.inner.opts.durability != Durability::Immediate {
-                    if core.behind_at > end {
-                        core.behind_at = 0;
-                    }
-                    if end - core.behind_at > WRITE_BEHIND {
-                        core.behind_at = end;
+                    let since = if core.behind_at.0 == id {
+                        core.behind_at.1
+                    } else {
+                        0
+                    };
+                    if end - since > WRITE_BEHIND {
+                        core.behind_at = (id, end);
                         p.sync_behind(core.segments[&id].file.clone());
                     }
                 }
@@ -1015,12 +1017,16 @@ fn cut_reason(reason: &str) -> String {
 }
 
 impl Core {
-    fn writable(&self) -> Result<()> {
-        if self
-            .behind_failed
+    /// Whether a background (write-behind) sync failed: the queue is then
+    /// poisoned like after any failed sync.
+    fn background_sync_failed(&self) -> bool {
+        self.behind_failed
             .as_ref()
             .is_some_and(|f| f.load(Ordering::SeqCst))
-        {
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.background_sync_failed() {
             return Err(Error::Poisoned);
         }
         match self.health {
@@ -1580,12 +1586,10 @@ impl Inner {
             }
         }
         let mut core = self.core.lock();
-        if let Err(e) = core.writable() {
-            // A background sync failed: nothing is known durable.
-            if matches!(e, Error::Poisoned) {
-                core.health = Health::Poisoned;
-            }
-            return Err(e);
+        if core.background_sync_failed() {
+            // Nothing written since can be known durable.
+            core.health = Health::Poisoned;
+            return Err(Error::Poisoned);
         }
         core.mark_synced(&dirty, journal_pos);
         if core.maintenance_due && core.health == Health::Open {
