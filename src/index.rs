@@ -199,7 +199,21 @@ impl Index {
     /// A message record exists at `loc`: it is ready at `ready_at`
     /// (delayed until then), with `attempt` deliveries behind it.
     pub fn add(&mut self, id: u64, priority: u8, loc: Loc, ready_at: u64, attempt: u32) {
-        *self.live.entry(loc.segment).or_insert(0) += 1;
+        self.count_live(loc.segment, 1);
+        self.place(id, priority, loc, ready_at, attempt);
+    }
+
+    /// Count `n` more live messages in `segment`: bulk loaders place a run
+    /// of messages of one segment with the `place*` calls and count them
+    /// once (a map lookup per message is a tenth of opening 10M messages).
+    pub fn count_live(&mut self, segment: u32, n: u64) {
+        if n > 0 {
+            *self.live.entry(segment).or_insert(0) += n;
+        }
+    }
+
+    /// [`Index::add`] without the live count (see [`Index::count_live`]).
+    pub fn place(&mut self, id: u64, priority: u8, loc: Loc, ready_at: u64, attempt: u32) {
         if attempt > 0 {
             self.attempts.insert(id, attempt);
         }
@@ -250,15 +264,22 @@ impl Index {
     }
 
     /// A message restored from a checkpoint as in flight: it is leased
-    /// until replay ends (see [`Index::release_all_in_flight`]).
-    pub fn add_in_flight(&mut self, id: u64, priority: u8, loc: Loc, attempt: u32, deadline: u64) {
-        *self.live.entry(loc.segment).or_insert(0) += 1;
+    /// until replay ends (see [`Index::release_all_in_flight`]). Not counted
+    /// live: see [`Index::count_live`].
+    pub fn place_in_flight(
+        &mut self,
+        id: u64,
+        priority: u8,
+        loc: Loc,
+        attempt: u32,
+        deadline: u64,
+    ) {
         self.put_lease(id, loc, priority, attempt, deadline);
     }
 
-    /// A dead letter restored from a checkpoint.
-    pub fn add_dead(&mut self, id: u64, dead: Dead) {
-        *self.live.entry(dead.loc.segment).or_insert(0) += 1;
+    /// A dead letter restored from a checkpoint. Not counted live: see
+    /// [`Index::count_live`].
+    pub fn place_dead(&mut self, id: u64, dead: Dead) {
         self.dead.insert(id, dead);
     }
 

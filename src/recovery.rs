@@ -30,7 +30,7 @@ use crate::index::{Dead, Index, Loc};
 use crate::journal::{self, Journal};
 use crate::message::{range64, RecoveryReport};
 use crate::segment::{self, Segment};
-use crate::storage::{read_all, Storage, StorageFile};
+use crate::storage::{read_all, with_contents, Storage, StorageFile};
 use crate::{codec::FORMAT_VERSION, config::MAX_SEGMENT_SIZE};
 
 /// The file name of checkpoint `n`.
@@ -392,18 +392,21 @@ pub(crate) fn scan_directory(
         .collect();
     if let Some(&n) = live_checkpoints.last() {
         let name = checkpoint_name(n);
-        let bytes = read_all(&*storage.open(&name)?)?;
-        checkpoint_bytes = bytes.len() as u64;
         let mut dead_reasons = Vec::new();
-        meta = checkpoint::decode(
-            &bytes,
-            |id, records| {
-                records_per_segment.insert(id, records);
-            },
-            |m| add_checkpointed(&mut index, m),
-            |id, r| dead_reasons.push((id, r)),
-        )
-        .map_err(|e| match e {
+        let mut run = (0, 0);
+        let decoded = with_contents(&*storage.open(&name)?, |bytes| {
+            checkpoint_bytes = bytes.len() as u64;
+            checkpoint::decode(
+                bytes,
+                |id, records| {
+                    records_per_segment.insert(id, records);
+                },
+                |m| add_checkpointed(&mut index, &mut run, m),
+                |id, r| dead_reasons.push((id, r)),
+            )
+        })?;
+        index.count_live(run.0, run.1);
+        meta = decoded.map_err(|e| match e {
             CheckpointError::Header(h) => header_error(&name, h),
             CheckpointError::Body(d) => Error::Corrupt {
                 file: name.clone(),
@@ -455,11 +458,12 @@ pub(crate) fn scan_directory(
             } else {
                 header::SIZE
             };
-            let buf = read_all(&*file)?;
+            let max = opts.max_message_bytes().max(size as usize);
+            let s = with_contents(&*file, |buf| scan_segment(buf, start, max))?;
             fixes.push(Fix::Sync(file.clone()));
-            let s = scan_segment(&buf, start, opts.max_message_bytes().max(size as usize));
             judge(&name, &file, &s, &mut report, &mut fixes);
             report.records_scanned += s.frames.len() as u64;
+            let mut added = 0;
             for (offset, h) in &s.frames {
                 let loc = Loc {
                     segment: id,
@@ -474,8 +478,10 @@ pub(crate) fn scan_directory(
                 } else {
                     0
                 };
-                index.add(h.id, h.priority, loc, ready_at, 0);
+                index.place(h.id, h.priority, loc, ready_at, 0);
+                added += 1;
             }
+            index.count_live(id, added);
             seg.end = s.end;
             seg.synced = s.end;
             seg.records += s.frames.len() as u32;
@@ -498,13 +504,12 @@ pub(crate) fn scan_directory(
         }
         let file = storage.open(&name)?;
         let size = file_size(&name, &*file)?;
-        let buf = read_all(&*file)?;
         let start = if has_checkpoint && n == meta.journal_file {
             (meta.journal_offset as usize).max(header::SIZE)
         } else {
             header::SIZE
         };
-        let s = scan_journal(&buf, start);
+        let s = with_contents(&*file, |buf| scan_journal(buf, start))?;
         fixes.push(Fix::Sync(file.clone()));
         judge(&name, &file, &s, &mut report, &mut fixes);
         for (_, (e, _)) in &s.frames {
@@ -566,15 +571,23 @@ pub(crate) fn scan_directory(
     })
 }
 
-fn add_checkpointed(index: &mut Index, m: checkpoint::CheckpointMessage) {
+/// Place a checkpointed message; `run` counts consecutive messages of one
+/// segment, handed to [`Index::count_live`] when the segment changes (and
+/// once more by the caller at the end).
+fn add_checkpointed(index: &mut Index, run: &mut (u32, u64), m: checkpoint::CheckpointMessage) {
+    if run.0 != m.segment {
+        index.count_live(run.0, run.1);
+        *run = (m.segment, 0);
+    }
+    run.1 += 1;
     let loc = Loc {
         segment: m.segment,
         offset: m.offset,
     };
     match m.state {
-        CheckpointState::Pending => index.add(m.id, m.priority, loc, m.time_ms, m.attempt),
+        CheckpointState::Pending => index.place(m.id, m.priority, loc, m.time_ms, m.attempt),
         CheckpointState::InFlight => {
-            index.add_in_flight(m.id, m.priority, loc, m.attempt, m.time_ms)
+            index.place_in_flight(m.id, m.priority, loc, m.attempt, m.time_ms)
         }
         CheckpointState::Dead => {
             let dead = Dead {
@@ -584,7 +597,7 @@ fn add_checkpointed(index: &mut Index, m: checkpoint::CheckpointMessage) {
                 at: m.time_ms,
                 reason: String::new(),
             };
-            index.add_dead(m.id, dead);
+            index.place_dead(m.id, dead);
         }
     }
 }

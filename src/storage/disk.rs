@@ -211,6 +211,20 @@ pub(super) fn check_name(name: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// The locked `LOCK` file. Dropping it unlocks explicitly before closing:
+/// a child process forked by another thread while the lock is held shares
+/// the open file description until its `exec`, and closing only our
+/// descriptor would leave the lock held by that child for the moment.
+struct HeldLock(File);
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        // If unlocking fails, closing still releases the lock once no
+        // process refers to the description any more.
+        let _ = self.0.unlock();
+    }
+}
+
 impl Storage for DiskStorage {
     fn lock(&self) -> io::Result<LockGuard> {
         self.refuse()?;
@@ -221,7 +235,7 @@ impl Storage for DiskStorage {
             .truncate(false)
             .open(self.path.join(LOCK_FILE))?;
         match file.try_lock() {
-            Ok(()) => Ok(LockGuard::new(Box::new(file))),
+            Ok(()) => Ok(LockGuard::new(Box::new(HeldLock(file)))),
             Err(TryLockError::WouldBlock) => Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
                 format!("{} is locked by another handle", self.path.display()),
@@ -415,6 +429,40 @@ impl StorageFile for DiskFile {
         self.file.sync_data()
     }
 
+    fn read_whole(&self, f: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+        if self.read_only {
+            // Another process may be writing: copy, never map.
+            let bytes = super::read_all(self)?;
+            f(&bytes);
+            return Ok(());
+        }
+        let len = usize::try_from(self.len()?)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large to map"))?;
+        if len == 0 {
+            f(&[]);
+            return Ok(());
+        }
+        {
+            let slot = self.map.read();
+            if let Some(bytes) = slot.as_ref().and_then(|m| m.bytes().get(..len)) {
+                f(bytes);
+                return Ok(());
+            }
+        }
+        let mut slot = self.map.write();
+        *slot = Some(mmap::map_read(&self.file)?);
+        let slot = RwLockWriteGuard::downgrade(slot);
+        if let Some(bytes) = slot.as_ref().and_then(|m| m.bytes().get(..len)) {
+            f(bytes);
+            return Ok(());
+        }
+        // Shrunk from outside between the two looks: read what is there.
+        drop(slot);
+        let bytes = super::read_all(self)?;
+        f(&bytes);
+        Ok(())
+    }
+
     fn set_len(&self, len: u64) -> io::Result<()> {
         if self.read_only {
             return Err(read_only_error());
@@ -465,6 +513,44 @@ mod tests {
         assert_eq!(read(&*f, 0, 4).expect("read"), b"abcd");
         f.write_at(16, b"tail").expect("grow");
         assert_eq!(read(&*f, 14, 6).expect("read"), b"\0\0tail");
+    }
+
+    #[test]
+    fn dropping_the_lock_frees_it_while_a_duplicate_description_lives() {
+        // A child forked while the lock is held shares the locked file's
+        // description until its exec; a clone of the handle is the same.
+        let (_dir, s) = storage();
+        let guard_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(s.path().join(LOCK_FILE))
+            .expect("lock file");
+        guard_file.try_lock().expect("lock");
+        let child_copy = guard_file.try_clone().expect("dup");
+        assert!(s.lock().is_err(), "held");
+        drop(HeldLock(guard_file));
+        drop(s.lock().expect("free once the holder dropped, dup or not"));
+        drop(child_copy);
+    }
+
+    #[test]
+    fn whole_file_view_matches_reads_and_sees_growth() {
+        let (_dir, s) = storage();
+        let f = s.create("f", 64).expect("create");
+        f.write_at(3, b"abc").expect("write");
+        let seen = crate::storage::with_contents(&*f, |b| b.to_vec()).expect("view");
+        assert_eq!(seen, read(&*f, 0, 64).expect("read"));
+        f.write_at(64, b"more").expect("grow");
+        let seen = crate::storage::with_contents(&*f, |b| b.to_vec()).expect("view");
+        assert_eq!(seen.len(), 68);
+        assert_eq!(&seen[64..], b"more");
+        let empty = s.create("empty", 0).expect("create");
+        assert_eq!(
+            crate::storage::with_contents(&*empty, <[u8]>::len).expect("view"),
+            0
+        );
     }
 
     fn map_len(f: &DiskFile) -> Option<usize> {

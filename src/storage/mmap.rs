@@ -46,11 +46,13 @@ pub(super) fn map_read(file: &File) -> io::Result<ReadMap> {
     // and while the map is alive the file is at least as long as the map.
     // Modification: writes come only from this crate's `DiskFile::write_at`
     // (the queue holds the directory's exclusive owner lock), land in the
-    // same page cache the map shows, and the map is only ever copied out of,
-    // never handed out as a long-lived reference; the queue does not read
-    // bytes it is still writing, so a copy never races a write to the same
-    // range. External modification of an open queue's files is documented
-    // as unsupported.
+    // same page cache the map shows. The map is copied out of by reads, or
+    // lent whole to a closure by `DiskFile::read_whole` under the map's read
+    // lock (so no truncation meanwhile); never held as a long-lived
+    // reference. The queue does not read bytes it is still writing, and
+    // `read_whole` runs only in recovery, which has the directory to itself,
+    // so no view races a write to the same range. External modification of
+    // an open queue's files is documented as unsupported.
     let map = unsafe { memmap2::Mmap::map(file)? };
     Ok(ReadMap { map })
 }

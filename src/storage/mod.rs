@@ -89,6 +89,19 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     /// Truncate or extend (with zeros) to `len`, durable once `sync_data`
     /// returns.
     fn set_len(&self, len: u64) -> io::Result<()>;
+
+    /// Call `f` once with the whole file, `[0, len)`.
+    ///
+    /// Implementations that map files hand `f` a view of the mapped pages
+    /// (no copy: recovery reads checkpoints of hundreds of megabytes); the
+    /// provided version copies through [`StorageFile::len`] and
+    /// [`StorageFile::read_at`]. No write to this file may run while `f`
+    /// does: only recovery, which has the directory to itself, calls it.
+    fn read_whole(&self, f: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+        let bytes = read_all(self)?;
+        f(&bytes);
+        Ok(())
+    }
 }
 
 /// Proof of holding a directory's owner lock; dropping it releases the lock.
@@ -109,12 +122,28 @@ impl fmt::Debug for LockGuard {
     }
 }
 
-/// Read a whole file into memory (used by recovery, which checks every byte).
-pub(crate) fn read_all(file: &dyn StorageFile) -> io::Result<Vec<u8>> {
+/// Read a whole file into memory.
+pub(crate) fn read_all<F: StorageFile + ?Sized>(file: &F) -> io::Result<Vec<u8>> {
     let len = file.len()?;
     let len = usize::try_from(len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large to read"))?;
     let mut buf = vec![0u8; len];
     file.read_at(0, &mut buf)?;
     Ok(buf)
+}
+
+/// Run `f` over the whole file (a view where the storage maps files, see
+/// [`StorageFile::read_whole`]) and return what it returns.
+pub(crate) fn with_contents<R>(
+    file: &dyn StorageFile,
+    f: impl FnOnce(&[u8]) -> R,
+) -> io::Result<R> {
+    let mut f = Some(f);
+    let mut out = None;
+    file.read_whole(&mut |bytes| {
+        if let Some(f) = f.take() {
+            out = Some(f(bytes));
+        }
+    })?;
+    out.ok_or_else(|| io::Error::other("read_whole did not call back"))
 }
