@@ -198,3 +198,41 @@ fn a_resumed_call_collects_stored_results_once() {
     assert_eq!(outputs(&again), outputs(&first));
     assert!(model.calls.load(Ordering::SeqCst) > 0);
 }
+
+/// Sums the bytes of each row.
+struct ByteSum;
+
+impl Model for ByteSum {
+    type Input = Vec<u8>;
+    type Output = u64;
+    fn name(&self) -> &str {
+        "byte-sum"
+    }
+    fn version(&self) -> &str {
+        "v1"
+    }
+    fn infer(&self, rows: &[Vec<u8>]) -> Result<Vec<u64>, ModelError> {
+        Ok(rows
+            .iter()
+            .map(|r| r.iter().map(|&b| u64::from(b)).sum())
+            .collect())
+    }
+}
+
+#[test]
+fn a_table_larger_than_a_segment_runs_through_durable_queues() {
+    // 2,000 rows of 5 KiB: 10 MB of jobs, more than one 4 MiB segment
+    // holds (a batch of 1,024 such rows would be refused as too large), so
+    // the jobs must go in in several smaller batches.
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<Vec<u8>> = (0..2000u32).map(|i| vec![(i % 251) as u8; 5120]).collect();
+    let opts = InferOptions::new()
+        .pool(fast_pool().max_batch(256))
+        .dir(dir.path());
+    let out = parallel_infer(Arc::new(ByteSum), &rows, &opts).unwrap();
+    assert_eq!(out.failed, 0);
+    for (i, row) in out.rows.iter().enumerate() {
+        let want = u64::from((i % 251) as u8) * 5120;
+        assert_eq!(row.output.clone().unwrap(), Ok(want), "row {i}");
+    }
+}

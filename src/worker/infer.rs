@@ -236,12 +236,14 @@ pub fn parallel_infer<M: Model>(
         .collect::<std::result::Result<_, _>>()
         .map_err(Error::InvalidArgument)?;
     let run = run_id(model.version(), &encoded);
-    let (jobs, results) = open_queues(opts)?;
+    let largest = encoded.iter().map(Vec::len).max().unwrap_or(0);
+    let segment = segment_size_for(largest);
+    let (jobs, results) = open_queues(opts, segment)?;
     let mut collector = Collector::new(run, rows.len());
     collector.drain::<M::Output>(&results, Duration::ZERO)?;
     let resumed = collector.done();
     if !collector.started && collector.done() < rows.len() {
-        enqueue_jobs(&jobs, run, &encoded, &collector)?;
+        enqueue_jobs(&jobs, run, &encoded, &collector, segment)?;
         jobs.sync()?;
         let start = codec::encode(&ResultRecord::<M::Output>::Started {
             run,
@@ -301,13 +303,26 @@ fn run_id(version: &str, rows: &[Vec<u8>]) -> u64 {
     h
 }
 
-fn open_queues<O>(opts: &InferOptions<O>) -> Result<(Queue, Queue)> {
+/// Segments of a run's queues: eight of the largest job at least, and no
+/// bigger than that needs (a fresh queue writes its whole first segment of
+/// zeros, a cost every call on a new directory pays).
+fn segment_size_for(largest_job: usize) -> u64 {
+    let want = (largest_job as u64 + 64)
+        .saturating_mul(8)
+        .next_power_of_two();
+    want.clamp(crate::config::MIN_SEGMENT_SIZE, 64 << 20)
+}
+
+fn open_queues<O>(opts: &InferOptions<O>, segment: u64) -> Result<(Queue, Queue)> {
     let queue_opts = |d: Durability| {
         QueueOptions::new()
             .durability(d)
             .max_deliveries(0)
-            .segment_size(4 << 20)
-            .journal_file_size(1 << 20)
+            .segment_size(segment)
+            .journal_file_size(256 << 10)
+            // A table's run rarely fills one segment: making the next one
+            // ahead would write 5 MiB of zeros per queue for nothing.
+            .prepare_ahead(false)
     };
     match &opts.dir {
         Some(dir) => {
@@ -333,21 +348,37 @@ fn open_queues<O>(opts: &InferOptions<O>) -> Result<(Queue, Queue)> {
     }
 }
 
-fn enqueue_jobs(jobs: &Queue, run: u64, encoded: &[Vec<u8>], have: &Collector) -> Result<()> {
+/// Jobs enqueued in batches of at most a quarter segment: a batch is one
+/// write into one segment, and a larger one is refused.
+fn enqueue_jobs(
+    jobs: &Queue,
+    run: u64,
+    encoded: &[Vec<u8>],
+    have: &Collector,
+    segment: u64,
+) -> Result<()> {
+    let batch_bytes = (segment / 4) as usize;
     let now = wall_ms();
-    for chunk in (0..encoded.len())
-        .filter(|&i| !have.has(i))
-        .collect::<Vec<_>>()
-        .chunks(1024)
-    {
-        let payloads: Vec<Vec<u8>> = chunk
-            .iter()
-            .map(|&i| job_bytes(run, i as u64, now, &encoded[i]))
-            .collect();
-        let refs: Vec<(&[u8], u8)> = payloads.iter().map(|p| (&p[..], 0)).collect();
-        jobs.enqueue_batch(&refs)?;
+    let mut payloads: Vec<Vec<u8>> = Vec::new();
+    let mut bytes = 0;
+    let flush = |payloads: &mut Vec<Vec<u8>>| -> Result<()> {
+        if !payloads.is_empty() {
+            let refs: Vec<(&[u8], u8)> = payloads.iter().map(|p| (&p[..], 0)).collect();
+            jobs.enqueue_batch(&refs)?;
+            payloads.clear();
+        }
+        Ok(())
+    };
+    for (i, row) in encoded.iter().enumerate().filter(|&(i, _)| !have.has(i)) {
+        let job = job_bytes(run, i as u64, now, row);
+        if bytes + job.len() > batch_bytes || payloads.len() >= 4096 {
+            flush(&mut payloads)?;
+            bytes = 0;
+        }
+        bytes += job.len();
+        payloads.push(job);
     }
-    Ok(())
+    flush(&mut payloads)
 }
 
 /// A `JobRecord` encoded around an already encoded input (the codec's

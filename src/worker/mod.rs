@@ -116,8 +116,11 @@ pub struct RowOutcome<O> {
 /// Largest encoded job or result accepted by the codec: 16 MiB.
 pub const MAX_RECORD_BYTES: u64 = 16 << 20;
 
-/// The one codec for job and result payloads.
-pub(crate) mod codec {
+/// The one codec for job and result payloads (bincode 1.3, fixed-width
+/// integers, at most [`MAX_RECORD_BYTES`]): what a [`WorkerPool`] fed by
+/// hand expects in its jobs queue ([`JobRecord`]) and writes to its results
+/// queue ([`ResultRecord`]).
+pub mod codec {
     use bincode::Options;
     use serde::de::DeserializeOwned;
     use serde::Serialize;
@@ -129,6 +132,9 @@ pub(crate) mod codec {
     }
 
     /// Encode a record.
+    ///
+    /// # Errors
+    /// A record over the size limit, or one serde cannot encode.
     pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
         options()
             .serialize(value)
@@ -136,6 +142,9 @@ pub(crate) mod codec {
     }
 
     /// Decode a record; bounded, never panics.
+    ///
+    /// # Errors
+    /// Bytes that are not an encoded `T`.
     pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
         options()
             .deserialize(bytes)

@@ -1,6 +1,12 @@
 //! The worker pool: `num_parallel` workers, each leasing micro-batches of
-//! jobs, running the model on a runner thread under a timeout, storing each
-//! result durably, then acking.
+//! jobs and running the model on a runner thread under a timeout, and one
+//! committer that stores the results durably, then acks their jobs.
+//!
+//! Workers hand each settled batch to the committer and go on to the next
+//! batch at once, so the model runs while earlier results are synced; the
+//! committer merges every batch waiting into one durable write (one sync
+//! for many batches). A job is acked only after its result's write
+//! returned, so no job is ever acked without its result.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
@@ -11,7 +17,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::{codec, wall_ms, JobRecord, Model, ModelError, ResultRecord, RowOutcome};
-use crate::{Delivery, DequeueOptions, Error, Queue, Result};
+use crate::{Delivery, DequeueOptions, Error, Queue, Receipt, Result};
 
 /// How a [`WorkerPool`] runs.
 #[derive(Debug, Clone)]
@@ -128,6 +134,9 @@ impl PoolOptions {
 pub struct WorkerPool {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// Exits once every worker (and so every sender) is gone, after
+    /// committing what they handed over.
+    committer: Option<JoinHandle<()>>,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -147,12 +156,22 @@ impl WorkerPool {
         opts.validate()?;
         let stop = Arc::new(AtomicBool::new(false));
         let errors = Arc::new(Mutex::new(Vec::new()));
+        let (commits, inbox) = mpsc::sync_channel::<Vec<Settled>>(opts.num_parallel);
+        let committer = Committer {
+            jobs: jobs.clone(),
+            results,
+            errors: errors.clone(),
+        };
+        let committer = std::thread::Builder::new()
+            .name("lanelog-committer".into())
+            .spawn(move || committer.run(&inbox))
+            .map_err(Error::Io)?;
         let mut threads = Vec::with_capacity(opts.num_parallel);
         for i in 0..opts.num_parallel {
             let worker = Worker {
                 model: model.clone(),
                 jobs: jobs.clone(),
-                results: results.clone(),
+                commits: commits.clone(),
                 opts: opts.clone(),
                 stop: stop.clone(),
                 errors: errors.clone(),
@@ -165,6 +184,11 @@ impl WorkerPool {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     stop.store(true, Ordering::SeqCst);
+                    drop(commits);
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    let _ = committer.join();
                     return Err(Error::Io(e));
                 }
             }
@@ -172,6 +196,7 @@ impl WorkerPool {
         Ok(WorkerPool {
             stop,
             threads,
+            committer: Some(committer),
             errors,
         })
     }
@@ -183,7 +208,8 @@ impl WorkerPool {
     }
 
     /// Stop taking jobs, let each worker finish (or time out) its current
-    /// batch, and wait for the workers.
+    /// batch, wait for the workers, then for the committer to store their
+    /// last results and ack their jobs.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] naming a worker thread that panicked (its
@@ -197,6 +223,12 @@ impl WorkerPool {
         let mut panicked = 0;
         for t in self.threads.drain(..) {
             if t.join().is_err() {
+                panicked += 1;
+            }
+        }
+        // The workers' senders are gone: the committer drains and exits.
+        if let Some(c) = self.committer.take() {
+            if c.join().is_err() {
                 panicked += 1;
             }
         }
@@ -218,7 +250,7 @@ impl Drop for WorkerPool {
 struct Worker<M: Model> {
     model: Arc<M>,
     jobs: Queue,
-    results: Queue,
+    commits: SyncSender<Vec<Settled>>,
     opts: PoolOptions,
     stop: Arc<AtomicBool>,
     errors: Arc<Mutex<Vec<String>>>,
@@ -232,7 +264,7 @@ struct Job<I> {
 }
 
 /// A job, what became of it, and the model time of its batch (µs).
-type Settled<M> = (Job<<M as Model>::Input>, Fate<<M as Model>::Output>, u64);
+type Ran<M> = (Job<<M as Model>::Input>, Fate<<M as Model>::Output>, u64);
 
 /// What became of one job in a batch.
 enum Fate<O> {
@@ -296,7 +328,7 @@ impl<M: Model> Worker<M> {
         let limit = self.opts.retries + 1;
         let (runnable, exhausted): (Vec<_>, Vec<_>) =
             jobs.into_iter().partition(|j| j.delivery.attempt <= limit);
-        let mut fates: Vec<Settled<M>> = exhausted
+        let mut fates: Vec<Ran<M>> = exhausted
             .into_iter()
             .map(|j| {
                 let why = format!(
@@ -365,18 +397,17 @@ impl<M: Model> Worker<M> {
         Ok(outputs)
     }
 
-    /// Store results durably, then ack; retry or dead-letter failures.
-    fn settle(&mut self, fates: Vec<Settled<M>>) -> Result<()> {
+    /// Encode each result and hand the batch to the committer, which
+    /// stores results durably, then acks; failures are retried or
+    /// dead-lettered there too.
+    fn settle(&mut self, fates: Vec<Ran<M>>) -> Result<()> {
         let now = wall_ms();
         let model = (
             self.model.name().to_string(),
             self.model.version().to_string(),
         );
         let batch_rows = fates.len() as u32;
-        let mut records = Vec::new();
-        let mut acks = Vec::new();
-        let mut dead = Vec::new();
-        let mut retry = Vec::new();
+        let mut settled = Vec::with_capacity(fates.len());
         for (job, fate, infer_us) in fates {
             let d = &job.delivery;
             let final_failure = match &fate {
@@ -387,7 +418,13 @@ impl<M: Model> Worker<M> {
                 Fate::Done(o) => Ok(o),
                 Fate::Failed(e) if final_failure => Err(e),
                 Fate::Failed(e) => {
-                    retry.push((d.receipt, d.attempt, e));
+                    let delay = self.backoff(d.attempt);
+                    self.note(format!("retrying in {delay:?}: {e}"));
+                    settled.push(Settled {
+                        receipt: d.receipt,
+                        result: None,
+                        then: Then::Retry(delay),
+                    });
                     continue;
                 }
             };
@@ -405,29 +442,16 @@ impl<M: Model> Worker<M> {
             };
             let bytes =
                 codec::encode(&ResultRecord::Done(outcome)).map_err(Error::InvalidArgument)?;
-            records.push((bytes, d.priority));
-            if failed {
-                dead.push(d.receipt);
-            } else {
-                acks.push(d.receipt);
-            }
+            settled.push(Settled {
+                receipt: d.receipt,
+                result: Some((bytes, d.priority)),
+                then: if failed { Then::DeadLetter } else { Then::Ack },
+            });
         }
-        // Results first: a job is never acked without its result.
-        let refs: Vec<(&[u8], u8)> = records.iter().map(|(b, p)| (&b[..], *p)).collect();
-        self.results.enqueue_batch(&refs)?;
-        self.jobs.ack_batch(&acks)?;
-        for r in dead {
-            self.jobs.dead_letter(
-                r,
-                "inference failed past its retries; the error is in its result",
-            )?;
-        }
-        for (r, attempt, why) in retry {
-            let delay = self.backoff(attempt);
-            self.note(format!("retrying in {delay:?}: {why}"));
-            self.jobs.nack(r, delay)?;
-        }
-        Ok(())
+        // Unsettled jobs stay leased and come back when their leases end.
+        self.commits
+            .send(settled)
+            .map_err(|_| Error::InvalidArgument("the pool's committer thread is gone".into()))
     }
 
     /// Exponential backoff with jitter: half fixed, half random.
@@ -443,6 +467,113 @@ impl<M: Model> Worker<M> {
         let half = capped / 2;
         let jitter = half.mul_f64((self.seed % 1000) as f64 / 1000.0);
         half + jitter
+    }
+}
+
+/// One job of a settled batch: its result to store, then what to do with
+/// the job.
+struct Settled {
+    receipt: Receipt,
+    result: Option<(Vec<u8>, u8)>,
+    then: Then,
+}
+
+enum Then {
+    Ack,
+    /// Failed past its retries: the error is in its stored result.
+    DeadLetter,
+    /// Failed; ready again after the delay (nothing stored).
+    Retry(Duration),
+    /// Settled by the committer already (dead-lettered).
+    Settled,
+}
+
+/// Most result bytes per durable write: a quarter of the smallest segment,
+/// so a merged write is never refused as too large.
+const MERGE_BYTES: usize = (crate::config::MIN_SEGMENT_SIZE / 4) as usize;
+
+/// Stores the workers' results and settles their jobs (see the module
+/// docs).
+struct Committer {
+    jobs: Queue,
+    results: Queue,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl Committer {
+    fn run(self, inbox: &Receiver<Vec<Settled>>) {
+        while let Ok(mut group) = inbox.recv() {
+            // Merge whatever else is waiting: one sync for all of it.
+            while let Ok(more) = inbox.try_recv() {
+                group.extend(more);
+            }
+            if let Err(e) = self.commit(group) {
+                // The jobs stay leased and return when their leases end;
+                // results already stored are recognised then as duplicates.
+                let mut errors = self.errors.lock();
+                if errors.len() >= 100 {
+                    errors.remove(0);
+                }
+                errors.push(format!("storing results failed: {e}"));
+            }
+        }
+    }
+
+    fn commit(&self, mut group: Vec<Settled>) -> Result<()> {
+        // Results first, in writes of at most MERGE_BYTES: a job is never
+        // acked without its result.
+        let mut start = 0;
+        while start < group.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < group.len() {
+                let len = group[end].result.as_ref().map_or(0, |(b, _)| b.len());
+                if end > start && bytes + len > MERGE_BYTES {
+                    break;
+                }
+                bytes += len;
+                end += 1;
+            }
+            let refs: Vec<(&[u8], u8)> = group[start..end]
+                .iter()
+                .filter_map(|s| s.result.as_ref().map(|(b, p)| (&b[..], *p)))
+                .collect();
+            match self.results.enqueue_batch(&refs) {
+                Ok(_) => {}
+                // One result the results queue cannot hold: park its job.
+                Err(Error::TooLarge { .. }) if refs.len() == 1 => {
+                    let s = group[start..end]
+                        .iter_mut()
+                        .find(|s| s.result.is_some())
+                        .expect("the one result");
+                    self.jobs.dead_letter(
+                        s.receipt,
+                        &format!("its result of {bytes} bytes is too large for the results queue"),
+                    )?;
+                    s.then = Then::Settled;
+                    s.result = None;
+                }
+                Err(e) => return Err(e),
+            }
+            start = end;
+        }
+        let acks: Vec<Receipt> = group
+            .iter()
+            .filter(|s| matches!(s.then, Then::Ack))
+            .map(|s| s.receipt)
+            .collect();
+        self.jobs.ack_batch(&acks)?;
+        for s in &group {
+            match s.then {
+                Then::Ack | Then::Settled => {}
+                Then::DeadLetter => self.jobs.dead_letter(
+                    s.receipt,
+                    "inference failed past its retries; the error is in its result",
+                )?,
+                Then::Retry(delay) => self.jobs.nack(s.receipt, delay)?,
+            }
+        }
+        Ok(())
     }
 }
 
