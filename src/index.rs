@@ -19,7 +19,12 @@
 //! `apply` is lenient: an entry about a message the index does not hold (its
 //! record was never durable, or it is already finished) changes nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Maps keyed by message id: ids are the queue's own sequential numbers, not
+/// attacker-chosen keys, so the fast multiplicative Fx hash is safe here
+/// (SipHash was a tenth of a dequeue + ack).
+type IdMap<V> = rustc_hash::FxHashMap<u64, V>;
 
 use crate::codec::entry::{Entry, Kind};
 
@@ -168,11 +173,11 @@ static NEXT_LEASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 pub(crate) struct Index {
     ready: Ready,
     /// Attempts of ready or delayed messages delivered before.
-    attempts: HashMap<u64, u32>,
+    attempts: IdMap<u32>,
     /// Delayed messages in ready-at order, and each one's ready-at time.
     delayed: BTreeMap<(u64, u64), Delayed>,
-    delayed_at: HashMap<u64, u64>,
-    in_flight: HashMap<u64, Lease>,
+    delayed_at: IdMap<u64>,
+    in_flight: IdMap<Lease>,
     /// In-flight messages in deadline order.
     deadlines: BTreeSet<(u64, u64)>,
     dead: BTreeMap<u64, Dead>,
@@ -185,10 +190,10 @@ impl Index {
     pub fn new(acked_total: u64) -> Self {
         Index {
             ready: Ready::new(),
-            attempts: HashMap::new(),
+            attempts: IdMap::default(),
             delayed: BTreeMap::new(),
-            delayed_at: HashMap::new(),
-            in_flight: HashMap::new(),
+            delayed_at: IdMap::default(),
+            in_flight: IdMap::default(),
             deadlines: BTreeSet::new(),
             dead: BTreeMap::new(),
             live: BTreeMap::new(),
