@@ -7,7 +7,6 @@
 //! and check its exit status, stdout and stderr.
 #![cfg(feature = "cli")]
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use lanelog::{Clock, Durability, ManualClock, MessageId, Queue, QueueOptions, Sy
 use serde_json::Value;
 
 mod cli_support;
-use cli_support::{lanelog, p, unlocked, Run};
+use cli_support::{files, lanelog, p, Run};
 
 fn json(args: &[&str]) -> Value {
     let r = lanelog(args);
@@ -48,17 +47,6 @@ fn one_line_error(r: &Run, code: i32, contains: &str) {
     assert!(r.stderr.starts_with("lanelog: "), "{}", r.stderr);
     assert!(r.stderr.contains(contains), "{}", r.stderr);
     assert!(!r.stderr.contains("panicked") && !r.stderr.contains("backtrace"));
-}
-
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .expect("list")
-        .map(|e| {
-            let e = e.expect("entry");
-            let name = e.file_name().into_string().expect("name");
-            (name, std::fs::read(e.path()).expect("read"))
-        })
-        .collect()
 }
 
 struct Prepared {
@@ -147,7 +135,7 @@ fn stats_peek_dead_letters_and_explain_on_a_closed_queue() {
     let (_tmp, dir) = prep.close();
     let d = p(&dir);
 
-    let s = unlocked(&["stats", d, "--json"]);
+    let s = lanelog(&["stats", d, "--json"]);
     assert_eq!(s.code, 0, "{}", s.stderr);
     let s: Value = serde_json::from_str(&s.stdout).expect("json");
     // Closing released nothing (leases survive a close as in flight until
@@ -163,7 +151,7 @@ fn stats_peek_dead_letters_and_explain_on_a_closed_queue() {
         s["ready_per_lane"],
         serde_json::json!([{"lane": 0, "ready": 2}])
     );
-    let text = unlocked(&["stats", d]);
+    let text = lanelog(&["stats", d]);
     assert_eq!(text.code, 0);
     assert!(
         text.stdout.contains("in flight         2"),
@@ -316,11 +304,11 @@ fn redrive_and_purge_change_the_queue_and_refuse_a_locked_one() {
     let job = u64::from(prep.job).to_string();
     let (_tmp, dir) = prep.close();
 
-    let r = unlocked(&["redrive", &d, &job]);
+    let r = lanelog(&["redrive", &d, &job]);
     one_line_error(&r, 4, "not a dead letter");
-    let r = unlocked(&["redrive", &d]);
+    let r = lanelog(&["redrive", &d]);
     assert_eq!(r.code, 2, "id or --all is required: {}", r.stderr);
-    let r = unlocked(&["redrive", &d, &poison]);
+    let r = lanelog(&["redrive", &d, &poison]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains(&format!("redriven message {poison}")));
     assert_eq!(json(&["stats", &d, "--json"])["dead"], 0);
@@ -337,17 +325,17 @@ fn redrive_and_purge_change_the_queue_and_refuse_a_locked_one() {
         }
     }
     let before = files(&dir);
-    let r = unlocked(&["purge-dead", &d]);
+    let r = lanelog(&["purge-dead", &d]);
     one_line_error(&r, 2, "would delete 1 dead letter for good");
     assert!(files(&dir) == before, "nothing purged without --yes");
-    let r = unlocked(&["purge-dead", &d, "--yes"]);
+    let r = lanelog(&["purge-dead", &d, "--yes"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stdout, "purged 1 dead letter\n");
     assert_eq!(
         json(&["dead-letters", &d, "--json"])["dead_letters"],
         serde_json::json!([])
     );
-    let r = unlocked(&["redrive", &d, "--all"]);
+    let r = lanelog(&["redrive", &d, "--all"]);
     assert_eq!(
         (r.code, r.stdout.as_str()),
         (0, "redriven 0 dead letters\n")

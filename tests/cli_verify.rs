@@ -7,25 +7,13 @@
 //! before and after.
 #![cfg(feature = "cli")]
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use lanelog::{Durability, Queue, QueueOptions};
 use serde_json::Value;
 
 mod cli_support;
-use cli_support::{lanelog, p, unlocked};
-
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .expect("list")
-        .map(|e| {
-            let e = e.expect("entry");
-            let name = e.file_name().into_string().expect("name");
-            (name, std::fs::read(e.path()).expect("read"))
-        })
-        .collect()
-}
+use cli_support::{files, lanelog, p};
 
 fn opts() -> QueueOptions {
     QueueOptions::new()
@@ -55,7 +43,7 @@ fn fill(dir: &Path) -> Queue {
 }
 
 fn verify_json(dir: &Path) -> (i32, Value) {
-    let r = unlocked(&["verify", p(dir), "--json"]);
+    let r = lanelog(&["verify", p(dir), "--json"]);
     assert!(r.code == 0 || r.code == 1, "{}", r.stderr);
     (r.code, serde_json::from_str(&r.stdout).expect("json"))
 }

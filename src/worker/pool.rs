@@ -304,11 +304,7 @@ impl<M: Model> Worker<M> {
     }
 
     fn note(&self, message: String) {
-        let mut errors = self.errors.lock();
-        if errors.len() >= 100 {
-            errors.remove(0);
-        }
-        errors.push(message);
+        note(&self.errors, message);
     }
 
     fn process(&mut self, batch: Vec<Delivery>, runner: &mut Runner<M>) -> Result<()> {
@@ -510,11 +506,7 @@ impl Committer {
             if let Err(e) = self.commit(group) {
                 // The jobs stay leased and return when their leases end;
                 // results already stored are recognised then as duplicates.
-                let mut errors = self.errors.lock();
-                if errors.len() >= 100 {
-                    errors.remove(0);
-                }
-                errors.push(format!("storing results failed: {e}"));
+                note(&self.errors, format!("storing results failed: {e}"));
             }
         }
     }
@@ -575,6 +567,15 @@ impl Committer {
         }
         Ok(())
     }
+}
+
+/// Keep an error a worker or the committer survived: the last 100.
+fn note(errors: &Mutex<Vec<String>>, message: String) {
+    let mut errors = errors.lock();
+    if errors.len() >= 100 {
+        errors.remove(0);
+    }
+    errors.push(message);
 }
 
 type Reply<O> = std::result::Result<Vec<O>, ModelError>;

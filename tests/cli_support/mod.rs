@@ -2,6 +2,7 @@
 //! `cli_verify`).
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -25,19 +26,17 @@ pub fn lanelog(args: &[&str]) -> Run {
     }
 }
 
-/// Run a read-only command on a directory this process no longer holds.
-/// Another test's child process may still hold a copy of the lock for a
-/// moment (a `fork` copies open files until `exec` closes them), so a
-/// "locked" answer is asked again.
-pub fn unlocked(args: &[&str]) -> Run {
-    for _ in 0..50 {
-        let r = lanelog(args);
-        if !r.stderr.contains("open in another process") {
-            return r;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    panic!("{args:?}: still locked");
+/// Every file of `dir` by name, with its bytes (to show a command changed
+/// nothing).
+pub fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| {
+            let e = e.expect("entry");
+            let name = e.file_name().into_string().expect("name");
+            (name, std::fs::read(e.path()).expect("read"))
+        })
+        .collect()
 }
 
 /// A path as a command-line argument.
