@@ -90,7 +90,8 @@
 //! - [`clock`](Clock): the only code that reads time.
 //! - `waker` (feature `tokio`): async wake-ups and the timer thread.
 //! - [`worker`]: the inference worker pool and `parallel_infer`, on the
-//!   public `Queue` API only; `OnnxModel` behind the `onnx` feature.
+//!   public `Queue` API only; `OnnxModel` behind the `onnx` feature,
+//!   `parallel_infer_arrow` (Arrow tables in and out) behind `arrow`.
 //! - `config`, `message`, `error`: options, plain data, the error type.
 
 #![deny(unsafe_code)]

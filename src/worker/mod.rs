@@ -23,6 +23,8 @@
 //!    a delay); past `retries` the job gets a failed result carrying the
 //!    error and goes to the dead letters with the same error.
 
+#[cfg(feature = "arrow")]
+mod arrow;
 mod infer;
 #[cfg(feature = "onnx")]
 mod onnx;
@@ -31,6 +33,8 @@ mod pool;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "arrow")]
+pub use arrow::{parallel_infer_arrow, FromArrow, InferTable, ToArrow};
 pub use infer::{parallel_infer, Column, InferOptions, InferResult, InferRow, Metadata};
 #[cfg(feature = "onnx")]
 pub use onnx::OnnxModel;
@@ -48,6 +52,11 @@ pub trait Model: Send + Sync + 'static {
 
     /// The model's version: a hash of the model file.
     fn version(&self) -> &str;
+
+    /// The name of the output, for result tables (`out.<name>`).
+    fn output_name(&self) -> &str {
+        "output"
+    }
 
     /// Run the model on a batch; one output per input, in order.
     ///

@@ -13,6 +13,7 @@ pub struct OnnxModel {
     plan: std::sync::Arc<TypedRunnableModel>,
     name: String,
     version: String,
+    output: String,
     features: usize,
 }
 
@@ -21,6 +22,7 @@ impl std::fmt::Debug for OnnxModel {
         f.debug_struct("OnnxModel")
             .field("name", &self.name)
             .field("version", &self.version)
+            .field("output", &self.output)
             .field("features", &self.features)
             .finish_non_exhaustive()
     }
@@ -63,6 +65,7 @@ impl OnnxModel {
             plan,
             name,
             version: format!("fnv64:{:016x}", fnv64(&bytes)),
+            output: output.to_string(),
             features,
         })
     }
@@ -89,6 +92,10 @@ impl Model for OnnxModel {
 
     fn version(&self) -> &str {
         &self.version
+    }
+
+    fn output_name(&self) -> &str {
+        &self.output
     }
 
     fn infer(&self, rows: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, ModelError> {

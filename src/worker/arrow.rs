@@ -1,0 +1,474 @@
+//! Arrow tables in and out of [`parallel_infer`] (the `arrow` feature,
+//! built on `arrow-array` and `arrow-schema` only).
+//!
+//! [`parallel_infer_arrow`] takes a [`RecordBatch`], turns each of its rows
+//! into the model's input ([`FromArrow`]), runs them through
+//! [`parallel_infer`] and gives back a result [`RecordBatch`] in input
+//! order, with the columns Wallaroo's `parallel_infer` returns:
+//!
+//! | column | type | with |
+//! |---|---|---|
+//! | `time` | `Timestamp(ms, "UTC")` | always |
+//! | `in.<name>` | the input column, unchanged | [`Column::Input`] |
+//! | `out.<output>` | from [`ToArrow`], null for a failed row | [`Column::Output`] |
+//! | `out.error` | `Utf8`, the error of a failed row, else null | [`Column::Output`] |
+//! | `anomaly.count` | `UInt32` | [`Column::Anomaly`] |
+//! | `anomaly.<validation>` | `Boolean`, one per validation | [`Column::Anomaly`] |
+//! | `metadata.model_name`, `metadata.model_version` | `Utf8` | [`Column::Metadata`] |
+//! | `metadata.attempt`, `metadata.batch_rows` | `UInt32` | [`Column::Metadata`] |
+//! | `metadata.queue_time`, `metadata.infer_time` | `Duration(µs)` | [`Column::Metadata`] |
+//!
+//! `<output>` is [`Model::output_name`]. Queue payloads stay bincode'd rows
+//! (an Arrow IPC message per row would be ~3x larger and slower); the
+//! result table is rebuilt with builders at the end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, Float64Builder, ListBuilder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type,
+    UInt64Type, UInt8Type,
+};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, DurationMicrosecondArray, Float32Array, Float64Array,
+    Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array,
+};
+use arrow_schema::{Field, Schema};
+
+use super::{parallel_infer, Column, InferOptions, InferRow, Model};
+use crate::{Error, Result};
+
+/// A model input that can be read from every row of a [`RecordBatch`].
+pub trait FromArrow: Sized {
+    /// One value per row of `batch`, in order.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the column (and row) that cannot
+    /// be read: a wrong type, a null.
+    fn rows_from(batch: &RecordBatch) -> Result<Vec<Self>>;
+}
+
+/// A model output that can be written as one Arrow column.
+pub trait ToArrow: Sized {
+    /// One array holding `values` in order; `None` (a failed row) is null.
+    fn to_array(values: &[Option<&Self>]) -> ArrayRef;
+}
+
+/// Feature vectors: either the batch has **one list column** (`List`,
+/// `LargeList` or `FixedSizeList` of numbers), each row its list, or
+/// **every column is a number** (any integer or float width, or boolean as
+/// 0/1), each row its values in column order. Nulls are refused.
+impl FromArrow for Vec<f32> {
+    fn rows_from(batch: &RecordBatch) -> Result<Vec<Self>> {
+        Ok(feature_rows(batch)?
+            .into_iter()
+            .map(|r| r.into_iter().map(|v| v as f32).collect())
+            .collect())
+    }
+}
+
+/// As for `Vec<f32>`.
+impl FromArrow for Vec<f64> {
+    fn rows_from(batch: &RecordBatch) -> Result<Vec<Self>> {
+        feature_rows(batch)
+    }
+}
+
+fn feature_rows(batch: &RecordBatch) -> Result<Vec<Vec<f64>>> {
+    let schema = batch.schema();
+    let bad = |msg: String| Error::InvalidArgument(msg);
+    if batch.num_columns() == 0 {
+        return Err(bad("the record batch has no columns".into()));
+    }
+    if batch.num_columns() == 1 {
+        let name = schema.field(0).name();
+        let col = batch.column(0);
+        let list_row = |i: usize, values: ArrayRef| -> Result<Vec<f64>> {
+            if col.is_null(i) {
+                return Err(bad(format!("column '{name}': row {i} is null")));
+            }
+            numbers(values.as_ref(), &format!("column '{name}' row {i}"))
+        };
+        if let Some(l) = col.as_fixed_size_list_opt() {
+            return (0..l.len()).map(|i| list_row(i, l.value(i))).collect();
+        }
+        if let Some(l) = col.as_list_opt::<i32>() {
+            return (0..l.len()).map(|i| list_row(i, l.value(i))).collect();
+        }
+        if let Some(l) = col.as_list_opt::<i64>() {
+            return (0..l.len()).map(|i| list_row(i, l.value(i))).collect();
+        }
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| numbers(c.as_ref(), &format!("column '{}'", f.name())))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((0..batch.num_rows())
+        .map(|i| columns.iter().map(|c| c[i]).collect())
+        .collect())
+}
+
+/// Every value of a numeric array as f64; a null or a non-numeric type is
+/// an error naming `what`.
+fn numbers(array: &dyn Array, what: &str) -> Result<Vec<f64>> {
+    if array.null_count() > 0 {
+        let row = (0..array.len()).find(|&i| array.is_null(i)).unwrap_or(0);
+        return Err(Error::InvalidArgument(format!(
+            "{what}: value {row} is null (fill or drop nulls before inference)"
+        )));
+    }
+    macro_rules! try_type {
+        ($($t:ty),*) => {$(
+            if let Some(a) = array.as_primitive_opt::<$t>() {
+                return Ok(a.values().iter().map(|&v| v as f64).collect());
+            }
+        )*};
+    }
+    try_type!(
+        Float64Type,
+        Float32Type,
+        Int8Type,
+        Int16Type,
+        Int32Type,
+        Int64Type,
+        UInt8Type,
+        UInt16Type,
+        UInt32Type,
+        UInt64Type
+    );
+    if let Some(a) = array.as_boolean_opt() {
+        return Ok(a.values().iter().map(|b| f64::from(u8::from(b))).collect());
+    }
+    Err(Error::InvalidArgument(format!(
+        "{what}: type {} is not a number, a boolean or a list of numbers",
+        array.data_type()
+    )))
+}
+
+macro_rules! to_arrow_primitive {
+    ($($t:ty => $array:ty),*) => {$(
+        impl ToArrow for $t {
+            fn to_array(values: &[Option<&Self>]) -> ArrayRef {
+                Arc::new(values.iter().map(|v| v.copied()).collect::<$array>())
+            }
+        }
+    )*};
+}
+to_arrow_primitive!(f32 => Float32Array, f64 => Float64Array, i64 => Int64Array, u32 => UInt32Array, bool => BooleanArray);
+
+impl ToArrow for String {
+    fn to_array(values: &[Option<&Self>]) -> ArrayRef {
+        Arc::new(
+            values
+                .iter()
+                .map(|v| v.map(String::as_str))
+                .collect::<StringArray>(),
+        )
+    }
+}
+
+macro_rules! to_arrow_vec {
+    ($($t:ty => $builder:ty),*) => {$(
+        /// `FixedSizeList` when every present value has the same length
+        /// (class probabilities, embeddings), otherwise `List`.
+        impl ToArrow for Vec<$t> {
+            fn to_array(values: &[Option<&Self>]) -> ArrayRef {
+                let mut lens = values.iter().flatten().map(|v| v.len());
+                let first = lens.next();
+                match first.filter(|&k| lens.all(|l| l == k)).and_then(|k| i32::try_from(k).ok()) {
+                    Some(k) => {
+                        let mut b = FixedSizeListBuilder::new(<$builder>::new(), k);
+                        for v in values {
+                            match v {
+                                Some(v) => {
+                                    b.values().append_slice(v);
+                                    b.append(true);
+                                }
+                                None => {
+                                    b.values().append_nulls(k as usize);
+                                    b.append(false);
+                                }
+                            }
+                        }
+                        Arc::new(b.finish())
+                    }
+                    None => {
+                        let mut b = ListBuilder::new(<$builder>::new());
+                        for v in values {
+                            if let Some(v) = v {
+                                b.values().append_slice(v);
+                            }
+                            b.append(v.is_some());
+                        }
+                        Arc::new(b.finish())
+                    }
+                }
+            }
+        }
+    )*};
+}
+to_arrow_vec!(f32 => Float32Builder, f64 => Float64Builder);
+
+/// The result table of [`parallel_infer_arrow`] and the run's totals.
+#[derive(Debug, Clone)]
+pub struct InferTable {
+    /// One row per input row, in input order (columns: the module docs).
+    pub table: RecordBatch,
+    /// Rows that failed past their retries.
+    pub failed: usize,
+    /// Rows whose results were already stored by an earlier call.
+    pub resumed: usize,
+    /// Wall time of the call.
+    pub elapsed: Duration,
+    /// The run's id.
+    pub run: u64,
+}
+
+/// [`parallel_infer`] over the rows of an Arrow [`RecordBatch`]; the
+/// result is a [`RecordBatch`] in input order (columns: the module docs).
+///
+/// ```
+/// use std::sync::Arc;
+/// use arrow_array::{Float64Array, Int32Array, RecordBatch, cast::AsArray, types::Float32Type};
+/// use lanelog::worker::{parallel_infer_arrow, InferOptions, Model, ModelError};
+///
+/// struct Sum;
+/// impl Model for Sum {
+///     type Input = Vec<f32>;
+///     type Output = f32;
+///     fn name(&self) -> &str { "sum" }
+///     fn version(&self) -> &str { "1" }
+///     fn output_name(&self) -> &str { "total" }
+///     fn infer(&self, rows: &[Vec<f32>]) -> Result<Vec<f32>, ModelError> {
+///         Ok(rows.iter().map(|r| r.iter().sum()).collect())
+///     }
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let batch = RecordBatch::try_from_iter([
+///     ("a", Arc::new(Int32Array::from(vec![1, 2, 3])) as _),
+///     ("b", Arc::new(Float64Array::from(vec![0.5, 0.5, 0.5])) as _),
+/// ])?;
+/// let out = parallel_infer_arrow(Arc::new(Sum), &batch, &InferOptions::new())?;
+/// let total = out.table.column_by_name("out.total").unwrap().as_primitive::<Float32Type>();
+/// assert_eq!(total.values().to_vec(), vec![1.5, 2.5, 3.5]);
+/// assert!(out.table.column_by_name("in.a").is_some());
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for a batch the input type cannot read
+/// (naming the column), then everything [`parallel_infer`] returns.
+pub fn parallel_infer_arrow<M: Model>(
+    model: Arc<M>,
+    batch: &RecordBatch,
+    opts: &InferOptions<M::Output>,
+) -> Result<InferTable>
+where
+    M::Input: FromArrow,
+    M::Output: ToArrow,
+{
+    let rows = M::Input::rows_from(batch)?;
+    let want = |c: Column| opts.columns.contains(&c);
+    let output_name = format!("out.{}", model.output_name());
+    // The input columns come back from `batch` itself, not as row copies.
+    let inner = opts.clone().dataset_exclude(&[Column::Input]);
+    let result = parallel_infer(model, &rows, &inner)?;
+    let rows = &result.rows;
+
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    let mut push = |name: &str, array: ArrayRef| {
+        fields.push(Field::new(name, array.data_type().clone(), true));
+        columns.push(array);
+    };
+    push(
+        "time",
+        Arc::new(
+            TimestampMillisecondArray::from(
+                rows.iter().map(|r| r.time.0 as i64).collect::<Vec<_>>(),
+            )
+            .with_timezone("UTC"),
+        ),
+    );
+    if want(Column::Input) {
+        for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+            push(&format!("in.{}", f.name()), c.clone());
+        }
+    }
+    if want(Column::Output) {
+        let outputs: Vec<Option<&M::Output>> = rows
+            .iter()
+            .map(|r| r.output.as_ref().and_then(|o| o.as_ref().ok()))
+            .collect();
+        push(&output_name, M::Output::to_array(&outputs));
+        push(
+            "out.error",
+            strings(rows, |r| r.output.as_ref().and_then(|o| o.as_ref().err())),
+        );
+    }
+    if want(Column::Anomaly) {
+        push(
+            "anomaly.count",
+            Arc::new(
+                rows.iter()
+                    .map(|r| r.anomaly_count)
+                    .collect::<UInt32Array>(),
+            ),
+        );
+        for (name, _) in &opts.validations {
+            let flagged = rows
+                .iter()
+                .map(|r| r.anomalies.as_ref().map(|a| a.contains(name)))
+                .collect::<BooleanArray>();
+            push(&format!("anomaly.{name}"), Arc::new(flagged));
+        }
+    }
+    if want(Column::Metadata) {
+        let meta = |f: fn(&super::Metadata) -> u64| {
+            rows.iter()
+                .map(|r| r.metadata.as_ref().map(f))
+                .collect::<Vec<_>>()
+        };
+        push(
+            "metadata.model_name",
+            strings(rows, |r| r.metadata.as_ref().map(|m| &m.model_name)),
+        );
+        push(
+            "metadata.model_version",
+            strings(rows, |r| r.metadata.as_ref().map(|m| &m.model_version)),
+        );
+        let u32s = |v: Vec<Option<u64>>| -> ArrayRef {
+            Arc::new(
+                v.into_iter()
+                    .map(|x| x.map(|x| x as u32))
+                    .collect::<UInt32Array>(),
+            )
+        };
+        let micros = |v: Vec<Option<u64>>| -> ArrayRef {
+            Arc::new(
+                v.into_iter()
+                    .map(|x| x.map(|x| x as i64))
+                    .collect::<DurationMicrosecondArray>(),
+            )
+        };
+        push("metadata.attempt", u32s(meta(|m| u64::from(m.attempt))));
+        push(
+            "metadata.queue_time",
+            micros(meta(|m| m.queue_time.as_micros() as u64)),
+        );
+        push(
+            "metadata.infer_time",
+            micros(meta(|m| m.infer_time.as_micros() as u64)),
+        );
+        push(
+            "metadata.batch_rows",
+            u32s(meta(|m| u64::from(m.batch_rows))),
+        );
+    }
+    let table = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| Error::InvalidArgument(format!("cannot build the result table: {e}")))?;
+    Ok(InferTable {
+        table,
+        failed: result.failed,
+        resumed: result.resumed,
+        elapsed: result.elapsed,
+        run: result.run,
+    })
+}
+
+fn strings<I, O>(
+    rows: &[InferRow<I, O>],
+    get: impl Fn(&InferRow<I, O>) -> Option<&String>,
+) -> ArrayRef {
+    Arc::new(
+        rows.iter()
+            .map(|r| get(r).map(String::as_str))
+            .collect::<StringArray>(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::builder::{Int32Builder, ListBuilder as LB};
+    use arrow_array::Int32Array;
+    use arrow_schema::DataType;
+
+    #[test]
+    fn numeric_columns_become_feature_rows() {
+        let batch = RecordBatch::try_from_iter([
+            ("a", Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef),
+            (
+                "b",
+                Arc::new(Float64Array::from(vec![0.5, 1.5])) as ArrayRef,
+            ),
+            (
+                "c",
+                Arc::new(BooleanArray::from(vec![true, false])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let rows = Vec::<f32>::rows_from(&batch).unwrap();
+        assert_eq!(rows, vec![vec![1.0, 0.5, 1.0], vec![2.0, 1.5, 0.0]]);
+    }
+
+    #[test]
+    fn one_list_column_gives_its_lists() {
+        let mut b = LB::new(Int32Builder::new());
+        b.values().append_slice(&[1, 2, 3]);
+        b.append(true);
+        b.values().append_slice(&[4]);
+        b.append(true);
+        let batch = RecordBatch::try_from_iter([("x", Arc::new(b.finish()) as ArrayRef)]).unwrap();
+        let rows = Vec::<f64>::rows_from(&batch).unwrap();
+        assert_eq!(rows, vec![vec![1.0, 2.0, 3.0], vec![4.0]]);
+    }
+
+    #[test]
+    fn nulls_and_strings_are_refused_by_name() {
+        let batch = RecordBatch::try_from_iter([(
+            "age",
+            Arc::new(Int32Array::from(vec![Some(1), None])) as ArrayRef,
+        )])
+        .unwrap();
+        let e = Vec::<f32>::rows_from(&batch).unwrap_err().to_string();
+        assert!(e.contains("'age'") && e.contains("value 1 is null"), "{e}");
+
+        let batch = RecordBatch::try_from_iter([
+            ("x", Arc::new(Int32Array::from(vec![1])) as ArrayRef),
+            ("name", Arc::new(StringArray::from(vec!["a"])) as ArrayRef),
+        ])
+        .unwrap();
+        let e = Vec::<f32>::rows_from(&batch).unwrap_err().to_string();
+        assert!(e.contains("'name'") && e.contains("Utf8"), "{e}");
+
+        let mut b = LB::new(Int32Builder::new());
+        b.values().append_slice(&[1]);
+        b.append(true);
+        b.append(false);
+        let batch = RecordBatch::try_from_iter([("v", Arc::new(b.finish()) as ArrayRef)]).unwrap();
+        let e = Vec::<f32>::rows_from(&batch).unwrap_err().to_string();
+        assert!(e.contains("'v'") && e.contains("row 1 is null"), "{e}");
+    }
+
+    #[test]
+    fn vectors_of_one_length_are_fixed_size_lists() {
+        let a = vec![1.0f32, 2.0];
+        let b = vec![3.0f32, 4.0];
+        let arr = Vec::<f32>::to_array(&[Some(&a), None, Some(&b)]);
+        assert_eq!(
+            arr.data_type(),
+            &DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, true)), 2)
+        );
+        assert!(arr.is_null(1) && !arr.is_null(2));
+        let c = vec![5.0f32];
+        let arr = Vec::<f32>::to_array(&[Some(&a), Some(&c)]);
+        assert!(matches!(arr.data_type(), DataType::List(_)));
+        assert_eq!(arr.as_list::<i32>().value(1).len(), 1);
+    }
+}

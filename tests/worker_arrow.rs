@@ -1,0 +1,269 @@
+//! Goal: `parallel_infer_arrow` takes an Arrow table in and gives a result
+//! table back in input order, with Wallaroo's columns, failed rows as nulls
+//! plus their errors, the columns asked for, and resumable durable runs.
+//! Method: a test model with chosen failures, and the bundled ONNX model
+//! against its fixture, fed as a `FixedSizeList<f32, 64>` tensor column.
+#![cfg(feature = "arrow")]
+
+use std::sync::Arc;
+
+use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    DurationMicrosecondType, Float32Type, Float64Type, TimestampMillisecondType, UInt32Type,
+};
+use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use lanelog::worker::{parallel_infer_arrow, Column, InferOptions, Model, ModelError, PoolOptions};
+
+/// Sums a row; fails on rows whose first value is negative.
+struct Sum;
+
+impl Model for Sum {
+    type Input = Vec<f64>;
+    type Output = f64;
+    fn name(&self) -> &str {
+        "sum"
+    }
+    fn version(&self) -> &str {
+        "1"
+    }
+    fn output_name(&self) -> &str {
+        "total"
+    }
+    fn infer(&self, rows: &[Vec<f64>]) -> Result<Vec<f64>, ModelError> {
+        match rows.iter().position(|r| r[0] < 0.0) {
+            Some(i) => Err(ModelError(format!("negative first value in row {i}"))),
+            None => Ok(rows.iter().map(|r| r.iter().sum()).collect()),
+        }
+    }
+}
+
+fn table(n: usize) -> RecordBatch {
+    let a: Vec<i64> = (0..n as i64)
+        .map(|i| if i % 97 == 13 { -1 } else { i })
+        .collect();
+    let b: Vec<f64> = (0..n).map(|i| i as f64 / 2.0).collect();
+    RecordBatch::try_from_iter([
+        ("a", Arc::new(Int64Array::from(a)) as ArrayRef),
+        ("b", Arc::new(Float64Array::from(b)) as ArrayRef),
+    ])
+    .unwrap()
+}
+
+fn opts() -> InferOptions<f64> {
+    InferOptions::new()
+        .pool(PoolOptions::new().num_parallel(3).max_batch(16).retries(0))
+        .validation("big", |x: &f64| *x > 500.0)
+}
+
+#[test]
+fn results_come_back_in_input_order_with_every_column() {
+    let n = 400;
+    let input = table(n);
+    let out = parallel_infer_arrow(Arc::new(Sum), &input, &opts()).unwrap();
+    let t = &out.table;
+    assert_eq!(t.num_rows(), n);
+    let names: Vec<String> = t
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "time",
+            "in.a",
+            "in.b",
+            "out.total",
+            "out.error",
+            "anomaly.count",
+            "anomaly.big",
+            "metadata.model_name",
+            "metadata.model_version",
+            "metadata.attempt",
+            "metadata.queue_time",
+            "metadata.infer_time",
+            "metadata.batch_rows",
+        ]
+    );
+    // The input columns are the caller's, unchanged.
+    assert_eq!(t.column_by_name("in.a").unwrap(), input.column(0));
+    let total = t
+        .column_by_name("out.total")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let error = t.column_by_name("out.error").unwrap().as_string::<i32>();
+    let count = t
+        .column_by_name("anomaly.count")
+        .unwrap()
+        .as_primitive::<UInt32Type>();
+    let big = t.column_by_name("anomaly.big").unwrap().as_boolean();
+    let a = input
+        .column(0)
+        .as_primitive::<arrow_array::types::Int64Type>();
+    let mut failed = 0;
+    for i in 0..n {
+        if a.value(i) < 0 {
+            failed += 1;
+            assert!(total.is_null(i), "row {i}");
+            assert!(error.value(i).contains("negative first value"), "row {i}");
+            assert_eq!(count.value(i), 0);
+        } else {
+            let want = a.value(i) as f64 + i as f64 / 2.0;
+            assert_eq!(total.value(i), want, "row {i}");
+            assert!(error.is_null(i));
+            assert_eq!(big.value(i), want > 500.0);
+            assert_eq!(count.value(i), u32::from(want > 500.0));
+        }
+    }
+    assert_eq!(out.failed, failed);
+    assert!(failed >= 4);
+    let time = t
+        .column_by_name("time")
+        .unwrap()
+        .as_primitive::<TimestampMillisecondType>();
+    assert_eq!(time.null_count(), 0);
+    assert!(time.values().iter().all(|&ms| ms > 1_700_000_000_000));
+    let model = t.column_by_name("metadata.model_name").unwrap();
+    assert_eq!(model.as_string::<i32>().value(0), "sum");
+    let attempt = t
+        .column_by_name("metadata.attempt")
+        .unwrap()
+        .as_primitive::<UInt32Type>();
+    assert!(attempt.values().iter().all(|&a| a >= 1));
+    let infer = t.column_by_name("metadata.infer_time").unwrap();
+    assert_eq!(
+        infer.as_primitive::<DurationMicrosecondType>().null_count(),
+        0
+    );
+}
+
+#[test]
+fn dataset_picks_columns_and_time_is_always_there() {
+    let input = table(50);
+    let o = opts().dataset(&[Column::Output]);
+    let out = parallel_infer_arrow(Arc::new(Sum), &input, &o).unwrap();
+    let names: Vec<String> = out
+        .table
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, ["time", "out.total", "out.error"]);
+
+    let o = opts().dataset_exclude(&[Column::Metadata, Column::Output]);
+    let out = parallel_infer_arrow(Arc::new(Sum), &input, &o).unwrap();
+    let names: Vec<String> = out
+        .table
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(
+        names,
+        ["time", "in.a", "in.b", "anomaly.count", "anomaly.big"]
+    );
+}
+
+#[test]
+fn the_same_table_in_a_directory_is_the_same_run_with_the_same_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = table(120);
+    let o = opts().dir(dir.path());
+    let first = parallel_infer_arrow(Arc::new(Sum), &input, &o).unwrap();
+    assert_eq!(first.resumed, 0);
+    let second = parallel_infer_arrow(Arc::new(Sum), &input, &o).unwrap();
+    // Results are acked once returned: the second call computes again, as
+    // the same run, and gets the same table (apart from times).
+    assert_eq!(second.run, first.run);
+    assert_eq!(
+        first.table.column_by_name("out.total").unwrap(),
+        second.table.column_by_name("out.total").unwrap()
+    );
+}
+
+#[test]
+fn tables_that_cannot_be_read_are_refused_by_column() {
+    let input = RecordBatch::try_from_iter([
+        ("a", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
+        (
+            "name",
+            Arc::new(StringArray::from(vec!["x", "y"])) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    let e = parallel_infer_arrow(Arc::new(Sum), &input, &opts())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'name'"), "{e}");
+    let nulls = RecordBatch::try_from_iter([(
+        "a",
+        Arc::new(Int64Array::from(vec![Some(1), None])) as ArrayRef,
+    )])
+    .unwrap();
+    let e = parallel_infer_arrow(Arc::new(Sum), &nulls, &opts())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'a'") && e.contains("null"), "{e}");
+}
+
+#[cfg(feature = "onnx")]
+#[test]
+fn the_onnx_model_over_a_tensor_column_matches_the_fixture() {
+    use lanelog::worker::OnnxModel;
+    let model = OnnxModel::load(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/models/digits_mlp.onnx"),
+        64,
+        "probabilities",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/models/digits_fixture.json"
+    ))
+    .unwrap();
+    let f: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let floats = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let rows: Vec<Vec<f32>> = f["rows"].as_array().unwrap().iter().map(floats).collect();
+    let want: Vec<Vec<f32>> = f["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(floats)
+        .collect();
+    let mut b = FixedSizeListBuilder::new(Float32Builder::new(), 64);
+    for r in &rows {
+        b.values().append_slice(r);
+        b.append(true);
+    }
+    let input = RecordBatch::try_from_iter([("tensor", Arc::new(b.finish()) as ArrayRef)]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let o = InferOptions::new()
+        .pool(PoolOptions::new().num_parallel(2).max_batch(4))
+        .dir(dir.path());
+    let out = parallel_infer_arrow(Arc::new(model), &input, &o).unwrap();
+    let probs = out.table.column_by_name("out.probabilities").unwrap();
+    let probs = probs.as_fixed_size_list();
+    assert_eq!(probs.value_length(), 10);
+    for (i, w) in want.iter().enumerate() {
+        let g = probs.value(i);
+        let g = g.as_primitive::<Float32Type>();
+        for (a, b) in g.values().iter().zip(w) {
+            assert!((a - b).abs() < 1e-4, "row {i}: {a} vs {b}");
+        }
+    }
+    assert_eq!(
+        out.table.column_by_name("in.tensor").unwrap(),
+        input.column(0)
+    );
+    assert_eq!(out.failed, 0);
+}
