@@ -149,6 +149,9 @@ struct Core {
     health: Health,
     /// Consumers asleep on `Inner::ready`.
     waiting: usize,
+    /// Bumped by `wake_waiters`: a blocking dequeue that sees it change
+    /// while asleep returns what it has.
+    interrupts: u64,
     /// Segments relocation found unreadable live records in.
     unmovable: std::collections::HashSet<u32>,
     scheduler: Scheduler,
@@ -222,6 +225,7 @@ impl Queue {
             checkpoint_bytes: rec.checkpoint_bytes,
             health: Health::Open,
             waiting: 0,
+            interrupts: 0,
             unmovable: std::collections::HashSet::new(),
             scheduler: Scheduler::new(opts.scheduling),
             scratch: Vec::new(),
@@ -518,6 +522,7 @@ impl Queue {
         let mut fill_deadline: Option<Instant> = None;
         let mut out = Vec::new();
         let mut core = inner.core.lock();
+        let interrupts = core.interrupts;
         loop {
             core.writable()?;
             let now = inner.opts.clock.now().0;
@@ -577,6 +582,9 @@ impl Queue {
             core.waiting += 1;
             inner.ready.wait_until(&mut core, wake);
             core.waiting -= 1;
+            if core.interrupts != interrupts {
+                break;
+            }
         }
         Ok(out)
     }
@@ -819,6 +827,32 @@ impl Queue {
             core.write_seq
         };
         self.inner.commit(seq)
+    }
+
+    /// Wake every thread blocked in a dequeue on this queue (any handle):
+    /// each returns at once with what it has leased so far, possibly
+    /// nothing, instead of waiting out its `wait` or `linger`. For stopping
+    /// consumer threads promptly; async dequeues are not affected.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// let consumer = q.clone();
+    /// let t = std::thread::spawn(move || consumer.dequeue_timeout(Duration::from_secs(3600)));
+    /// while !t.is_finished() {
+    ///     q.wake_waiters(); // the consumer may not be asleep yet
+    ///     std::thread::sleep(Duration::from_millis(10));
+    /// }
+    /// assert!(t.join().unwrap()?.is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn wake_waiters(&self) {
+        let mut core = self.inner.core.lock();
+        core.interrupts = core.interrupts.wrapping_add(1);
+        drop(core);
+        self.inner.ready.notify_all();
     }
 
     /// A snapshot of the queue's counters.

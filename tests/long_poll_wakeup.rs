@@ -111,3 +111,45 @@ fn a_waiter_wakes_when_a_lease_expires() {
         .unwrap();
     assert_eq!(again.attempt, 2);
 }
+
+#[test]
+fn wake_waiters_returns_blocked_consumers_with_what_they_have() {
+    let (_dir, q) = open();
+    // One consumer waits for a first message, one lingers with one in hand.
+    let idle = {
+        let q = q.clone();
+        std::thread::spawn(move || q.dequeue_timeout(Duration::from_secs(3600)).unwrap())
+    };
+    q.enqueue(b"only", 0).unwrap();
+    let lingering = {
+        let q = q.clone();
+        std::thread::spawn(move || {
+            q.dequeue_with(
+                &DequeueOptions::new()
+                    .max(64)
+                    .wait(Duration::from_secs(3600))
+                    .linger(Duration::from_secs(3600)),
+            )
+            .unwrap()
+        })
+    };
+    // Neither returns on its own for an hour; keep waking until both have
+    // (a consumer that was not asleep yet when woken goes to sleep after).
+    while !(idle.is_finished() && lingering.is_finished()) {
+        q.wake_waiters();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let got_idle = idle.join().unwrap();
+    let got_lingering = lingering.join().unwrap();
+    // The one message went to exactly one of them.
+    let payloads: Vec<Vec<u8>> = got_idle
+        .into_iter()
+        .chain(got_lingering)
+        .map(|d| d.payload)
+        .collect();
+    assert_eq!(payloads, vec![b"only".to_vec()]);
+    // A later dequeue is not affected by the earlier wake-ups.
+    q.enqueue(b"next", 0).unwrap();
+    let d = q.dequeue_timeout(Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!(d.payload, b"next");
+}

@@ -239,8 +239,8 @@ pub fn parallel_infer<M: Model>(
     let largest = encoded.iter().map(Vec::len).max().unwrap_or(0);
     let segment = segment_size_for(largest);
     let (jobs, results) = open_queues(opts, segment)?;
-    let mut collector = Collector::new(run, rows.len());
-    collector.drain::<M::Output>(&results, Duration::ZERO)?;
+    let mut collector = Collector::<M::Output>::new(run, rows.len());
+    collector.drain(&results, Duration::ZERO)?;
     let resumed = collector.done();
     if !collector.started && collector.done() < rows.len() {
         enqueue_jobs(&jobs, run, &encoded, &collector, segment)?;
@@ -257,7 +257,7 @@ pub fn parallel_infer<M: Model>(
         .failure_budget
         .map(|b| (b * rows.len() as f64).floor() as usize);
     while collector.done() < rows.len() {
-        collector.drain::<M::Output>(&results, Duration::from_millis(20))?;
+        collector.drain(&results, Duration::from_millis(20))?;
         if budget.is_some_and(|b| collector.failed > b) {
             let failed = collector.failed;
             pool.shutdown()?;
@@ -285,21 +285,34 @@ pub fn parallel_infer<M: Model>(
     })
 }
 
-/// FNV-1a over the model version and the encoded rows: the same table on
-/// the same model is the same run, so a resumed call finds its results.
+/// A 64-bit hash of the model version and the encoded rows, eight bytes at
+/// a time: the same table on the same model is the same run, so a resumed
+/// call finds its results. Stable across platforms and versions (it names
+/// runs stored on disk).
 fn run_id(version: &str, rows: &[Vec<u8>]) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
+        h = (h ^ bytes.len() as u64).wrapping_mul(K);
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let w = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            h = (h ^ w).wrapping_mul(K).rotate_left(29);
         }
+        let mut tail = [0u8; 8];
+        tail[..words.remainder().len()].copy_from_slice(words.remainder());
+        h = (h ^ u64::from_le_bytes(tail))
+            .wrapping_mul(K)
+            .rotate_left(29);
     };
     eat(version.as_bytes());
     for r in rows {
-        eat(&(r.len() as u64).to_le_bytes());
         eat(r);
     }
+    // Final mix so every input bit reaches every output bit.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
     h
 }
 
@@ -354,7 +367,7 @@ fn enqueue_jobs(
     jobs: &Queue,
     run: u64,
     encoded: &[Vec<u8>],
-    have: &Collector,
+    have: &Collector<impl serde::de::DeserializeOwned>,
     segment: u64,
 ) -> Result<()> {
     let batch_bytes = (segment / 4) as usize;
@@ -395,9 +408,9 @@ fn job_bytes(run: u64, row: u64, enqueued_ms: u64, input: &[u8]) -> Vec<u8> {
 /// Gathers this run's outcomes from the results queue, holding every
 /// result leased until the call returns (so a crashed caller finds them
 /// again), and holding other runs' results aside to give back.
-struct Collector {
+struct Collector<O> {
     run: u64,
-    outcomes: Vec<Option<(Vec<u8>, Receipt)>>,
+    outcomes: Vec<Option<(RowOutcome<O>, Receipt)>>,
     done: usize,
     failed: usize,
     started: bool,
@@ -405,11 +418,11 @@ struct Collector {
     others: Vec<Receipt>,
 }
 
-impl Collector {
-    fn new(run: u64, rows: usize) -> Collector {
+impl<O: serde::de::DeserializeOwned> Collector<O> {
+    fn new(run: u64, rows: usize) -> Collector<O> {
         Collector {
             run,
-            outcomes: vec![None; rows],
+            outcomes: std::iter::repeat_with(|| None).take(rows).collect(),
             done: 0,
             failed: 0,
             started: false,
@@ -427,11 +440,7 @@ impl Collector {
     }
 
     /// Take every result available now (or within `wait` for the first).
-    fn drain<O: serde::de::DeserializeOwned>(
-        &mut self,
-        results: &Queue,
-        wait: Duration,
-    ) -> Result<()> {
+    fn drain(&mut self, results: &Queue, wait: Duration) -> Result<()> {
         let take = crate::DequeueOptions::new()
             .max(1024)
             .wait(wait)
@@ -463,7 +472,7 @@ impl Collector {
                         if o.output.is_err() {
                             self.failed += 1;
                         }
-                        *slot = Some((d.payload, d.receipt));
+                        *slot = Some((o, d.receipt));
                     }
                     _ => self.others.push(d.receipt),
                 }
@@ -478,22 +487,14 @@ impl Collector {
 
     /// The outcomes in row order; acks them (the call is about to return
     /// them) and gives other runs' results back.
-    fn finish<O: serde::de::DeserializeOwned>(
-        mut self,
-        results: &Queue,
-    ) -> Result<Vec<RowOutcome<O>>> {
+    fn finish(mut self, results: &Queue) -> Result<Vec<RowOutcome<O>>> {
         let mut out = Vec::with_capacity(self.outcomes.len());
         let mut receipts = std::mem::take(&mut self.mine);
         for slot in self.outcomes.iter_mut() {
-            let (bytes, receipt) = slot
+            let (o, receipt) = slot
                 .take()
                 .ok_or_else(|| Error::InvalidArgument("a row has no result".into()))?;
-            match codec::decode::<ResultRecord<O>>(&bytes).map_err(Error::InvalidArgument)? {
-                ResultRecord::Done(o) => out.push(o),
-                ResultRecord::Started { .. } => {
-                    return Err(Error::InvalidArgument("a row holds a start record".into()))
-                }
-            }
+            out.push(o);
             receipts.push(receipt);
         }
         results.ack_batch(&receipts)?;
@@ -553,6 +554,21 @@ fn make_row<I: Clone, O: Clone>(
 mod tests {
     use super::super::JobRecord;
     use super::*;
+
+    #[test]
+    fn run_ids_tell_tables_apart() {
+        let rows = |v: &[&[u8]]| v.iter().map(|r| r.to_vec()).collect::<Vec<_>>();
+        let a = run_id("m1", &rows(&[b"abc", b"defghijkl"]));
+        assert_eq!(a, run_id("m1", &rows(&[b"abc", b"defghijkl"])));
+        // Another model version, row boundary, order, or a byte: another run.
+        assert_ne!(a, run_id("m2", &rows(&[b"abc", b"defghijkl"])));
+        assert_ne!(a, run_id("m1", &rows(&[b"abcd", b"efghijkl"])));
+        assert_ne!(a, run_id("m1", &rows(&[b"defghijkl", b"abc"])));
+        assert_ne!(a, run_id("m1", &rows(&[b"abc", b"defghijkm"])));
+        assert_ne!(run_id("", &rows(&[b""])), run_id("", &rows(&[b"", b""])));
+        // Pinned: run ids name results stored on disk.
+        assert_eq!(run_id("m1", &rows(&[b"abc"])), 0xbbb4_7a03_ea44_c141);
+    }
 
     #[test]
     fn job_bytes_is_the_codec_layout() {

@@ -133,6 +133,8 @@ impl PoolOptions {
 #[derive(Debug)]
 pub struct WorkerPool {
     stop: Arc<AtomicBool>,
+    /// Woken on shutdown so idle workers stop waiting for jobs at once.
+    jobs: Queue,
     threads: Vec<JoinHandle<()>>,
     /// Exits once every worker (and so every sender) is gone, after
     /// committing what they handed over.
@@ -195,6 +197,7 @@ impl WorkerPool {
         }
         Ok(WorkerPool {
             stop,
+            jobs,
             threads,
             committer: Some(committer),
             errors,
@@ -220,6 +223,7 @@ impl WorkerPool {
 
     fn stop_and_join(&mut self) -> Result<()> {
         self.stop.store(true, Ordering::SeqCst);
+        self.jobs.wake_waiters();
         let mut panicked = 0;
         for t in self.threads.drain(..) {
             if t.join().is_err() {
