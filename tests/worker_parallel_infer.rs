@@ -92,51 +92,77 @@ fn results_come_back_in_input_order_for_any_pool_shape() {
 
 #[test]
 fn failures_retry_then_dead_letter_and_the_rest_completes() {
-    let model = Square {
-        fail_always: vec![3],
-        fail_first: vec![5],
-        panic_on: vec![8],
-        ..Square::default()
-    };
-    let rows: Vec<u32> = (0..20).collect();
-    let opts = InferOptions::new().pool(fast_pool().max_batch(1).retries(2));
-    let out = parallel_infer(Arc::new(model), &rows, &opts).unwrap();
-    let outs = outputs(&out);
-    assert_eq!(outs[3], Err("row 3 is invalid".into()));
-    assert!(
-        outs[8].as_ref().unwrap_err().contains("panicked"),
-        "{:?}",
-        outs[8]
-    );
-    assert_eq!(outs[5], Ok(25), "a row failing once succeeds on retry");
-    assert_eq!(out.rows[5].metadata.as_ref().unwrap().attempt, 2);
-    assert_eq!(
-        out.rows[3].metadata.as_ref().unwrap().attempt,
-        3,
-        "1 try + 2 retries"
-    );
-    assert_eq!(out.failed, 2);
-    for (i, o) in outs.iter().enumerate().filter(|(i, _)| ![3, 8].contains(i)) {
-        assert_eq!(*o, Ok((i * i) as u64));
+    // Batches of 1 (one job per row) and of 8 (jobs of 8 rows, whose
+    // failed rows are split off into one-row jobs).
+    for batch in [1, 8] {
+        let model = Square {
+            fail_always: vec![3],
+            fail_first: vec![5],
+            panic_on: vec![8],
+            ..Square::default()
+        };
+        let rows: Vec<u32> = (0..20).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let opts = InferOptions::new()
+            .pool(fast_pool().max_batch(batch).retries(2))
+            .dir(dir.path());
+        let out = parallel_infer(Arc::new(model), &rows, &opts).unwrap();
+        let outs = outputs(&out);
+        assert_eq!(outs[3], Err("row 3 is invalid".into()), "batch {batch}");
+        assert!(
+            outs[8].as_ref().unwrap_err().contains("panicked"),
+            "{:?}",
+            outs[8]
+        );
+        assert_eq!(outs[5], Ok(25), "a row failing once succeeds on retry");
+        assert_eq!(out.rows[5].metadata.as_ref().unwrap().attempt, 2);
+        assert_eq!(
+            out.rows[3].metadata.as_ref().unwrap().attempt,
+            3,
+            "1 try + 2 retries (batch {batch})"
+        );
+        assert_eq!(out.failed, 2);
+        for (i, o) in outs.iter().enumerate().filter(|(i, _)| ![3, 8].contains(i)) {
+            assert_eq!(*o, Ok((i * i) as u64));
+        }
+        // Each failed row is a dead letter of its own, with the error.
+        let jobs = lanelog::Queue::open(dir.path().join("jobs")).unwrap();
+        let mut reasons: Vec<String> = jobs
+            .dead_letters()
+            .unwrap()
+            .into_iter()
+            .map(|d| d.reason)
+            .collect();
+        reasons.sort();
+        assert_eq!(reasons.len(), 2, "batch {batch}: {reasons:?}");
+        assert!(
+            reasons[0].contains("row 8 makes the model panic"),
+            "{reasons:?}"
+        );
+        assert!(reasons[1].contains("row 3 is invalid"), "{reasons:?}");
+        assert_eq!(jobs.stats().ready + jobs.stats().in_flight, 0);
     }
 }
 
 #[test]
 fn a_stalled_batch_times_out_and_is_retried() {
-    let model = Square {
-        stall_first: vec![2],
-        ..Square::default()
-    };
-    let rows: Vec<u32> = (0..6).collect();
-    let opts = InferOptions::new().pool(
-        fast_pool()
-            .max_batch(1)
-            .timeout(Duration::from_millis(200))
-            .lease(Duration::from_millis(90)),
-    );
-    let out = parallel_infer(Arc::new(model), &rows, &opts).unwrap();
-    assert_eq!(outputs(&out)[2], Ok(4));
-    assert_eq!(out.rows[2].metadata.as_ref().unwrap().attempt, 2);
+    for batch in [1, 8] {
+        let model = Square {
+            stall_first: vec![2],
+            ..Square::default()
+        };
+        let rows: Vec<u32> = (0..6).collect();
+        let opts = InferOptions::new().pool(
+            fast_pool()
+                .max_batch(batch)
+                .timeout(Duration::from_millis(200))
+                .lease(Duration::from_millis(90)),
+        );
+        let out = parallel_infer(Arc::new(model), &rows, &opts).unwrap();
+        let want: Vec<Result<u64, String>> = (0..6u64).map(|x| Ok(x * x)).collect();
+        assert_eq!(outputs(&out), want, "batch {batch}");
+        assert_eq!(out.rows[2].metadata.as_ref().unwrap().attempt, 2);
+    }
 }
 
 #[test]
@@ -234,5 +260,49 @@ fn a_table_larger_than_a_segment_runs_through_durable_queues() {
     for (i, row) in out.rows.iter().enumerate() {
         let want = u64::from((i % 251) as u8) * 5120;
         assert_eq!(row.output.clone().unwrap(), Ok(want), "row {i}");
+    }
+}
+
+/// Returns 2 MB for row 1 (more than the run's 1 MiB segments hold), 10
+/// bytes for the others.
+struct Blob;
+
+impl Model for Blob {
+    type Input = u32;
+    type Output = Vec<u8>;
+    fn name(&self) -> &str {
+        "blob"
+    }
+    fn version(&self) -> &str {
+        "1"
+    }
+    fn infer(&self, rows: &[u32]) -> Result<Vec<Vec<u8>>, ModelError> {
+        Ok(rows
+            .iter()
+            .map(|&r| vec![r as u8; if r == 1 { 2_000_000 } else { 10 }])
+            .collect())
+    }
+}
+
+#[test]
+fn a_result_too_large_to_store_fails_its_row_and_the_rest_completes() {
+    for batch in [1, 4] {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<u32> = (0..6).collect();
+        let opts = InferOptions::new()
+            .pool(fast_pool().max_batch(batch))
+            .dir(dir.path());
+        let out = parallel_infer(Arc::new(Blob), &rows, &opts).unwrap();
+        let err = out.rows[1].output.clone().unwrap().err();
+        let err = err.expect("row 1 failed (its 2 MB result was not stored)");
+        assert!(err.contains("too large for the results queue"), "{err}");
+        for i in [0usize, 2, 3, 4, 5] {
+            assert_eq!(out.rows[i].output.clone().unwrap(), Ok(vec![i as u8; 10]));
+        }
+        assert_eq!(out.failed, 1, "batch {batch}");
+        let jobs = lanelog::Queue::open(dir.path().join("jobs")).unwrap();
+        let dead = jobs.dead_letters().unwrap();
+        assert_eq!(dead.len(), 1, "batch {batch}");
+        assert!(dead[0].reason.contains("row 1"), "{}", dead[0].reason);
     }
 }

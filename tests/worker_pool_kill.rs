@@ -83,7 +83,11 @@ fn stored_results(results: &Queue) -> BTreeMap<u64, Vec<u64>> {
         }
         for d in batch {
             match codec::decode::<ResultRecord<u64>>(&d.payload).unwrap() {
-                ResultRecord::Done(o) => by_row.entry(o.row).or_default().push(o.output.unwrap()),
+                ResultRecord::Done { outcomes, .. } => {
+                    for o in outcomes {
+                        by_row.entry(o.row).or_default().push(o.output.unwrap());
+                    }
+                }
                 ResultRecord::Started { .. } => {}
             }
             results.ack(d.receipt).unwrap();
@@ -99,15 +103,7 @@ fn dropping_a_pool_mid_run_loses_no_row_and_acks_none_without_its_result() {
     {
         let jobs = open(&jobs_dir);
         let payloads: Vec<Vec<u8>> = (0..rows)
-            .map(|row| {
-                codec::encode(&JobRecord {
-                    run: 1,
-                    row,
-                    enqueued_ms: 0,
-                    input: row,
-                })
-                .unwrap()
-            })
+            .map(|row| codec::encode(&JobRecord::single(1, row, 0, row)).unwrap())
             .collect();
         let refs: Vec<(&[u8], u8)> = payloads.iter().map(|p| (&p[..], 0)).collect();
         jobs.enqueue_batch(&refs).unwrap();

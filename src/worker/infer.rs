@@ -237,13 +237,15 @@ pub fn parallel_infer<M: Model>(
         .map_err(Error::InvalidArgument)?;
     let run = run_id(model.version(), &encoded);
     let largest = encoded.iter().map(Vec::len).max().unwrap_or(0);
-    let segment = segment_size_for(largest);
+    let chunk = chunk_rows(opts.pool.max_batch, largest);
+    let total = encoded.iter().map(|r| r.len() + 8).sum::<usize>();
+    let segment = segment_size_for(chunk * (largest + 8) + 64, total);
     let (jobs, results) = open_queues(opts, segment)?;
     let mut collector = Collector::<M::Output>::new(run, rows.len());
     collector.drain(&results, Duration::ZERO)?;
     let resumed = collector.done();
     if !collector.started && collector.done() < rows.len() {
-        enqueue_jobs(&jobs, run, &encoded, &collector, segment)?;
+        enqueue_jobs(&jobs, run, &encoded, &collector, segment, chunk)?;
         jobs.sync()?;
         let start = codec::encode(&ResultRecord::<M::Output>::Started {
             run,
@@ -252,7 +254,8 @@ pub fn parallel_infer<M: Model>(
         .map_err(Error::InvalidArgument)?;
         results.enqueue(&start, 0)?;
     }
-    let pool = WorkerPool::start(model, jobs.clone(), results.clone(), opts.pool.clone())?;
+    let pool_opts = opts.pool.clone().rows_per_job(chunk);
+    let pool = WorkerPool::start(model, jobs.clone(), results.clone(), pool_opts)?;
     let budget = opts
         .failure_budget
         .map(|b| (b * rows.len() as f64).floor() as usize);
@@ -270,7 +273,7 @@ pub fn parallel_infer<M: Model>(
     }
     pool.shutdown()?;
     let outcomes = collector.finish(&results)?;
-    let failed = outcomes.iter().filter(|o| o.output.is_err()).count();
+    let failed = outcomes.iter().filter(|o| o.0.output.is_err()).count();
     let rows_out = outcomes
         .into_iter()
         .zip(rows)
@@ -316,12 +319,22 @@ fn run_id(version: &str, rows: &[Vec<u8>]) -> u64 {
     h
 }
 
-/// Segments of a run's queues: eight of the largest job at least, and no
-/// bigger than that needs (a fresh queue writes its whole first segment of
-/// zeros, a cost every call on a new directory pays).
-fn segment_size_for(largest_job: usize) -> u64 {
+/// Most bytes of inputs per job.
+const JOB_BYTES: usize = 64 << 10;
+
+/// Rows per job: a micro-batch (`max_batch`), fewer if its rows are large.
+fn chunk_rows(max_batch: usize, largest_row: usize) -> usize {
+    max_batch.min(JOB_BYTES / largest_row.max(1)).max(1)
+}
+
+/// Segments of a run's queues: eight of the largest job at least, and a
+/// quarter of the table's bytes (fewer segments to make while the jobs are
+/// enqueued), but no bigger than that needs: a fresh queue writes its whole
+/// first segment of zeros, a cost every call on a new directory pays.
+fn segment_size_for(largest_job: usize, table_bytes: usize) -> u64 {
     let want = (largest_job as u64 + 64)
         .saturating_mul(8)
+        .max(table_bytes as u64 / 4)
         .next_power_of_two();
     want.clamp(crate::config::MIN_SEGMENT_SIZE, 64 << 20)
 }
@@ -361,14 +374,16 @@ fn open_queues<O>(opts: &InferOptions<O>, segment: u64) -> Result<(Queue, Queue)
     }
 }
 
-/// Jobs enqueued in batches of at most a quarter segment: a batch is one
-/// write into one segment, and a larger one is refused.
-fn enqueue_jobs(
+/// The rows not done yet, as jobs of up to `chunk` consecutive rows,
+/// enqueued in batches of at most a quarter segment (a batch is one write
+/// into one segment, and a larger one is refused).
+fn enqueue_jobs<O: serde::de::DeserializeOwned>(
     jobs: &Queue,
     run: u64,
     encoded: &[Vec<u8>],
-    have: &Collector<impl serde::de::DeserializeOwned>,
+    have: &Collector<O>,
     segment: u64,
+    chunk: usize,
 ) -> Result<()> {
     let batch_bytes = (segment / 4) as usize;
     let now = wall_ms();
@@ -382,35 +397,54 @@ fn enqueue_jobs(
         }
         Ok(())
     };
-    for (i, row) in encoded.iter().enumerate().filter(|&(i, _)| !have.has(i)) {
-        let job = job_bytes(run, i as u64, now, row);
+    let mut row = 0;
+    while row < encoded.len() {
+        if have.has(row) {
+            row += 1;
+            continue;
+        }
+        let end = (row..encoded.len().min(row + chunk))
+            .find(|&r| have.has(r))
+            .unwrap_or_else(|| encoded.len().min(row + chunk));
+        let job = job_bytes(run, row as u64, now, &encoded[row..end]);
         if bytes + job.len() > batch_bytes || payloads.len() >= 4096 {
             flush(&mut payloads)?;
             bytes = 0;
         }
         bytes += job.len();
         payloads.push(job);
+        row = end;
     }
     flush(&mut payloads)
 }
 
-/// A `JobRecord` encoded around an already encoded input (the codec's
-/// fixed-width layout: run, row, enqueued_ms, then the input's bytes).
-fn job_bytes(run: u64, row: u64, enqueued_ms: u64, input: &[u8]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(24 + input.len());
+/// A `JobRecord` encoded around already encoded inputs (the codec's
+/// fixed-width layout: run, row, enqueued_ms, prior_attempts 0, last_error
+/// `None`, the number of inputs, then the inputs' bytes).
+fn job_bytes(run: u64, row: u64, enqueued_ms: u64, inputs: &[Vec<u8>]) -> Vec<u8> {
+    let len = 37 + inputs.iter().map(Vec::len).sum::<usize>();
+    let mut b = Vec::with_capacity(len);
     for v in [run, row, enqueued_ms] {
         b.extend_from_slice(&v.to_le_bytes());
     }
-    b.extend_from_slice(input);
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.push(0);
+    b.extend_from_slice(&(inputs.len() as u64).to_le_bytes());
+    for i in inputs {
+        b.extend_from_slice(i);
+    }
     b
 }
 
+/// A model's name and version, shared by the rows it computed.
+type ModelId = Arc<(String, String)>;
+
 /// Gathers this run's outcomes from the results queue, holding every
-/// result leased until the call returns (so a crashed caller finds them
-/// again), and holding other runs' results aside to give back.
+/// result record leased until the call returns (so a crashed caller finds
+/// them again), and holding other runs' results aside to give back.
 struct Collector<O> {
     run: u64,
-    outcomes: Vec<Option<(RowOutcome<O>, Receipt)>>,
+    outcomes: Vec<Option<(RowOutcome<O>, ModelId)>>,
     done: usize,
     failed: usize,
     started: bool,
@@ -450,34 +484,37 @@ impl<O: serde::de::DeserializeOwned> Collector<O> {
             if batch.is_empty() {
                 return Ok(());
             }
-            let mut duplicates = Vec::new();
             for d in batch {
                 match codec::decode::<ResultRecord<O>>(&d.payload) {
                     Ok(ResultRecord::Started { run, .. }) if run == self.run => {
                         self.started = true;
                         self.mine.push(d.receipt);
                     }
-                    Ok(ResultRecord::Done(o)) if o.run == self.run => {
-                        let Some(slot) = self.outcomes.get_mut(o.row as usize) else {
-                            duplicates.push(d.receipt);
-                            continue;
-                        };
-                        if slot.is_some() {
-                            // A job computed twice (its worker died after
-                            // storing the result): keep the first.
-                            duplicates.push(d.receipt);
-                            continue;
+                    Ok(ResultRecord::Done { model, outcomes })
+                        if outcomes.first().is_some_and(|o| o.run == self.run) =>
+                    {
+                        let model = Arc::new(model);
+                        for o in outcomes {
+                            let Some(slot) = self.outcomes.get_mut(o.row as usize) else {
+                                continue;
+                            };
+                            if o.run != self.run || slot.is_some() {
+                                // A row computed twice (its worker died
+                                // after storing the result): keep the first.
+                                continue;
+                            }
+                            self.done += 1;
+                            if o.output.is_err() {
+                                self.failed += 1;
+                            }
+                            *slot = Some((o, model.clone()));
                         }
-                        self.done += 1;
-                        if o.output.is_err() {
-                            self.failed += 1;
-                        }
-                        *slot = Some((o, d.receipt));
+                        // Acked with the others when the call returns.
+                        self.mine.push(d.receipt);
                     }
                     _ => self.others.push(d.receipt),
                 }
             }
-            results.ack_batch(&duplicates)?;
             if wait.is_zero() {
                 continue;
             }
@@ -485,19 +522,14 @@ impl<O: serde::de::DeserializeOwned> Collector<O> {
         }
     }
 
-    /// The outcomes in row order; acks them (the call is about to return
-    /// them) and gives other runs' results back.
-    fn finish(mut self, results: &Queue) -> Result<Vec<RowOutcome<O>>> {
-        let mut out = Vec::with_capacity(self.outcomes.len());
-        let mut receipts = std::mem::take(&mut self.mine);
-        for slot in self.outcomes.iter_mut() {
-            let (o, receipt) = slot
-                .take()
-                .ok_or_else(|| Error::InvalidArgument("a row has no result".into()))?;
-            out.push(o);
-            receipts.push(receipt);
-        }
-        results.ack_batch(&receipts)?;
+    /// The outcomes in row order; acks every record of this run (the call
+    /// is about to return them) and gives other runs' results back.
+    fn finish(mut self, results: &Queue) -> Result<Vec<(RowOutcome<O>, ModelId)>> {
+        let out = std::mem::take(&mut self.outcomes)
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::InvalidArgument("a row has no result".into()))?;
+        results.ack_batch(&self.mine)?;
         for r in std::mem::take(&mut self.others) {
             results.nack(r, Duration::ZERO)?;
         }
@@ -506,12 +538,7 @@ impl<O: serde::de::DeserializeOwned> Collector<O> {
 
     /// Give every held result back (an early stop).
     fn release(self, results: &Queue) -> Result<()> {
-        let held = self
-            .mine
-            .into_iter()
-            .chain(self.others)
-            .chain(self.outcomes.into_iter().flatten().map(|(_, r)| r));
-        for r in held {
+        for r in self.mine.into_iter().chain(self.others) {
             results.nack(r, Duration::ZERO)?;
         }
         Ok(())
@@ -519,7 +546,7 @@ impl<O: serde::de::DeserializeOwned> Collector<O> {
 }
 
 fn make_row<I: Clone, O: Clone>(
-    o: RowOutcome<O>,
+    (o, model): (RowOutcome<O>, ModelId),
     input: &I,
     opts: &InferOptions<O>,
 ) -> InferRow<I, O> {
@@ -539,8 +566,8 @@ fn make_row<I: Clone, O: Clone>(
         anomaly_count: want(Column::Anomaly).then_some(flagged.len() as u32),
         anomalies: want(Column::Anomaly).then_some(flagged),
         metadata: want(Column::Metadata).then(|| Metadata {
-            model_name: o.model.0.clone(),
-            model_version: o.model.1.clone(),
+            model_name: model.0.clone(),
+            model_version: model.1.clone(),
             attempt: o.attempt,
             queue_time: Duration::from_micros(o.queue_us),
             infer_time: Duration::from_micros(o.infer_us),
@@ -573,14 +600,21 @@ mod tests {
     #[test]
     fn job_bytes_is_the_codec_layout() {
         let input = vec![1.0f32, 2.0];
+        let other = vec![3.0f32];
         let direct = codec::encode(&JobRecord {
             run: 7,
             row: 3,
             enqueued_ms: 99,
-            input: input.clone(),
+            prior_attempts: 0,
+            last_error: None,
+            inputs: vec![input.clone(), other.clone()],
         })
         .unwrap();
-        let composed = job_bytes(7, 3, 99, &codec::encode(&input).unwrap());
+        let rows = [
+            codec::encode(&input).unwrap(),
+            codec::encode(&other).unwrap(),
+        ];
+        let composed = job_bytes(7, 3, 99, &rows);
         assert_eq!(direct, composed);
     }
 }

@@ -9,19 +9,28 @@
 //! # How a job flows
 //!
 //! 1. A job is a message in the *jobs* queue whose payload is a
-//!    [`JobRecord`] (run id, row number, typed input), encoded by the one
-//!    codec in this module (bincode 1.3, fixed-width integers, size-limited).
-//! 2. A worker leases up to `max_batch` jobs (waiting at most `linger` for
-//!    the batch to fill), runs the model on the batch on a runner thread,
-//!    renews the leases while it runs, and gives up on it after `timeout`.
-//! 3. Each result is enqueued durably in the *results* queue **before** its
-//!    job is acked. A crash in between redelivers the job and computes it
-//!    again; the duplicate result carries the same run and row, and the
-//!    collector keeps the first one it sees. So a job is never acked without
-//!    its result, and a duplicate is always recognised.
-//! 4. A failure is retried with exponential backoff and jitter (`nack` with
-//!    a delay); past `retries` the job gets a failed result carrying the
-//!    error and goes to the dead letters with the same error.
+//!    [`JobRecord`]: a run id and one row, or a run of consecutive rows,
+//!    with their typed inputs, encoded by the one codec in this module
+//!    (bincode 1.3, fixed-width integers, size-limited). `parallel_infer`
+//!    makes jobs of `max_batch` rows (fewer if rows are large), so the
+//!    queue works per micro-batch, not per row.
+//! 2. A worker leases jobs for up to `max_batch` rows (waiting at most
+//!    `linger` for them), runs the model on them on a runner thread, renews
+//!    the leases while it runs, and gives up on a call after `timeout`. A
+//!    failed call is run again row by row to find the failing rows.
+//! 3. The worker hands the batch to the committer, which stores each
+//!    result durably in the *results* queue **before** it acks the job. A
+//!    crash in between redelivers the job and computes it again; the
+//!    duplicate result carries the same run and row, and the collector
+//!    keeps the first one it sees. So a job is never acked without its
+//!    results, and a duplicate is always recognised.
+//! 4. A failed row is retried with exponential backoff and jitter; past
+//!    `retries` it gets a failed result carrying the error and goes to the
+//!    dead letters with the same error. A one-row job is retried with
+//!    `nack`; a job of several rows runs once: its failed rows (or all its
+//!    rows, if its worker died or timed out) are split off into one-row
+//!    jobs carrying their attempts and last error, stored before the job
+//!    is acked. So retries and dead letters are per row either way.
 
 #[cfg(feature = "arrow")]
 mod arrow;
@@ -71,17 +80,41 @@ pub trait Model: Send + Sync + 'static {
 #[error("{0}")]
 pub struct ModelError(pub String);
 
-/// A job: one row of one run.
+/// A job: one row, or a run of consecutive rows, of one run.
+///
+/// `parallel_infer` enqueues a table as jobs of up to `max_batch` rows, so
+/// the queue works per micro-batch rather than per row. A job of several
+/// rows runs once: rows that fail, and every row of a job whose worker
+/// died, are split off into one-row jobs (carrying the attempts and error
+/// so far), which retry and dead-letter row by row.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct JobRecord<I> {
-    /// The run (table) this row belongs to.
+    /// The run (table) these rows belong to.
     pub run: u64,
-    /// The row's position in its table.
+    /// The position of `inputs[0]` in its table; the rest follow in order.
     pub row: u64,
     /// When the job was enqueued, ms since the Unix epoch.
     pub enqueued_ms: u64,
-    /// The input.
-    pub input: I,
+    /// Deliveries of these rows before they were split off a larger job.
+    pub prior_attempts: u32,
+    /// The error of the last failed attempt, if any.
+    pub last_error: Option<String>,
+    /// The inputs.
+    pub inputs: Vec<I>,
+}
+
+impl<I> JobRecord<I> {
+    /// A job of one row, never attempted.
+    pub fn single(run: u64, row: u64, enqueued_ms: u64, input: I) -> JobRecord<I> {
+        JobRecord {
+            run,
+            row,
+            enqueued_ms,
+            prior_attempts: 0,
+            last_error: None,
+            inputs: vec![input],
+        }
+    }
 }
 
 /// What the results queue holds.
@@ -95,8 +128,13 @@ pub enum ResultRecord<O> {
         /// Its number of rows.
         rows: u64,
     },
-    /// A row finished.
-    Done(RowOutcome<O>),
+    /// Rows finished, by the model named.
+    Done {
+        /// The model's name and version.
+        model: (String, String),
+        /// The rows' outcomes.
+        outcomes: Vec<RowOutcome<O>>,
+    },
 }
 
 /// A finished row, successful or not.
@@ -108,7 +146,8 @@ pub struct RowOutcome<O> {
     pub row: u64,
     /// The output, or the error that exhausted the retries.
     pub output: Result<O, String>,
-    /// The delivery that produced this outcome (1 on the first).
+    /// The delivery that produced this outcome (1 on the first), counting
+    /// deliveries of the larger job it was split off.
     pub attempt: u32,
     /// When it finished, ms since the Unix epoch.
     pub finished_ms: u64,
@@ -118,8 +157,6 @@ pub struct RowOutcome<O> {
     pub infer_us: u64,
     /// Rows in the batch this row was inferred in.
     pub batch_rows: u32,
-    /// The model's name and version.
-    pub model: (String, String),
 }
 
 /// Largest encoded job or result accepted by the codec: 16 MiB.
@@ -174,18 +211,15 @@ mod tests {
 
     #[test]
     fn codec_round_trips_and_refuses_garbage() {
-        let job = JobRecord {
-            run: 1,
-            row: 2,
-            enqueued_ms: 3,
-            input: vec![1.5f32, 2.5],
-        };
+        let job = JobRecord::single(1, 2, 3, vec![1.5f32, 2.5]);
         let bytes = codec::encode(&job).unwrap();
         assert_eq!(codec::decode::<JobRecord<Vec<f32>>>(&bytes).unwrap(), job);
         assert!(codec::decode::<JobRecord<Vec<f32>>>(&bytes[..5]).is_err());
         // A length prefix claiming 2^40 elements must fail, not allocate.
         let mut evil = bytes.clone();
-        evil[24..32].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        // (run, row, enqueued_ms, prior_attempts, last_error = None, then the
+        // number of inputs and the first input's length)
+        evil[37..45].copy_from_slice(&(1u64 << 40).to_le_bytes());
         assert!(codec::decode::<JobRecord<Vec<f32>>>(&evil).is_err());
     }
 }

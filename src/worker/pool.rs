@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::{codec, wall_ms, JobRecord, Model, ModelError, ResultRecord, RowOutcome};
+use super::{codec, wall_ms, JobRecord, Model, ModelError, RowOutcome};
 use crate::{Delivery, DequeueOptions, Error, Queue, Receipt, Result};
 
 /// How a [`WorkerPool`] runs.
@@ -30,6 +30,7 @@ pub struct PoolOptions {
     pub(crate) backoff: Duration,
     pub(crate) max_backoff: Duration,
     pub(crate) lease: Duration,
+    pub(crate) rows_per_job: usize,
 }
 
 impl Default for PoolOptions {
@@ -52,6 +53,7 @@ impl PoolOptions {
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
             lease: Duration::from_secs(30),
+            rows_per_job: 1,
         }
     }
 
@@ -108,6 +110,16 @@ impl PoolOptions {
         self
     }
 
+    /// Rows a job usually holds ([`JobRecord::inputs`]): a worker leases
+    /// `max_batch / rows_per_job` jobs at a time (at least one), so a model
+    /// call holds about `max_batch` rows. `parallel_infer` sets it to the
+    /// size of the jobs it makes. Default = 1.
+    #[must_use]
+    pub fn rows_per_job(mut self, n: usize) -> Self {
+        self.rows_per_job = n;
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |s: &str| Err(Error::InvalidArgument(s.to_string()));
         if !(1..=1024).contains(&self.num_parallel) {
@@ -115,6 +127,9 @@ impl PoolOptions {
         }
         if !(1..=65536).contains(&self.max_batch) {
             return bad("max_batch must be in 1..=65536");
+        }
+        if !(1..=65536).contains(&self.rows_per_job) {
+            return bad("rows_per_job must be in 1..=65536");
         }
         if self.timeout.is_zero() {
             return bad("timeout must be above zero");
@@ -158,11 +173,15 @@ impl WorkerPool {
         opts.validate()?;
         let stop = Arc::new(AtomicBool::new(false));
         let errors = Arc::new(Mutex::new(Vec::new()));
-        let (commits, inbox) = mpsc::sync_channel::<Vec<Settled>>(opts.num_parallel);
+        // Room for many batches per worker: while the committer syncs, the
+        // workers go on, and the next commit takes all they settled.
+        let (commits, inbox) =
+            mpsc::sync_channel::<Vec<Settled>>(opts.num_parallel.saturating_mul(COMMIT_QUEUE));
         let committer = Committer {
             jobs: jobs.clone(),
             results,
             errors: errors.clone(),
+            model: (model.name().to_string(), model.version().to_string()),
         };
         let committer = std::thread::Builder::new()
             .name("lanelog-committer".into())
@@ -267,22 +286,32 @@ struct Job<I> {
     record: JobRecord<I>,
 }
 
-/// A job, what became of it, and the model time of its batch (µs).
-type Ran<M> = (Job<<M as Model>::Input>, Fate<<M as Model>::Output>, u64);
+impl<I> Job<I> {
+    /// Deliveries of these rows so far, this one included.
+    fn attempt(&self) -> u32 {
+        self.record
+            .prior_attempts
+            .saturating_add(self.delivery.attempt)
+    }
+}
 
-/// What became of one job in a batch.
+/// What became of one row.
 enum Fate<O> {
     Done(O),
     Failed(String),
 }
 
+/// The fate of each row of one job, with the model time of its batch (µs)
+/// and that batch's rows.
+type Fates<O> = Vec<(Fate<O>, u64, u32)>;
+
 impl<M: Model> Worker<M> {
     fn run(mut self) {
         let mut runner = Runner::new(self.model.clone());
         let take = DequeueOptions::new()
-            .max(self.opts.max_batch)
+            .max((self.opts.max_batch / self.opts.rows_per_job).max(1))
             // Short, so a shutdown is noticed quickly; the wait is not a poll:
-            // an enqueue wakes the worker at once.
+            // an enqueue wakes the worker at once, and so does shutdown.
             .wait(Duration::from_millis(10))
             .linger(self.opts.linger)
             .visibility(self.opts.lease);
@@ -312,146 +341,281 @@ impl<M: Model> Worker<M> {
     }
 
     fn process(&mut self, batch: Vec<Delivery>, runner: &mut Runner<M>) -> Result<()> {
-        let mut jobs = Vec::with_capacity(batch.len());
+        let mut settled = Vec::with_capacity(batch.len());
+        let mut runnable = Vec::with_capacity(batch.len());
         for d in batch {
-            match codec::decode::<JobRecord<M::Input>>(&d.payload) {
-                Ok(record) => jobs.push(Job {
+            let job = match codec::decode::<JobRecord<M::Input>>(&d.payload) {
+                Ok(record) if !record.inputs.is_empty() => Job {
                     delivery: d,
                     record,
-                }),
-                Err(e) => self
-                    .jobs
-                    .dead_letter(d.receipt, &format!("undecodable job: {e}"))?,
-            }
-        }
-        // Jobs delivered too often (their workers crashed) fail unrun.
-        let limit = self.opts.retries + 1;
-        let (runnable, exhausted): (Vec<_>, Vec<_>) =
-            jobs.into_iter().partition(|j| j.delivery.attempt <= limit);
-        let mut fates: Vec<Ran<M>> = exhausted
-            .into_iter()
-            .map(|j| {
-                let why = format!(
-                    "gave up after {} deliveries without a result",
-                    j.delivery.attempt - 1
-                );
-                (j, Fate::Failed(why), 0)
-            })
-            .collect();
-        let started = Instant::now();
-        let outcome = self.infer(runner, &runnable);
-        let infer_us = started.elapsed().as_micros() as u64;
-        match outcome {
-            Ok(outputs) => {
-                for (j, o) in runnable.into_iter().zip(outputs) {
-                    fates.push((j, Fate::Done(o), infer_us));
+                },
+                Ok(_) => {
+                    self.jobs.dead_letter(d.receipt, "a job with no rows")?;
+                    continue;
                 }
-            }
-            Err(e) if runnable.len() > 1 && !e.0.starts_with("timed out") => {
-                // Find the failing rows: run each alone.
-                for j in runnable {
-                    let started = Instant::now();
-                    let one = self.infer(runner, std::slice::from_ref(&j));
-                    let us = started.elapsed().as_micros() as u64;
-                    let fate = match one {
-                        Ok(mut o) => Fate::Done(o.remove(0)),
-                        Err(e) => Fate::Failed(e.0),
-                    };
-                    fates.push((j, fate, us));
-                }
-            }
-            Err(e) => {
-                for j in runnable {
-                    fates.push((j, Fate::Failed(e.0.clone()), infer_us));
-                }
-            }
-        }
-        self.settle(fates)
-    }
-
-    /// Run the model on the runner thread, renewing leases while it runs.
-    fn infer(
-        &self,
-        runner: &mut Runner<M>,
-        jobs: &[Job<M::Input>],
-    ) -> Result<Vec<M::Output>, ModelError> {
-        if jobs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let inputs: Vec<M::Input> = jobs.iter().map(|j| j.record.input.clone()).collect();
-        let renew_every = self.opts.lease / 3;
-        let receipts: Vec<_> = jobs.iter().map(|j| j.delivery.receipt).collect();
-        let outputs = runner.call(inputs, self.opts.timeout, renew_every, || {
-            for r in &receipts {
-                // A lease already lost is settled by whoever has it now.
-                let _ = self.jobs.extend_lease(*r, self.opts.lease);
-            }
-        })?;
-        if outputs.len() != jobs.len() {
-            return Err(ModelError(format!(
-                "model returned {} outputs for {} rows",
-                outputs.len(),
-                jobs.len()
-            )));
-        }
-        Ok(outputs)
-    }
-
-    /// Encode each result and hand the batch to the committer, which
-    /// stores results durably, then acks; failures are retried or
-    /// dead-lettered there too.
-    fn settle(&mut self, fates: Vec<Ran<M>>) -> Result<()> {
-        let now = wall_ms();
-        let model = (
-            self.model.name().to_string(),
-            self.model.version().to_string(),
-        );
-        let batch_rows = fates.len() as u32;
-        let mut settled = Vec::with_capacity(fates.len());
-        for (job, fate, infer_us) in fates {
-            let d = &job.delivery;
-            let final_failure = match &fate {
-                Fate::Done(_) => false,
-                Fate::Failed(_) => d.attempt > self.opts.retries,
-            };
-            let output = match fate {
-                Fate::Done(o) => Ok(o),
-                Fate::Failed(e) if final_failure => Err(e),
-                Fate::Failed(e) => {
-                    let delay = self.backoff(d.attempt);
-                    self.note(format!("retrying in {delay:?}: {e}"));
-                    settled.push(Settled {
-                        receipt: d.receipt,
-                        result: None,
-                        then: Then::Retry(delay),
-                    });
+                Err(e) => {
+                    self.jobs
+                        .dead_letter(d.receipt, &format!("undecodable job: {e}"))?;
                     continue;
                 }
             };
-            let failed = output.is_err();
-            let outcome = RowOutcome {
-                run: job.record.run,
-                row: job.record.row,
-                output,
-                attempt: d.attempt,
-                finished_ms: now,
-                queue_us: now.saturating_sub(job.record.enqueued_ms) * 1000,
-                infer_us,
-                batch_rows,
-                model: model.clone(),
-            };
-            let bytes =
-                codec::encode(&ResultRecord::Done(outcome)).map_err(Error::InvalidArgument)?;
-            settled.push(Settled {
-                receipt: d.receipt,
-                result: Some((bytes, d.priority)),
-                then: if failed { Then::DeadLetter } else { Then::Ack },
-            });
+            if job.record.inputs.len() > 1 && job.delivery.attempt > 1 {
+                // Its worker died or timed out on it: find the culprit row
+                // by row, without running the rest together again.
+                let why = job.record.last_error.clone().unwrap_or_else(|| {
+                    "its worker stopped before storing a result (lease expired)".into()
+                });
+                let rows = (0..job.record.inputs.len()).map(|i| (i, why.clone(), Duration::ZERO));
+                settled.push(self.split(&job, rows, Vec::new())?);
+            } else if job.attempt() > self.opts.retries + 1 {
+                // Delivered too often (its workers crashed): fails unrun.
+                let why = match &job.record.last_error {
+                    Some(e) => e.clone(),
+                    None => format!(
+                        "gave up after {} deliveries without a result",
+                        job.attempt() - 1
+                    ),
+                };
+                let fates = job
+                    .record
+                    .inputs
+                    .iter()
+                    .map(|_| (Fate::Failed(why.clone()), 0, 0))
+                    .collect();
+                settled.push(self.settle(&job, fates)?);
+            } else {
+                runnable.push(job);
+            }
+        }
+        for (job, fates) in self.run_model(runner, &runnable).into_iter().enumerate() {
+            settled.push(self.settle(&runnable[job], fates)?);
         }
         // Unsettled jobs stay leased and come back when their leases end.
         self.commits
             .send(settled)
             .map_err(|_| Error::InvalidArgument("the pool's committer thread is gone".into()))
+    }
+
+    /// Run the model over every row of `jobs` in calls of at most
+    /// `max_batch` rows; a failed call is retried row by row to find the
+    /// failing rows. One list of fates per job.
+    fn run_model(&self, runner: &mut Runner<M>, jobs: &[Job<M::Input>]) -> Vec<Fates<M::Output>> {
+        let mut fates: Vec<Fates<M::Output>> = jobs
+            .iter()
+            .map(|j| Vec::with_capacity(j.record.inputs.len()))
+            .collect();
+        let rows: Vec<(usize, &M::Input)> = jobs
+            .iter()
+            .enumerate()
+            .flat_map(|(j, job)| job.record.inputs.iter().map(move |i| (j, i)))
+            .collect();
+        for call in rows.chunks(self.opts.max_batch) {
+            let receipts: Vec<Receipt> = {
+                let mut r: Vec<Receipt> = call
+                    .iter()
+                    .map(|(j, _)| jobs[*j].delivery.receipt)
+                    .collect();
+                r.dedup();
+                r
+            };
+            let inputs: Vec<M::Input> = call.iter().map(|(_, i)| (*i).clone()).collect();
+            let n = call.len() as u32;
+            let started = Instant::now();
+            let outcome = self.infer(runner, inputs, &receipts);
+            let us = started.elapsed().as_micros() as u64;
+            match outcome {
+                Ok(outputs) => {
+                    for ((j, _), o) in call.iter().zip(outputs) {
+                        fates[*j].push((Fate::Done(o), us, n));
+                    }
+                }
+                Err(e) if call.len() > 1 && !e.0.starts_with("timed out") => {
+                    // Find the failing rows: run each alone.
+                    for (j, input) in call {
+                        let receipt = [jobs[*j].delivery.receipt];
+                        let started = Instant::now();
+                        let one = self.infer(runner, vec![(*input).clone()], &receipt);
+                        let us = started.elapsed().as_micros() as u64;
+                        let fate = match one {
+                            Ok(mut o) => Fate::Done(o.remove(0)),
+                            Err(e) => Fate::Failed(e.0),
+                        };
+                        fates[*j].push((fate, us, 1));
+                    }
+                }
+                Err(e) => {
+                    for (j, _) in call {
+                        fates[*j].push((Fate::Failed(e.0.clone()), us, n));
+                    }
+                }
+            }
+        }
+        fates
+    }
+
+    /// Run the model on the runner thread, renewing the leases of
+    /// `receipts` while it runs.
+    fn infer(
+        &self,
+        runner: &mut Runner<M>,
+        inputs: Vec<M::Input>,
+        receipts: &[Receipt],
+    ) -> Result<Vec<M::Output>, ModelError> {
+        let rows = inputs.len();
+        let renew_every = self.opts.lease / 3;
+        let outputs = runner.call(inputs, self.opts.timeout, renew_every, || {
+            for r in receipts {
+                // A lease already lost is settled by whoever has it now.
+                let _ = self.jobs.extend_lease(*r, self.opts.lease);
+            }
+        })?;
+        if outputs.len() != rows {
+            return Err(ModelError(format!(
+                "model returned {} outputs for {rows} rows",
+                outputs.len()
+            )));
+        }
+        Ok(outputs)
+    }
+
+    /// What to store for one job and what to do with it then: a one-row
+    /// job is acked, retried (nack with backoff) or dead-lettered; a job of
+    /// several rows is acked when every row succeeded, else its failed rows
+    /// are split off into one-row jobs.
+    fn settle(&mut self, job: &Job<M::Input>, fates: Fates<M::Output>) -> Result<Settled> {
+        let now = wall_ms();
+        let attempt = job.attempt();
+        let out_of_retries = attempt > self.opts.retries;
+        let stamp = |row: u64, output, infer_us, batch_rows| RowOutcome {
+            run: job.record.run,
+            row,
+            output,
+            attempt,
+            finished_ms: now,
+            queue_us: now.saturating_sub(job.record.enqueued_ms) * 1000,
+            infer_us,
+            batch_rows,
+        };
+        let first = job.record.row;
+        if job.record.inputs.len() == 1 {
+            let (fate, us, n) = fates.into_iter().next().expect("one fate per row");
+            let (output, then) = match fate {
+                Fate::Done(o) => (Ok(o), Then::Ack),
+                Fate::Failed(e) if out_of_retries => {
+                    let why = format!("failed past its retries: {e}");
+                    (Err(e), Then::DeadLetter(why))
+                }
+                Fate::Failed(e) => {
+                    let delay = self.backoff(attempt);
+                    self.note(format!("retrying in {delay:?}: {e}"));
+                    return Ok(Settled {
+                        receipt: job.delivery.receipt,
+                        priority: job.delivery.priority,
+                        results: Vec::new(),
+                        then: Then::Retry(delay),
+                    });
+                }
+            };
+            let results = self.records(vec![stamp(first, output, us, n)])?;
+            return Ok(Settled {
+                receipt: job.delivery.receipt,
+                priority: job.delivery.priority,
+                results,
+                then,
+            });
+        }
+        let mut outcomes = Vec::with_capacity(fates.len());
+        let mut failed = Vec::new();
+        for (i, (fate, us, n)) in fates.into_iter().enumerate() {
+            match fate {
+                Fate::Done(o) => outcomes.push(stamp(first + i as u64, Ok(o), us, n)),
+                Fate::Failed(e) if out_of_retries => {
+                    // Its failed result now; the one-row job split off
+                    // carries the error to the dead letters.
+                    outcomes.push(stamp(first + i as u64, Err(e.clone()), us, n));
+                    failed.push((i, e, Duration::ZERO));
+                }
+                Fate::Failed(e) => {
+                    let delay = self.backoff(attempt);
+                    self.note(format!(
+                        "retrying row {} in {delay:?}: {e}",
+                        first + i as u64
+                    ));
+                    failed.push((i, e, delay));
+                }
+            }
+        }
+        if failed.is_empty() {
+            let results = self.records(outcomes)?;
+            return Ok(Settled {
+                receipt: job.delivery.receipt,
+                priority: job.delivery.priority,
+                results,
+                then: Then::Ack,
+            });
+        }
+        self.split(job, failed.into_iter(), outcomes)
+    }
+
+    /// Store `outcomes`, then replace `job` by one-row jobs for `rows`
+    /// (index in the job, last error, delay before it is ready).
+    fn split(
+        &self,
+        job: &Job<M::Input>,
+        rows: impl Iterator<Item = (usize, String, Duration)>,
+        outcomes: Vec<RowOutcome<M::Output>>,
+    ) -> Result<Settled> {
+        let now = wall_ms();
+        let mut jobs = Vec::new();
+        for (i, error, delay) in rows {
+            let one = JobRecord {
+                run: job.record.run,
+                row: job.record.row + i as u64,
+                enqueued_ms: now,
+                prior_attempts: job.attempt(),
+                last_error: Some(error),
+                inputs: vec![job.record.inputs[i].clone()],
+            };
+            jobs.push((codec::encode(&one).map_err(Error::InvalidArgument)?, delay));
+        }
+        Ok(Settled {
+            receipt: job.delivery.receipt,
+            priority: job.delivery.priority,
+            results: self.records(outcomes)?,
+            then: Then::Split(jobs),
+        })
+    }
+
+    /// `outcomes` as result records of at most [`RECORD_BYTES`] each (one
+    /// outcome larger than that is a record of its own), each with the
+    /// first row it holds.
+    fn records(&self, outcomes: Vec<RowOutcome<M::Output>>) -> Result<Vec<Record>> {
+        let model = (self.model.name(), self.model.version());
+        let mut records = Vec::new();
+        let mut pending: Vec<Vec<u8>> = Vec::new();
+        let mut first = None;
+        let mut bytes = 0;
+        for o in &outcomes {
+            let one = codec::encode(o).map_err(Error::InvalidArgument)?;
+            if !pending.is_empty() && bytes + one.len() > RECORD_BYTES {
+                records.push(Record {
+                    bytes: done_record(model, &pending),
+                    first: first.take().expect("set with the first outcome"),
+                });
+                pending.clear();
+                bytes = 0;
+            }
+            first.get_or_insert((o.run, o.row, o.attempt));
+            bytes += one.len();
+            pending.push(one);
+        }
+        if let Some(first) = first {
+            records.push(Record {
+                bytes: done_record(model, &pending),
+                first,
+            });
+        }
+        Ok(records)
     }
 
     /// Exponential backoff with jitter: half fixed, half random.
@@ -470,23 +634,58 @@ impl<M: Model> Worker<M> {
     }
 }
 
-/// One job of a settled batch: its result to store, then what to do with
-/// the job.
+/// Most bytes of outcomes per result record.
+const RECORD_BYTES: usize = 64 << 10;
+
+/// A `ResultRecord::Done` encoded around already encoded outcomes (the
+/// codec's layout: variant 1 as u32, the model's two strings, the count,
+/// then the outcomes).
+fn done_record(model: (&str, &str), outcomes: &[Vec<u8>]) -> Vec<u8> {
+    let len = 4 + 16 + model.0.len() + model.1.len() + 8;
+    let mut b = Vec::with_capacity(len + outcomes.iter().map(Vec::len).sum::<usize>());
+    b.extend_from_slice(&1u32.to_le_bytes());
+    for s in [model.0, model.1] {
+        b.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        b.extend_from_slice(s.as_bytes());
+    }
+    b.extend_from_slice(&(outcomes.len() as u64).to_le_bytes());
+    for o in outcomes {
+        b.extend_from_slice(o);
+    }
+    b
+}
+
+/// One settled job: its result records to store, then what to do with it.
 struct Settled {
     receipt: Receipt,
-    result: Option<(Vec<u8>, u8)>,
+    priority: u8,
+    results: Vec<Record>,
     then: Then,
+}
+
+/// An encoded result record and the (run, row, attempt) of its first
+/// outcome.
+struct Record {
+    bytes: Vec<u8>,
+    first: (u64, u64, u32),
 }
 
 enum Then {
     Ack,
-    /// Failed past its retries: the error is in its stored result.
-    DeadLetter,
+    /// Failed past its retries, with this reason (its error is also in
+    /// its stored result).
+    DeadLetter(String),
     /// Failed; ready again after the delay (nothing stored).
     Retry(Duration),
+    /// Replaced by these one-row jobs (each ready after its delay), then
+    /// acked.
+    Split(Vec<(Vec<u8>, Duration)>),
     /// Settled by the committer already (dead-lettered).
     Settled,
 }
+
+/// Settled batches per worker the committer may have waiting.
+const COMMIT_QUEUE: usize = 32;
 
 /// Most result bytes per durable write: a quarter of the smallest segment,
 /// so a merged write is never refused as too large.
@@ -498,6 +697,8 @@ struct Committer {
     jobs: Queue,
     results: Queue,
     errors: Arc<Mutex<Vec<String>>>,
+    /// The model's name and version, for the failed results it writes.
+    model: (String, String),
 }
 
 impl Committer {
@@ -517,55 +718,91 @@ impl Committer {
 
     fn commit(&self, mut group: Vec<Settled>) -> Result<()> {
         // Results first, in writes of at most MERGE_BYTES: a job is never
-        // acked without its result.
+        // acked without its results.
+        let records: Vec<(usize, usize)> = group
+            .iter()
+            .enumerate()
+            .flat_map(|(s, settled)| (0..settled.results.len()).map(move |r| (s, r)))
+            .collect();
         let mut start = 0;
-        while start < group.len() {
+        while start < records.len() {
             let mut end = start;
             let mut bytes = 0;
-            while end < group.len() {
-                let len = group[end].result.as_ref().map_or(0, |(b, _)| b.len());
+            while end < records.len() {
+                let (s, r) = records[end];
+                let len = group[s].results[r].bytes.len();
                 if end > start && bytes + len > MERGE_BYTES {
                     break;
                 }
                 bytes += len;
                 end += 1;
             }
-            let refs: Vec<(&[u8], u8)> = group[start..end]
+            let refs: Vec<(&[u8], u8)> = records[start..end]
                 .iter()
-                .filter_map(|s| s.result.as_ref().map(|(b, p)| (&b[..], *p)))
+                .map(|&(s, r)| (&group[s].results[r].bytes[..], group[s].priority))
                 .collect();
             match self.results.enqueue_batch(&refs) {
                 Ok(_) => {}
-                // One result the results queue cannot hold: park its job.
-                Err(Error::TooLarge { .. }) if refs.len() == 1 => {
-                    let s = group[start..end]
-                        .iter_mut()
-                        .find(|s| s.result.is_some())
-                        .expect("the one result");
-                    self.jobs.dead_letter(
-                        s.receipt,
-                        &format!("its result of {bytes} bytes is too large for the results queue"),
-                    )?;
-                    s.then = Then::Settled;
-                    s.result = None;
+                // One result the results queue cannot hold (a record that
+                // large holds one row): store that the row failed, and
+                // park its job with the reason.
+                Err(Error::TooLarge { .. }) if end - start == 1 => {
+                    let (s, r) = records[start];
+                    let (run, row, attempt) = group[s].results[r].first;
+                    let why =
+                        format!("its result of {bytes} bytes is too large for the results queue");
+                    let failed = RowOutcome::<()> {
+                        run,
+                        row,
+                        output: Err(why.clone()),
+                        attempt,
+                        finished_ms: wall_ms(),
+                        queue_us: 0,
+                        infer_us: 0,
+                        batch_rows: 0,
+                    };
+                    let one = codec::encode(&failed).map_err(Error::InvalidArgument)?;
+                    let record = done_record((&self.model.0, &self.model.1), &[one]);
+                    self.results.enqueue(&record, group[s].priority)?;
+                    match group[s].then {
+                        // Its failed rows still need their one-row jobs.
+                        Then::Split(_) => note(&self.errors, format!("row {row}: {why}")),
+                        Then::Settled => {}
+                        _ => {
+                            self.jobs
+                                .dead_letter(group[s].receipt, &format!("row {row}: {why}"))?;
+                            group[s].then = Then::Settled;
+                        }
+                    }
                 }
                 Err(e) => return Err(e),
             }
             start = end;
         }
+        // One-row jobs split off before their job is acked, made durable
+        // even when the jobs queue does not sync by itself.
+        let mut split = false;
+        for s in &group {
+            if let Then::Split(jobs) = &s.then {
+                for (bytes, delay) in jobs {
+                    self.jobs.enqueue_delayed(bytes, s.priority, *delay)?;
+                    split = true;
+                }
+            }
+        }
+        if split {
+            self.jobs.sync()?;
+        }
         let acks: Vec<Receipt> = group
             .iter()
-            .filter(|s| matches!(s.then, Then::Ack))
+            .filter(|s| matches!(s.then, Then::Ack | Then::Split(_)))
             .map(|s| s.receipt)
             .collect();
         self.jobs.ack_batch(&acks)?;
         for s in &group {
             match s.then {
-                Then::Ack | Then::Settled => {}
-                Then::DeadLetter => self.jobs.dead_letter(
-                    s.receipt,
-                    "inference failed past its retries; the error is in its result",
-                )?,
+                Then::Ack | Then::Settled | Then::Split(_) => {}
+                Then::DeadLetter(ref why) => self.jobs.dead_letter(s.receipt, why)?,
                 Then::Retry(delay) => self.jobs.nack(s.receipt, delay)?,
             }
         }
@@ -651,4 +888,63 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ResultRecord;
+    use super::*;
+
+    #[test]
+    fn done_record_is_the_codec_layout() {
+        let outcome = |row, output: std::result::Result<Vec<f32>, String>| RowOutcome {
+            run: 9,
+            row,
+            output,
+            attempt: 2,
+            finished_ms: 5,
+            queue_us: 6,
+            infer_us: 7,
+            batch_rows: 8,
+        };
+        let outcomes = vec![
+            outcome(1, Ok(vec![0.5, 1.5])),
+            outcome(2, Err("bad".into())),
+        ];
+        let direct = codec::encode(&ResultRecord::Done {
+            model: ("m".to_string(), "v1".to_string()),
+            outcomes: outcomes.clone(),
+        })
+        .unwrap();
+        let parts: Vec<Vec<u8>> = outcomes.iter().map(|o| codec::encode(o).unwrap()).collect();
+        assert_eq!(done_record(("m", "v1"), &parts), direct);
+        // A failed outcome written without the output type reads as any.
+        let failed = RowOutcome::<()> {
+            output: Err("too large".into()),
+            ..outcome(3, Ok(vec![])).map_output()
+        };
+        let bytes = done_record(("m", "v1"), &[codec::encode(&failed).unwrap()]);
+        match codec::decode::<ResultRecord<Vec<f32>>>(&bytes).unwrap() {
+            ResultRecord::Done { outcomes, .. } => {
+                assert_eq!(outcomes[0].output, Err("too large".to_string()));
+                assert_eq!(outcomes[0].row, 3);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    impl<O> RowOutcome<O> {
+        fn map_output(self) -> RowOutcome<()> {
+            RowOutcome {
+                run: self.run,
+                row: self.row,
+                output: Ok(()),
+                attempt: self.attempt,
+                finished_ms: self.finished_ms,
+                queue_us: self.queue_us,
+                infer_us: self.infer_us,
+                batch_rows: self.batch_rows,
+            }
+        }
+    }
 }
