@@ -366,7 +366,9 @@ impl<M: Model> Worker<M> {
                     "its worker stopped before storing a result (lease expired)".into()
                 });
                 let rows = (0..job.record.inputs.len()).map(|i| (i, why.clone(), Duration::ZERO));
-                settled.push(self.split(&job, rows, Vec::new())?);
+                // This delivery ran nothing: it does not count as a try.
+                let tried = job.attempt() - 1;
+                settled.push(self.split(&job, tried, rows, Vec::new())?);
             } else if job.attempt() > self.opts.retries + 1 {
                 // Delivered too often (its workers crashed): fails unrun.
                 let why = match &job.record.last_error {
@@ -498,7 +500,9 @@ impl<M: Model> Worker<M> {
         };
         let first = job.record.row;
         if job.record.inputs.len() == 1 {
-            let (fate, us, n) = fates.into_iter().next().expect("one fate per row");
+            let Some((fate, us, n)) = fates.into_iter().next() else {
+                return Err(Error::InvalidArgument("a job's row has no outcome".into()));
+            };
             let (output, then) = match fate {
                 Fate::Done(o) => (Ok(o), Then::Ack),
                 Fate::Failed(e) if out_of_retries => {
@@ -554,14 +558,16 @@ impl<M: Model> Worker<M> {
                 then: Then::Ack,
             });
         }
-        self.split(job, failed.into_iter(), outcomes)
+        self.split(job, attempt, failed.into_iter(), outcomes)
     }
 
     /// Store `outcomes`, then replace `job` by one-row jobs for `rows`
-    /// (index in the job, last error, delay before it is ready).
+    /// (index in the job, last error, delay before it is ready), each
+    /// carrying `tried` attempts.
     fn split(
         &self,
         job: &Job<M::Input>,
+        tried: u32,
         rows: impl Iterator<Item = (usize, String, Duration)>,
         outcomes: Vec<RowOutcome<M::Output>>,
     ) -> Result<Settled> {
@@ -572,7 +578,7 @@ impl<M: Model> Worker<M> {
                 run: job.record.run,
                 row: job.record.row + i as u64,
                 enqueued_ms: now,
-                prior_attempts: job.attempt(),
+                prior_attempts: tried,
                 last_error: Some(error),
                 inputs: vec![job.record.inputs[i].clone()],
             };
@@ -591,28 +597,29 @@ impl<M: Model> Worker<M> {
     /// first row it holds.
     fn records(&self, outcomes: Vec<RowOutcome<M::Output>>) -> Result<Vec<Record>> {
         let model = (self.model.name(), self.model.version());
+        let stamp = |o: &RowOutcome<M::Output>| (o.run, o.row, o.attempt);
         let mut records = Vec::new();
         let mut pending: Vec<Vec<u8>> = Vec::new();
-        let mut first = None;
+        let mut first = 0;
         let mut bytes = 0;
-        for o in &outcomes {
+        for (i, o) in outcomes.iter().enumerate() {
             let one = codec::encode(o).map_err(Error::InvalidArgument)?;
             if !pending.is_empty() && bytes + one.len() > RECORD_BYTES {
                 records.push(Record {
                     bytes: done_record(model, &pending),
-                    first: first.take().expect("set with the first outcome"),
+                    first: stamp(&outcomes[first]),
                 });
                 pending.clear();
                 bytes = 0;
+                first = i;
             }
-            first.get_or_insert((o.run, o.row, o.attempt));
             bytes += one.len();
             pending.push(one);
         }
-        if let Some(first) = first {
+        if !pending.is_empty() {
             records.push(Record {
                 bytes: done_record(model, &pending),
-                first,
+                first: stamp(&outcomes[first]),
             });
         }
         Ok(records)
