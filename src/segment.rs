@@ -184,9 +184,8 @@ pub(crate) fn read_record(
     file.read_at(u64::from(offset), &mut head)
         .map_err(past_end)?;
     let h = record::decode_header(&head, max_len).map_err(ReadError::Corrupt)?;
-    let mut payload = vec![0u8; h.len as usize];
     let at = u64::from(offset) + record::HEADER_SIZE as u64;
-    file.read_at(at, &mut payload).map_err(past_end)?;
+    let payload = file.read_vec_at(at, h.len as usize).map_err(past_end)?;
     record::verify(&head, &payload).map_err(ReadError::Corrupt)?;
     Ok((h, payload))
 }

@@ -106,19 +106,21 @@ impl Entry {
 /// Append the encoded entry to `out`; `synced_end` as in the table above.
 pub fn encode(e: &Entry, synced_end: u32, out: &mut Vec<u8>) {
     let tail = &e.reason.as_bytes()[..e.reason.len().min(MAX_REASON_BYTES)];
-    let start = out.len();
-    out.extend_from_slice(&MAGIC.to_le_bytes());
-    out.extend_from_slice(&[0u8; 4]);
-    out.extend_from_slice(&e.id.to_le_bytes());
-    out.extend_from_slice(&e.time_ms.to_le_bytes());
-    out.extend_from_slice(&e.attempt.to_le_bytes());
-    out.extend_from_slice(&synced_end.to_le_bytes());
-    out.push(e.kind as u8);
-    out.push(e.priority);
-    out.extend_from_slice(&(tail.len() as u16).to_le_bytes());
+    // The fixed part is built on the stack and appended once (one capacity
+    // check instead of ten).
+    let mut head = [0u8; HEADER_SIZE];
+    head[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    head[8..16].copy_from_slice(&e.id.to_le_bytes());
+    head[16..24].copy_from_slice(&e.time_ms.to_le_bytes());
+    head[24..28].copy_from_slice(&e.attempt.to_le_bytes());
+    head[28..32].copy_from_slice(&synced_end.to_le_bytes());
+    head[32] = e.kind as u8;
+    head[33] = e.priority;
+    head[34..36].copy_from_slice(&(tail.len() as u16).to_le_bytes());
+    let c = crc(&[&head[8..], tail]);
+    head[4..8].copy_from_slice(&c.to_le_bytes());
+    out.extend_from_slice(&head);
     out.extend_from_slice(tail);
-    let c = crc(&[&out[start + 8..]]);
-    out[start + 4..start + 8].copy_from_slice(&c.to_le_bytes());
 }
 
 /// Decode and verify the entry at the start of `b`; returns the entry, its

@@ -415,6 +415,23 @@ impl StorageFile for DiskFile {
         self.read_remapped(offset, end, buf)
     }
 
+    fn read_vec_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        if !self.read_only {
+            let mapped = self.map.read().as_ref().and_then(|map| {
+                let start = usize::try_from(offset).ok()?;
+                map.bytes()
+                    .get(start..start.checked_add(len)?)
+                    .map(<[u8]>::to_vec)
+            });
+            if let Some(v) = mapped {
+                return Ok(v);
+            }
+        }
+        let mut buf = vec![0u8; len];
+        self.read_at(offset, &mut buf)?;
+        Ok(buf)
+    }
+
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         if self.read_only {
             return Err(read_only_error());
