@@ -450,7 +450,12 @@ pub(crate) fn scan_directory(
             size,
             end: size,
             synced: size,
-            records: records_per_segment.get(&id).copied().unwrap_or(0),
+            // The count only steers compaction; a checksummed checkpoint
+            // claiming more records than the file can hold (a frame is at
+            // least a record header) is capped rather than trusted.
+            records: records_per_segment
+                .get(&id)
+                .map_or(0, |&n| n.min(size / record::HEADER_SIZE as u32)),
         };
         if !covered {
             let start = if has_checkpoint && u64::from(id) == meta.head_segment {
@@ -484,7 +489,7 @@ pub(crate) fn scan_directory(
             index.count_live(id, added);
             seg.end = s.end;
             seg.synced = s.end;
-            seg.records += s.frames.len() as u32;
+            seg.records = seg.records.saturating_add(s.frames.len() as u32);
         }
         segments.insert(id, seg);
     }

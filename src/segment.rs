@@ -112,7 +112,7 @@ impl Segment {
         let at = self.end;
         self.file.write_at(u64::from(at), bytes)?;
         self.end += bytes.len() as u32;
-        self.records += records;
+        self.records = self.records.saturating_add(records);
         Ok(at)
     }
 }

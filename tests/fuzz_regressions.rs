@@ -1,5 +1,5 @@
 //! Regression tests for bugs the fuzz targets found (their inputs are in
-//! `fuzz/regressions/open_image/`). Each builds a small directory on a
+//! `fuzz/regressions/<target>/`). Each builds a small directory on a
 //! `MemoryStorage` through the storage API and states what must hold: open
 //! refuses the directory with a clear error, or the queue works on it.
 //! The overflow cases only panicked where overflow checks are on (as in
@@ -255,4 +255,27 @@ fn location_past_segment_end_is_corrupt_not_transient() {
     let dead = q.dead_letters().expect("dead letters");
     assert_eq!(dead.len(), 1, "the misplaced message is parked: {dead:?}");
     assert!(dead[0].reason.starts_with("corrupt"), "{}", dead[0].reason);
+}
+
+// Found by fuzzing: a checkpoint claiming u32::MAX records appended to the
+// head segment overflowed the segment's record count on the next enqueue
+// (builds with overflow checks); the count is now capped at what the file
+// can hold.
+#[test]
+fn checkpoint_segment_record_count_overflow() {
+    let ckp = checkpoint::encode(&meta(), &[(1, u32::MAX)], &[], &[]);
+    let s = directory(&[
+        ("checkpoint-0000000001.ckp", ckp.len() as u64, ckp),
+        segment_file(&record_header(1)),
+    ]);
+    let q = open(&s).expect("a checkpoint with an impossible record count still opens");
+    for _ in 0..3 {
+        q.enqueue(b"more", 0).expect("enqueue");
+    }
+    let mut got = 0;
+    while let Some(d) = q.dequeue().expect("dequeue") {
+        q.ack(d.receipt).expect("ack");
+        got += 1;
+    }
+    assert_eq!(got, 4, "the record and the three enqueued after open");
 }

@@ -38,7 +38,7 @@ pub fn record(data: &[u8]) {
                 assert_eq!(payload.len(), h.len as usize);
                 assert!(payload.len() <= max, "limit {max} ignored");
                 assert!(h.frame_len() <= data.len());
-                assert_eq!(h.flags & !record::FLAG_RELOCATED, 0);
+                assert_eq!(h.flags & !(record::FLAG_RELOCATED | record::FLAG_MORE), 0);
                 let mut out = Vec::new();
                 record::encode(&h, payload, &mut out);
                 assert_eq!(out, &data[..h.frame_len()], "record re-encodes");
