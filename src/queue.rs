@@ -1596,6 +1596,12 @@ impl Inner {
             }
             s.leading = true;
             drop(s);
+            // Let writers that were woken with us (their previous sync
+            // just ended) write before this sync starts, so it covers them
+            // rather than leaving them for the next one: +9% durable
+            // enqueues from 8 threads in interleaved runs (fsync8,
+            // lanelog-compare), nothing lost for one thread.
+            std::thread::yield_now();
             let result = self.sync_once();
             s = self.sync.lock();
             s.leading = false;
