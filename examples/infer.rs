@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use lanelog::worker::{parallel_infer, InferOptions, Model, OnnxModel, PoolOptions};
 
+#[path = "support/direct.rs"]
+mod direct;
+
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/digits_mlp.onnx");
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/digits.bin");
 const BATCH: usize = 64;
@@ -53,20 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sequential = t.elapsed();
 
     // 2. The model called directly on micro-batches, same threads.
-    let t = Instant::now();
-    let chunks: Vec<&[Vec<f32>]> = rows.chunks(BATCH).collect();
-    let per = chunks.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        for part in chunks.chunks(per) {
-            let model = &model;
-            s.spawn(move || {
-                part.iter()
-                    .map(|c| model.infer(c).map(|o| o.len()))
-                    .sum::<Result<usize, _>>()
-            });
-        }
-    });
-    let direct = t.elapsed();
+    let direct = direct::run_direct(&*model, &rows, BATCH, threads)?;
 
     // 3. parallel_infer through durable queues in a fresh directory.
     let dir = tempfile::tempdir()?;

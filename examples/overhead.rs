@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 
 use lanelog::worker::{parallel_infer, InferOptions, Model, ModelError, OnnxModel, PoolOptions};
 
+#[path = "support/direct.rs"]
+mod direct;
+
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/digits_mlp.onnx");
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/digits.bin");
 const BATCH: usize = 64;
@@ -94,20 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             inner: inner.clone(),
             per_row: Duration::from_micros(per_row_us),
         });
-        let chunks: Vec<&[Vec<f32>]> = rows.chunks(BATCH).collect();
-        let per = chunks.len().div_ceil(threads);
-        let t = Instant::now();
-        std::thread::scope(|s| {
-            for part in chunks.chunks(per) {
-                let model = &model;
-                s.spawn(move || {
-                    part.iter()
-                        .map(|c| model.infer(c).map(|o| o.len()))
-                        .sum::<Result<usize, _>>()
-                });
-            }
-        });
-        let direct = t.elapsed();
+        let direct = direct::run_direct(&*model, &rows, BATCH, threads)?;
 
         let dir = tempfile::tempdir()?;
         let in_memory = InferOptions::new().pool(
