@@ -777,13 +777,14 @@ impl Queue {
             // A receipt twice in one call: the second is stale. Fx, not
             // SipHash: ids are the queue's own numbers (SipHash and regrowth
             // were a tenth of an ack_batch).
+            let batch = receipts.len() > 1;
             let mut seen = rustc_hash::FxHashSet::default();
-            if receipts.len() > 1 {
+            if batch {
                 seen.reserve(receipts.len());
             }
             for r in receipts {
                 let lease = core.check_receipt(r)?;
-                if receipts.len() > 1 && !seen.insert(r.id) {
+                if batch && !seen.insert(r.id) {
                     return Err(Error::StaleReceipt);
                 }
                 let (kind, time, reason) = what(now, r);

@@ -340,12 +340,12 @@ impl DiskFile {
         }
     }
 
-    /// Copy `[offset, end)` from the current map if it covers the range.
-    fn read_mapped(&self, offset: u64, end: u64, buf: &mut [u8]) -> bool {
+    /// Fill `buf` from `offset` out of the current map if it covers the range.
+    fn read_mapped(&self, offset: u64, buf: &mut [u8]) -> bool {
         self.map
             .read()
             .as_ref()
-            .is_some_and(|map| copy_from(map, offset, end, buf))
+            .is_some_and(|map| copy_from(map, offset, buf))
     }
 
     /// The range is not in the map: check it against the file's length,
@@ -364,23 +364,27 @@ impl DiskFile {
         }
         let slot = RwLockWriteGuard::downgrade(slot);
         match slot.as_ref() {
-            Some(map) if copy_from(map, offset, end, buf) => Ok(()),
+            Some(map) if copy_from(map, offset, buf) => Ok(()),
             _ => self.file.read_exact_at(buf, offset),
         }
     }
 }
 
-/// Copy `map[offset..end]` into `buf`; false if the map does not cover it.
-fn copy_from(map: &ReadMap, offset: u64, end: u64, buf: &mut [u8]) -> bool {
-    let (Ok(start), Ok(end)) = (usize::try_from(offset), usize::try_from(end)) else {
-        return false;
-    };
-    match map.bytes().get(start..end) {
-        Some(src) if src.len() == buf.len() => {
+/// `map[offset..offset + len]`, if the map covers it.
+fn mapped(map: &ReadMap, offset: u64, len: usize) -> Option<&[u8]> {
+    let start = usize::try_from(offset).ok()?;
+    map.bytes().get(start..start.checked_add(len)?)
+}
+
+/// Copy `map[offset..offset + buf.len()]` into `buf`; false if the map does
+/// not cover it.
+fn copy_from(map: &ReadMap, offset: u64, buf: &mut [u8]) -> bool {
+    match mapped(map, offset, buf.len()) {
+        Some(src) => {
             buf.copy_from_slice(src);
             true
         }
-        _ => false,
+        None => false,
     }
 }
 
@@ -409,7 +413,7 @@ impl StorageFile for DiskFile {
                 }
             });
         }
-        if self.read_mapped(offset, end, buf) {
+        if self.read_mapped(offset, buf) {
             return Ok(());
         }
         self.read_remapped(offset, end, buf)
@@ -417,19 +421,12 @@ impl StorageFile for DiskFile {
 
     fn read_vec_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         if !self.read_only {
-            let mapped = self.map.read().as_ref().and_then(|map| {
-                let start = usize::try_from(offset).ok()?;
-                map.bytes()
-                    .get(start..start.checked_add(len)?)
-                    .map(<[u8]>::to_vec)
-            });
-            if let Some(v) = mapped {
-                return Ok(v);
+            let slot = self.map.read();
+            if let Some(src) = slot.as_ref().and_then(|map| mapped(map, offset, len)) {
+                return Ok(src.to_vec());
             }
         }
-        let mut buf = vec![0u8; len];
-        self.read_at(offset, &mut buf)?;
-        Ok(buf)
+        super::read_zeroed(self, offset, len)
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
