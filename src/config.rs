@@ -1,7 +1,7 @@
 //! Options, their defaults and their limits. Nothing here opens a file or
-//! starts a thread; [`QueueOptions::open`] hands a validated copy to the queue.
+//! starts a thread; `QueueOptions::open` (beside the queue, in `queue.rs`)
+//! hands a validated copy to the engine.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,8 +9,6 @@ use crate::clock::{Clock, SystemClock};
 use crate::codec::{header, record};
 use crate::error::{Error, Result};
 use crate::lanes::Scheduling;
-use crate::queue::Queue;
-use crate::storage::{DiskStorage, Storage};
 
 /// Smallest allowed segment: 1 MiB.
 pub const MIN_SEGMENT_SIZE: u64 = 1 << 20;
@@ -27,12 +25,10 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 << 20;
 /// Longest delay of a delayed enqueue: the record stores it in 32 bits of
 /// milliseconds (about 49.7 days).
 pub const MAX_DELAY: Duration = Duration::from_millis(u32::MAX as u64);
-/// Longest dead-letter reason kept, in bytes; longer reasons are cut at a
-/// character boundary.
-pub const MAX_REASON_BYTES: usize = 1024;
 
 /// When writes reach stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Durability {
     /// Every call that changes the queue returns after its records are on
     /// stable storage (`fdatasync`). Concurrent callers share one sync
@@ -202,38 +198,8 @@ impl QueueOptions {
         self
     }
 
-    /// Open (or create) the queue in directory `dir`.
-    ///
-    /// The directory itself is created if missing, but not its parents.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for an option out of range,
-    /// [`Error::BadDirectory`] when `dir` cannot be used, [`Error::Locked`]
-    /// when the queue is already open, [`Error::UnsupportedVersion`] and
-    /// [`Error::Corrupt`] for files recovery cannot read, [`Error::Io`].
-    pub fn open(self, dir: impl AsRef<Path>) -> Result<Queue> {
-        self.validate()?;
-        let dir = dir.as_ref();
-        let storage = DiskStorage::open(dir).map_err(|e| Error::BadDirectory {
-            path: dir.to_path_buf(),
-            detail: e.to_string(),
-        })?;
-        let mut opts = self;
-        opts.prepare_ahead.get_or_insert(true);
-        Queue::open_with(Arc::new(storage), opts)
-    }
-
-    /// Open (or create) the queue on any [`Storage`], such as
-    /// [`crate::storage::MemoryStorage`].
-    ///
-    /// # Errors
-    /// As [`QueueOptions::open`].
-    pub fn open_storage(self, storage: Arc<dyn Storage>) -> Result<Queue> {
-        self.validate()?;
-        Queue::open_with(storage, self)
-    }
-
-    fn validate(&self) -> Result<()> {
+    /// Check every option is in range (at open).
+    pub(crate) fn validate(&self) -> Result<()> {
         let bad = |s: String| Err(Error::InvalidArgument(s));
         if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&self.segment_size) {
             return bad(format!(
@@ -320,9 +286,12 @@ impl DequeueOptions {
         self
     }
 
-    /// Let the batch fill until the end of the `wait` (one overall deadline).
+    /// Let the batch fill until the end of the `wait`: one overall
+    /// deadline instead of a linger after the first message (what
+    /// [`crate::Queue::dequeue_batch`] does). A later [`Self::linger`]
+    /// undoes it. Default = off.
     #[must_use]
-    pub(crate) fn linger_within_wait(mut self) -> Self {
+    pub fn linger_within_wait(mut self) -> Self {
         self.linger_within_wait = true;
         self
     }

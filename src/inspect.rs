@@ -50,10 +50,11 @@ use crate::codec::{record, DecodeError};
 use crate::config::{QueueOptions, MAX_SEGMENT_SIZE, MIN_JOURNAL_FILE_SIZE, MIN_SEGMENT_SIZE};
 use crate::error::{Error, Result};
 use crate::index::Found;
+use crate::layout::Files;
 use crate::message::{DeadLetter, MessageId, RecoveryReport, Stats};
-use crate::recovery::{self, Files, Scanned};
+use crate::recovery::{self, Scanned};
+use crate::segment;
 use crate::storage::{DiskStorage, Storage, StorageFile};
-use crate::{journal, prepare, segment};
 
 /// How many times a scan of a directory another process has open starts
 /// over when a file vanished under it (a busy owner removes files often).
@@ -146,14 +147,14 @@ fn classify(names: &[String]) -> Files {
         temporary: vec![],
     };
     for name in names {
-        if let Some(id) = segment::parse_name(name) {
+        if let Some(id) = crate::layout::parse_segment_name(name) {
             f.segments.push(id);
-        } else if let Some(n) = journal::parse_name(name) {
+        } else if let Some(n) = crate::layout::parse_journal_name(name) {
             f.journals.push(n);
-        } else if let Some(n) = recovery::parse_checkpoint_name(name) {
+        } else if let Some(n) = crate::layout::parse_checkpoint_name(name) {
             f.checkpoints.push(n);
         } else if (name.starts_with("checkpoint-") && name.ends_with(".tmp"))
-            || prepare::is_temp_name(name)
+            || crate::layout::is_prepared_name(name)
         {
             f.temporary.push(name.clone());
         }
@@ -198,9 +199,9 @@ impl Pinned {
         let mut listed = inner.list()?;
         listed.sort();
         for name in listed {
-            let queue_file = segment::parse_name(&name).is_some()
-                || journal::parse_name(&name).is_some()
-                || recovery::parse_checkpoint_name(&name).is_some();
+            let queue_file = crate::layout::parse_segment_name(&name).is_some()
+                || crate::layout::parse_journal_name(&name).is_some()
+                || crate::layout::parse_checkpoint_name(&name).is_some();
             if queue_file && pinning {
                 match inner.open(&name) {
                     Ok(f) => {
@@ -586,10 +587,15 @@ impl Inspector {
         let (ready, in_flight, delayed, dead) = s.index.counts();
         let oldest = s.index.oldest_ready().and_then(|(_, loc)| {
             let seg = s.segments.get(&loc.segment)?;
-            segment::read_header(&*seg.file, loc.offset, self.limit(seg.size))
+            segment::read_header(&**seg.file(), loc.offset, self.limit(seg.size()))
         });
         Ok(Stats {
-            ready_per_lane: s.index.ready_per_lane(),
+            ready_per_lane: s
+                .index
+                .ready_per_lane()
+                .into_iter()
+                .map(|(priority, ready)| crate::LaneCount { priority, ready })
+                .collect(),
             ready,
             in_flight,
             delayed,
@@ -618,16 +624,16 @@ impl Inspector {
             let (enqueued, payload, damage) = match s.segments.get(&c.loc.segment) {
                 None => (0, Vec::new(), Some("its segment is missing".to_string())),
                 Some(seg) => {
-                    let max = self.limit(seg.size);
-                    match segment::read_record(&*seg.file, c.loc.offset, max) {
+                    let max = self.limit(seg.size());
+                    match segment::read_record(&**seg.file(), c.loc.offset, max) {
                         Ok((h, payload)) => (h.enqueued_ms, payload, None),
                         Err(segment::ReadError::Io(e)) => return Err(e.into()),
                         Err(segment::ReadError::Corrupt(e)) => {
-                            let enqueued = segment::read_header(&*seg.file, c.loc.offset, max)
+                            let enqueued = segment::read_header(&**seg.file(), c.loc.offset, max)
                                 .map_or(0, |h| h.enqueued_ms);
                             let what = format!(
                                 "the record at {} offset {} is damaged ({e})",
-                                segment::name(c.loc.segment),
+                                crate::layout::segment_name(c.loc.segment),
                                 c.loc.offset
                             );
                             (enqueued, Vec::new(), Some(what))
@@ -654,7 +660,8 @@ impl Inspector {
     /// As [`Inspector::recovery_report`].
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
         let s = self.scanned()?;
-        Ok(crate::queue::dead_letter_list(&s.index, &s.segments))
+        Ok(s.index
+            .dead_letter_list(|loc| segment::enqueued_ms(&s.segments, loc.segment, loc.offset)))
     }
 
     /// A message's whole history: its record, its entry in the newest
@@ -719,7 +726,7 @@ impl Inspector {
             Some(loc) => s
                 .segments
                 .get(&loc.segment)
-                .map(|seg| self.record_at(seg.id, &*seg.file, loc.offset, seg.size))
+                .map(|seg| self.record_at(seg.id(), &**seg.file(), loc.offset, seg.size()))
                 .transpose()?
                 .into_iter()
                 .collect(),
@@ -774,7 +781,7 @@ impl Inspector {
             ),
         };
         Ok(RecordInfo {
-            file: segment::name(segment_id),
+            file: crate::layout::segment_name(segment_id),
             offset,
             enqueued_at: Timestamp(h.map_or(0, |h| h.enqueued_ms)),
             priority: h.map_or(0, |h| h.priority),
@@ -790,7 +797,7 @@ impl Inspector {
     fn find_records(&self, segments: &[u32], id: u64) -> Result<Vec<RecordInfo>> {
         let mut out = Vec::new();
         for &seg in segments {
-            let name = segment::name(seg);
+            let name = crate::layout::segment_name(seg);
             let Some(bytes) = read_if_present(&*self.snapshot.files, &name, &mut |_| {})? else {
                 continue;
             };
@@ -798,7 +805,7 @@ impl Inspector {
                 continue;
             }
             let max = self.limit(len32(&bytes));
-            let scan = recovery::scan_segment(&bytes, header::SIZE, max);
+            let scan = segment::scan(&bytes, header::SIZE, max);
             // A damaged record whose unverified header names the message.
             for gap in &scan.damaged {
                 let at = gap.start as usize;
@@ -842,7 +849,7 @@ impl Inspector {
     }
 
     fn checkpoint_entry(&self, number: u64, id: u64) -> Result<Option<CheckpointInfo>> {
-        let name = recovery::checkpoint_name(number);
+        let name = crate::layout::checkpoint_name(number);
         let Some(bytes) = read_if_present(&*self.snapshot.files, &name, &mut |_| {})? else {
             return Ok(None);
         };
@@ -877,11 +884,11 @@ impl Inspector {
     fn events(&self, journals: &[u64], id: u64) -> Result<Vec<Event>> {
         let mut out = Vec::new();
         for &n in journals {
-            let name = journal::name(n);
+            let name = crate::layout::journal_name(n);
             let Some(bytes) = read_if_present(&*self.snapshot.files, &name, &mut |_| {})? else {
                 continue;
             };
-            let scan = recovery::scan_journal(&bytes, header::SIZE);
+            let scan = crate::journal::scan(&bytes, header::SIZE);
             for (offset, (e, _)) in &scan.frames {
                 if e.id == id && e.kind != Kind::IdsReserved {
                     out.push(Event {
@@ -933,7 +940,7 @@ impl Inspector {
         for name in &files.temporary {
             v.notice(name, None, "leftover temporary file; open removes it");
         }
-        if let Err(e) = recovery::check_numbers(&files) {
+        if let Err(e) = crate::layout::check_numbers(&files) {
             v.error(e);
         }
         let scan = snap.scan.as_ref();
@@ -1012,9 +1019,9 @@ fn take_snapshot(
 fn queue_bytes(storage: &dyn Storage, names: &[String]) -> Result<u64> {
     let mut total = 0;
     for name in names {
-        let queue_file = segment::parse_name(name).is_some()
-            || journal::parse_name(name).is_some()
-            || recovery::parse_checkpoint_name(name).is_some();
+        let queue_file = crate::layout::parse_segment_name(name).is_some()
+            || crate::layout::parse_journal_name(name).is_some()
+            || crate::layout::parse_checkpoint_name(name).is_some();
         if queue_file {
             total += file_len(storage, name)?.unwrap_or(0);
         }
@@ -1247,20 +1254,20 @@ impl Verify<'_> {
 
     fn expect_live(&mut self, s: &Scanned) {
         let mut expected = BTreeMap::new();
-        s.index.snapshot(|id, _, loc, _, _, _| {
+        s.index.locations(|id, loc| {
             expected.insert((loc.segment, loc.offset), id);
         });
         self.report.live_messages = s.index.live_count();
         self.expected = expected;
         for &(id, seg) in &s.missing {
             self.damage(
-                &segment::name(seg),
+                &crate::layout::segment_name(seg),
                 None,
                 format!("message {id} is live but its segment file is missing: it is lost"),
             );
         }
         for name in &s.report.files_removed {
-            if segment::parse_name(name).is_some() {
+            if crate::layout::parse_segment_name(name).is_some() {
                 self.notice(
                     name,
                     None,
@@ -1274,7 +1281,7 @@ impl Verify<'_> {
     fn checkpoints(&mut self, numbers: &[u64]) -> Result<Newest> {
         let mut newest = Newest::None;
         for &n in numbers.iter().rev() {
-            let name = recovery::checkpoint_name(n);
+            let name = crate::layout::checkpoint_name(n);
             if newest != Newest::None {
                 self.notice(
                     &name,
@@ -1362,7 +1369,7 @@ impl Verify<'_> {
 
     fn segments(&mut self, ids: &[u32], meta: Option<&CheckpointMeta>) -> Result<()> {
         for &id in ids {
-            let name = segment::name(id);
+            let name = crate::layout::segment_name(id);
             if self.header(&name, FileKind::Segment, u64::from(id))? != Header::Good {
                 continue;
             }
@@ -1394,7 +1401,7 @@ impl Verify<'_> {
                 }
             }
             let max_len = self.max_len.max(size as usize);
-            let s = recovery::scan_segment(&bytes, header::SIZE, max_len);
+            let s = segment::scan(&bytes, header::SIZE, max_len);
             for (offset, h) in &s.frames {
                 if let Some(want) = self.expected.remove(&(id, *offset)) {
                     if want != h.id {
@@ -1462,7 +1469,7 @@ impl Verify<'_> {
         };
         let mut present = Vec::new();
         for &n in numbers {
-            let name = journal::name(n);
+            let name = crate::layout::journal_name(n);
             let superseded = first.is_some_and(|first| n < first);
             if superseded {
                 self.notice(
@@ -1505,7 +1512,7 @@ impl Verify<'_> {
                     ),
                 );
             }
-            let s = recovery::scan_journal(&bytes, header::SIZE);
+            let s = crate::journal::scan(&bytes, header::SIZE);
             self.report.entries += s.frames.len() as u64;
             let facts = ScanFacts {
                 damaged: s.damaged.clone(),
@@ -1543,7 +1550,7 @@ impl Verify<'_> {
                     None => "with no checkpoint, replay needs every journal file from 1 on",
                 };
                 self.damage(
-                    &journal::name(n),
+                    &crate::layout::journal_name(n),
                     None,
                     format!("missing: {why}; the state changes it held are lost"),
                 );
@@ -1660,7 +1667,7 @@ impl Verify<'_> {
     fn unmatched(&mut self) {
         let left = std::mem::take(&mut self.expected);
         for ((seg, offset), id) in left {
-            let name = segment::name(seg);
+            let name = crate::layout::segment_name(seg);
             if !self.read_segments.contains(&seg) {
                 // Removed by its owner meanwhile (its messages finished or
                 // moved), or refused for a damaged header (reported).
@@ -1715,13 +1722,18 @@ fn names_of(files: &Files) -> Vec<String> {
     files
         .segments
         .iter()
-        .map(|&id| segment::name(id))
-        .chain(files.journals.iter().map(|&n| journal::name(n)))
+        .map(|&id| crate::layout::segment_name(id))
+        .chain(
+            files
+                .journals
+                .iter()
+                .map(|&n| crate::layout::journal_name(n)),
+        )
         .chain(
             files
                 .checkpoints
                 .iter()
-                .map(|&n| recovery::checkpoint_name(n)),
+                .map(|&n| crate::layout::checkpoint_name(n)),
         )
         .collect()
 }
@@ -1922,7 +1934,7 @@ mod tests {
         assert_eq!(clean.bytes, total);
 
         // Record 4 starts at 32 + 4 * 90; flip a payload byte in it.
-        let seg = segment::name(1);
+        let seg = crate::layout::segment_name(1);
         let at = 32 + 4 * 90 + 45;
         let old = mem.read_file(&seg).expect("segment")[at];
         mem.write_file_raw(&seg, at as u64, &[old ^ 0x10])

@@ -16,18 +16,9 @@ use std::sync::Arc;
 
 use crate::codec::entry::{self, Entry};
 use crate::codec::header::{self, FileHeader, FileKind};
-use crate::segment::{create_with_header, CreateError};
+use crate::codec::scan::{self, Frame, Scan};
+use crate::layout::{self, create_with_header, CreateError};
 use crate::storage::{Storage, StorageFile};
-
-/// The file name of journal file `n`.
-pub(crate) fn name(n: u64) -> String {
-    format!("journal-{n:010}.jnl")
-}
-
-/// The number in a journal file name.
-pub(crate) fn parse_name(name: &str) -> Option<u64> {
-    crate::segment::parse_number(name.strip_prefix("journal-")?.strip_suffix(".jnl")?)
-}
 
 /// A position in the journal: file number, then offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -36,20 +27,22 @@ pub(crate) struct JournalPos {
     pub offset: u32,
 }
 
-/// The file being appended to.
+/// The file being appended to. Its fields are private so that only its own
+/// methods move `end` and `synced` and change the list of files.
 #[derive(Debug)]
 pub(crate) struct Journal {
-    pub number: u64,
-    pub file: Arc<dyn StorageFile>,
+    number: u64,
+    file: Arc<dyn StorageFile>,
     /// This file's size (a file found at open may be shorter than the
     /// configured size).
-    pub size: u32,
-    pub end: u32,
-    pub synced: u32,
+    size: u32,
+    end: u32,
+    /// Offset of this file known durable (stamped into new entries).
+    synced: u32,
     /// The configured size: new files get it.
-    pub new_size: u32,
+    new_size: u32,
     /// Journal files on disk (including this one), oldest first.
-    pub files: Vec<u64>,
+    files: Vec<u64>,
 }
 
 impl Journal {
@@ -65,7 +58,7 @@ impl Journal {
             id: number,
             created_ms: now_ms,
         };
-        create_with_header(storage, &name(number), size, &h)
+        create_with_header(storage, &layout::journal_name(number), size, &h)
     }
 
     /// A journal appending to an existing file at `end`.
@@ -85,6 +78,48 @@ impl Journal {
             new_size,
             files,
         }
+    }
+
+    /// The number of the file being appended to.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    pub fn file(&self) -> &Arc<dyn StorageFile> {
+        &self.file
+    }
+
+    /// This file's size.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// Where the next entry goes in this file.
+    pub fn end(&self) -> u32 {
+        self.end
+    }
+
+    /// The size new files get.
+    pub fn new_size(&self) -> u32 {
+        self.new_size
+    }
+
+    /// Journal files on disk (including this one), oldest first.
+    pub fn files(&self) -> &[u64] {
+        &self.files
+    }
+
+    /// A sync of this file that started when it ended at `end` has
+    /// completed.
+    pub fn mark_synced(&mut self, end: u32) {
+        debug_assert!(end <= self.end);
+        self.synced = self.synced.max(end);
+    }
+
+    /// Forget files older than `number` once they are removed (invariant C:
+    /// the caller removed them after a durable checkpoint covered them).
+    pub fn forget_files_before(&mut self, number: u64) {
+        self.files.retain(|&n| n >= number);
     }
 
     /// The position after the last entry written.
@@ -146,13 +181,30 @@ impl Journal {
     }
 }
 
+impl Frame for (Entry, u32) {
+    fn synced_end(&self) -> u32 {
+        self.1
+    }
+}
+
+/// Scan a journal file's bytes from `start`: each entry with the synced
+/// end it was stamped with.
+pub(crate) fn scan(buf: &[u8], start: usize) -> Scan<(Entry, u32)> {
+    scan::scan(
+        buf,
+        start,
+        entry::MAGIC.to_le_bytes(),
+        |b| entry::decode(b).map(|(e, s, n)| ((e, s), n)),
+        |_| None,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn names_round_trip_and_positions_order() {
-        assert_eq!(parse_name(&name(7)), Some(7));
+    fn positions_order() {
         assert!(
             JournalPos {
                 file: 1,

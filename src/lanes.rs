@@ -19,6 +19,7 @@
 
 /// How ready lanes share the consumers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Scheduling {
     /// Higher priority first, always (a busy high lane starves lower ones).
     #[default]

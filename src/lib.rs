@@ -98,13 +98,18 @@
 #![deny(missing_docs)]
 
 mod clock;
+/// Byte layouts of every file (for the fuzzers and tools); not a stable
+/// API: use [`inspect`] for a supported view of a directory.
+#[doc(hidden)]
 pub mod codec;
 mod config;
+mod engine;
 mod error;
 mod index;
 pub mod inspect;
 mod journal;
 mod lanes;
+mod layout;
 mod message;
 mod prepare;
 mod queue;
@@ -116,11 +121,14 @@ mod waker;
 pub mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use codec::entry::MAX_REASON_BYTES;
 pub use config::{
     DequeueOptions, Durability, QueueOptions, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SEGMENT_SIZE,
-    MAX_DELAY, MAX_REASON_BYTES, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
+    MAX_DELAY, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
 };
 pub use error::{Error, Result};
 pub use lanes::{weighted_wait_bound, Scheduling};
-pub use message::{DeadLetter, Delivery, MessageId, Receipt, RecoveryReport, Stats};
+pub use message::{
+    DeadLetter, Delivery, FileRange, LaneCount, MessageId, Receipt, RecoveryReport, Stats,
+};
 pub use queue::Queue;

@@ -65,6 +65,7 @@ pub struct Delivery {
 
 /// A message parked in the dead letters.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeadLetter {
     /// The message's id.
     pub id: MessageId,
@@ -80,12 +81,32 @@ pub struct DeadLetter {
     pub dead_at: Timestamp,
 }
 
+/// One non-empty lane in [`Stats::ready_per_lane`]. A plain pair with
+/// names, so it can be built to compare against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneCount {
+    /// The lane's priority.
+    pub priority: u8,
+    /// Ready messages in it.
+    pub ready: u64,
+}
+
+/// A file and a byte range in it, in a [`RecoveryReport`]. A plain pair
+/// with names, so it can be built to compare against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRange {
+    /// The file's name in the queue directory.
+    pub file: String,
+    /// The bytes concerned.
+    pub range: Range<u64>,
+}
+
 /// A snapshot of the queue's counters; cheap to take.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Stats {
-    /// Ready messages per priority, as (priority, count) for non-empty lanes,
-    /// highest priority first.
-    pub ready_per_lane: Vec<(u8, u64)>,
+    /// Ready messages per non-empty lane, highest priority first.
+    pub ready_per_lane: Vec<LaneCount>,
     /// All ready messages.
     pub ready: u64,
     /// Messages leased to consumers.
@@ -106,6 +127,7 @@ pub struct Stats {
 
 /// What recovery found and did when the queue was opened.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct RecoveryReport {
     /// Whether a checkpoint was loaded (otherwise the whole journal was
     /// replayed).
@@ -116,13 +138,12 @@ pub struct RecoveryReport {
     pub records_scanned: u64,
     /// Messages that were in flight and are ready again.
     pub in_flight_released: u64,
-    /// Torn tails cut: file name and the byte range cut.
-    pub torn_tails: Vec<(String, Range<u64>)>,
+    /// Torn tails cut: each file and the byte range cut.
+    pub torn_tails: Vec<FileRange>,
     /// Whole frames dropped with torn tails (never durable).
     pub frames_dropped: u64,
-    /// Damaged regions inside durable data, skipped and never delivered:
-    /// file name and byte range.
-    pub damaged: Vec<(String, Range<u64>)>,
+    /// Damaged regions inside durable data, skipped and never delivered.
+    pub damaged: Vec<FileRange>,
     /// Files removed: blank files (created, never initialised), segments
     /// holding only finished messages, leftover temporary checkpoints, and
     /// checkpoints and journal files a newer checkpoint supersedes.

@@ -17,7 +17,8 @@
 //! active segment in the background every few megabytes written
 //! (write-behind), so sealing it when it is full (which must sync it) has
 //! little left to flush. A failed background sync is a failed sync: the
-//! queue reads [`Preparer::sync_failed`] and is poisoned.
+//! thread sets the poison flag the queue handed it at start, and the queue is
+//! poisoned.
 //!
 //! The thread holds the storage, not the queue, and never takes the core
 //! lock; the queue calls it with the core lock held (lock order: core, then
@@ -30,11 +31,8 @@ use std::thread::JoinHandle;
 use parking_lot::{Condvar, Mutex};
 
 use crate::codec::header::{FileHeader, FileKind};
-use crate::segment::{create_with_header, CreateError};
+use crate::layout::{self, create_with_header, CreateError};
 use crate::storage::{Storage, StorageFile};
-
-/// The suffix of a prepared file's temporary name.
-pub(crate) const SUFFIX: &str = ".prep";
 
 /// What to make: a segment or a journal file, by number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,14 +45,14 @@ impl Want {
     /// The final name of the file.
     pub fn name(self) -> String {
         match self {
-            Want::Segment(id) => crate::segment::name(id),
-            Want::Journal(n) => crate::journal::name(n),
+            Want::Segment(id) => layout::segment_name(id),
+            Want::Journal(n) => layout::journal_name(n),
         }
     }
 
     /// The temporary name it is made under.
     pub fn temp_name(self) -> String {
-        self.name() + SUFFIX
+        self.name() + layout::PREPARED_SUFFIX
     }
 
     fn header(self, now_ms: u64) -> FileHeader {
@@ -75,13 +73,6 @@ impl Want {
             Want::Journal(_) => 1,
         }
     }
-}
-
-/// Whether a directory entry is a prepared file left by a crash.
-pub(crate) fn is_temp_name(name: &str) -> bool {
-    name.strip_suffix(SUFFIX).is_some_and(|base| {
-        crate::segment::parse_name(base).is_some() || crate::journal::parse_name(base).is_some()
-    })
 }
 
 #[derive(Default)]
@@ -112,13 +103,18 @@ impl std::fmt::Debug for Preparer {
 
 impl Preparer {
     /// Start the thread.
-    pub fn start(storage: Arc<dyn Storage>) -> std::io::Result<Arc<Preparer>> {
+    /// Start the thread; a failed background sync sets `sync_failed` (the
+    /// queue's poison flag).
+    pub fn start(
+        storage: Arc<dyn Storage>,
+        sync_failed: Arc<AtomicBool>,
+    ) -> std::io::Result<Arc<Preparer>> {
         let p = Arc::new(Preparer {
             storage,
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             thread: Mutex::new(None),
-            sync_failed: Arc::new(AtomicBool::new(false)),
+            sync_failed,
         });
         let worker = p.clone();
         let handle = std::thread::Builder::new()
@@ -201,11 +197,6 @@ impl Preparer {
         }
     }
 
-    /// Set once a background sync failed (the queue is then poisoned).
-    pub fn sync_failed(&self) -> Arc<AtomicBool> {
-        self.sync_failed.clone()
-    }
-
     /// Take `want` if it is made: renamed into place and the directory
     /// synced, so records may be written to it. `Ok(None)` when it is not
     /// ready (the caller makes it); a prepared file for another number is
@@ -263,15 +254,15 @@ mod tests {
     #[test]
     fn prepares_renames_and_discards() {
         let s = MemoryStorage::new();
-        let p = Preparer::start(Arc::new(s.clone())).unwrap();
+        let p = Preparer::start(Arc::new(s.clone()), Arc::default()).unwrap();
         p.ask(Want::Segment(2), 1 << 20, 5);
         wait_ready(&p, 0);
         assert!(s
             .list()
             .unwrap()
             .contains(&"segment-0000000002.seg.prep".to_string()));
-        assert!(is_temp_name("segment-0000000002.seg.prep"));
-        assert!(!is_temp_name("segment-2.seg.prep"));
+        assert!(layout::is_prepared_name("segment-0000000002.seg.prep"));
+        assert!(!layout::is_prepared_name("segment-2.seg.prep"));
         let f = p.take(Want::Segment(2)).unwrap().expect("ready");
         assert_eq!(f.len().unwrap(), 1 << 20);
         assert_eq!(
@@ -283,13 +274,21 @@ mod tests {
         p.ask(Want::Journal(7), 64 << 10, 5);
         wait_ready(&p, 1);
         assert!(p.take(Want::Journal(8)).unwrap().is_none());
-        assert!(!s.list().unwrap().iter().any(|n| n.ends_with(SUFFIX)));
+        assert!(!s
+            .list()
+            .unwrap()
+            .iter()
+            .any(|n| n.ends_with(layout::PREPARED_SUFFIX)));
 
         // Stopping removes what was made and not taken.
         p.ask(Want::Journal(9), 64 << 10, 5);
         wait_ready(&p, 1);
         p.stop();
-        assert!(!s.list().unwrap().iter().any(|n| n.ends_with(SUFFIX)));
+        assert!(!s
+            .list()
+            .unwrap()
+            .iter()
+            .any(|n| n.ends_with(layout::PREPARED_SUFFIX)));
     }
 
     #[test]
@@ -307,7 +306,7 @@ mod tests {
             s.list()
                 .unwrap()
                 .into_iter()
-                .filter(|n| n.ends_with(SUFFIX))
+                .filter(|n| n.ends_with(layout::PREPARED_SUFFIX))
                 .count()
         };
         let mut ids = Vec::new();
@@ -326,7 +325,7 @@ mod tests {
             .recovery_report()
             .files_removed
             .iter()
-            .any(|n| n.ends_with(SUFFIX)));
+            .any(|n| n.ends_with(layout::PREPARED_SUFFIX)));
         assert_eq!(q.stats().ready, ids.len() as u64);
         assert_eq!(prep(&image), 0);
         q.close().unwrap();

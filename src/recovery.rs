@@ -20,27 +20,19 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::codec::checkpoint::{self, CheckpointError, CheckpointMeta, CheckpointState};
-use crate::codec::entry::{self, Kind};
+use crate::codec::entry::Kind;
 use crate::codec::header::{self, FileHeader, FileKind, HeaderError};
 use crate::codec::record;
-use crate::codec::scan::{self, Frame, Scan};
+use crate::codec::scan::Scan;
 use crate::config::QueueOptions;
 use crate::error::{Error, Result};
 use crate::index::{Dead, Index, Loc};
 use crate::journal::{self, Journal};
-use crate::message::{range64, RecoveryReport};
+use crate::layout::{self, checkpoint_name, Files};
+use crate::message::{range64, FileRange, RecoveryReport};
 use crate::segment::{self, Segment};
 use crate::storage::{read_all, with_contents, Storage, StorageFile};
 use crate::{codec::FORMAT_VERSION, config::MAX_SEGMENT_SIZE};
-
-/// The file name of checkpoint `n`.
-pub(crate) fn checkpoint_name(n: u64) -> String {
-    format!("checkpoint-{n:010}.ckp")
-}
-
-pub(crate) fn parse_checkpoint_name(name: &str) -> Option<u64> {
-    segment::parse_number(name.strip_prefix("checkpoint-")?.strip_suffix(".ckp")?)
-}
 
 /// Everything the queue needs to resume.
 #[derive(Debug)]
@@ -60,7 +52,7 @@ pub(crate) struct Scanned {
     pub index: Index,
     pub segments: BTreeMap<u32, Segment>,
     /// The newest journal file: number, file, size, end of its entries.
-    pub last_journal: Option<(u64, Arc<dyn StorageFile>, u32, u32)>,
+    pub last_journal: Option<LastJournal>,
     pub journal_files: Vec<u64>,
     /// The journal file the checkpoint names (where a new journal starts).
     pub checkpoint_journal: u64,
@@ -75,6 +67,16 @@ pub(crate) struct Scanned {
     fixes: Vec<Fix>,
 }
 
+/// The newest journal file found, where appends resume.
+#[derive(Debug)]
+pub(crate) struct LastJournal {
+    pub number: u64,
+    pub file: Arc<dyn StorageFile>,
+    pub size: u32,
+    /// The end of its valid entries.
+    pub end: u32,
+}
+
 /// A change recovery will make once everything has been read (invariant A).
 #[derive(Debug)]
 enum Fix {
@@ -84,40 +86,6 @@ enum Fix {
     /// must be durable before anything decided from it (removing a finished
     /// segment, a later checkpoint) can be.
     Sync(Arc<dyn StorageFile>),
-}
-
-/// A directory's file names, classified and sorted by number.
-pub(crate) struct Files {
-    pub segments: Vec<u32>,
-    pub journals: Vec<u64>,
-    pub checkpoints: Vec<u64>,
-    pub temporary: Vec<String>,
-}
-
-pub(crate) fn list(storage: &dyn Storage) -> io::Result<Files> {
-    let mut f = Files {
-        segments: vec![],
-        journals: vec![],
-        checkpoints: vec![],
-        temporary: vec![],
-    };
-    for name in storage.list()? {
-        if let Some(id) = segment::parse_name(&name) {
-            f.segments.push(id);
-        } else if let Some(n) = journal::parse_name(&name) {
-            f.journals.push(n);
-        } else if let Some(n) = parse_checkpoint_name(&name) {
-            f.checkpoints.push(n);
-        } else if (name.starts_with("checkpoint-") && name.ends_with(".tmp"))
-            || crate::prepare::is_temp_name(&name)
-        {
-            f.temporary.push(name);
-        }
-    }
-    f.segments.sort_unstable();
-    f.journals.sort_unstable();
-    f.checkpoints.sort_unstable();
-    Ok(f)
 }
 
 /// A segment or journal file's size; refuses one larger than any the queue
@@ -132,38 +100,6 @@ fn file_size(name: &str, file: &dyn StorageFile) -> Result<u32> {
         });
     }
     Ok(len as u32)
-}
-
-/// Refuse file numbers the queue could not go on from (see
-/// `segment::MAX_FILE_NUMBER` and `segment::MAX_SEGMENT_ID`).
-pub(crate) fn check_numbers(files: &Files) -> Result<()> {
-    let out_of_range = |file: String| Error::Corrupt {
-        file,
-        offset: 0,
-        detail: "file number out of range".into(),
-    };
-    if let Some(&id) = files
-        .segments
-        .last()
-        .filter(|&&id| id > segment::MAX_SEGMENT_ID)
-    {
-        return Err(out_of_range(segment::name(id)));
-    }
-    if let Some(&n) = files
-        .journals
-        .last()
-        .filter(|&&n| n > segment::MAX_FILE_NUMBER)
-    {
-        return Err(out_of_range(journal::name(n)));
-    }
-    if let Some(&n) = files
-        .checkpoints
-        .last()
-        .filter(|&&n| n > segment::MAX_FILE_NUMBER)
-    {
-        return Err(out_of_range(checkpoint_name(n)));
-    }
-    Ok(())
 }
 
 fn header_error(file: &str, e: HeaderError) -> Error {
@@ -188,12 +124,12 @@ fn check_headers(storage: &dyn Storage, files: &Files) -> Result<Vec<String>> {
     let named = files
         .segments
         .iter()
-        .map(|&id| (segment::name(id), FileKind::Segment))
+        .map(|&id| (layout::segment_name(id), FileKind::Segment))
         .chain(
             files
                 .journals
                 .iter()
-                .map(|&n| (journal::name(n), FileKind::Journal)),
+                .map(|&n| (layout::journal_name(n), FileKind::Journal)),
         )
         .chain(
             files
@@ -255,55 +191,6 @@ fn only_zeros_after_header(file: &dyn StorageFile) -> io::Result<bool> {
         .is_none_or(|rest| rest.iter().all(|&b| b == 0)))
 }
 
-impl Frame for record::RecordHeader {
-    fn synced_end(&self) -> u32 {
-        self.synced_end
-    }
-}
-
-impl Frame for (entry::Entry, u32) {
-    fn synced_end(&self) -> u32 {
-        self.1
-    }
-}
-
-/// Scan a segment; a batch whose last record never made it (its trailing
-/// records still say more follow) was not completely written, so it is cut
-/// with the torn tail: a batch is all or none.
-pub(crate) fn scan_segment(buf: &[u8], start: usize, max_len: usize) -> Scan<record::RecordHeader> {
-    let mut s = scan::scan(
-        buf,
-        start,
-        record::MAGIC.to_le_bytes(),
-        |b| record::decode(b, max_len).map(|(h, _)| (h, h.frame_len())),
-        |h| (!h.relocated()).then_some(h.id),
-    );
-    let keep = s
-        .frames
-        .iter()
-        .rposition(|(_, h)| !h.more())
-        .map_or(0, |i| i + 1);
-    if keep < s.frames.len() {
-        let cut = s.frames[keep].0;
-        let torn_end = s.torn.as_ref().map_or(s.end, |t| t.end);
-        s.dropped_frames += s.frames.len() - keep;
-        s.frames.truncate(keep);
-        s.torn = Some(cut..torn_end.max(s.end));
-        s.end = cut;
-    }
-    s
-}
-
-pub(crate) fn scan_journal(buf: &[u8], start: usize) -> Scan<(entry::Entry, u32)> {
-    scan::scan(
-        buf,
-        start,
-        entry::MAGIC.to_le_bytes(),
-        |b| entry::decode(b).map(|(e, s, n)| ((e, s), n)),
-        |_| None,
-    )
-}
-
 /// Note what a scan found in the report and schedule its torn tail to be
 /// zeroed.
 fn judge<F>(
@@ -314,12 +201,16 @@ fn judge<F>(
     fixes: &mut Vec<Fix>,
 ) {
     for d in &s.damaged {
-        report.damaged.push((name.to_string(), range64(d.clone())));
+        report.damaged.push(FileRange {
+            file: name.to_string(),
+            range: range64(d.clone()),
+        });
     }
     if let Some(t) = &s.torn {
-        report
-            .torn_tails
-            .push((name.to_string(), range64(t.clone())));
+        report.torn_tails.push(FileRange {
+            file: name.to_string(),
+            range: range64(t.clone()),
+        });
         report.frames_dropped += s.dropped_frames as u64;
         fixes.push(Fix::Zero(file.clone(), range64(t.clone())));
     }
@@ -335,9 +226,7 @@ pub(crate) fn recover(
     apply_fixes(storage, s.fixes)?;
     let new_size = opts.journal_file_size as u32;
     let journal = match s.last_journal {
-        Some((n, file, size, end)) => {
-            Journal::resume(n, file, (size, end), new_size, s.journal_files)
-        }
+        Some(j) => Journal::resume(j.number, j.file, (j.size, j.end), new_size, s.journal_files),
         None => {
             let n = s.checkpoint_journal.max(1);
             let file =
@@ -366,8 +255,8 @@ pub(crate) fn scan_directory(
     opts: &QueueOptions,
     release_in_flight: bool,
 ) -> Result<Scanned> {
-    let files = list(storage)?;
-    check_numbers(&files)?;
+    let files = layout::list(storage)?;
+    layout::check_numbers(&files)?;
     let blank = check_headers(storage, &files)?;
     let mut report = RecoveryReport::default();
     let mut fixes: Vec<Fix> = Vec::new();
@@ -417,7 +306,7 @@ pub(crate) fn scan_directory(
         for (id, r) in dead_reasons {
             index.set_reason(id, r);
         }
-        if meta.journal_file > segment::MAX_FILE_NUMBER {
+        if meta.journal_file > layout::MAX_FILE_NUMBER {
             return Err(Error::Corrupt {
                 file: name,
                 offset: 0,
@@ -437,26 +326,20 @@ pub(crate) fn scan_directory(
     // Segments: open all, scan those newer than the checkpoint's head.
     let mut segments = BTreeMap::new();
     for &id in &files.segments {
-        let name = segment::name(id);
+        let name = layout::segment_name(id);
         if is_blank(&name) {
             continue;
         }
         let file = storage.open(&name)?;
         let size = file_size(&name, &*file)?;
         let covered = has_checkpoint && u64::from(id) < meta.head_segment;
-        let mut seg = Segment {
-            id,
-            file: file.clone(),
-            size,
-            end: size,
-            synced: size,
-            // The count only steers compaction; a checksummed checkpoint
-            // claiming more records than the file can hold (a frame is at
-            // least a record header) is capped rather than trusted.
-            records: records_per_segment
-                .get(&id)
-                .map_or(0, |&n| n.min(size / record::HEADER_SIZE as u32)),
-        };
+        // The count only steers compaction; a checksummed checkpoint
+        // claiming more records than the file can hold (a frame is at least
+        // a record header) is capped rather than trusted.
+        let mut records = records_per_segment
+            .get(&id)
+            .map_or(0, |&n| n.min(size / record::HEADER_SIZE as u32));
+        let mut end = size;
         if !covered {
             let start = if has_checkpoint && u64::from(id) == meta.head_segment {
                 (meta.head_offset as usize).max(header::SIZE)
@@ -464,7 +347,7 @@ pub(crate) fn scan_directory(
                 header::SIZE
             };
             let max = opts.max_message_bytes().max(size as usize);
-            let s = with_contents(&*file, |buf| scan_segment(buf, start, max))?;
+            let s = with_contents(&*file, |buf| segment::scan(buf, start, max))?;
             fixes.push(Fix::Sync(file.clone()));
             judge(&name, &file, &s, &mut report, &mut fixes);
             report.records_scanned += s.frames.len() as u64;
@@ -478,27 +361,22 @@ pub(crate) fn scan_directory(
                 if h.relocated() && index.relocate(h.id, h.priority, loc) {
                     continue;
                 }
-                let ready_at = if h.delay_ms > 0 {
-                    h.enqueued_ms.saturating_add(u64::from(h.delay_ms))
-                } else {
-                    0
-                };
-                index.place(h.id, h.priority, loc, ready_at, 0);
+                index.place(h.id, h.priority, loc, h.ready_at(), 0);
                 added += 1;
             }
             index.count_live(id, added);
-            seg.end = s.end;
-            seg.synced = s.end;
-            seg.records = seg.records.saturating_add(s.frames.len() as u32);
+            end = s.end;
+            records = records.saturating_add(s.frames.len() as u32);
         }
+        let seg = Segment::recovered(id, file, size, end, records);
         segments.insert(id, seg);
     }
 
     // Journal: replay every file from the checkpoint's position on.
     let mut journal_files: Vec<u64> = Vec::new();
-    let mut last: Option<(u64, Arc<dyn StorageFile>, u32, u32)> = None;
+    let mut last: Option<LastJournal> = None;
     for &n in &files.journals {
-        let name = journal::name(n);
+        let name = layout::journal_name(n);
         if is_blank(&name) {
             continue;
         }
@@ -514,7 +392,7 @@ pub(crate) fn scan_directory(
         } else {
             header::SIZE
         };
-        let s = with_contents(&*file, |buf| scan_journal(buf, start))?;
+        let s = with_contents(&*file, |buf| journal::scan(buf, start))?;
         fixes.push(Fix::Sync(file.clone()));
         judge(&name, &file, &s, &mut report, &mut fixes);
         for (_, (e, _)) in &s.frames {
@@ -527,7 +405,12 @@ pub(crate) fn scan_directory(
             index.apply(e);
         }
         journal_files.push(n);
-        last = Some((n, file, size, s.end));
+        last = Some(LastJournal {
+            number: n,
+            file,
+            size,
+            end: s.end,
+        });
     }
     if release_in_flight {
         report.in_flight_released = index.release_all_in_flight();
@@ -539,7 +422,7 @@ pub(crate) fn scan_directory(
         .collect();
     let mut missing = Vec::new();
     for id in lost {
-        index.snapshot(|m, _, loc, _, _, _| {
+        index.locations(|m, loc| {
             if loc.segment == id {
                 missing.push((m, id));
             }
@@ -557,8 +440,8 @@ pub(crate) fn scan_directory(
         .collect();
     for id in finished {
         segments.remove(&id);
-        fixes.push(Fix::Remove(segment::name(id)));
-        report.files_removed.push(segment::name(id));
+        fixes.push(Fix::Remove(layout::segment_name(id)));
+        report.files_removed.push(layout::segment_name(id));
     }
 
     Ok(Scanned {

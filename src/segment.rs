@@ -13,60 +13,32 @@
 //!
 //! A segment never decides when to rotate or to be deleted; the queue does.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 
 use crate::codec::header::{self, FileHeader, FileKind};
 use crate::codec::record::{self, RecordHeader};
+use crate::codec::scan::{self, Frame, Scan};
 use crate::codec::DecodeError;
+use crate::layout::{self, create_with_header, CreateError};
 use crate::storage::{Storage, StorageFile};
 
-/// The file name of segment `id`.
-pub(crate) fn name(id: u32) -> String {
-    format!("segment-{id:010}.seg")
-}
-
-/// The id in a segment file name.
-pub(crate) fn parse_name(name: &str) -> Option<u32> {
-    u32::try_from(parse_number(
-        name.strip_prefix("segment-")?.strip_suffix(".seg")?,
-    )?)
-    .ok()
-}
-
-/// The number in a file name, as `name` writes it: at least ten decimal
-/// digits, zero-padded to ten, never with a leading zero past ten.
-pub(crate) fn parse_number(digits: &str) -> Option<u64> {
-    let canonical = digits.len() == 10 || (digits.len() > 10 && !digits.starts_with('0'));
-    if !canonical || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
-/// Open refuses a directory with a journal or checkpoint number above this
-/// (10^18; a queue rotating a journal file every millisecond reaches it in
-/// 30 million years), so adding one to a file number never overflows.
-pub(crate) const MAX_FILE_NUMBER: u64 = 1_000_000_000_000_000_000;
-
-/// Open refuses a directory with a segment id above this (2^31 segments of
-/// at least 1 MiB are 2 PiB), so the next segment id never overflows.
-pub(crate) const MAX_SEGMENT_ID: u32 = 1 << 31;
-
-/// An open segment.
+/// An open segment. Its fields are private so that only its own methods
+/// move `end` (invariant B) and `synced` (invariant C).
 #[derive(Debug)]
 pub(crate) struct Segment {
-    pub id: u32,
-    pub file: Arc<dyn StorageFile>,
+    id: u32,
+    file: Arc<dyn StorageFile>,
     /// The file's fixed size.
-    pub size: u32,
+    size: u32,
     /// Where the next record goes.
-    pub end: u32,
+    end: u32,
     /// Offset known durable.
-    pub synced: u32,
+    synced: u32,
     /// Records appended over the segment's life (relocated copies
     /// included); with the index's live count it gives the live share.
-    pub records: u32,
+    records: u32,
 }
 
 impl Segment {
@@ -83,7 +55,7 @@ impl Segment {
             id: u64::from(id),
             created_ms: now_ms,
         };
-        let file = create_with_header(storage, &name(id), size, &h)?;
+        let file = create_with_header(storage, &layout::segment_name(id), size, &h)?;
         Ok(Segment::made(id, file, size))
     }
 
@@ -101,9 +73,64 @@ impl Segment {
         }
     }
 
+    /// A segment found at open: its records end at `end`, everything up to
+    /// there is durable (recovery synced what it read), and `records` were
+    /// appended to it over its life.
+    pub fn recovered(
+        id: u32,
+        file: Arc<dyn StorageFile>,
+        size: u32,
+        end: u32,
+        records: u32,
+    ) -> Segment {
+        Segment {
+            id,
+            file,
+            size,
+            end,
+            synced: end,
+            records,
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn file(&self) -> &Arc<dyn StorageFile> {
+        &self.file
+    }
+
+    /// The file's fixed size.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// Where the next record goes.
+    pub fn end(&self) -> u32 {
+        self.end
+    }
+
+    /// Offset known durable (stamped into new records).
+    pub fn synced(&self) -> u32 {
+        self.synced
+    }
+
+    /// Records appended over the segment's life.
+    pub fn records(&self) -> u32 {
+        self.records
+    }
+
     /// Bytes still free.
     pub fn room(&self) -> u32 {
         self.size - self.end
+    }
+
+    /// A sync that started when the segment ended at `end` has completed
+    /// (invariant C: `synced` only moves to what a finished sync covered).
+    pub fn mark_synced(&mut self, end: u32) {
+        debug_assert!(end <= self.end);
+        self.synced = self.synced.max(end);
     }
 
     /// Write `records` encoded records at the end; returns their offset.
@@ -115,48 +142,6 @@ impl Segment {
         self.records = self.records.saturating_add(records);
         Ok(at)
     }
-}
-
-/// Why creating a file failed.
-#[derive(Debug)]
-pub(crate) enum CreateError {
-    /// The file could not be made (a full disk, say): nothing changed.
-    NotMade(io::Error),
-    /// Writing or syncing it failed: after a failed sync the storage can no
-    /// longer be trusted, so the queue must be poisoned.
-    Failed(io::Error),
-}
-
-impl From<CreateError> for io::Error {
-    fn from(e: CreateError) -> io::Error {
-        match e {
-            CreateError::NotMade(e) | CreateError::Failed(e) => e,
-        }
-    }
-}
-
-/// Create a preallocated file, write and sync its header, and sync the
-/// directory, so that its entry is durable before anything is written to
-/// it. A half-made file is removed.
-pub(crate) fn create_with_header(
-    storage: &dyn Storage,
-    name: &str,
-    size: u32,
-    header: &FileHeader,
-) -> Result<Arc<dyn StorageFile>, CreateError> {
-    let file = storage
-        .create(name, u64::from(size))
-        .map_err(CreateError::NotMade)?;
-    let made = (|| {
-        file.write_at(0, &header.encode())?;
-        file.sync_data()?;
-        storage.sync_dir()
-    })();
-    if let Err(e) = made {
-        let _ = storage.remove(name);
-        return Err(CreateError::Failed(e));
-    }
-    Ok(file)
 }
 
 /// Why reading a record failed.
@@ -190,6 +175,15 @@ pub(crate) fn read_record(
     Ok((h, payload))
 }
 
+/// The enqueue time of the record at `offset` in `segment`, or 0 when it
+/// cannot be read (for listings, never for delivery).
+pub(crate) fn enqueued_ms(segments: &BTreeMap<u32, Segment>, segment: u32, offset: u32) -> u64 {
+    segments
+        .get(&segment)
+        .and_then(|s| read_header(&*s.file, offset, s.size as usize))
+        .map_or(0, |h| h.enqueued_ms)
+}
+
 /// Read only the header of the record at `offset` (for times and stats).
 pub(crate) fn read_header(
     file: &dyn StorageFile,
@@ -201,14 +195,35 @@ pub(crate) fn read_header(
     record::decode_header(&head, max_len).ok()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_round_trip() {
-        assert_eq!(parse_name(&name(42)), Some(42));
-        assert_eq!(parse_name("segment-x.seg"), None);
-        assert_eq!(parse_name("journal-0000000001.jnl"), None);
+impl Frame for RecordHeader {
+    fn synced_end(&self) -> u32 {
+        self.synced_end
     }
+}
+
+/// Scan a segment's bytes from `start`; a batch whose last record never
+/// made it (its trailing records still say more follow) was not completely
+/// written, so it is cut with the torn tail: a batch is all or none.
+pub(crate) fn scan(buf: &[u8], start: usize, max_len: usize) -> Scan<RecordHeader> {
+    let mut s = scan::scan(
+        buf,
+        start,
+        record::MAGIC.to_le_bytes(),
+        |b| record::decode(b, max_len).map(|(h, _)| (h, h.frame_len())),
+        |h| (!h.relocated()).then_some(h.id),
+    );
+    let keep = s
+        .frames
+        .iter()
+        .rposition(|(_, h)| !h.more())
+        .map_or(0, |i| i + 1);
+    if keep < s.frames.len() {
+        let cut = s.frames[keep].0;
+        let torn_end = s.torn.as_ref().map_or(s.end, |t| t.end);
+        s.dropped_frames += s.frames.len() - keep;
+        s.frames.truncate(keep);
+        s.torn = Some(cut..torn_end.max(s.end));
+        s.end = cut;
+    }
+    s
 }

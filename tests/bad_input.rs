@@ -105,7 +105,7 @@ fn misuse_of_calls_is_invalid_argument() {
         same(&before, &state(place, &q), place.name());
         // The receipt is still current after the refused calls.
         q.ack(d.receipt).unwrap();
-        assert!(q.enqueue_batch(&[]).unwrap().is_empty());
+        assert!(q.enqueue_batch::<&[u8]>(&[]).unwrap().is_empty());
         q.ack_batch(&[]).unwrap();
     });
 }

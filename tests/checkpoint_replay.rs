@@ -292,7 +292,14 @@ fn stats_count_matured_delays_as_ready() {
     let s = q.stats();
     assert_eq!(
         (s.ready, s.delayed, s.ready_per_lane.clone()),
-        (1, 0, vec![(5, 1)]),
+        (
+            1,
+            0,
+            vec![lanelog::LaneCount {
+                priority: 5,
+                ready: 1
+            }]
+        ),
         "the delay has passed: {s:?}"
     );
 }

@@ -182,8 +182,7 @@ fn a_flipped_byte_and_a_truncated_journal_are_found_by_file_and_offset() {
         .open(&image)
         .expect("open repairs (the image was never locked)");
     let report = q.recovery_report().clone();
-    assert_eq!(
-        report.damaged,
-        vec![(seg.to_string(), record as u64..record as u64 + 100)]
-    );
+    assert_eq!(report.damaged.len(), 1);
+    assert_eq!(report.damaged[0].file, seg);
+    assert_eq!(report.damaged[0].range, record as u64..record as u64 + 100);
 }

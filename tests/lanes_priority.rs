@@ -82,7 +82,7 @@ fn weighted_mode_serves_every_lane_within_the_bound() {
             last_in_lane[lane] = Some(i);
             if d.priority == 0 {
                 since_low = 0;
-            } else if q.stats().ready_per_lane.iter().any(|&(p, _)| p == 0) {
+            } else if q.stats().ready_per_lane.iter().any(|l| l.priority == 0) {
                 since_low += 1;
                 assert!(since_low <= bound, "low lane waited {since_low} > {bound}");
             }

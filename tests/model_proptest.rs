@@ -624,7 +624,10 @@ impl Harness<'_> {
             s.delayed,
             s.dead,
             s.acked_total,
-            s.ready_per_lane.clone(),
+            s.ready_per_lane
+                .iter()
+                .map(|l| (l.priority, l.ready))
+                .collect::<Vec<_>>(),
         );
         self.prune("stats and dead letters", |c| {
             let want = c.live.stats(now);

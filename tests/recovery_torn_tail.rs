@@ -107,7 +107,9 @@ fn torn_every_byte(place: &Place, last: u64, checkpointed: bool) {
             assert_eq!(r.frames_dropped, 0, "{ctx}: {r:?}");
         } else {
             assert_eq!(r.torn_tails.len(), 1, "{ctx}: {r:?}");
-            let (name, range) = &r.torn_tails[0];
+            let lanelog::FileRange {
+                file: name, range, ..
+            } = &r.torn_tails[0];
             assert_eq!(name, &seg, "{ctx}");
             assert_eq!(range.start, start as u64, "{ctx}: {r:?}");
             assert!(
@@ -194,7 +196,9 @@ fn torn_last_entry(place: &Place, kind: Kind) {
         assert_eq!(r.frames_dropped, 0, "{ctx}: {r:?}");
         if changed && k > 0 {
             assert_eq!(r.torn_tails.len(), 1, "{ctx}: {r:?}");
-            let (name, range) = &r.torn_tails[0];
+            let lanelog::FileRange {
+                file: name, range, ..
+            } = &r.torn_tails[0];
             assert_eq!(name, &jnl, "{ctx}");
             assert_eq!(range.start, off as u64, "{ctx}: {r:?}");
             assert!(range.end <= (off + k) as u64, "{ctx}: {r:?}");

@@ -379,7 +379,7 @@ fn stats(dir: &Path, as_json: bool) -> Result<Output, Failure> {
         let lanes: Vec<Value> = s
             .ready_per_lane
             .iter()
-            .map(|&(lane, ready)| json!({"lane": lane, "ready": ready}))
+            .map(|l| json!({"lane": l.priority, "ready": l.ready}))
             .collect();
         let v = json!({
             "dir": dir.display().to_string(),
@@ -403,8 +403,11 @@ fn stats(dir: &Path, as_json: bool) -> Result<Output, Failure> {
 fn stats_text(dir: &Path, s: &Stats) -> String {
     let mut rows = vec![row(["queue", &dir.display().to_string()])];
     rows.push(row(["ready", &s.ready.to_string()]));
-    for (lane, n) in &s.ready_per_lane {
-        rows.push(row([&format!("  lane {lane}"), &n.to_string()]));
+    for l in &s.ready_per_lane {
+        rows.push(row([
+            &format!("  lane {}", l.priority),
+            &l.ready.to_string(),
+        ]));
     }
     rows.push(row(["in flight", &s.in_flight.to_string()]));
     rows.push(row(["delayed", &s.delayed.to_string()]));
@@ -1036,6 +1039,7 @@ fn durability_name(d: Durability) -> String {
         Durability::Immediate => "immediate".to_string(),
         Durability::Periodic(every) => format!("periodic:{}", every.as_millis()),
         Durability::None => "none".to_string(),
+        other => format!("{other:?}"),
     }
 }
 

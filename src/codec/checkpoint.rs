@@ -30,9 +30,9 @@
 //!      ..     4 CRC-32 of every byte from offset 32 to here
 //! ```
 
+use super::entry::MAX_REASON_BYTES;
 use super::header::{FileHeader, FileKind, HeaderError, SIZE as HEADER};
 use super::{crc, u16_at, u32_at, u64_at, MAX_ID};
-use crate::config::MAX_REASON_BYTES;
 
 const FIXED: usize = 64;
 /// Bytes per message entry.

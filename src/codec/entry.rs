@@ -18,10 +18,14 @@
 //! ```
 
 use super::{crc, u16_at, u32_at, u64_at, DecodeError, MAX_ID};
-use crate::config::MAX_REASON_BYTES;
 
 /// Entry header size in bytes.
 pub const HEADER_SIZE: usize = 36;
+
+/// Longest dead-letter reason kept, in bytes; longer reasons are cut at a
+/// character boundary.
+pub const MAX_REASON_BYTES: usize = 1024;
+
 /// The entry marker.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"LLJE");
 

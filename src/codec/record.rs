@@ -62,6 +62,16 @@ impl RecordHeader {
         self.flags & FLAG_MORE != 0
     }
 
+    /// When the message may first be delivered: 0 (at once) without a
+    /// delay, else its enqueue time plus the delay.
+    pub fn ready_at(&self) -> u64 {
+        if self.delay_ms > 0 {
+            self.enqueued_ms.saturating_add(u64::from(self.delay_ms))
+        } else {
+            0
+        }
+    }
+
     /// Whether this is a relocated copy of an older record.
     pub fn relocated(&self) -> bool {
         self.flags & FLAG_RELOCATED != 0
