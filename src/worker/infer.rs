@@ -1,4 +1,17 @@
-//! `parallel_infer`: a whole table in, results out in input order.
+//! `parallel_infer`: a whole table in, results out in input order, with
+//! its options ([`InferOptions`], [`Column`]) and its result table
+//! ([`InferResult`], [`InferRow`], [`Metadata`]).
+//!
+//! Invariants:
+//! - A run's id is a hash of the model version and the encoded rows, so the
+//!   same table on the same model in the same directory is the same run: a
+//!   call after a crash collects the results already stored rather than
+//!   computing those rows again.
+//! - A run is marked started only after all its jobs are enqueued and
+//!   synced, so a resumed run never enqueues its jobs twice.
+//! - The call holds every result record of its run leased and acks them
+//!   only as it returns them; a row's first result wins and later duplicates are dropped,
+//!   so each row comes back exactly once.
 
 use std::path::PathBuf;
 use std::sync::Arc;
