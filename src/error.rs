@@ -82,16 +82,6 @@ pub enum Error {
         detail: String,
     },
 
-    /// `parallel_infer` stopped early: more rows failed than its failure
-    /// budget allows.
-    #[error("{failed} of {rows} rows failed, over the failure budget")]
-    FailureBudget {
-        /// Rows that failed past their retries.
-        failed: usize,
-        /// Rows in the table.
-        rows: usize,
-    },
-
     /// The queue was closed with [`crate::Queue::close`].
     #[error("queue is closed")]
     Closed,

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lanelog::worker::{parallel_infer, Column, InferOptions, Model, ModelError, PoolOptions};
-use lanelog::Error;
+use lanelog::worker::{
+    parallel_infer, Column, InferError, InferOptions, Model, ModelError, PoolOptions,
+};
 
 /// Squares its input; fails, stalls or panics on the rows it is told to.
 #[derive(Default)]
@@ -176,7 +177,7 @@ fn failure_budget_stops_early() {
         .pool(fast_pool().retries(0))
         .failure_budget(0.1);
     match parallel_infer(Arc::new(model), &rows, &opts) {
-        Err(Error::FailureBudget { failed, rows }) => assert!(failed > 10 && rows == 100),
+        Err(InferError::FailureBudget { failed, rows }) => assert!(failed > 10 && rows == 100),
         other => panic!("expected FailureBudget, got {other:?}"),
     }
 }
@@ -205,7 +206,7 @@ fn columns_validations_and_bad_options() {
         let opts = InferOptions::new().pool(bad);
         assert!(matches!(
             parallel_infer(Arc::new(Square::default()), &rows, &opts),
-            Err(Error::InvalidArgument(_))
+            Err(InferError::InvalidArgument(_))
         ));
     }
 }

@@ -89,6 +89,7 @@ fn stored_results(results: &Queue) -> BTreeMap<u64, Vec<u64>> {
                     }
                 }
                 ResultRecord::Started { .. } => {}
+                other => panic!("unknown result record {other:?}"),
             }
             results.ack(d.receipt).unwrap();
         }

@@ -37,15 +37,16 @@ use arrow_array::{
 };
 use arrow_schema::{Field, Schema};
 
-use super::{parallel_infer, Column, InferOptions, InferRow, Model};
-use crate::{Error, Result};
+use super::{parallel_infer, Column, InferError, InferOptions, InferRow, Model};
+
+type Result<T, E = InferError> = std::result::Result<T, E>;
 
 /// A model input that can be read from every row of a [`RecordBatch`].
 pub trait FromArrow: Sized {
     /// One value per row of `batch`, in order.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] naming the column (and row) that cannot
+    /// [`InferError::InvalidArgument`] naming the column (and row) that cannot
     /// be read: a wrong type, a null.
     fn rows_from(batch: &RecordBatch) -> Result<Vec<Self>>;
 }
@@ -78,7 +79,7 @@ impl FromArrow for Vec<f64> {
 
 fn feature_rows(batch: &RecordBatch) -> Result<Vec<Vec<f64>>> {
     let schema = batch.schema();
-    let bad = |msg: String| Error::InvalidArgument(msg);
+    let bad = |msg: String| InferError::InvalidArgument(msg);
     if batch.num_columns() == 0 {
         return Err(bad("the record batch has no columns".into()));
     }
@@ -117,7 +118,7 @@ fn feature_rows(batch: &RecordBatch) -> Result<Vec<Vec<f64>>> {
 fn numbers(array: &dyn Array, what: &str) -> Result<Vec<f64>> {
     if array.null_count() > 0 {
         let row = (0..array.len()).find(|&i| array.is_null(i)).unwrap_or(0);
-        return Err(Error::InvalidArgument(format!(
+        return Err(InferError::InvalidArgument(format!(
             "{what}: value {row} is null (fill or drop nulls before inference)"
         )));
     }
@@ -143,7 +144,7 @@ fn numbers(array: &dyn Array, what: &str) -> Result<Vec<f64>> {
     if let Some(a) = array.as_boolean_opt() {
         return Ok(a.values().iter().map(|b| f64::from(u8::from(b))).collect());
     }
-    Err(Error::InvalidArgument(format!(
+    Err(InferError::InvalidArgument(format!(
         "{what}: type {} is not a number, a boolean or a list of numbers",
         array.data_type()
     )))
@@ -215,6 +216,7 @@ to_arrow_vec!(f32 => Float32Builder, f64 => Float64Builder);
 
 /// The result table of [`parallel_infer_arrow`] and the run's totals.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct InferTable {
     /// One row per input row, in input order (columns: the module docs).
     pub table: RecordBatch,
@@ -261,7 +263,7 @@ pub struct InferTable {
 /// ```
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] for a batch the input type cannot read
+/// [`InferError::InvalidArgument`] for a batch the input type cannot read
 /// (naming the column), then everything [`parallel_infer`] returns.
 pub fn parallel_infer_arrow<M: Model>(
     model: Arc<M>,
@@ -371,7 +373,7 @@ where
         );
     }
     let table = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-        .map_err(|e| Error::InvalidArgument(format!("cannot build the result table: {e}")))?;
+        .map_err(|e| InferError::InvalidArgument(format!("cannot build the result table: {e}")))?;
     Ok(InferTable {
         table,
         failed: result.failed,

@@ -1,16 +1,31 @@
-//! `parallel_infer`: a whole table in, results out in input order.
+//! `parallel_infer`: a whole table in, results out in input order, with
+//! its options ([`InferOptions`], [`Column`]) and its result table
+//! ([`InferResult`], [`InferRow`], [`Metadata`]).
+//!
+//! Invariants:
+//! - A run's id is a hash of the model version and the encoded rows, so the
+//!   same table on the same model in the same directory is the same run: a
+//!   call after a crash collects the results already stored rather than
+//!   computing those rows again.
+//! - A run is marked started only after all its jobs are enqueued and
+//!   synced, so a resumed run never enqueues its jobs twice.
+//! - The call holds every result record of its run leased and acks them
+//!   only as it returns them; a row's first result wins and later duplicates are dropped,
+//!   so each row comes back exactly once.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::codec::{self, job_bytes};
 use super::pool::{PoolOptions, WorkerPool};
-use super::{codec, wall_ms, Model, ResultRecord, RowOutcome};
+use super::{wall_ms, InferError, Model, ResultRecord, RowOutcome};
 use crate::storage::{MemoryStorage, Storage};
 use crate::{Durability, Error, Queue, QueueOptions, Receipt, Result, Timestamp};
 
 /// A column of the result table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Column {
     /// When the row finished (always present).
     Time,
@@ -129,7 +144,7 @@ impl<O> InferOptions<O> {
         self
     }
 
-    /// Stop early with [`Error::FailureBudget`] once more than this share
+    /// Stop early with [`InferError::FailureBudget`] once more than this share
     /// (0.0..=1.0) of the rows failed.
     #[must_use]
     pub fn failure_budget(mut self, share: f64) -> Self {
@@ -140,6 +155,7 @@ impl<O> InferOptions<O> {
 
 /// Timings and provenance of one row.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Metadata {
     /// The model's name.
     pub model_name: String,
@@ -157,6 +173,7 @@ pub struct Metadata {
 
 /// One row of the result table; columns not asked for are `None`.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct InferRow<I, O> {
     /// When the row finished.
     pub time: Timestamp,
@@ -174,6 +191,7 @@ pub struct InferRow<I, O> {
 
 /// The result table and run totals.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct InferResult<I, O> {
     /// One row per input row, in input order.
     pub rows: Vec<InferRow<I, O>>,
@@ -192,7 +210,7 @@ pub struct InferResult<I, O> {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use lanelog::worker::{parallel_infer, InferOptions, Model, ModelError};
+/// use lanelog::worker::{parallel_infer, InferError, InferOptions, Model, ModelError};
 ///
 /// struct Double;
 /// impl Model for Double {
@@ -205,7 +223,7 @@ pub struct InferResult<I, O> {
 ///     }
 /// }
 ///
-/// # fn main() -> Result<(), lanelog::Error> {
+/// # fn main() -> Result<(), InferError> {
 /// let out = parallel_infer(Arc::new(Double), &[1.0, 2.0, 3.0], &InferOptions::new())?;
 /// let values: Vec<f32> = out.rows.iter().map(|r| *r.output.as_ref().unwrap().as_ref().unwrap()).collect();
 /// assert_eq!(values, vec![2.0, 4.0, 6.0]);
@@ -213,18 +231,20 @@ pub struct InferResult<I, O> {
 /// ```
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] for options out of range or a row too large
-/// to encode; [`Error::FailureBudget`] when too many rows failed; queue
-/// errors ([`Error::Io`], [`Error::Locked`], ...).
+/// [`InferError::InvalidArgument`] for options out of range;
+/// [`InferError::Codec`] for a row too large to encode;
+/// [`InferError::FailureBudget`] when too many rows failed;
+/// [`InferError::Queue`] for queue errors ([`Error::Io`], [`Error::Locked`],
+/// ...); [`InferError::Spawn`] and [`InferError::Panicked`] from the pool.
 pub fn parallel_infer<M: Model>(
     model: Arc<M>,
     rows: &[M::Input],
     opts: &InferOptions<M::Output>,
-) -> Result<InferResult<M::Input, M::Output>> {
+) -> Result<InferResult<M::Input, M::Output>, InferError> {
     opts.pool.validate()?;
     if let Some(b) = opts.failure_budget {
         if !(0.0..=1.0).contains(&b) {
-            return Err(Error::InvalidArgument(
+            return Err(InferError::InvalidArgument(
                 "failure_budget must be in 0.0..=1.0".into(),
             ));
         }
@@ -233,8 +253,7 @@ pub fn parallel_infer<M: Model>(
     let encoded: Vec<Vec<u8>> = rows
         .iter()
         .map(codec::encode)
-        .collect::<std::result::Result<_, _>>()
-        .map_err(Error::InvalidArgument)?;
+        .collect::<std::result::Result<_, _>>()?;
     let run = run_id(model.version(), &encoded);
     let largest = encoded.iter().map(Vec::len).max().unwrap_or(0);
     let chunk = chunk_rows(opts.pool.max_batch, largest);
@@ -250,8 +269,7 @@ pub fn parallel_infer<M: Model>(
         let start = codec::encode(&ResultRecord::<M::Output>::Started {
             run,
             rows: rows.len() as u64,
-        })
-        .map_err(Error::InvalidArgument)?;
+        })?;
         results.enqueue(&start, 0)?;
     }
     let pool_opts = opts.pool.clone().rows_per_job(chunk);
@@ -265,7 +283,7 @@ pub fn parallel_infer<M: Model>(
             let failed = collector.failed;
             pool.shutdown()?;
             collector.release(&results)?;
-            return Err(Error::FailureBudget {
+            return Err(InferError::FailureBudget {
                 failed,
                 rows: rows.len(),
             });
@@ -418,24 +436,6 @@ fn enqueue_jobs<O: serde::de::DeserializeOwned>(
     flush(&mut payloads)
 }
 
-/// A `JobRecord` encoded around already encoded inputs (the codec's
-/// fixed-width layout: run, row, enqueued_ms, prior_attempts 0, last_error
-/// `None`, the number of inputs, then the inputs' bytes).
-fn job_bytes(run: u64, row: u64, enqueued_ms: u64, inputs: &[Vec<u8>]) -> Vec<u8> {
-    let len = 37 + inputs.iter().map(Vec::len).sum::<usize>();
-    let mut b = Vec::with_capacity(len);
-    for v in [run, row, enqueued_ms] {
-        b.extend_from_slice(&v.to_le_bytes());
-    }
-    b.extend_from_slice(&0u32.to_le_bytes());
-    b.push(0);
-    b.extend_from_slice(&(inputs.len() as u64).to_le_bytes());
-    for i in inputs {
-        b.extend_from_slice(i);
-    }
-    b
-}
-
 /// A model's name and version, shared by the rows it computed.
 type ModelId = Arc<(String, String)>;
 
@@ -524,11 +524,11 @@ impl<O: serde::de::DeserializeOwned> Collector<O> {
 
     /// The outcomes in row order; acks every record of this run (the call
     /// is about to return them) and gives other runs' results back.
-    fn finish(mut self, results: &Queue) -> Result<Vec<(RowOutcome<O>, ModelId)>> {
+    fn finish(mut self, results: &Queue) -> Result<Vec<(RowOutcome<O>, ModelId)>, InferError> {
         let out = std::mem::take(&mut self.outcomes)
             .into_iter()
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| Error::InvalidArgument("a row has no result".into()))?;
+            .ok_or_else(|| InferError::InvalidArgument("a row has no result".into()))?;
         results.ack_batch(&self.mine)?;
         for r in std::mem::take(&mut self.others) {
             results.nack(r, Duration::ZERO)?;
@@ -579,7 +579,6 @@ fn make_row<I: Clone, O: Clone>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::JobRecord;
     use super::*;
 
     #[test]
@@ -595,26 +594,5 @@ mod tests {
         assert_ne!(run_id("", &rows(&[b""])), run_id("", &rows(&[b"", b""])));
         // Pinned: run ids name results stored on disk.
         assert_eq!(run_id("m1", &rows(&[b"abc"])), 0xbbb4_7a03_ea44_c141);
-    }
-
-    #[test]
-    fn job_bytes_is_the_codec_layout() {
-        let input = vec![1.0f32, 2.0];
-        let other = vec![3.0f32];
-        let direct = codec::encode(&JobRecord {
-            run: 7,
-            row: 3,
-            enqueued_ms: 99,
-            prior_attempts: 0,
-            last_error: None,
-            inputs: vec![input.clone(), other.clone()],
-        })
-        .unwrap();
-        let rows = [
-            codec::encode(&input).unwrap(),
-            codec::encode(&other).unwrap(),
-        ];
-        let composed = job_bytes(7, 3, 99, &rows);
-        assert_eq!(direct, composed);
     }
 }

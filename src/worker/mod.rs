@@ -31,19 +31,41 @@
 //!    rows, if its worker died or timed out) are split off into one-row
 //!    jobs carrying their attempts and last error, stored before the job
 //!    is acked. So retries and dead letters are per row either way.
+//!
+//! # Files
+//!
+//! - `mod.rs`: the [`Model`] trait, [`ModelError`], and the records the
+//!   queues carry ([`JobRecord`], [`ResultRecord`], [`RowOutcome`]).
+//! - `codec.rs`: the one encoding of those records ([`codec`]), with the
+//!   fast paths that write its layout around rows already encoded.
+//! - `error.rs`: [`InferError`], what the worker layer returns.
+//! - `pool.rs`: [`PoolOptions`], [`WorkerPool`] and the workers (lease,
+//!   run, settle each job's rows).
+//! - `committer.rs`: the committer thread (store results, then settle jobs).
+//! - `runner.rs`: the model's thread, under a timeout, catching panics.
+//! - `infer.rs`: [`parallel_infer`], its options and its result table.
+//! - `arrow.rs` (feature `arrow`): `parallel_infer_arrow`, Arrow tables in
+//!   and out.
+//! - `onnx.rs` (feature `onnx`): `OnnxModel`, an ONNX file run by tract.
 
 #[cfg(feature = "arrow")]
 mod arrow;
+pub mod codec;
+mod committer;
+mod error;
 mod infer;
 #[cfg(feature = "onnx")]
 mod onnx;
 mod pool;
+mod runner;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "arrow")]
 pub use arrow::{parallel_infer_arrow, FromArrow, InferTable, ToArrow};
+pub use codec::MAX_RECORD_BYTES;
+pub use error::InferError;
 pub use infer::{parallel_infer, Column, InferOptions, InferResult, InferRow, Metadata};
 #[cfg(feature = "onnx")]
 pub use onnx::OnnxModel;
@@ -119,6 +141,7 @@ impl<I> JobRecord<I> {
 
 /// What the results queue holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[non_exhaustive]
 pub enum ResultRecord<O> {
     /// Every row of `run` was enqueued as a job (written after the jobs, so
     /// a resumed run knows not to enqueue them again).
@@ -139,6 +162,7 @@ pub enum ResultRecord<O> {
 
 /// A finished row, successful or not.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[non_exhaustive]
 pub struct RowOutcome<O> {
     /// The run.
     pub run: u64,
@@ -159,45 +183,6 @@ pub struct RowOutcome<O> {
     pub batch_rows: u32,
 }
 
-/// Largest encoded job or result accepted by the codec: 16 MiB.
-pub const MAX_RECORD_BYTES: u64 = 16 << 20;
-
-/// The one codec for job and result payloads (bincode 1.3, fixed-width
-/// integers, at most [`MAX_RECORD_BYTES`]): what a [`WorkerPool`] fed by
-/// hand expects in its jobs queue ([`JobRecord`]) and writes to its results
-/// queue ([`ResultRecord`]).
-pub mod codec {
-    use bincode::Options;
-    use serde::de::DeserializeOwned;
-    use serde::Serialize;
-
-    fn options() -> impl Options {
-        bincode::DefaultOptions::new()
-            .with_fixint_encoding()
-            .with_limit(super::MAX_RECORD_BYTES)
-    }
-
-    /// Encode a record.
-    ///
-    /// # Errors
-    /// A record over the size limit, or one serde cannot encode.
-    pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
-        options()
-            .serialize(value)
-            .map_err(|e| format!("cannot encode: {e}"))
-    }
-
-    /// Decode a record; bounded, never panics.
-    ///
-    /// # Errors
-    /// Bytes that are not an encoded `T`.
-    pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-        options()
-            .deserialize(bytes)
-            .map_err(|e| format!("cannot decode: {e}"))
-    }
-}
-
 /// Milliseconds since the Unix epoch, for stamps in records.
 pub(crate) fn wall_ms() -> u64 {
     std::time::SystemTime::now()
@@ -205,21 +190,15 @@ pub(crate) fn wall_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Most errors a pool keeps for [`WorkerPool::errors`].
+const KEPT_ERRORS: usize = 100;
 
-    #[test]
-    fn codec_round_trips_and_refuses_garbage() {
-        let job = JobRecord::single(1, 2, 3, vec![1.5f32, 2.5]);
-        let bytes = codec::encode(&job).unwrap();
-        assert_eq!(codec::decode::<JobRecord<Vec<f32>>>(&bytes).unwrap(), job);
-        assert!(codec::decode::<JobRecord<Vec<f32>>>(&bytes[..5]).is_err());
-        // A length prefix claiming 2^40 elements must fail, not allocate.
-        let mut evil = bytes.clone();
-        // (run, row, enqueued_ms, prior_attempts, last_error = None, then the
-        // number of inputs and the first input's length)
-        evil[37..45].copy_from_slice(&(1u64 << 40).to_le_bytes());
-        assert!(codec::decode::<JobRecord<Vec<f32>>>(&evil).is_err());
+/// Keep an error a worker or the committer survived: the last
+/// [`KEPT_ERRORS`].
+fn note(errors: &parking_lot::Mutex<Vec<String>>, message: String) {
+    let mut errors = errors.lock();
+    if errors.len() >= KEPT_ERRORS {
+        errors.remove(0);
     }
+    errors.push(message);
 }

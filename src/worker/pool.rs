@@ -1,23 +1,38 @@
-//! The worker pool: `num_parallel` workers, each leasing micro-batches of
-//! jobs and running the model on a runner thread under a timeout, and one
-//! committer that stores the results durably, then acks their jobs.
+//! The worker pool: [`PoolOptions`], the [`WorkerPool`] handle that starts
+//! and stops the threads, and the workers. Each of `num_parallel` workers
+//! leases micro-batches of jobs, runs the model on its own runner thread
+//! under a timeout (see `runner.rs`), decides each job's fate (ack, retry,
+//! dead letter, or split into one-row jobs) and hands the settled batch to
+//! the pool's one committer (see `committer.rs`), which stores the results
+//! and then settles the jobs.
 //!
-//! Workers hand each settled batch to the committer and go on to the next
-//! batch at once, so the model runs while earlier results are synced; the
-//! committer merges every batch waiting into one durable write (one sync
-//! for many batches). A job is acked only after its result's write
-//! returned, so no job is ever acked without its result.
+//! Invariants:
+//! - A worker never acks, nacks or dead-letters a job whose rows ran: it
+//!   only hands the job over, so no job is settled before its results are
+//!   stored. (Jobs that cannot run at all, undecodable or empty, are
+//!   dead-lettered by the worker directly: they have no results.)
+//! - A job's leases are renewed while the model runs on it, and a job left
+//!   unsettled (a timeout, an error, a worker that died) stays leased and
+//!   comes back when its lease ends.
+//! - Retries and dead letters are per row: a job of several rows runs once;
+//!   its failed rows, or all of them if its worker died, are split off into
+//!   one-row jobs carrying their attempts and last error.
+//! - Shutdown stops the workers first, then the committer, which exits only
+//!   after it has committed every batch the workers handed over.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::{codec, wall_ms, JobRecord, Model, ModelError, RowOutcome};
-use crate::{Delivery, DequeueOptions, Error, Queue, Receipt, Result};
+use super::codec::{self, done_record};
+use super::committer::{Committer, Record, Settled, Then};
+use super::runner::Runner;
+use super::{note, wall_ms, InferError, JobRecord, Model, ModelError, RowOutcome};
+use crate::{Delivery, DequeueOptions, Error, Queue, Receipt};
 
 /// How a [`WorkerPool`] runs.
 #[derive(Debug, Clone)]
@@ -120,8 +135,8 @@ impl PoolOptions {
         self
     }
 
-    pub(crate) fn validate(&self) -> Result<()> {
-        let bad = |s: &str| Err(Error::InvalidArgument(s.to_string()));
+    pub(crate) fn validate(&self) -> Result<(), InferError> {
+        let bad = |s: &str| Err(InferError::InvalidArgument(s.to_string()));
         if !(1..=1024).contains(&self.num_parallel) {
             return bad("num_parallel must be in 1..=1024");
         }
@@ -162,14 +177,14 @@ impl WorkerPool {
     /// results in `results`.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for options out of range; [`Error::Io`]
-    /// when a thread cannot be started.
+    /// [`InferError::InvalidArgument`] for options out of range;
+    /// [`InferError::Spawn`] when a thread cannot be started.
     pub fn start<M: Model>(
         model: Arc<M>,
         jobs: Queue,
         results: Queue,
         opts: PoolOptions,
-    ) -> Result<WorkerPool> {
+    ) -> Result<WorkerPool, InferError> {
         opts.validate()?;
         let stop = Arc::new(AtomicBool::new(false));
         let errors = Arc::new(Mutex::new(Vec::new()));
@@ -186,7 +201,7 @@ impl WorkerPool {
         let committer = std::thread::Builder::new()
             .name("lanelog-committer".into())
             .spawn(move || committer.run(&inbox))
-            .map_err(Error::Io)?;
+            .map_err(InferError::Spawn)?;
         let mut threads = Vec::with_capacity(opts.num_parallel);
         for i in 0..opts.num_parallel {
             let worker = Worker {
@@ -210,7 +225,7 @@ impl WorkerPool {
                         let _ = t.join();
                     }
                     let _ = committer.join();
-                    return Err(Error::Io(e));
+                    return Err(InferError::Spawn(e));
                 }
             }
         }
@@ -234,13 +249,13 @@ impl WorkerPool {
     /// last results and ack their jobs.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] naming a worker thread that panicked (its
-    /// leased jobs return to the queue when their leases expire).
-    pub fn shutdown(mut self) -> Result<()> {
+    /// [`InferError::Panicked`] counting the pool's threads that panicked
+    /// (their leased jobs return to the queue when their leases expire).
+    pub fn shutdown(mut self) -> Result<(), InferError> {
         self.stop_and_join()
     }
 
-    fn stop_and_join(&mut self) -> Result<()> {
+    fn stop_and_join(&mut self) -> Result<(), InferError> {
         self.stop.store(true, Ordering::SeqCst);
         self.jobs.wake_waiters();
         let mut panicked = 0;
@@ -256,9 +271,7 @@ impl WorkerPool {
             }
         }
         if panicked > 0 {
-            return Err(Error::InvalidArgument(format!(
-                "{panicked} worker thread(s) panicked"
-            )));
+            return Err(InferError::Panicked { threads: panicked });
         }
         Ok(())
     }
@@ -340,7 +353,7 @@ impl<M: Model> Worker<M> {
         note(&self.errors, message);
     }
 
-    fn process(&mut self, batch: Vec<Delivery>, runner: &mut Runner<M>) -> Result<()> {
+    fn process(&mut self, batch: Vec<Delivery>, runner: &mut Runner<M>) -> Result<(), InferError> {
         let mut settled = Vec::with_capacity(batch.len());
         let mut runnable = Vec::with_capacity(batch.len());
         for d in batch {
@@ -393,9 +406,10 @@ impl<M: Model> Worker<M> {
             settled.push(self.settle(&runnable[job], fates)?);
         }
         // Unsettled jobs stay leased and come back when their leases end.
+        // The committer leaves early only by panicking.
         self.commits
             .send(settled)
-            .map_err(|_| Error::InvalidArgument("the pool's committer thread is gone".into()))
+            .map_err(|_| InferError::Panicked { threads: 1 })
     }
 
     /// Run the model over every row of `jobs` in calls of at most
@@ -484,7 +498,11 @@ impl<M: Model> Worker<M> {
     /// job is acked, retried (nack with backoff) or dead-lettered; a job of
     /// several rows is acked when every row succeeded, else its failed rows
     /// are split off into one-row jobs.
-    fn settle(&mut self, job: &Job<M::Input>, fates: Fates<M::Output>) -> Result<Settled> {
+    fn settle(
+        &mut self,
+        job: &Job<M::Input>,
+        fates: Fates<M::Output>,
+    ) -> Result<Settled, InferError> {
         let now = wall_ms();
         let attempt = job.attempt();
         let out_of_retries = attempt > self.opts.retries;
@@ -501,7 +519,9 @@ impl<M: Model> Worker<M> {
         let first = job.record.row;
         if job.record.inputs.len() == 1 {
             let Some((fate, us, n)) = fates.into_iter().next() else {
-                return Err(Error::InvalidArgument("a job's row has no outcome".into()));
+                return Err(InferError::InvalidArgument(
+                    "a job's row has no outcome".into(),
+                ));
             };
             let (output, then) = match fate {
                 Fate::Done(o) => (Ok(o), Then::Ack),
@@ -570,7 +590,7 @@ impl<M: Model> Worker<M> {
         tried: u32,
         rows: impl Iterator<Item = (usize, String, Duration)>,
         outcomes: Vec<RowOutcome<M::Output>>,
-    ) -> Result<Settled> {
+    ) -> Result<Settled, InferError> {
         let now = wall_ms();
         let mut jobs = Vec::new();
         for (i, error, delay) in rows {
@@ -582,7 +602,7 @@ impl<M: Model> Worker<M> {
                 last_error: Some(error),
                 inputs: vec![job.record.inputs[i].clone()],
             };
-            jobs.push((codec::encode(&one).map_err(Error::InvalidArgument)?, delay));
+            jobs.push((codec::encode(&one)?, delay));
         }
         Ok(Settled {
             receipt: job.delivery.receipt,
@@ -595,7 +615,7 @@ impl<M: Model> Worker<M> {
     /// `outcomes` as result records of at most [`RECORD_BYTES`] each (one
     /// outcome larger than that is a record of its own), each with the
     /// first row it holds.
-    fn records(&self, outcomes: Vec<RowOutcome<M::Output>>) -> Result<Vec<Record>> {
+    fn records(&self, outcomes: Vec<RowOutcome<M::Output>>) -> Result<Vec<Record>, InferError> {
         let model = (self.model.name(), self.model.version());
         let stamp = |o: &RowOutcome<M::Output>| (o.run, o.row, o.attempt);
         let mut records = Vec::new();
@@ -603,7 +623,7 @@ impl<M: Model> Worker<M> {
         let mut first = 0;
         let mut bytes = 0;
         for (i, o) in outcomes.iter().enumerate() {
-            let one = codec::encode(o).map_err(Error::InvalidArgument)?;
+            let one = codec::encode(o)?;
             if !pending.is_empty() && bytes + one.len() > RECORD_BYTES {
                 records.push(Record {
                     bytes: done_record(model, &pending),
@@ -644,314 +664,5 @@ impl<M: Model> Worker<M> {
 /// Most bytes of outcomes per result record.
 const RECORD_BYTES: usize = 64 << 10;
 
-/// A `ResultRecord::Done` encoded around already encoded outcomes (the
-/// codec's layout: variant 1 as u32, the model's two strings, the count,
-/// then the outcomes).
-fn done_record(model: (&str, &str), outcomes: &[Vec<u8>]) -> Vec<u8> {
-    let len = 4 + 16 + model.0.len() + model.1.len() + 8;
-    let mut b = Vec::with_capacity(len + outcomes.iter().map(Vec::len).sum::<usize>());
-    b.extend_from_slice(&1u32.to_le_bytes());
-    for s in [model.0, model.1] {
-        b.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        b.extend_from_slice(s.as_bytes());
-    }
-    b.extend_from_slice(&(outcomes.len() as u64).to_le_bytes());
-    for o in outcomes {
-        b.extend_from_slice(o);
-    }
-    b
-}
-
-/// One settled job: its result records to store, then what to do with it.
-struct Settled {
-    receipt: Receipt,
-    priority: u8,
-    results: Vec<Record>,
-    then: Then,
-}
-
-/// An encoded result record and the (run, row, attempt) of its first
-/// outcome.
-struct Record {
-    bytes: Vec<u8>,
-    first: (u64, u64, u32),
-}
-
-enum Then {
-    Ack,
-    /// Failed past its retries, with this reason (its error is also in
-    /// its stored result).
-    DeadLetter(String),
-    /// Failed; ready again after the delay (nothing stored).
-    Retry(Duration),
-    /// Replaced by these one-row jobs (each ready after its delay), then
-    /// acked.
-    Split(Vec<(Vec<u8>, Duration)>),
-    /// Settled by the committer already (dead-lettered).
-    Settled,
-}
-
 /// Settled batches per worker the committer may have waiting.
 const COMMIT_QUEUE: usize = 32;
-
-/// Most result bytes per durable write: a quarter of the smallest segment,
-/// so a merged write is never refused as too large.
-const MERGE_BYTES: usize = (crate::config::MIN_SEGMENT_SIZE / 4) as usize;
-
-/// Stores the workers' results and settles their jobs (see the module
-/// docs).
-struct Committer {
-    jobs: Queue,
-    results: Queue,
-    errors: Arc<Mutex<Vec<String>>>,
-    /// The model's name and version, for the failed results it writes.
-    model: (String, String),
-}
-
-impl Committer {
-    fn run(self, inbox: &Receiver<Vec<Settled>>) {
-        while let Ok(mut group) = inbox.recv() {
-            // Merge whatever else is waiting: one sync for all of it.
-            while let Ok(more) = inbox.try_recv() {
-                group.extend(more);
-            }
-            if let Err(e) = self.commit(group) {
-                // The jobs stay leased and return when their leases end;
-                // results already stored are recognised then as duplicates.
-                note(&self.errors, format!("storing results failed: {e}"));
-            }
-        }
-    }
-
-    fn commit(&self, mut group: Vec<Settled>) -> Result<()> {
-        // Results first, in writes of at most MERGE_BYTES: a job is never
-        // acked without its results.
-        let records: Vec<(usize, usize)> = group
-            .iter()
-            .enumerate()
-            .flat_map(|(s, settled)| (0..settled.results.len()).map(move |r| (s, r)))
-            .collect();
-        let mut start = 0;
-        while start < records.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < records.len() {
-                let (s, r) = records[end];
-                let len = group[s].results[r].bytes.len();
-                if end > start && bytes + len > MERGE_BYTES {
-                    break;
-                }
-                bytes += len;
-                end += 1;
-            }
-            let refs: Vec<(&[u8], u8)> = records[start..end]
-                .iter()
-                .map(|&(s, r)| (&group[s].results[r].bytes[..], group[s].priority))
-                .collect();
-            match self.results.enqueue_batch(&refs) {
-                Ok(_) => {}
-                // One result the results queue cannot hold (a record that
-                // large holds one row): store that the row failed, and
-                // park its job with the reason.
-                Err(Error::TooLarge { .. }) if end - start == 1 => {
-                    let (s, r) = records[start];
-                    let (run, row, attempt) = group[s].results[r].first;
-                    let why =
-                        format!("its result of {bytes} bytes is too large for the results queue");
-                    let failed = RowOutcome::<()> {
-                        run,
-                        row,
-                        output: Err(why.clone()),
-                        attempt,
-                        finished_ms: wall_ms(),
-                        queue_us: 0,
-                        infer_us: 0,
-                        batch_rows: 0,
-                    };
-                    let one = codec::encode(&failed).map_err(Error::InvalidArgument)?;
-                    let record = done_record((&self.model.0, &self.model.1), &[one]);
-                    self.results.enqueue(&record, group[s].priority)?;
-                    match group[s].then {
-                        // Its failed rows still need their one-row jobs.
-                        Then::Split(_) => note(&self.errors, format!("row {row}: {why}")),
-                        Then::Settled => {}
-                        _ => {
-                            self.jobs
-                                .dead_letter(group[s].receipt, &format!("row {row}: {why}"))?;
-                            group[s].then = Then::Settled;
-                        }
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-            start = end;
-        }
-        // One-row jobs split off before their job is acked, made durable
-        // even when the jobs queue does not sync by itself.
-        let mut split = false;
-        for s in &group {
-            if let Then::Split(jobs) = &s.then {
-                for (bytes, delay) in jobs {
-                    self.jobs.enqueue_delayed(bytes, s.priority, *delay)?;
-                    split = true;
-                }
-            }
-        }
-        if split {
-            self.jobs.sync()?;
-        }
-        let acks: Vec<Receipt> = group
-            .iter()
-            .filter(|s| matches!(s.then, Then::Ack | Then::Split(_)))
-            .map(|s| s.receipt)
-            .collect();
-        self.jobs.ack_batch(&acks)?;
-        for s in &group {
-            match s.then {
-                Then::Ack | Then::Settled | Then::Split(_) => {}
-                Then::DeadLetter(ref why) => self.jobs.dead_letter(s.receipt, why)?,
-                Then::Retry(delay) => self.jobs.nack(s.receipt, delay)?,
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Keep an error a worker or the committer survived: the last 100.
-fn note(errors: &Mutex<Vec<String>>, message: String) {
-    let mut errors = errors.lock();
-    if errors.len() >= 100 {
-        errors.remove(0);
-    }
-    errors.push(message);
-}
-
-type Reply<O> = std::result::Result<Vec<O>, ModelError>;
-
-/// A thread that runs the model, so a call that hangs can be abandoned.
-struct Runner<M: Model> {
-    model: Arc<M>,
-    tx: SyncSender<Vec<M::Input>>,
-    rx: Receiver<Reply<M::Output>>,
-}
-
-impl<M: Model> Runner<M> {
-    fn new(model: Arc<M>) -> Runner<M> {
-        let (tx, inbox) = mpsc::sync_channel::<Vec<M::Input>>(1);
-        let (outbox, rx) = mpsc::sync_channel::<Reply<M::Output>>(1);
-        let m = model.clone();
-        let spawned = std::thread::Builder::new()
-            .name("lanelog-runner".into())
-            .spawn(move || {
-                while let Ok(inputs) = inbox.recv() {
-                    let reply =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.infer(&inputs)))
-                            .unwrap_or_else(|p| {
-                                Err(ModelError(format!("model panicked: {}", panic_text(&p))))
-                            });
-                    if outbox.send(reply).is_err() {
-                        return;
-                    }
-                }
-            });
-        // Without a thread the channel is closed and every call reports it.
-        drop(spawned);
-        Runner { model, tx, rx }
-    }
-
-    fn call(
-        &mut self,
-        inputs: Vec<M::Input>,
-        timeout: Duration,
-        renew_every: Duration,
-        mut renew: impl FnMut(),
-    ) -> Reply<M::Output> {
-        if self.tx.send(inputs).is_err() {
-            *self = Runner::new(self.model.clone());
-            return Err(ModelError("the model runner thread is gone".into()));
-        }
-        let started = Instant::now();
-        loop {
-            let left = timeout.saturating_sub(started.elapsed());
-            match self.rx.recv_timeout(left.min(renew_every)) {
-                Ok(reply) => return reply,
-                Err(RecvTimeoutError::Timeout) if left <= renew_every => {
-                    // Abandon the stuck thread; its late reply goes nowhere.
-                    *self = Runner::new(self.model.clone());
-                    return Err(ModelError(format!("timed out after {timeout:?}")));
-                }
-                Err(RecvTimeoutError::Timeout) => renew(),
-                Err(RecvTimeoutError::Disconnected) => {
-                    *self = Runner::new(self.model.clone());
-                    return Err(ModelError("the model runner thread died".into()));
-                }
-            }
-        }
-    }
-}
-
-fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::ResultRecord;
-    use super::*;
-
-    #[test]
-    fn done_record_is_the_codec_layout() {
-        let outcome = |row, output: std::result::Result<Vec<f32>, String>| RowOutcome {
-            run: 9,
-            row,
-            output,
-            attempt: 2,
-            finished_ms: 5,
-            queue_us: 6,
-            infer_us: 7,
-            batch_rows: 8,
-        };
-        let outcomes = vec![
-            outcome(1, Ok(vec![0.5, 1.5])),
-            outcome(2, Err("bad".into())),
-        ];
-        let direct = codec::encode(&ResultRecord::Done {
-            model: ("m".to_string(), "v1".to_string()),
-            outcomes: outcomes.clone(),
-        })
-        .unwrap();
-        let parts: Vec<Vec<u8>> = outcomes.iter().map(|o| codec::encode(o).unwrap()).collect();
-        assert_eq!(done_record(("m", "v1"), &parts), direct);
-        // A failed outcome written without the output type reads as any.
-        let failed = RowOutcome::<()> {
-            output: Err("too large".into()),
-            ..outcome(3, Ok(vec![])).map_output()
-        };
-        let bytes = done_record(("m", "v1"), &[codec::encode(&failed).unwrap()]);
-        match codec::decode::<ResultRecord<Vec<f32>>>(&bytes).unwrap() {
-            ResultRecord::Done { outcomes, .. } => {
-                assert_eq!(outcomes[0].output, Err("too large".to_string()));
-                assert_eq!(outcomes[0].row, 3);
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    impl<O> RowOutcome<O> {
-        fn map_output(self) -> RowOutcome<()> {
-            RowOutcome {
-                run: self.run,
-                row: self.row,
-                output: Ok(()),
-                attempt: self.attempt,
-                finished_ms: self.finished_ms,
-                queue_us: self.queue_us,
-                infer_us: self.infer_us,
-                batch_rows: self.batch_rows,
-            }
-        }
-    }
-}

@@ -1,0 +1,59 @@
+//! The worker layer's error type, kept apart from the queue's
+//! [`crate::Error`]: a queue error reaches the caller wrapped, unchanged, in
+//! [`InferError::Queue`]; everything else here is about the pool and its
+//! runs.
+
+use super::codec::CodecError;
+
+/// What can go wrong starting or stopping a [`WorkerPool`] or in a
+/// [`parallel_infer`] call.
+///
+/// A row the model fails on is not an error: it comes back as a failed row
+/// (its output is `Err` with the model's error), unless more rows fail than
+/// the failure budget allows.
+///
+/// [`WorkerPool`]: super::WorkerPool
+/// [`parallel_infer`]: super::parallel_infer
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InferError {
+    /// An operation on the job or result queue failed; the queue's error,
+    /// unchanged (its message too).
+    #[error(transparent)]
+    Queue(#[from] crate::Error),
+
+    /// An option is out of range, or an input cannot be read (an Arrow
+    /// column of a type the model's input does not take, a null), named in
+    /// the message.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// A row or a result cannot be encoded (over
+    /// [`MAX_RECORD_BYTES`](super::MAX_RECORD_BYTES), or one serde cannot
+    /// encode).
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+
+    /// `parallel_infer` stopped early: more rows failed than its failure
+    /// budget allows. The results stored so far are kept for a later call.
+    #[error("{failed} of {rows} rows failed, over the failure budget")]
+    FailureBudget {
+        /// Rows that failed past their retries.
+        failed: usize,
+        /// Rows in the table.
+        rows: usize,
+    },
+
+    /// A thread of the pool (a worker or the committer) could not be
+    /// started; the threads already started were stopped.
+    #[error("cannot start a pool thread")]
+    Spawn(#[source] std::io::Error),
+
+    /// Threads of the pool (workers or the committer) panicked. The jobs
+    /// they held return to the queue when their leases expire.
+    #[error("{threads} pool thread(s) panicked")]
+    Panicked {
+        /// How many threads panicked.
+        threads: usize,
+    },
+}
