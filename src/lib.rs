@@ -70,29 +70,53 @@
 //!
 //! # Layout
 //!
-//! Dependencies point downward only:
+//! One file per role. Dependencies point one way, top to bottom, with no
+//! cycles: a module uses only modules listed below it (`worker` only the
+//! public `Queue` API).
 //!
-//! - [`queue`](Queue): the public facade, one core lock and group commit.
-//! - [`inspect`]: read-only views of a directory (stats, peek, a message's
-//!   history, a check of every file) without the lock, for the `lanelog`
-//!   command-line tool (feature `cli`).
-//! - `recovery`: the open sequence (the only code that truncates or removes
-//!   at open).
-//! - `segment`, `journal`: the two file kinds, appending and reading.
-//! - `prepare`: a background thread that makes the next segment and journal
-//!   file before they are needed (through `storage`, never the core lock).
-//! - `index`: the in-memory keydir and ready lanes, changed only by `add` and
-//!   `apply`, live and in replay alike.
-//! - `lanes`: the scheduling policy ([`Scheduling`]), pure.
-//! - [`codec`]: every byte layout, pure functions over slices.
-//! - [`storage`]: the only module that touches files; [`storage::MemoryStorage`]
-//!   simulates crashes and faults. Its `mmap` module is the only `unsafe` code.
-//! - [`clock`](Clock): the only code that reads time.
-//! - `waker` (feature `tokio`): async wake-ups and the timer thread.
-//! - [`worker`]: the inference worker pool and `parallel_infer`, on the
-//!   public `Queue` API only; `OnnxModel` behind the `onnx` feature,
-//!   `parallel_infer_arrow` (Arrow tables in and out) behind `arrow`.
-//! - `config`, `message`, `error`: options, plain data, the error type.
+//! - `worker/`: the inference worker loop, on the crate's public API only
+//!   ([`worker`] lists its files).
+//! - `queue.rs`: the public facade, [`Queue`] and [`QueueOptions::open`];
+//!   every method checks its arguments and hands over to the engine.
+//! - `inspect/`: read-only views of a directory without the lock (stats,
+//!   peek, a message's history, a check of every file), for the `lanelog`
+//!   command-line tool (`src/bin/lanelog/`, feature `cli`):
+//!   - `mod.rs`: [`inspect::Inspector`], the lock state, the pinned
+//!     read-only snapshot;
+//!   - `report.rs`: the public report types;
+//!   - `explain.rs`: one message's history;
+//!   - `verify.rs`: the check of every file.
+//! - `engine/`: the open queue behind the facade:
+//!   - `mod.rs`: the locked state (`Core`), open, the write path (records,
+//!     journal entries, id blocks, prepared segments), stats;
+//!   - `commit.rs`: group commit, the periodic flusher and the one
+//!     poisoning path;
+//!   - `delivery.rs`: leases, reads outside the lock, lease expiry,
+//!     settling by receipt;
+//!   - `space.rs`: deleting finished segments; a pure choice of the segment
+//!     to relocate, and relocating it;
+//!   - `checkpoint.rs`: when a checkpoint is due, and writing it.
+//! - `waker.rs` (feature `tokio`): async wake-ups and the timer thread.
+//! - `recovery.rs`: the open sequence: read and judge every file, then fix
+//!   (the only code that truncates or removes at open).
+//! - `prepare.rs`: a background thread that makes the next segment and
+//!   journal file before they are needed, and syncs behind the writer.
+//! - `segment.rs`, `journal.rs`: the two file kinds: appending, reading,
+//!   scanning; each owns its end and synced marks.
+//! - `index.rs`: the in-memory keydir and ready lanes, changed by `add` and
+//!   `apply` live and in replay, and bulk-loaded by recovery.
+//! - `layout.rs`: every file name, number limit, the directory listing and
+//!   how a file is made with its header.
+//! - `codec/`: every byte layout, pure functions over slices (hidden from
+//!   the documented API; `docs/format.md` is its prose twin).
+//! - [`storage`]: the only module that touches files;
+//!   [`storage::MemoryStorage`] simulates crashes and faults. Its `mmap`
+//!   module is the only `unsafe` code.
+//! - `config.rs`: options, their defaults and limits; plain data.
+//! - `lanes.rs`: the scheduling policy ([`Scheduling`]), pure.
+//! - `message.rs`: ids, deliveries, stats and reports; plain data.
+//! - `clock.rs` ([`Clock`]): the only code that reads time.
+//! - `error.rs`: the error type.
 
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
