@@ -135,22 +135,37 @@ pub(crate) struct Files {
     pub temporary: Vec<String>,
 }
 
+impl Files {
+    /// Classify a listing's names; the queue's files sorted by number.
+    pub(crate) fn from_names(names: impl IntoIterator<Item = String>) -> Files {
+        let mut f = Files::default();
+        for name in names {
+            match FileName::classify(&name) {
+                Some(FileName::Segment(id)) => f.segments.push(id),
+                Some(FileName::Journal(n)) => f.journals.push(n),
+                Some(FileName::Checkpoint(n)) => f.checkpoints.push(n),
+                Some(FileName::Temporary) => f.temporary.push(name),
+                None => {}
+            }
+        }
+        f.segments.sort_unstable();
+        f.journals.sort_unstable();
+        f.checkpoints.sort_unstable();
+        f
+    }
+
+    /// Every segment, journal and checkpoint file name, in that order.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let segments = self.segments.iter().map(|&id| segment_name(id));
+        let journals = self.journals.iter().map(|&n| journal_name(n));
+        let checkpoints = self.checkpoints.iter().map(|&n| checkpoint_name(n));
+        segments.chain(journals).chain(checkpoints).collect()
+    }
+}
+
 /// List and classify the queue's files in `storage`.
 pub(crate) fn list(storage: &dyn Storage) -> io::Result<Files> {
-    let mut f = Files::default();
-    for name in storage.list()? {
-        match FileName::classify(&name) {
-            Some(FileName::Segment(id)) => f.segments.push(id),
-            Some(FileName::Journal(n)) => f.journals.push(n),
-            Some(FileName::Checkpoint(n)) => f.checkpoints.push(n),
-            Some(FileName::Temporary) => f.temporary.push(name),
-            None => {}
-        }
-    }
-    f.segments.sort_unstable();
-    f.journals.sort_unstable();
-    f.checkpoints.sort_unstable();
-    Ok(f)
+    Ok(Files::from_names(storage.list()?))
 }
 
 /// Refuse file numbers the queue could not go on from (invariant B).

@@ -1,0 +1,357 @@
+//! [`Inspector::explain`]: everything the directory tells about one
+//! message, and the lookups it needs (its record where the index points, or
+//! every record of it in the segments; its checkpoint entry; its journal
+//! entries).
+//!
+//! Invariants:
+//!
+//! A. Only the inspector's snapshot is read (the pinned files listed when
+//!    it opened), through the same scanners and decoders open uses; a file
+//!    its owner removed since is as if it held nothing.
+//! B. The state comes from the index when the message is live (and from
+//!    the scan when it is live in a missing segment). Otherwise
+//!    the newest ack or purge entry says it finished; with neither, entries
+//!    still on disk or a damaged record mean it is lost (a checkpoint trims
+//!    a message's entries only together with the one that finished it), a
+//!    record or checkpoint entry alone means it finished, and no trace at
+//!    all is [`Error::Unknown`].
+//! C. Journal entries that are about no message (id reservations) never
+//!    become events.
+
+use std::time::Duration;
+
+use super::{
+    len32, read_if_present, CheckpointInfo, CheckpointState, Event, EventKind, History, Inspector,
+    MessageState, RecordInfo,
+};
+use crate::clock::Timestamp;
+use crate::codec::{checkpoint, header, record};
+use crate::error::{Error, Result};
+use crate::index::Found;
+use crate::message::MessageId;
+use crate::storage::StorageFile;
+use crate::{layout, segment};
+
+impl Inspector {
+    /// A message's whole history: its record, its entry in the newest
+    /// checkpoint, and every journal entry about it still on disk. Entries
+    /// older than the newest checkpoint may have been removed with their
+    /// journal files ([`History::is_complete`] tells).
+    ///
+    /// Reads the journal files, and for a message that is no longer live
+    /// every segment, so it costs a pass over those files.
+    ///
+    /// # Errors
+    /// [`Error::Unknown`] when the directory holds no trace of `id`; as
+    /// [`Inspector::recovery_report`]; [`Error::Io`].
+    pub fn explain(&self, id: MessageId) -> Result<History> {
+        let s = self.scanned()?;
+        let id = id.0;
+        let files = layout::Files::from_names(self.snapshot.names.iter().cloned());
+        let found = s.index.find(id);
+        let mut state = match found {
+            Some(Found::Ready {
+                priority, attempt, ..
+            }) => Some(MessageState::Ready {
+                priority,
+                attempts: attempt,
+            }),
+            Some(Found::Delayed {
+                priority,
+                attempt,
+                ready_at,
+                ..
+            }) => Some(MessageState::Delayed {
+                priority,
+                attempts: attempt,
+                until: Timestamp(ready_at),
+            }),
+            Some(Found::InFlight(l)) => Some(MessageState::InFlight {
+                priority: l.priority,
+                attempt: l.attempt,
+                lease_deadline: Timestamp(l.deadline),
+            }),
+            Some(Found::Dead(d)) => Some(MessageState::Dead {
+                priority: d.priority,
+                attempts: d.attempt,
+                reason: d.reason.clone(),
+                since: Timestamp(d.at),
+            }),
+            None => s
+                .missing
+                .iter()
+                .find(|&&(m, _)| m == id)
+                .map(|&(_, segment)| MessageState::Lost {
+                    segment: Some(segment),
+                }),
+        };
+        let current = match found {
+            Some(Found::Ready { loc, .. } | Found::Delayed { loc, .. }) => Some(loc),
+            Some(Found::InFlight(l)) => Some(l.loc),
+            Some(Found::Dead(d)) => Some(d.loc),
+            None => None,
+        };
+        let records = match current {
+            Some(loc) => s
+                .segments
+                .get(&loc.segment)
+                .map(|seg| self.record_at(seg.id(), &**seg.file(), loc.offset, seg.size()))
+                .transpose()?
+                .into_iter()
+                .collect(),
+            None => self.find_records(&files.segments, id)?,
+        };
+        let checkpoint = match s.report.checkpoint {
+            Some(n) => self.checkpoint_entry(n, id)?,
+            None => None,
+        };
+        let events = self.events(&files.journals, id)?;
+        if state.is_none() {
+            state = events.iter().rev().find_map(|e| match e.kind {
+                EventKind::Acked => Some(MessageState::Acked),
+                EventKind::Purged => Some(MessageState::Purged),
+                _ => None,
+            });
+        }
+        // Not live and nothing finished it: entries about it (which a
+        // checkpoint trims only together with the one that finished it) or
+        // a damaged record mean it was lost, not finished.
+        let unreadable = records.iter().any(|r| r.damage.is_some());
+        let state = match state {
+            Some(state) => state,
+            None if unreadable || !events.is_empty() => MessageState::Lost { segment: None },
+            None if !records.is_empty() || checkpoint.is_some() => MessageState::Finished,
+            None => return Err(Error::Unknown),
+        };
+        Ok(History {
+            id: MessageId(id),
+            state,
+            records,
+            checkpoint,
+            events,
+            first_journal_file: files.journals.first().copied(),
+        })
+    }
+
+    fn record_at(
+        &self,
+        segment_id: u32,
+        file: &dyn StorageFile,
+        offset: u32,
+        size: u32,
+    ) -> Result<RecordInfo> {
+        let max = self.limit(size);
+        let (h, damage) = match segment::read_record(file, offset, max) {
+            Ok((h, _)) => (Some(h), None),
+            Err(segment::ReadError::Io(e)) => return Err(e.into()),
+            Err(segment::ReadError::Corrupt(e)) => (
+                segment::read_header(file, offset, max),
+                Some(format!("{e}; the queue dead-letters it when it comes up")),
+            ),
+        };
+        Ok(RecordInfo {
+            file: crate::layout::segment_name(segment_id),
+            offset,
+            enqueued_at: Timestamp(h.map_or(0, |h| h.enqueued_ms)),
+            priority: h.map_or(0, |h| h.priority),
+            delay: Duration::from_millis(h.map_or(0, |h| u64::from(h.delay_ms))),
+            size: h.map_or(0, |h| h.len),
+            relocated: h.is_some_and(|h| h.relocated()),
+            current: true,
+            damage,
+        })
+    }
+
+    /// Every record of `id` in the segments on disk (it is not live).
+    fn find_records(&self, segments: &[u32], id: u64) -> Result<Vec<RecordInfo>> {
+        let mut out = Vec::new();
+        for &seg in segments {
+            let name = crate::layout::segment_name(seg);
+            let Some(bytes) = read_if_present(&*self.snapshot.files, &name, &mut |_| {})? else {
+                continue;
+            };
+            if bytes.len() < header::SIZE {
+                continue;
+            }
+            let max = self.limit(len32(&bytes));
+            let scan = segment::scan(&bytes, header::SIZE, max);
+            // A damaged record whose unverified header names the message.
+            for gap in &scan.damaged {
+                let at = gap.start as usize;
+                let Some(h) = record::decode_header(&bytes[at..], max)
+                    .ok()
+                    .filter(|h| h.id == id)
+                else {
+                    continue;
+                };
+                let why = record::decode(&bytes[at..], max)
+                    .err()
+                    .map_or("out of id order".to_string(), |e| e.to_string());
+                out.push(RecordInfo {
+                    file: name.clone(),
+                    offset: gap.start,
+                    enqueued_at: Timestamp(h.enqueued_ms),
+                    priority: h.priority,
+                    delay: Duration::from_millis(u64::from(h.delay_ms)),
+                    size: h.len,
+                    relocated: h.relocated(),
+                    current: false,
+                    damage: Some(format!("{why}; open skips it")),
+                });
+            }
+            for (offset, h) in scan.frames.iter().filter(|(_, h)| h.id == id) {
+                out.push(RecordInfo {
+                    file: name.clone(),
+                    offset: *offset,
+                    enqueued_at: Timestamp(h.enqueued_ms),
+                    priority: h.priority,
+                    delay: Duration::from_millis(u64::from(h.delay_ms)),
+                    size: h.len,
+                    relocated: h.relocated(),
+                    current: false,
+                    damage: None,
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.file, a.offset).cmp(&(&b.file, b.offset)));
+        Ok(out)
+    }
+
+    fn checkpoint_entry(&self, number: u64, id: u64) -> Result<Option<CheckpointInfo>> {
+        let name = crate::layout::checkpoint_name(number);
+        let Some(bytes) = read_if_present(&*self.snapshot.files, &name, &mut |_| {})? else {
+            return Ok(None);
+        };
+        let mut found = None;
+        let mut reason = None;
+        // Decoded when the directory was scanned; a checkpoint replaced since
+        // then simply holds nothing here.
+        let _ = checkpoint::decode(
+            &bytes,
+            |_, _| {},
+            |m| {
+                if m.id == id {
+                    found = Some(m);
+                }
+            },
+            |m, r| {
+                if m == id {
+                    reason = Some(r);
+                }
+            },
+        );
+        Ok(found.map(|m| CheckpointInfo {
+            number,
+            state: CheckpointState::from_codec(m.state),
+            time: Timestamp(m.time_ms),
+            attempts: m.attempt,
+            priority: m.priority,
+            reason,
+        }))
+    }
+
+    fn events(&self, journals: &[u64], id: u64) -> Result<Vec<Event>> {
+        let mut out = Vec::new();
+        for &n in journals {
+            let name = crate::layout::journal_name(n);
+            let Some(bytes) = read_if_present(&*self.snapshot.files, &name, &mut |_| {})? else {
+                continue;
+            };
+            let scan = crate::journal::scan(&bytes, header::SIZE);
+            for (offset, (e, _)) in &scan.frames {
+                if e.id != id {
+                    continue;
+                }
+                if let Some(kind) = EventKind::from_codec(e.kind) {
+                    out.push(Event {
+                        file: name.clone(),
+                        offset: *offset,
+                        kind,
+                        time: Timestamp(e.time_ms),
+                        attempt: e.attempt,
+                        reason: e.reason.clone(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::tests::{inspect, queue, START};
+    use super::super::*;
+    use crate::clock::ManualClock;
+    use crate::storage::MemoryStorage;
+
+    #[test]
+    fn explain_tells_every_step_and_when_history_was_trimmed() {
+        let mem = MemoryStorage::new();
+        let clock = ManualClock::new(START);
+        let q = queue(&mem, &clock);
+        let id = q.enqueue(b"job", 3).expect("enqueue");
+        let d = q.dequeue().expect("dequeue").expect("one");
+        q.nack(d.receipt, Duration::ZERO).expect("nack");
+        let _lost = q.dequeue().expect("dequeue").expect("again");
+        clock.advance(Duration::from_secs(31));
+        let d = q.dequeue().expect("dequeue").expect("after expiry");
+        assert_eq!(d.attempt, 3);
+        let ins = inspect(&mem, &clock);
+        let h = ins.explain(id).expect("explain");
+        assert!(matches!(
+            h.state,
+            MessageState::InFlight {
+                priority: 3,
+                attempt: 3,
+                ..
+            }
+        ));
+        q.ack(d.receipt).expect("ack");
+        let h = inspect(&mem, &clock).explain(id).expect("explain");
+        let names: Vec<&str> = h.events.iter().map(Event::name).collect();
+        assert_eq!(
+            names,
+            [
+                "delivered",
+                "nacked",
+                "delivered",
+                "expired",
+                "delivered",
+                "acked"
+            ]
+        );
+        assert_eq!(
+            h.events.iter().map(|e| e.attempt).collect::<Vec<_>>(),
+            [1, 1, 2, 2, 3, 3]
+        );
+        assert_eq!(h.events[0].time, START.plus(Duration::from_secs(30)));
+        assert_eq!(h.state, MessageState::Acked);
+        assert_eq!(h.records.len(), 1);
+        assert_eq!(h.records[0].enqueued_at, START);
+        assert_eq!(h.records[0].size, 3);
+        assert!(h.is_complete());
+        assert!(matches!(
+            inspect(&mem, &clock).explain(MessageId(999)),
+            Err(Error::Unknown)
+        ));
+
+        // A close writes a checkpoint and drops the journal before it.
+        let other = q.enqueue(b"kept", 1).expect("enqueue");
+        q.close().expect("close");
+        let h = inspect(&mem, &clock).explain(other).expect("explain");
+        assert!(!h.is_complete());
+        assert!(h.events.is_empty());
+        let c = h.checkpoint.expect("in the checkpoint");
+        assert_eq!(c.state, CheckpointState::Pending);
+        assert_eq!(
+            h.state,
+            MessageState::Ready {
+                priority: 1,
+                attempts: 0
+            }
+        );
+    }
+}
