@@ -108,6 +108,7 @@ mod lanes;
 mod message;
 mod prepare;
 mod queue;
+mod readme_doctest;
 mod recovery;
 mod segment;
 pub mod storage;
