@@ -7,10 +7,10 @@
 //!
 //! Run: `cargo bench --bench throughput` (HTML reports in
 //! `target/criterion/`); one group: `cargo bench --bench throughput -- enqueue_batch`.
-//! The durable cells are bound by fdatasync, whose cost on the development
-//! machines switches between ~150 µs and ~2 ms for minutes at a time:
-//! compare cells from one run, and see `compare/` for the side-by-side
-//! table with a disk probe.
+//! The durable cells are bound by fdatasync, whose cost on a virtual disk
+//! can change by an order of magnitude for minutes at a time: compare cells
+//! from one run, and see `compare/` for the side-by-side table with a disk
+//! probe (and docs/benchmarks.md for the probes recorded so far).
 
 use std::sync::Barrier;
 use std::time::{Duration, Instant};

@@ -137,6 +137,7 @@ mod layout;
 mod message;
 mod prepare;
 mod queue;
+mod readme_doctest;
 mod recovery;
 mod segment;
 pub mod storage;

@@ -7,10 +7,9 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    DurationMicrosecondType, Float32Type, Float64Type, TimestampMillisecondType, UInt32Type,
+    DurationMicrosecondType, Float64Type, TimestampMillisecondType, UInt32Type,
 };
 use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use lanelog::worker::{parallel_infer_arrow, Column, InferOptions, Model, ModelError, PoolOptions};
@@ -213,6 +212,8 @@ fn tables_that_cannot_be_read_are_refused_by_column() {
 #[cfg(feature = "onnx")]
 #[test]
 fn the_onnx_model_over_a_tensor_column_matches_the_fixture() {
+    use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
+    use arrow_array::types::Float32Type;
     use lanelog::worker::OnnxModel;
     let model = OnnxModel::load(
         concat!(env!("CARGO_MANIFEST_DIR"), "/models/digits_mlp.onnx"),
