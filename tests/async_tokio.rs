@@ -5,24 +5,14 @@
 //! messages; then count deliveries and check nothing is left leased.
 #![cfg(feature = "tokio")]
 
+mod common;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
-use lanelog::{Durability, QueueOptions};
-
-fn open() -> (tempfile::TempDir, lanelog::Queue) {
-    let dir = tempfile::tempdir().unwrap();
-    let q = QueueOptions::new()
-        .durability(Durability::None)
-        .segment_size(1 << 20)
-        .open(dir.path())
-        .unwrap();
-    (dir, q)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_waits_lose_nothing() {
-    let (_dir, q) = open();
+    let (_dir, q) = common::temp_queue();
     let total = 300u32;
     let mut consumers = Vec::new();
     for _ in 0..4 {
@@ -66,7 +56,7 @@ async fn cancelled_waits_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_waiter_wakes_for_a_maturing_delay() {
-    let (_dir, q) = open();
+    let (_dir, q) = common::temp_queue();
     q.enqueue_delayed(b"later", 0, Duration::from_millis(30))
         .unwrap();
     let d = tokio::time::timeout(Duration::from_secs(60), q.dequeue_async())
@@ -78,7 +68,7 @@ async fn async_waiter_wakes_for_a_maturing_delay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_batch_takes_what_is_ready() {
-    let (_dir, q) = open();
+    let (_dir, q) = common::temp_queue();
     let waiter = {
         let q = q.clone();
         tokio::spawn(async move { q.dequeue_batch_async(8).await.unwrap().len() })

@@ -2,7 +2,6 @@
 //! Method: snapshot stats and every file byte before the refused call and compare after; cross-process locking is checked with flock(1) and by re-running this test binary as a child.
 
 mod common;
-mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -11,13 +10,13 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::files::{assert_same_files, crash_image, newest, read_file, records, snapshot, tamper};
 use common::{both, Place};
 use lanelog::storage::{MemoryStorage, Storage};
 use lanelog::{
     Durability, Error, ManualClock, Queue, QueueOptions, Timestamp, MAX_DELAY, MAX_SEGMENT_SIZE,
     MIN_SEGMENT_SIZE,
 };
-use support::{assert_same_files, crash_image, newest, read_file, records, snapshot, tamper};
 
 /// Stats and every file's bytes: what "nothing changed" compares.
 struct State(lanelog::Stats, BTreeMap<String, Vec<u8>>);
@@ -430,7 +429,7 @@ fn damaged_checkpoint_is_refused_untouched() {
         closed_queue(place);
         let name = newest(place, "checkpoint-");
         let len = read_file(place, &name).len();
-        support::flip(place, &name, len - 10, 0x01);
+        common::files::flip(place, &name, len - 10, 0x01);
         let before = snapshot(place);
         let err = place.open(small()).expect_err("damaged checkpoint");
         assert!(
@@ -544,7 +543,7 @@ fn lock_is_a_flock_other_tools_see() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let lock = dir.path().join(support::LOCK_FILE);
+    let lock = dir.path().join(common::files::LOCK_FILE);
     let try_lock = || {
         Command::new("flock")
             .arg("-n")

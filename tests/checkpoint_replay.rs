@@ -2,17 +2,17 @@
 //! Method: run one deterministic workload (enqueue, batches, delays, dequeue, ack, nack, extend, dead-letter, redrive, purge, clock moves) on two queues that differ only in checkpoint_bytes, take process-crash images at the same steps, reopen both and compare stats, dead letters and every later delivery.
 
 mod common;
-mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::files::{crash_image, payload};
 use common::{both, small, Place};
 use lanelog::storage::{CrashPolicy, MemoryStorage};
 use lanelog::{
     Clock, DeadLetter, Delivery, Durability, ManualClock, Queue, QueueOptions, Stats, Timestamp,
 };
-use support::{crash_image, payload, Rng};
+use testkit::SplitMix64 as Rng;
 
 const T0: Timestamp = Timestamp(1_700_000_000_000);
 
@@ -52,18 +52,18 @@ fn step(q: &Queue, clock: &ManualClock, rng: &mut Rng, out: &mut Vec<Delivery>) 
     };
     match rng.below(100) {
         0..=24 => {
-            let p = payload(rng.next(), size(rng));
+            let p = payload(rng.next_u64(), size(rng));
             format!("enq {:?}", q.enqueue(&p, rng.below(4) as u8))
         }
         25..=29 => {
             let ps: Vec<(Vec<u8>, u8)> = (0..1 + rng.below(5))
-                .map(|_| (payload(rng.next(), size(rng)), rng.below(4) as u8))
+                .map(|_| (payload(rng.next_u64(), size(rng)), rng.below(4) as u8))
                 .collect();
             let items: Vec<(&[u8], u8)> = ps.iter().map(|(p, pr)| (&p[..], *pr)).collect();
             format!("batch {:?}", q.enqueue_batch(&items))
         }
         30..=33 => {
-            let p = payload(rng.next(), size(rng));
+            let p = payload(rng.next_u64(), size(rng));
             let delay = Duration::from_millis(1 + rng.below(60_000));
             format!("delayed {:?}", q.enqueue_delayed(&p, 2, delay))
         }
@@ -144,7 +144,7 @@ fn run(
         Arc::new(storage.clone()),
     )
     .unwrap();
-    let mut rng = Rng::new(0x5eed);
+    let mut rng = testkit::rng(0x5eed);
     let mut out = Vec::new();
     let mut trace = Vec::new();
     let mut images = Vec::new();
@@ -310,7 +310,7 @@ fn clean_close_writes_a_checkpoint_that_replays_nothing() {
         let clock = ManualClock::new(T0);
         let o = opts(&clock, 64 << 20, Durability::Immediate);
         let q = place.open(o.clone()).unwrap();
-        let mut rng = Rng::new(7);
+        let mut rng = testkit::rng(7);
         let mut out = Vec::new();
         for _ in 0..400 {
             step(&q, &clock, &mut rng, &mut out);
@@ -341,8 +341,8 @@ fn clean_close_writes_a_checkpoint_that_replays_nothing() {
         assert_eq!(after, expect, "{}", place.name());
         assert_eq!(comparable(replayed.stats()), comparable(q.stats()));
         assert_eq!(replayed.dead_letters().unwrap(), q.dead_letters().unwrap());
-        let a: Vec<String> = support::drain(&replayed).iter().map(show).collect();
-        let b: Vec<String> = support::drain(&q).iter().map(show).collect();
+        let a: Vec<String> = common::files::drain(&replayed).iter().map(show).collect();
+        let b: Vec<String> = common::files::drain(&q).iter().map(show).collect();
         assert_eq!(a, b, "{}", place.name());
         // Messages at max_deliveries are parked instead of delivered.
         let parked = q.stats().dead - expect.dead;
@@ -359,8 +359,8 @@ fn checkpoint_survives_repeated_crash_and_reopen() {
     let place_full = Place::memory();
     let clock_cp = ManualClock::new(T0);
     let clock_full = ManualClock::new(T0);
-    let mut rng_cp = Rng::new(99);
-    let mut rng_full = Rng::new(99);
+    let mut rng_cp = testkit::rng(99);
+    let mut rng_full = testkit::rng(99);
     let (mut pc, mut pf) = (place_cp, place_full);
     for round in 0..4 {
         let qc = pc.open(opts(&clock_cp, 0, Durability::None)).unwrap();

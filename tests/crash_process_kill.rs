@@ -18,21 +18,20 @@
 //! `LANELOG_KILL_SEED` fixes the seed (the kill times stay random).
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lanelog::{Durability, Queue, QueueOptions, Receipt};
+use testkit::kill::Child;
+use testkit::workload::{payload, MAX_PAYLOAD};
+use testkit::SplitMix64;
 
 const TEST_NAME: &str = "kill_9_torture";
 const CHILD_ENV: &str = "LANELOG_KILL_CHILD";
 const SEED_ENV: &str = "LANELOG_KILL_SEED";
 const CYCLE_ENV: &str = "LANELOG_KILL_CYCLE";
 const DEFAULT_CYCLES: f64 = 200.0;
-/// Longest payload: 1 MiB.
-const MAX_PAYLOAD: usize = 1 << 20;
 /// A child that was never killed stops on its own after this long.
 const CHILD_LIFETIME: Duration = Duration::from_secs(30);
 
@@ -45,61 +44,20 @@ fn options() -> QueueOptions {
         .visibility_timeout(Duration::from_secs(600))
 }
 
-/// splitmix64: tiny and deterministic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// Log-uniform on 0..=MAX_PAYLOAD: as many payloads of 1-2 bytes as of
-    /// 512 KiB-1 MiB.
-    fn payload_len(&mut self) -> usize {
-        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        let len = ((MAX_PAYLOAD + 1) as f64).powf(u) as usize;
-        len.saturating_sub(1).min(MAX_PAYLOAD)
-    }
-
-    fn lane(&mut self) -> u8 {
-        match self.below(10) {
-            0 => 255,
-            n => n as u8 - 1,
-        }
-    }
+/// Log-uniform on 0..=MAX_PAYLOAD: as many payloads of 1-2 bytes as of
+/// 512 KiB-1 MiB.
+fn payload_len(rng: &mut SplitMix64) -> usize {
+    let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    let len = ((MAX_PAYLOAD + 1) as f64).powf(u) as usize;
+    len.saturating_sub(1).min(MAX_PAYLOAD)
 }
 
-/// Pseudo-random bytes made once per process; payloads are slices of it.
-fn pool() -> &'static [u8] {
-    static POOL: OnceLock<Vec<u8>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let mut rng = Rng(0x0DDB_A115_EED0);
-        let mut v = Vec::with_capacity(MAX_PAYLOAD + (1 << 16) + 8);
-        while v.len() < MAX_PAYLOAD + (1 << 16) {
-            v.extend_from_slice(&rng.next().to_le_bytes());
-        }
-        v
-    })
-}
-
-/// The payload of tag `tag`: the tag's bytes, then pool bytes from an
-/// offset the tag picks, cut to `len`; so a swap, shift, truncation or
-/// change of any byte is caught.
-fn payload(tag: u64, len: usize) -> Vec<u8> {
-    let at = (tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as usize;
-    let mut v = Vec::with_capacity(len.max(8));
-    v.extend_from_slice(&tag.to_le_bytes());
-    v.extend_from_slice(&pool()[at..at + len.saturating_sub(8)]);
-    v.truncate(len);
-    v
+/// Lanes 0-8 nine times in ten, else 255.
+fn lane(rng: &mut SplitMix64) -> u8 {
+    match rng.below(10) {
+        0 => 255,
+        n => n as u8 - 1,
+    }
 }
 
 /// A fast 64-bit hash of a payload, to report deliveries in one line.
@@ -132,7 +90,7 @@ fn kill_9_torture() {
 fn child(dir: &Path) {
     let seed: u64 = env_u64(SEED_ENV).unwrap_or(1);
     let cycle: u64 = env_u64(CYCLE_ENV).unwrap_or(0);
-    let mut rng = Rng(seed ^ cycle.wrapping_mul(0xA24B_AED4_963E_E407));
+    let mut rng = SplitMix64::new(seed ^ cycle.wrapping_mul(0xA24B_AED4_963E_E407));
     let mut out = std::io::stdout().lock();
     let mut say = |line: String| {
         // One write per line, flushed before the operation it announces
@@ -157,8 +115,8 @@ fn child(dir: &Path) {
         let result = if (p < 35 && ready < 24) || (ready == 0 && held.is_empty()) {
             n += 1;
             let tag = (cycle + 1) << 32 | n;
-            let len = rng.payload_len();
-            let lane = rng.lane();
+            let len = payload_len(&mut rng);
+            let lane = lane(&mut rng);
             say(format!("@e {tag} {len} {lane}\n"));
             q.enqueue(&payload(tag, len), lane).map(|id| {
                 ready += 1;
@@ -333,18 +291,6 @@ impl Model {
     }
 }
 
-/// Kills the child if the parent panics, so no orphan keeps working.
-struct Reap(Option<Child>);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn parent() {
     let scale: f64 = std::env::var("LANELOG_BATTERY_SCALE")
         .ok()
@@ -359,8 +305,7 @@ fn parent() {
     println!("kill-9: seed {seed} ({SEED_ENV}), {cycles} cycles");
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
     let dir = tmp.path().join("queue");
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut model = Model {
         msgs: HashMap::new(),
         max_id: 0,
@@ -369,7 +314,7 @@ fn parent() {
     let mut t = Tally::default();
     let started = Instant::now();
     for cycle in 0..cycles {
-        let lines = run_child(&exe, &dir, seed, cycle, rng.below(201));
+        let lines = run_child(&dir, seed, cycle, rng.below(201));
         t.cycles += 1;
         let pending = replay(&lines, &mut model, &mut t, cycle);
         if pending != Pending::None {
@@ -413,53 +358,21 @@ fn parent() {
 }
 
 /// Run one child on `dir`, SIGKILL it after `after_ms`, and return every
-/// complete line it wrote.
-fn run_child(exe: &Path, dir: &Path, seed: u64, cycle: u64, after_ms: u64) -> Vec<String> {
-    let child = Command::new(exe)
-        .args([
-            TEST_NAME,
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .env(CHILD_ENV, dir)
-        .env(SEED_ENV, seed.to_string())
-        .env(CYCLE_ENV, cycle.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn child");
-    let mut reap = Reap(Some(child));
-    let stdout = reap.0.as_mut().and_then(|c| c.stdout.take()).expect("pipe");
-    let reader = std::thread::spawn(move || read_lines(stdout));
-    std::thread::sleep(Duration::from_millis(after_ms));
-    // `Child::kill` sends SIGKILL on Unix.
-    let mut c = reap.0.take().expect("child");
-    c.kill().expect("kill child");
-    c.wait().expect("reap child");
-    reader.join().expect("reader thread")
-}
-
-/// Every complete line the child wrote; a line cut by the kill is dropped.
-fn read_lines(stdout: std::process::ChildStdout) -> Vec<String> {
-    let mut r = BufReader::new(stdout);
-    let mut lines = Vec::new();
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match r.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) if buf.last() == Some(&b'\n') => {
-                if buf.starts_with(b"@") {
-                    lines.push(String::from_utf8_lossy(&buf[1..buf.len() - 1]).into_owned());
-                }
-            }
-            Ok(_) => break,
-        }
-    }
-    lines
+/// complete report line it wrote (the `@` taken off).
+fn run_child(dir: &Path, seed: u64, cycle: u64, after_ms: u64) -> Vec<String> {
+    let child = Child::spawn(
+        TEST_NAME,
+        &[
+            (CHILD_ENV, dir.as_os_str().to_owned()),
+            (SEED_ENV, seed.to_string().into()),
+            (CYCLE_ENV, cycle.to_string().into()),
+        ],
+    );
+    child
+        .kill_after(Duration::from_millis(after_ms))
+        .into_iter()
+        .filter_map(|l| l.strip_prefix('@').map(str::to_string))
+        .collect()
 }
 
 fn num<T: std::str::FromStr>(w: Option<&str>) -> T {

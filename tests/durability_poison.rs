@@ -2,19 +2,18 @@
 //! Method: MemoryStorage fault plans (one-shot EIO on the n-th sync, swept over every sync of a workload) and capacity limits; crash images with ProcessCrash and DropUnsynced.
 
 mod common;
-mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::files::payload;
 use common::{small, Place};
 use lanelog::storage::{CrashPolicy, Fault, FaultKind, FaultOps, MemoryStorage};
 use lanelog::{
     Delivery, Durability, Error, ManualClock, MessageId, Queue, QueueOptions, Receipt, Timestamp,
 };
-use support::payload;
 
 const EIO: i32 = 5;
 
@@ -99,7 +98,7 @@ fn failed_sync_on_enqueue_poisons_until_reopen() {
     for policy in [CrashPolicy::ProcessCrash, CrashPolicy::DropUnsynced] {
         let img = m.crash(policy);
         let q = open(&img);
-        let got = support::drain(&q);
+        let got = common::files::drain(&q);
         let mut seen = BTreeMap::new();
         for d in &got {
             if d.payload == b"doomed" {
@@ -115,7 +114,7 @@ fn failed_sync_on_enqueue_poisons_until_reopen() {
     // Reopening the same directory recovers too.
     drop(q);
     let q = open(&m);
-    let got: BTreeSet<MessageId> = support::drain(&q).iter().map(|d| d.id).collect();
+    let got: BTreeSet<MessageId> = common::files::drain(&q).iter().map(|d| d.id).collect();
     assert!(sent.keys().all(|id| got.contains(id)));
     assert!(!got.contains(&done.id));
 }
@@ -216,7 +215,7 @@ fn check_recovered(q: &Queue, model: &Model, ctx: &str) {
     let dead: BTreeSet<MessageId> = q.dead_letters().unwrap().iter().map(|d| d.id).collect();
     let mut delivered = BTreeSet::new();
     let mut unknown = 0;
-    for d in support::drain(q) {
+    for d in common::files::drain(q) {
         match model.sent.get(&d.id) {
             Some(p) => assert_eq!(&d.payload, p, "{ctx}: bytes of {}", d.id),
             None => {
@@ -366,7 +365,7 @@ fn full_disk_fails_cleanly_and_recovers_without_reopen() {
         let p = payload(i, 100_000);
         sent.insert(q.enqueue(&p, 0).unwrap(), p);
     }
-    let got: BTreeMap<MessageId, Vec<u8>> = support::drain(&q)
+    let got: BTreeMap<MessageId, Vec<u8>> = common::files::drain(&q)
         .into_iter()
         .map(|d| (d.id, d.payload))
         .collect();

@@ -2,14 +2,13 @@
 //! Method: a ManualClock moves time by hand; crashes are process-crash images (MemoryStorage::crash, or a copy of the directory on disk); every scenario runs on disk and in memory.
 
 mod common;
-mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::files::crash_image;
 use common::{both, small};
 use lanelog::{Clock, Delivery, Error, ManualClock, Queue, QueueOptions, Timestamp};
-use support::crash_image;
 
 const T0: Timestamp = Timestamp(1_700_000_000_000);
 const LEASE: Duration = Duration::from_secs(30);

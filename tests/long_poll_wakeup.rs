@@ -3,23 +3,15 @@
 //! in long waits, enqueue from another thread, and check they return with
 //! the message long before their wait ends (wake-up latency is printed).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use lanelog::{DequeueOptions, Durability, QueueOptions};
-
-fn open() -> (tempfile::TempDir, lanelog::Queue) {
-    let dir = tempfile::tempdir().unwrap();
-    let q = QueueOptions::new()
-        .durability(Durability::None)
-        .segment_size(1 << 20)
-        .open(dir.path())
-        .unwrap();
-    (dir, q)
-}
+use lanelog::DequeueOptions;
 
 #[test]
 fn long_poll_wakes_on_enqueue_from_another_thread() {
-    let (_dir, q) = open();
+    let (_dir, q) = common::temp_queue();
     let consumer = {
         let q = q.clone();
         std::thread::spawn(move || {
@@ -37,7 +29,7 @@ fn long_poll_wakes_on_enqueue_from_another_thread() {
 
 #[test]
 fn many_waiters_each_get_one_message() {
-    let (_dir, q) = open();
+    let (_dir, q) = common::temp_queue();
     let consumers: Vec<_> = (0..8)
         .map(|_| {
             let q = q.clone();
@@ -58,7 +50,7 @@ fn many_waiters_each_get_one_message() {
 
 #[test]
 fn batch_returns_when_full_or_after_linger() {
-    let (_dir, q) = open();
+    let (_dir, q) = common::temp_queue();
     assert!(q
         .dequeue_batch(4, Duration::from_millis(20))
         .unwrap()
@@ -99,7 +91,7 @@ fn batch_returns_when_full_or_after_linger() {
 
 #[test]
 fn a_waiter_wakes_when_a_lease_expires() {
-    let (_dir, q) = open();
+    let (_dir, q) = common::temp_queue();
     q.enqueue(b"x", 0).unwrap();
     let first = q
         .dequeue_with(&DequeueOptions::new().visibility(Duration::from_millis(30)))
@@ -114,7 +106,7 @@ fn a_waiter_wakes_when_a_lease_expires() {
 
 #[test]
 fn wake_waiters_returns_blocked_consumers_with_what_they_have() {
-    let (_dir, q) = open();
+    let (_dir, q) = common::temp_queue();
     // One consumer waits for a first message, one lingers with one in hand.
     let idle = {
         let q = q.clone();

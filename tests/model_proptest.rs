@@ -13,11 +13,12 @@
 //! the pool, so stale settlements are checked too), RedriveAll,
 //! AdvanceClock(ms) on a ManualClock, Sync, CleanReopen,
 //! CrashReopen (`crash(ProcessCrash)`) and PowerLossReopen
-//! (`crash(DropUnsynced)`). The model: messages by id with priority,
-//! payload tag, attempts and a state (ready, delayed until t, in flight
-//! until t with its receipt, dead with time and reason); ready order is
-//! priority, then id; leases expire when a dequeue runs; `max_deliveries`
-//! dead-letters on the next pick.
+//! (`crash(DropUnsynced)`). The model is the test kit's reference model
+//! (`testkit::model::Model`): messages by id with priority, payload tag,
+//! attempts and a state (ready, delayed until t, in flight until t with its
+//! receipt, dead with time and reason); ready order is priority, then id;
+//! leases expire when a dequeue runs; `max_deliveries` dead-letters on the
+//! next pick.
 //!
 //! A power loss keeps what the last sync covered, which the model cannot
 //! always pin down (`Immediate` syncs every write but a dequeue's delivery
@@ -33,16 +34,16 @@
 
 mod battery;
 
-use std::cmp::Reverse;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lanelog::storage::{CrashPolicy, MemoryStorage};
-use lanelog::{DeadLetter, Delivery, Durability, Error, ManualClock, Queue, Receipt, Timestamp};
+use lanelog::{DeadLetter, Durability, Error, ManualClock, Queue, Receipt, Timestamp};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
+use testkit::model::{Counts as ModelCounts, DeadRow, Model};
+use testkit::workload::{self, Item};
 
 const MAX_DELIVERIES: u32 = 3;
 const VISIBILITY_MS: u64 = 5_000;
@@ -100,160 +101,24 @@ fn case() -> impl Strategy<Value = (bool, Vec<Op>)> {
     (any::<bool>(), prop::collection::vec(op(), 1..=100))
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum St {
-    Ready,
-    Delayed(u64),
-    /// Leased until `deadline`; the receipt is filled in from the delivery.
-    InFlight {
-        deadline: u64,
-        receipt: Option<Receipt>,
-    },
-    Dead {
-        at: u64,
-        reason: String,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Msg {
-    priority: u8,
-    tag: u64,
-    len: usize,
-    enqueued_at: u64,
-    attempt: u32,
-    st: St,
-}
-
-/// One possible state of the queue.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-struct State {
-    msgs: BTreeMap<u64, Msg>,
-    acked_total: u64,
-}
-
-/// What a dequeue should hand out: id, priority, attempt.
-type Predicted = Vec<(u64, u8, u32)>;
-
-fn auto_reason(attempt: u32) -> String {
-    format!("delivered {attempt} times without an ack (max_deliveries = {MAX_DELIVERIES})")
-}
-
-impl State {
-    /// What a dequeue does first: expire leases, mature delays.
-    fn tick(&mut self, now: u64) {
-        for m in self.msgs.values_mut() {
-            match m.st {
-                St::InFlight { deadline, .. } if deadline <= now => m.st = St::Ready,
-                St::Delayed(at) if at <= now => m.st = St::Ready,
-                _ => {}
-            }
-        }
-    }
-
-    fn next_ready(&self) -> Option<u64> {
-        self.msgs
-            .iter()
-            .filter(|(_, m)| m.st == St::Ready)
-            .min_by_key(|(&id, m)| (Reverse(m.priority), id))
-            .map(|(&id, _)| id)
-    }
-
-    /// Lease up to `n`; messages out of deliveries go to the dead letters.
-    /// Receipts are filled in from the real deliveries.
-    fn dequeue(&mut self, now: u64, n: usize) -> Predicted {
-        self.tick(now);
-        let mut out = Vec::new();
-        while out.len() < n {
-            let Some(id) = self.next_ready() else { break };
-            let m = self.msgs.get_mut(&id).expect("ready");
-            if m.attempt >= MAX_DELIVERIES {
-                m.st = St::Dead {
-                    at: now,
-                    reason: auto_reason(m.attempt),
-                };
-                continue;
-            }
-            m.attempt += 1;
-            m.st = St::InFlight {
-                deadline: now + VISIBILITY_MS,
-                receipt: None,
-            };
-            out.push((id, m.priority, m.attempt));
-        }
-        out
-    }
-
-    /// Whether `r` is the receipt of the current lease of `id`.
-    fn current(&self, id: u64, r: &Receipt) -> bool {
-        matches!(
-            self.msgs.get(&id),
-            Some(Msg { st: St::InFlight { receipt: Some(x), .. }, .. }) if x == r
-        )
-    }
-
-    /// After a reopen: leases released (attempts kept).
-    fn reopened(&self) -> State {
-        let mut s = self.clone();
-        for m in s.msgs.values_mut() {
-            if matches!(m.st, St::InFlight { .. }) {
-                m.st = St::Ready;
-            }
-        }
-        s
-    }
-
-    fn stats(&self, now: u64) -> (u64, u64, u64, u64, u64, Vec<(u8, u64)>) {
-        let (mut ready, mut in_flight, mut delayed, mut dead) = (0, 0, 0, 0);
-        let mut lanes: BTreeMap<Reverse<u8>, u64> = BTreeMap::new();
-        for m in self.msgs.values() {
-            match m.st {
-                St::Ready => {}
-                St::Delayed(at) if at <= now => {}
-                St::Delayed(_) => {
-                    delayed += 1;
-                    continue;
-                }
-                St::InFlight { .. } => {
-                    in_flight += 1;
-                    continue;
-                }
-                St::Dead { .. } => {
-                    dead += 1;
-                    continue;
-                }
-            }
-            ready += 1;
-            *lanes.entry(Reverse(m.priority)).or_default() += 1;
-        }
-        let lanes = lanes.into_iter().map(|(Reverse(p), n)| (p, n)).collect();
-        (ready, in_flight, delayed, dead, self.acked_total, lanes)
-    }
-
-    fn dead_letters(&self) -> Vec<(u64, u8, u32, String, u64, u64)> {
-        self.msgs
-            .iter()
-            .filter_map(|(&id, m)| match &m.st {
-                St::Dead { at, reason } => Some((
-                    id,
-                    m.priority,
-                    m.attempt,
-                    reason.clone(),
-                    m.enqueued_at,
-                    *at,
-                )),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
 /// A candidate: the live state and every state since the last sync known
 /// to have covered everything (the first one).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Cand {
-    live: State,
-    since_sync: Vec<State>,
+    live: Model,
+    since_sync: Vec<Model>,
+}
+
+impl Cand {
+    fn same(&self, o: &Cand) -> bool {
+        self.live.same_state(&o.live)
+            && self.since_sync.len() == o.since_sync.len()
+            && self
+                .since_sync
+                .iter()
+                .zip(&o.since_sync)
+                .all(|(a, b)| a.same_state(b))
+    }
 }
 
 fn open(m: MemoryStorage, durability: Durability, clock: &ManualClock) -> Queue {
@@ -329,48 +194,32 @@ impl Harness<'_> {
     /// refused before any write, so it syncs nothing either).
     fn enqueue(&mut self, items: &[(u8, usize, u64)]) -> Result<bool, TestCaseError> {
         let now = self.now();
-        let tags: Vec<u64> = items
+        let items: Vec<Item> = items
             .iter()
-            .map(|_| {
+            .map(|&(priority, len, delay)| {
                 self.next_tag += 1;
-                self.next_tag
+                Item {
+                    tag: self.next_tag,
+                    priority,
+                    len,
+                    delay_ms: u32::try_from(delay).expect("delays are short"),
+                }
             })
             .collect();
-        let payloads: Vec<Vec<u8>> = items
-            .iter()
-            .zip(&tags)
-            .map(|(it, &t)| battery::payload(t, it.1))
-            .collect();
-        let ids = if items.len() == 1 && items[0].2 > 0 {
-            self.q()
-                .enqueue_delayed(&payloads[0], items[0].0, Duration::from_millis(items[0].2))
-                .map(|id| vec![id])
-        } else if items.len() == 1 {
-            self.q()
-                .enqueue(&payloads[0], items[0].0)
-                .map(|id| vec![id])
-        } else {
-            let pairs: Vec<(&[u8], u8)> = payloads
-                .iter()
-                .zip(items)
-                .map(|(p, it)| (p.as_slice(), it.0))
-                .collect();
-            // A batch must fit in one segment (40 header bytes per record);
-            // a larger one is refused whole and changes nothing.
-            let total: usize = items.iter().map(|it| 40 + it.1).sum();
-            if total > (1 << 20) - 32 {
-                return match self.q().enqueue_batch(&pairs) {
-                    Err(lanelog::Error::TooLarge { .. }) => Ok(false),
-                    other => Err(fail(
-                        self,
-                        format!("oversized batch of {total} bytes: {other:?}"),
-                    )),
-                };
-            }
-            self.q().enqueue_batch(&pairs)
+        // A batch must fit in one segment; a larger one is refused whole and
+        // changes nothing.
+        if !workload::fits(&items) {
+            return match workload::enqueue(self.q(), &items) {
+                Err(lanelog::Error::TooLarge { .. }) => Ok(false),
+                other => Err(fail(
+                    self,
+                    format!("oversized batch of {} messages: {other:?}", items.len()),
+                )),
+            };
         }
-        .map_err(|e| fail(self, format!("enqueue failed: {e}")))?;
-        for (i, id) in ids.iter().enumerate() {
+        let ids = workload::enqueue(self.q(), &items)
+            .map_err(|e| fail(self, format!("enqueue failed: {e}")))?;
+        for id in &ids {
             let id = u64::from(*id);
             if id <= self.max_id {
                 return Err(fail(
@@ -382,23 +231,14 @@ impl Harness<'_> {
                 ));
             }
             self.max_id = id;
-            for c in &mut self.cands {
-                let (priority, len, delay) = items[i];
-                c.live.msgs.insert(
-                    id,
-                    Msg {
-                        priority,
-                        tag: tags[i],
-                        len,
-                        enqueued_at: now,
-                        attempt: 0,
-                        st: if delay > 0 {
-                            St::Delayed(now + delay)
-                        } else {
-                            St::Ready
-                        },
-                    },
-                );
+        }
+        for c in &mut self.cands {
+            c.live.begin(now);
+            let batch = (items.len() > 1).then(|| c.live.new_batch());
+            for (id, it) in ids.iter().zip(&items) {
+                if let Err(e) = c.live.add(u64::from(*id), *it, batch) {
+                    return Err(TestCaseError::fail(e));
+                }
             }
         }
         Ok(true)
@@ -406,33 +246,20 @@ impl Harness<'_> {
 
     fn dequeue(&mut self, n: usize) -> Result<(), TestCaseError> {
         let now = self.now();
-        let got: Vec<Delivery> = if n == 1 {
-            self.q().dequeue().map(|d| d.into_iter().collect())
-        } else {
-            self.q().dequeue_up_to(n)
-        }
-        .map_err(|e| fail(self, format!("dequeue failed: {e}")))?;
+        let got = workload::dequeue(self.q(), n)
+            .map_err(|e| fail(self, format!("dequeue failed: {e}")))?;
         self.counts
             .deliveries
             .fetch_add(got.len() as u64, Ordering::Relaxed);
-        let actual: Predicted = got
-            .iter()
-            .map(|d| (u64::from(d.id), d.priority, d.attempt))
-            .collect();
         let mut next = Vec::new();
         let mut why = None;
         for c in &self.cands {
             let mut live = c.live.clone();
-            let predicted = live.dequeue(now, n);
-            if predicted != actual {
-                why.get_or_insert(format!("e.g. a model state predicted {predicted:?}"));
+            live.begin(now);
+            live.tick(now);
+            if let Err(e) = live.dequeue_ok(n, &got) {
+                why.get_or_insert(e);
                 continue;
-            }
-            for d in &got {
-                let m = live.msgs.get_mut(&u64::from(d.id)).expect("delivered");
-                if let St::InFlight { receipt, .. } = &mut m.st {
-                    *receipt = Some(d.receipt);
-                }
             }
             next.push(Cand {
                 live,
@@ -440,30 +267,20 @@ impl Harness<'_> {
             });
         }
         if next.is_empty() {
+            let actual: Vec<(u64, u8, u32)> = got
+                .iter()
+                .map(|d| (u64::from(d.id), d.priority, d.attempt))
+                .collect();
             return Err(fail(
                 self,
                 format!(
-                    "dequeue({n}) gave (id, priority, attempt) {actual:?}; {}",
+                    "dequeue({n}) gave (id, priority, attempt) {actual:?}; e.g. a model state: {}",
                     why.unwrap_or_default()
                 ),
             ));
         }
         self.cands = next;
-        let c = &self.cands[0].live;
         for d in &got {
-            let m = &c.msgs[&u64::from(d.id)];
-            if d.payload != battery::payload(m.tag, m.len) {
-                return Err(fail(self, format!("payload of {} differs (CORRUPT)", d.id)));
-            }
-            if d.enqueued_at != Timestamp(m.enqueued_at) {
-                return Err(fail(
-                    self,
-                    format!(
-                        "{}: enqueued_at {:?}, enqueued at {}",
-                        d.id, d.enqueued_at, m.enqueued_at
-                    ),
-                ));
-            }
             self.receipts.push((u64::from(d.id), d.receipt));
         }
         Ok(())
@@ -497,26 +314,11 @@ impl Harness<'_> {
         })?;
         if ok {
             for c in &mut self.cands {
+                c.live.begin(now);
                 match op {
-                    Op::Ack(_) => {
-                        c.live.msgs.remove(&id);
-                        c.live.acked_total += 1;
-                    }
-                    Op::Nack(_, delay) => {
-                        let m = c.live.msgs.get_mut(&id).expect("leased");
-                        m.st = if *delay == 0 {
-                            St::Ready
-                        } else {
-                            St::Delayed(now + delay)
-                        };
-                    }
-                    _ => {
-                        let m = c.live.msgs.get_mut(&id).expect("leased");
-                        m.st = St::Dead {
-                            at: now,
-                            reason: reason.clone(),
-                        };
-                    }
+                    Op::Ack(_) => c.live.ack_ok(&[id]),
+                    Op::Nack(_, delay) => c.live.nack_ok(id, *delay),
+                    _ => c.live.dead_letter_ok(id, &reason),
                 }
             }
         }
@@ -536,13 +338,12 @@ impl Harness<'_> {
                 Err(format!("it had {dead} dead letters"))
             }
         })?;
+        let now = self.now();
         for c in &mut self.cands {
-            for m in c.live.msgs.values_mut() {
-                if matches!(m.st, St::Dead { .. }) {
-                    m.st = St::Ready;
-                    m.attempt = 0;
-                }
-            }
+            c.live.begin(now);
+            c.live
+                .redrive_ok(n)
+                .map_err(|e| TestCaseError::fail(format!("redrive_all: {e}")))?;
         }
         Ok(n > 0)
     }
@@ -570,20 +371,23 @@ impl Harness<'_> {
         if power {
             self.counts.power_losses.fetch_add(1, Ordering::Relaxed);
         }
+        let now = self.now();
         let mut next: Vec<Cand> = Vec::new();
         for c in &self.cands {
-            let states: Vec<&State> = if power {
+            let states: Vec<&Model> = if power {
                 c.since_sync.iter().collect()
             } else {
                 vec![&c.live]
             };
             for s in states {
-                let live = s.reopened();
+                let mut live = s.clone();
+                live.begin(now);
+                live.reopened(now);
                 let cand = Cand {
                     since_sync: vec![live.clone()],
                     live,
                 };
-                if !next.contains(&cand) {
+                if !next.iter().any(|x| x.same(&cand)) {
                     next.push(cand);
                 }
             }
@@ -602,7 +406,7 @@ impl Harness<'_> {
     fn observe(&mut self) -> Result<(), TestCaseError> {
         let now = self.now();
         let s = self.q().stats();
-        let dead: Vec<(u64, u8, u32, String, u64, u64)> = self
+        let dead: Vec<DeadRow> = self
             .q()
             .dead_letters()
             .map_err(|e| fail(self, format!("dead_letters: {e}")))?
@@ -618,17 +422,18 @@ impl Harness<'_> {
                 )
             })
             .collect();
-        let actual = (
-            s.ready,
-            s.in_flight,
-            s.delayed,
-            s.dead,
-            s.acked_total,
-            s.ready_per_lane
+        let actual = ModelCounts {
+            ready: s.ready,
+            in_flight: s.in_flight,
+            delayed: s.delayed,
+            dead: s.dead,
+            acked_total: s.acked_total,
+            ready_per_lane: s
+                .ready_per_lane
                 .iter()
                 .map(|l| (l.priority, l.ready))
-                .collect::<Vec<_>>(),
-        );
+                .collect(),
+        };
         self.prune("stats and dead letters", |c| {
             let want = c.live.stats(now);
             if want != actual {
@@ -686,7 +491,7 @@ impl Harness<'_> {
         for c in &mut self.cands {
             if synced {
                 c.since_sync = vec![c.live.clone()];
-            } else if c.since_sync.last() != Some(&c.live) {
+            } else if !c.since_sync.last().is_some_and(|l| l.same_state(&c.live)) {
                 c.since_sync.push(c.live.clone());
             }
         }
@@ -709,8 +514,8 @@ fn run_case(immediate: bool, ops: &[Op], counts: &Counts) -> Result<(), TestCase
         storage,
         q: Some(q),
         cands: vec![Cand {
-            live: State::default(),
-            since_sync: vec![State::default()],
+            live: Model::new(MAX_DELIVERIES, VISIBILITY_MS, battery::T0),
+            since_sync: vec![Model::new(MAX_DELIVERIES, VISIBILITY_MS, battery::T0)],
         }],
         receipts: Vec::new(),
         next_tag: 0,

@@ -2,14 +2,13 @@
 //! Method: enqueue with Immediate durability, take a crash image (or close cleanly), flip one payload or header byte in the middle, reopen on disk and in memory and compare every delivery.
 
 mod common;
-mod support;
 
 use std::collections::BTreeMap;
 
+use common::files::{crash_image, drain, entries, flip, newest, payload, read_file, records};
 use common::{both, small, Place};
 use lanelog::codec::entry::Kind;
 use lanelog::{Durability, MessageId, Queue, QueueOptions};
-use support::{crash_image, drain, entries, flip, newest, payload, read_file, records};
 
 const N: u64 = 40;
 

@@ -2,14 +2,13 @@
 //! Method: take a process-crash image, zero the last record (or journal entry) from every byte offset on, reopen each copy on disk and in memory, and compare every delivery.
 
 mod common;
-mod support;
 
 use std::collections::BTreeMap;
 
+use common::files::{crash_image, drain, entries, newest, payload, read_file, records, tamper};
 use common::{both, small, Place};
 use lanelog::codec::entry::Kind;
 use lanelog::{Durability, MessageId, Queue, QueueOptions};
-use support::{crash_image, drain, entries, newest, payload, read_file, records, tamper};
 
 fn opts() -> QueueOptions {
     small().durability(Durability::None)

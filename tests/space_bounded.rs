@@ -2,11 +2,10 @@
 //! Method: 1 MiB segments, a steady enqueue/ack loop with a small backlog; measure the directory (file sizes on disk, used_bytes in memory) throughout and at the end.
 
 mod common;
-mod support;
 
+use common::files::{file_names, payload, used_bytes};
 use common::{both, small, Place};
 use lanelog::{Durability, QueueOptions, MIN_SEGMENT_SIZE};
-use support::{file_names, payload, used_bytes};
 
 const SEGMENT: u64 = MIN_SEGMENT_SIZE;
 const JOURNAL_FILE: u64 = 64 << 10;
@@ -65,7 +64,7 @@ fn steady_traffic_uses_bounded_space() {
                 peak = peak.max(used);
                 peak_files = peak_files.max(file_names(place).len());
                 peak_segments = peak_segments.max(q.stats().segments);
-                let journals = support::names_with_prefix(place, "journal-").len();
+                let journals = common::files::names_with_prefix(place, "journal-").len();
                 peak_journals = peak_journals.max(journals);
                 assert!(
                     used <= bound(),

@@ -7,9 +7,7 @@
 //! this process.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -168,31 +166,13 @@ fn a_sigkilled_run_resumes_with_every_row_once() {
     let mut resumed_somewhere = false;
     for (cycle, batches_before_kill) in [10usize, 25, 40].into_iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                TEST_NAME,
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-                "-q",
-            ])
-            .env(CHILD_ENV, dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut child = testkit::kill::Child::spawn(TEST_NAME, &[(CHILD_ENV, dir.path())]);
         let mut seen = 0;
-        while seen < batches_before_kill {
-            match lines.next() {
-                Some(Ok(l)) if l == "@batch" => seen += 1,
-                Some(Ok(_)) => {}
-                _ => break,
-            }
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        child.wait_for(Duration::from_secs(60), |l| {
+            seen += usize::from(l == "@batch");
+            seen >= batches_before_kill
+        });
+        child.kill(); // SIGKILL
         let model = Arc::new(Slow::new(false));
         let out = parallel_infer(model.clone(), &rows, &opts(dir.path())).unwrap();
         assert_eq!(out.rows.len(), rows.len(), "cycle {cycle}");

@@ -6,7 +6,8 @@
 //!   whatever they accept re-encodes to the same bytes.
 //! - [`image`]: a whole queue directory from arbitrary bytes, opened and
 //!   drained on a `MemoryStorage`.
-//! - [`ops`]: operation sequences with crashes, checked against a model.
+//! - [`ops`]: operation sequences with crashes, checked against the
+//!   reference model of the shared test kit (`testkit::model`).
 //!
 //! Every target's oracle is a panic: a failed `assert!` here is a finding.
 
@@ -59,39 +60,4 @@ impl<'a> Bytes<'a> {
         b[..got.len()].copy_from_slice(got);
         u32::from_le_bytes(b)
     }
-}
-
-/// Bytes of a seeded splitmix64 stream, made once: payloads are slices
-/// of it, so making and checking one costs a copy (a loop here would run
-/// under the fuzzer's comparison tracing on every byte).
-fn pool() -> &'static [u8] {
-    static POOL: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        let n = (1 << 20) + (1 << 16);
-        let mut out = Vec::with_capacity(n + 8);
-        let mut state = 0x5EED_0F1A_4E10_6000_u64;
-        while out.len() < n {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-        }
-        out
-    })
-}
-
-/// The payload of a message from its tag and length (at most 1 MiB): the
-/// tag's bytes, then pseudo-random bytes from an offset the tag picks, cut
-/// to `len`. A checker that knows (tag, len) tells any change, truncation
-/// or swap of payloads.
-pub fn payload(tag: u64, len: usize) -> Vec<u8> {
-    assert!(len <= 1 << 20, "payloads are at most 1 MiB");
-    let pool = pool();
-    let at = (tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as usize;
-    let mut out = Vec::with_capacity(len.max(8));
-    out.extend_from_slice(&tag.to_le_bytes());
-    out.extend_from_slice(&pool[at..at + len.saturating_sub(8)]);
-    out.truncate(len);
-    out
 }

@@ -342,7 +342,7 @@ impl MemoryStorage {
     #[must_use = "the crash image is a new storage; the original is unchanged"]
     pub fn crash(&self, policy: CrashPolicy) -> MemoryStorage {
         let state = self.shared.state.lock();
-        let mut rng = SplitMix64(match policy {
+        let mut rng = SplitMix64::new(match policy {
             CrashPolicy::PowerLoss { seed, .. } => seed,
             _ => 0,
         });
@@ -487,12 +487,25 @@ fn tear(change: &Change, rng: &mut SplitMix64) -> Change {
     }
 }
 
-/// The splitmix64 generator: tiny, deterministic, good enough for choosing
-/// crash outcomes.
-struct SplitMix64(u64);
+/// The splitmix64 generator (Steele, Lea and Flood): tiny, deterministic,
+/// and good enough for choosing crash outcomes. [`MemoryStorage::crash`]
+/// draws its power-loss choices from one seeded with
+/// `CrashPolicy::PowerLoss { seed, .. }`; tests use the same generator for
+/// their seeded workloads, so a seed names one sequence everywhere.
+///
+/// Not for cryptography.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitMix64(u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    /// A generator whose state starts at `state` (every value is a valid
+    /// state, 0 included).
+    pub fn new(state: u64) -> SplitMix64 {
+        SplitMix64(state)
+    }
+
+    /// The next 64 pseudo-random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -500,13 +513,24 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
-    fn coin(&mut self) -> bool {
-        self.next() & 1 == 1
+    /// True or false, each with probability one half.
+    pub fn coin(&mut self) -> bool {
+        self.next_u64() & 1 == 1
     }
 
     /// A value in `0..n` (0 when `n` is 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next().checked_rem(n).unwrap_or(0)
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64().checked_rem(n).unwrap_or(0)
+    }
+
+    /// A value in `lo..=hi` (`lo` when `hi <= lo`).
+    pub fn within(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi.saturating_sub(lo).saturating_add(1))
+    }
+
+    /// True with probability `num / den` (never when `den` is 0).
+    pub fn chance(&mut self, num: u64, den: u64) -> bool {
+        den > 0 && self.below(den) < num
     }
 }
 

@@ -33,7 +33,7 @@ mod memory;
 mod mmap;
 
 pub use disk::DiskStorage;
-pub use memory::{CrashPolicy, Fault, FaultKind, FaultOps, MemoryStorage};
+pub use memory::{CrashPolicy, Fault, FaultKind, FaultOps, MemoryStorage, SplitMix64};
 
 /// A directory of named files: the whole file-system surface of a queue.
 ///

@@ -1,34 +1,32 @@
-//! Shared harness of the crash-safety battery (`crash_sweep`,
-//! `io_error_sweep`): a seeded workload driver, a model of what every call
-//! that returned `Ok` promised, and the oracles that judge a reopened crash
-//! image against that model.
+//! The crash-safety battery's own harness (`crash_sweep`, `io_error_sweep`;
+//! `model_proptest` uses its knobs), on top of the shared test kit
+//! (`testkit/`), which holds the reference model, the oracles, the payloads
+//! and the generator.
 //!
-//! - [`workload`]: the workloads and the [`workload::Driver`] that runs one
-//!   on a fresh `MemoryStorage`, optionally with a fault plan, keeping the
-//!   model in step with what the queue returned.
-//! - [`model`]: per-message history of observable states, stamped with the
-//!   op that caused them, and the durable point of each crash view.
-//! - [`verify`]: open an image (panics caught), drain it, and count lost,
-//!   resurrected, holes, corrupt and wrong-state messages.
+//! - [`workload`]: the battery's seeded workloads and the
+//!   [`workload::Driver`] that runs one on a fresh `MemoryStorage`,
+//!   optionally with a fault plan, keeping `testkit::model::Model` in step
+//!   with what the queue returned.
+//! - [`model`]: `testkit::model` (per-message history of observable states
+//!   and the durable point of each crash view).
+//! - [`verify`]: `testkit::oracle`, with `check` taking a workload: open an
+//!   image (panics caught), drain it, and count lost, resurrected, holes,
+//!   corrupt and wrong-state messages.
 //! - [`traced`]: a `Storage` wrapper that logs every counted call, so a
 //!   sweep knows which call index is a sync and can name the call it broke.
 #![allow(dead_code)]
 
-pub mod model;
 pub mod traced;
 pub mod verify;
 pub mod workload;
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use lanelog::{Durability, ManualClock, QueueOptions};
-
-/// The workload clock's start (ms since the epoch).
-pub const T0: u64 = 1_700_000_000_000;
-
-/// Lease of every delivery in the workloads.
-pub const VISIBILITY_MS: u64 = 10_000;
+// Each test binary that includes the battery uses a part of these.
+#[allow(unused_imports)]
+pub use testkit::model;
+#[allow(unused_imports)]
+pub use testkit::workload::{options, payload, T0, VISIBILITY_MS};
+#[allow(unused_imports)]
+pub use testkit::{mix, rng};
 
 /// Keep freed buffers in the allocator instead of returning them to the
 /// kernel. Every crash image copies whole preallocated 1 MiB segments, and
@@ -95,80 +93,6 @@ pub fn parallel<A: Send + Default>(n: u64, work: impl Fn(u64, &mut A) + Sync) ->
             .map(|h| h.join().expect("sweep worker panicked"))
             .collect()
     })
-}
-
-/// A small deterministic generator (splitmix64).
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5DEE_CE66_D1A4_F87D)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A value in `0..n` (0 when `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next().checked_rem(n).unwrap_or(0)
-    }
-
-    /// A value in `lo..=hi`.
-    pub fn within(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    /// True with probability `num / den`.
-    pub fn chance(&mut self, num: u64, den: u64) -> bool {
-        self.below(den) < num
-    }
-}
-
-/// Mix two numbers into a seed.
-pub fn mix(a: u64, b: u64) -> u64 {
-    let mut r = Rng::new(a.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ b);
-    r.next()
-}
-
-/// The payload of the message tagged `tag`: the tag's little-endian bytes
-/// (as many as fit), then a pattern derived from the tag and the length, so
-/// any damage, truncation or mix-up is caught by regenerating it.
-pub fn payload(tag: u64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    out.extend_from_slice(&tag.to_le_bytes());
-    let mut x = tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (len as u64) ^ 0xA5A5;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// Options shared by the workloads: 1 MiB segments, 64 KiB journal files,
-/// a small checkpoint threshold, a 10 s lease.
-pub fn options(
-    clock: &ManualClock,
-    durability: Durability,
-    max_deliveries: u32,
-    checkpoint_bytes: u64,
-) -> QueueOptions {
-    QueueOptions::new()
-        .segment_size(1 << 20)
-        .journal_file_size(64 << 10)
-        .checkpoint_bytes(checkpoint_bytes)
-        .durability(durability)
-        .visibility_timeout(Duration::from_millis(VISIBILITY_MS))
-        .max_deliveries(max_deliveries)
-        .clock(Arc::new(clock.clone()))
 }
 
 /// `x` with thousands separators, for the summary lines.

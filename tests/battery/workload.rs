@@ -1,6 +1,6 @@
 //! Seeded workloads and the driver that runs one against a queue on a fresh
-//! `MemoryStorage` (optionally with a fault plan), keeping a [`Model`] of
-//! what every call returned.
+//! `MemoryStorage` (optionally with a fault plan), keeping the test kit's
+//! [`Model`] of what every call returned.
 //!
 //! Ops are drawn one at a time from the workload's weights and the model's
 //! state (an ack needs an outstanding receipt), so two runs with the same
@@ -13,10 +13,12 @@ use std::time::Duration;
 
 use lanelog::storage::{Fault, MemoryStorage};
 use lanelog::{Durability, Error, ManualClock, Queue, Receipt, Timestamp};
+use testkit::model::Model;
+use testkit::workload::{self, Item};
+use testkit::SplitMix64;
 
-use super::model::{Item, Model};
 use super::traced::Traced;
-use super::{options, Rng, T0, VISIBILITY_MS};
+use super::{options, T0, VISIBILITY_MS};
 
 /// Relative weights of the random ops.
 #[derive(Debug, Clone, Copy, Default)]
@@ -93,7 +95,7 @@ pub struct Driver {
     pub clock: ManualClock,
     pub q: Option<Queue>,
     pub model: Model,
-    rng: Rng,
+    rng: SplitMix64,
     next_tag: u64,
     mode: Mode,
     pub stopped: bool,
@@ -123,8 +125,8 @@ impl Driver {
             storage,
             clock,
             q: None,
-            model: Model::new(w.max_deliveries, VISIBILITY_MS, T0),
-            rng: Rng::new(w.seed),
+            model: Model::new(w.max_deliveries, VISIBILITY_MS, T0).reads_may_fail(),
+            rng: testkit::rng(w.seed),
             next_tag: 1,
             mode,
             stopped: false,
@@ -228,7 +230,7 @@ impl Driver {
                     Op::Ack(picks)
                 }
                 5 if has => {
-                    let (id, r) = self.model.receipt(self.rng.next()).expect("has");
+                    let (id, r) = self.model.receipt(self.rng.next_u64()).expect("has");
                     let delay = if self.rng.chance(1, 2) {
                         0
                     } else {
@@ -237,7 +239,7 @@ impl Driver {
                     Op::Nack(id, r, delay)
                 }
                 6 if has => {
-                    let (id, r) = self.model.receipt(self.rng.next()).expect("has");
+                    let (id, r) = self.model.receipt(self.rng.next_u64()).expect("has");
                     let len = self.rng.below(self.w.reason_max + 1) as usize;
                     Op::DeadLetter(id, r, len)
                 }
@@ -367,44 +369,25 @@ impl Driver {
         let what = &what[..what.len().min(60)];
         // Ok(true): the op wrote and, under its durability, promised it.
         let r: Result<bool, Error> = match op {
-            Op::Enqueue(items) => {
-                let payloads: Vec<Vec<u8>> = items.iter().map(Item::payload).collect();
-                let r = if items.len() == 1 && items[0].delay_ms > 0 {
-                    let d = Duration::from_millis(u64::from(items[0].delay_ms));
-                    q.enqueue_delayed(&payloads[0], items[0].priority, d)
-                        .map(|id| vec![id])
-                } else if items.len() == 1 {
-                    q.enqueue(&payloads[0], items[0].priority)
-                        .map(|id| vec![id])
-                } else {
-                    let pairs: Vec<(&[u8], u8)> = payloads
-                        .iter()
-                        .zip(&items)
-                        .map(|(p, it)| (p.as_slice(), it.priority))
-                        .collect();
-                    q.enqueue_batch(&pairs)
-                };
-                match r {
-                    Ok(ids) => {
-                        for (id, it) in ids.iter().zip(&items) {
-                            self.model.add(u64::from(*id), *it);
+            Op::Enqueue(items) => match workload::enqueue(&q, &items) {
+                Ok(ids) => {
+                    let batch = (items.len() > 1).then(|| self.model.new_batch());
+                    for (id, it) in ids.iter().zip(&items) {
+                        if let Err(msg) = self.model.add(u64::from(*id), *it, batch) {
+                            self.unexpected.push(format!("{}: {msg}", self.w.name));
+                            self.stopped = true;
                         }
-                        Ok(imm)
                     }
-                    Err(e) => {
-                        self.model.doubt_items.push(items);
-                        Err(e)
-                    }
+                    Ok(imm)
                 }
-            }
+                Err(e) => {
+                    self.model.doubt_items.push(items);
+                    Err(e)
+                }
+            },
             Op::Dequeue(n) => {
                 self.model.tick(now);
-                let r = if n == 1 {
-                    q.dequeue().map(|d| d.into_iter().collect())
-                } else {
-                    q.dequeue_up_to(n)
-                };
-                match r {
+                match workload::dequeue(&q, n) {
                     Ok(got) => {
                         if let Err(msg) = self.model.dequeue_ok(n, &got) {
                             self.unexpected.push(format!("{}: {msg}", self.w.name));
@@ -450,7 +433,7 @@ impl Driver {
                 let reason: String = (0..len).map(|j| (b'a' + (j % 26) as u8) as char).collect();
                 match q.dead_letter(receipt, &reason) {
                     Ok(()) => {
-                        self.model.dead_letter_ok(id);
+                        self.model.dead_letter_ok(id, &reason);
                         Ok(imm)
                     }
                     Err(e) => {
@@ -544,10 +527,4 @@ impl Driver {
     }
 }
 
-/// The message of a caught panic.
-pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panic".to_string())
-}
+pub use testkit::panic_text;

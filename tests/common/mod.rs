@@ -1,11 +1,18 @@
-//! Shared helpers: every scenario runs once on real files and once on the
-//! in-memory storage.
+//! Helpers of the scenario tests (one `tests/<area>_<behaviour>.rs` each):
+//! where a queue lives and how it is opened. Every scenario that takes a
+//! [`Place`] runs once on real files and once on the in-memory storage;
+//! [`files`] reads, copies and damages a place's files. (The crash-safety
+//! battery has its own harness in `tests/battery/`, the CLI tests theirs in
+//! `tests/cli_support/`; the reference model, payloads, generator and
+//! kill-child harness are in the `testkit` crate.)
 #![allow(dead_code)]
+
+pub mod files;
 
 use std::sync::Arc;
 
 use lanelog::storage::{MemoryStorage, Storage};
-use lanelog::{Queue, QueueOptions};
+use lanelog::{Durability, Queue, QueueOptions};
 
 /// Where a scenario runs.
 pub enum Place {
@@ -49,4 +56,16 @@ pub fn both(f: impl Fn(&Place)) {
     for place in [Place::disk(), Place::memory()] {
         f(&place);
     }
+}
+
+/// A queue with `Durability::None` and 1 MiB segments in a new temporary
+/// directory (kept alive by the returned guard).
+pub fn temp_queue() -> (tempfile::TempDir, Queue) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let q = QueueOptions::new()
+        .durability(Durability::None)
+        .segment_size(1 << 20)
+        .open(dir.path())
+        .expect("open");
+    (dir, q)
 }

@@ -1,6 +1,6 @@
-//! Helpers for crash, tamper and replay tests, on top of `common::Place`:
-//! process-crash images of a place, raw file access, and frame walkers.
-#![allow(dead_code)]
+//! The files of a [`Place`]: process-crash images, raw file access and
+//! tampering, frame walkers, and what the crash, tamper and replay tests
+//! compare (snapshots, drains, non-zero payloads).
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -10,7 +10,7 @@ use lanelog::codec::{entry, header, record};
 use lanelog::storage::CrashPolicy;
 use lanelog::{Delivery, Queue};
 
-use crate::common::Place;
+use super::Place;
 
 /// Name of the directory's lock file on disk (not queue data).
 pub const LOCK_FILE: &str = "LOCK";
@@ -160,27 +160,6 @@ pub fn drain(q: &Queue) -> Vec<Delivery> {
         out.push(d);
     }
     out
-}
-
-/// A small deterministic generator (xorshift64*).
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A value in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// Where two file snapshots differ, in a few words (never whole files).

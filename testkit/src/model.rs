@@ -1,13 +1,25 @@
-//! What the workload was told, and what a crash may therefore leave.
+//! The reference model of the queue: what a correct queue holds after the
+//! calls that returned `Ok`, and what a crash may therefore leave.
 //!
-//! Every op gets a sequence number. Each message keeps a history of the
-//! states a reopen could show for it (`Seen`), each stamped with the op that
-//! produced it. A crash view has a durable point `L`, the last op whose `Ok`
-//! promised durability for that view:
+//! **Live state.** Every message the queue handed out an id for, with its
+//! lane (priority), payload tag and length, enqueue time, deliveries so far
+//! and where it is: ready, delayed until `t`, in flight until `t` under one
+//! receipt, a dead letter (when and why), or gone (acked). Ready order is
+//! the highest lane first, then the lowest id. A dequeue first expires the
+//! leases and matures the delays that are due, dead-letters a message that
+//! reached `max_deliveries` when it would be picked, and leases the rest;
+//! [`Model::dequeue_ok`] checks a real dequeue against that prediction
+//! (ids, lanes, attempts, payloads, enqueue times). `acked_total` counts the
+//! acks. Ids only grow, across crashes too.
 //!
-//! - `View::Process` (a process crash keeps every write): every op that
+//! **Crash views.** Every op gets a sequence number, and each message keeps
+//! a history of the states a reopen could show for it ([`Seen`]), stamped
+//! with the op that produced them. A crash view has a durable point `L`,
+//! the last op whose `Ok` promised durability for that view:
+//!
+//! - [`View::Process`] (a process crash keeps every write): every op that
 //!   returned `Ok`.
-//! - `View::Power` (power loss): under `Immediate`, every `Ok` op that
+//! - [`View::Power`] (power loss): under `Immediate`, every `Ok` op that
 //!   wrote and synced (not a dequeue: its delivery record is not synced);
 //!   under `None`, only `sync()` and a clean `close()`.
 //!
@@ -15,22 +27,27 @@
 //! passed through after `L` (unsynced journal entries survive as a prefix,
 //! so the recovered state is one the message really had), plus the possible
 //! effects of the op that failed (`doubt`). Ready, delayed and in-flight all
-//! show as `Waiting(attempts)`: a reopen releases leases and the oracles
-//! open with a clock past every delay.
+//! show as `Waiting(attempts)`: a reopen releases leases. The messages of
+//! one `enqueue_batch` come back all or none. [`Model::recovered`] rebases
+//! the model on what a reopen showed, so a run can go on after a crash.
+//!
+//! A harness drives the model op by op: [`Model::begin`], the queue call,
+//! then the matching `*_ok` (or `*_doubt` when the call failed), then
+//! [`Model::ok`] with whether the call promised durability.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
-use lanelog::{Delivery, Receipt};
+use lanelog::{Delivery, Receipt, Timestamp};
 
-use super::payload;
+use crate::workload::{payload, Item};
 
 /// A message's state as a reopen shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Seen {
     /// Its enqueue is not (yet) part of the image: absent.
     NotYet,
-    /// Acked: absent for good.
+    /// Acked (or lost and rebased away): absent for good.
     Gone,
     /// Ready, delayed or in flight, with this many deliveries behind it.
     Waiting(u32),
@@ -48,20 +65,33 @@ impl Seen {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum At {
     Ready,
+    /// Delayed until this time (ms).
     Delayed(u64),
+    /// Leased until this time (ms).
     InFlight(u64),
     Dead,
     Gone,
 }
 
-#[derive(Debug, Clone)]
+/// One message of the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Msg {
     pub tag: u64,
     pub priority: u8,
     pub len: usize,
+    /// The clock when the enqueue ran (ms).
+    pub enqueued_at: u64,
     /// Deliveries so far.
     pub attempt: u32,
     pub at: At,
+    /// The receipt of the current lease (in flight only).
+    pub lease: Option<Receipt>,
+    /// When it became a dead letter and why (dead only; `None` when the
+    /// reason is not known: a record that could not be read).
+    pub dead: Option<(u64, String)>,
+    /// The `enqueue_batch` call it came from, if it came in a batch.
+    pub batch: Option<u64>,
+    /// `(op, state)`: the states a reopen could show, see the module docs.
     pub hist: Vec<(u64, Seen)>,
 }
 
@@ -73,6 +103,31 @@ impl Msg {
             At::Gone => Seen::Gone,
         }
     }
+
+    /// Everything but the history: what the live queue shows of it.
+    fn same_live(&self, o: &Msg) -> bool {
+        (
+            self.tag,
+            self.priority,
+            self.len,
+            self.enqueued_at,
+            self.attempt,
+            self.at,
+            self.lease,
+            &self.dead,
+            self.batch,
+        ) == (
+            o.tag,
+            o.priority,
+            o.len,
+            o.enqueued_at,
+            o.attempt,
+            o.at,
+            o.lease,
+            &o.dead,
+            o.batch,
+        )
+    }
 }
 
 /// Which crash the image comes from.
@@ -82,20 +137,23 @@ pub enum View {
     Power,
 }
 
-/// A message to enqueue (its id is known only once the enqueue returns).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Item {
-    pub tag: u64,
-    pub priority: u8,
-    pub len: usize,
-    pub delay_ms: u32,
+/// What the live queue's `stats()` must report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counts {
+    /// Ready now, delays that are due included.
+    pub ready: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+    pub dead: u64,
+    pub acked_total: u64,
+    /// `(lane, ready)`, highest lane first, lanes with nothing ready left
+    /// out.
+    pub ready_per_lane: Vec<(u8, u64)>,
 }
 
-impl Item {
-    pub fn payload(&self) -> Vec<u8> {
-        payload(self.tag, self.len)
-    }
-}
+/// A dead letter as the model has it: id, lane, attempts, reason,
+/// enqueued at, dead at.
+pub type DeadRow = (u64, u8, u32, String, u64, u64);
 
 /// See the module documentation.
 #[derive(Debug, Clone, Default)]
@@ -112,6 +170,11 @@ pub struct Model {
     durable: [u64; 2],
     /// The op of each `Ok` ack (one per message).
     acks: Vec<u64>,
+    /// Acks that returned `Ok`.
+    pub acked_total: u64,
+    /// The largest id handed out so far.
+    pub max_id: u64,
+    batches: u64,
     /// Possible effects of failed ops on known messages.
     pub doubt: Vec<(u64, Seen)>,
     /// Messages of failed enqueues, one list per call: each call's messages
@@ -120,6 +183,10 @@ pub struct Model {
     pub doubt_acks: u64,
     pub max_deliveries: u32,
     pub visibility_ms: u64,
+    /// Whether a read of a record may fail (a fault plan is set): then a
+    /// dequeue may skip a message and dead-letter it. Without faults a skip
+    /// is a divergence.
+    pub reads_may_fail: bool,
     /// Healthy messages a dequeue dead-lettered instead of delivering (a
     /// read of their record failed).
     pub read_error_dead: u64,
@@ -127,7 +194,14 @@ pub struct Model {
     pub now: u64,
 }
 
+/// The reason the queue gives a message it dead-letters for reaching
+/// `max_deliveries`.
+pub fn auto_reason(attempt: u32, max_deliveries: u32) -> String {
+    format!("delivered {attempt} times without an ack (max_deliveries = {max_deliveries})")
+}
+
 impl Model {
+    /// An empty queue with these options at time `now`.
     pub fn new(max_deliveries: u32, visibility_ms: u64, now: u64) -> Model {
         Model {
             max_deliveries,
@@ -135,6 +209,25 @@ impl Model {
             now,
             ..Model::default()
         }
+    }
+
+    /// The same model, for a run with a fault plan: a read of a record may
+    /// fail, so a dequeue may skip a message and dead-letter it.
+    pub fn reads_may_fail(mut self) -> Model {
+        self.reads_may_fail = true;
+        self
+    }
+
+    /// Whether the live states agree (histories and crash bookkeeping
+    /// aside): two candidates the proptest need not keep apart.
+    pub fn same_state(&self, o: &Model) -> bool {
+        self.acked_total == o.acked_total
+            && self.msgs.len() == o.msgs.len()
+            && self
+                .msgs
+                .iter()
+                .zip(&o.msgs)
+                .all(|((a, x), (b, y))| a == b && x.same_live(y))
     }
 
     /// Start an op.
@@ -216,33 +309,53 @@ impl Model {
             }
             At::Gone => {}
         }
-        self.change(id, |m| m.at = at);
+        self.change(id, |m| {
+            m.at = at;
+            m.lease = None;
+            if at != At::Dead {
+                m.dead = None;
+            }
+        });
     }
 
-    /// An enqueue returned this id for `item`.
-    pub fn add(&mut self, id: u64, item: Item) {
+    /// A number for the next `enqueue_batch` call (see [`Model::add`]).
+    pub fn new_batch(&mut self) -> u64 {
+        self.batches += 1;
+        self.batches
+    }
+
+    /// An enqueue returned this id for `item` (`batch`: the number of its
+    /// `enqueue_batch` call). Ids must be larger than every id before them.
+    pub fn add(&mut self, id: u64, item: Item, batch: Option<u64>) -> Result<(), String> {
+        if id <= self.max_id {
+            return Err(format!(
+                "id {id} handed out after id {} (ids must never repeat)",
+                self.max_id
+            ));
+        }
+        self.max_id = id;
         let at = if item.delay_ms > 0 {
             At::Delayed(self.now + u64::from(item.delay_ms))
         } else {
             At::Ready
         };
-        assert!(
-            !self.msgs.contains_key(&id),
-            "id {id} handed out twice (model: {:?})",
-            self.msgs[&id]
-        );
         self.msgs.insert(
             id,
             Msg {
                 tag: item.tag,
                 priority: item.priority,
                 len: item.len,
+                enqueued_at: self.now,
                 attempt: 0,
                 at: At::Gone,
+                lease: None,
+                dead: None,
+                batch,
                 hist: Vec::new(),
             },
         );
         self.place(id, at);
+        Ok(())
     }
 
     /// What a dequeue does before it leases: expire leases, mature delays.
@@ -270,7 +383,7 @@ impl Model {
     }
 
     /// Receipts whose lease ran out are stale once a dequeue expires them;
-    /// the workload never uses them again.
+    /// a workload that only settles outstanding receipts forgets them.
     pub fn forget_expiring_receipts(&mut self, now: u64) {
         let in_flight = &self.in_flight;
         self.outstanding
@@ -281,22 +394,44 @@ impl Model {
         self.max_deliveries > 0 && self.msgs[&id].attempt >= self.max_deliveries
     }
 
-    /// A dequeue of up to `n` returned `got`. Checks each delivery against
-    /// the model's prediction (strict priority, then id order; messages past
-    /// `max_deliveries` dead-lettered on the way) and applies it.
+    fn dead_by_limit(&mut self, id: u64) {
+        let reason = auto_reason(self.msgs[&id].attempt, self.max_deliveries);
+        let now = self.now;
+        self.place(id, At::Dead);
+        self.msgs.get_mut(&id).expect("known").dead = Some((now, reason));
+    }
+
+    /// The message a dequeue leases next (delays and leases as of the last
+    /// [`Model::tick`]).
+    pub fn next_ready(&self) -> Option<u64> {
+        self.ready.first().map(|&(_, id)| id)
+    }
+
+    /// A dequeue of up to `n` returned `got` (call [`Model::tick`] with the
+    /// dequeue's time first). Checks each delivery against the model's
+    /// prediction (highest lane, then lowest id; messages past
+    /// `max_deliveries` dead-lettered on the way; attempt, lane, payload and
+    /// enqueue time) and applies it. With `reads_may_fail`, a message the
+    /// queue skipped is taken as unreadable and dead-lettered.
     pub fn dequeue_ok(&mut self, n: usize, got: &[Delivery]) -> Result<(), String> {
+        if got.len() > n {
+            return Err(format!("dequeue of up to {n} gave {}", got.len()));
+        }
         let deadline = self.now + self.visibility_ms;
         for d in got {
             let id = u64::from(d.id);
             loop {
-                let Some(&(_, c)) = self.ready.first() else {
+                let Some(c) = self.next_ready() else {
                     return Err(format!("delivered {id}, model has nothing ready"));
                 };
                 if self.auto_dead(c) {
-                    self.place(c, At::Dead);
+                    self.dead_by_limit(c);
                     continue;
                 }
                 if c != id {
+                    if !self.reads_may_fail {
+                        return Err(format!("delivered {id}, model predicted {c} next"));
+                    }
                     // Skipped: its record could not be read, so the queue
                     // parked it as a dead letter (the delivery counted).
                     self.skip_unreadable(c);
@@ -313,21 +448,37 @@ impl Model {
                     ));
                 }
                 if d.payload != payload(m.tag, m.len) {
-                    return Err(format!("delivery of {id}: payload differs (CORRUPT)"));
+                    return Err(format!(
+                        "delivery of {id}: payload differs (CORRUPT; {} bytes, enqueued {})",
+                        d.payload.len(),
+                        m.len
+                    ));
+                }
+                if d.enqueued_at != Timestamp(m.enqueued_at) {
+                    return Err(format!(
+                        "delivery of {id}: enqueued_at {:?}, enqueued at {}",
+                        d.enqueued_at, m.enqueued_at
+                    ));
                 }
                 self.change(c, |m| m.attempt += 1);
                 self.place(c, At::InFlight(deadline));
+                self.msgs.get_mut(&c).expect("known").lease = Some(d.receipt);
                 self.outstanding.push((c, d.receipt));
                 break;
             }
         }
         if got.len() < n {
             // The queue ran out of ready messages: the rest were dead-lettered.
-            while let Some(&(_, c)) = self.ready.first() {
+            while let Some(c) = self.next_ready() {
                 if self.auto_dead(c) {
-                    self.place(c, At::Dead);
-                } else {
+                    self.dead_by_limit(c);
+                } else if self.reads_may_fail {
                     self.skip_unreadable(c);
+                } else {
+                    return Err(format!(
+                        "dequeue of up to {n} gave {}, model has {c} ready",
+                        got.len()
+                    ));
                 }
             }
         }
@@ -360,9 +511,18 @@ impl Model {
         }
     }
 
+    /// Whether `r` is the receipt of the current lease of `id`: a
+    /// settlement with it must succeed, any other must be refused as stale.
+    pub fn current(&self, id: u64, r: &Receipt) -> bool {
+        self.msgs
+            .get(&id)
+            .is_some_and(|m| matches!(m.at, At::InFlight(_)) && m.lease.as_ref() == Some(r))
+    }
+
     pub fn ack_ok(&mut self, ids: &[u64]) {
         for &id in ids {
             self.acks.push(self.seq);
+            self.acked_total += 1;
             self.place(id, At::Gone);
         }
     }
@@ -383,8 +543,10 @@ impl Model {
         self.place(id, at);
     }
 
-    pub fn dead_letter_ok(&mut self, id: u64) {
+    pub fn dead_letter_ok(&mut self, id: u64, reason: &str) {
+        let now = self.now;
         self.place(id, At::Dead);
+        self.msgs.get_mut(&id).expect("known").dead = Some((now, reason.to_string()));
     }
 
     pub fn dead_letter_doubt(&mut self, id: u64) {
@@ -396,6 +558,8 @@ impl Model {
         self.dead.len() as u64
     }
 
+    /// `redrive_all` returned `n`: every dead letter is ready again with no
+    /// deliveries behind it.
     pub fn redrive_ok(&mut self, n: u64) -> Result<(), String> {
         if n != self.dead.len() as u64 {
             return Err(format!(
@@ -418,7 +582,8 @@ impl Model {
         }
     }
 
-    /// The queue was reopened: leases released, due delays matured.
+    /// The queue was reopened (nothing lost): leases released with their
+    /// attempts kept, due delays matured.
     pub fn reopened(&mut self, now: u64) {
         let leased: Vec<u64> = self.in_flight.keys().copied().collect();
         for id in leased {
@@ -426,6 +591,42 @@ impl Model {
         }
         self.outstanding.clear();
         self.tick(now);
+    }
+
+    /// A reopen after a crash showed `seen` (every message present, and its
+    /// state) and this `acked_total`: make that the model's state, durable
+    /// in every view (the image a reopen found is on the disk), then
+    /// [`Model::reopened`]. Known messages not in `seen` are gone for good.
+    /// Call after judging the reopen against [`Model::possible`].
+    pub fn recovered(&mut self, now: u64, seen: &BTreeMap<u64, Seen>, acked_total: u64) {
+        self.begin(now);
+        let ids: Vec<u64> = self.msgs.keys().copied().collect();
+        for id in ids {
+            match seen.get(&id).copied().unwrap_or(Seen::Gone) {
+                Seen::Waiting(a) => {
+                    self.change(id, |m| m.attempt = a);
+                    if !matches!(self.msgs[&id].at, At::Ready | At::Delayed(_)) {
+                        self.place(id, At::Ready);
+                    }
+                }
+                Seen::Dead(a) => {
+                    self.change(id, |m| m.attempt = a);
+                    if self.msgs[&id].at != At::Dead {
+                        self.place(id, At::Dead);
+                    }
+                }
+                Seen::Gone | Seen::NotYet => {
+                    if self.msgs[&id].at != At::Gone {
+                        self.place(id, At::Gone);
+                    }
+                }
+            }
+        }
+        self.clear_doubt();
+        self.acked_total = acked_total;
+        self.acks = vec![self.seq; usize::try_from(acked_total).unwrap_or(usize::MAX)];
+        self.durable = [self.seq; 2];
+        self.reopened(now);
     }
 
     /// Any receipt may be used; `k` picks one.
@@ -468,8 +669,7 @@ impl Model {
         (lo, self.acks.len() as u64 + self.doubt_acks)
     }
 
-    /// Counts the live queue should report: ready (due now), in flight,
-    /// delayed, dead.
+    /// Counts as of the last tick: ready, in flight, delayed, dead.
     pub fn counts(&self) -> (u64, u64, u64, u64) {
         (
             self.ready.len() as u64,
@@ -477,5 +677,44 @@ impl Model {
             self.delayed.len() as u64,
             self.dead.len() as u64,
         )
+    }
+
+    /// What `stats()` must report at time `now`: a delay that is due counts
+    /// as ready even before a dequeue matures it; a lease past its deadline
+    /// is in flight until a dequeue expires it.
+    pub fn stats(&self, now: u64) -> Counts {
+        let mut lanes: BTreeMap<Reverse<u8>, u64> = BTreeMap::new();
+        for &(p, _) in &self.ready {
+            *lanes.entry(p).or_default() += 1;
+        }
+        let mut delayed = 0;
+        for &(t, id) in &self.delayed {
+            if t <= now {
+                *lanes.entry(Reverse(self.msgs[&id].priority)).or_default() += 1;
+            } else {
+                delayed += 1;
+            }
+        }
+        Counts {
+            ready: lanes.values().sum(),
+            in_flight: self.in_flight.len() as u64,
+            delayed,
+            dead: self.dead.len() as u64,
+            acked_total: self.acked_total,
+            ready_per_lane: lanes.into_iter().map(|(Reverse(p), n)| (p, n)).collect(),
+        }
+    }
+
+    /// The dead letters, by id, as `dead_letters()` must list them (a
+    /// message dead for an unknown reason lists an empty reason).
+    pub fn dead_letters(&self) -> Vec<DeadRow> {
+        self.dead
+            .iter()
+            .map(|id| {
+                let m = &self.msgs[id];
+                let (at, reason) = m.dead.clone().unwrap_or_default();
+                (*id, m.priority, m.attempt, reason, m.enqueued_at, at)
+            })
+            .collect()
     }
 }
