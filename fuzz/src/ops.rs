@@ -261,7 +261,11 @@ impl Run {
             delayed: s.delayed,
             dead: s.dead,
             acked_total: s.acked_total,
-            ready_per_lane: s.ready_per_lane.clone(),
+            ready_per_lane: s
+                .ready_per_lane
+                .iter()
+                .map(|l| (l.priority, l.ready))
+                .collect(),
         };
         assert_eq!(got, self.model.stats(now), "{ctx}: stats after reopen");
     }
