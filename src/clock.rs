@@ -16,6 +16,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
+    /// The system clock's time now (for deadlines: a queue compares them
+    /// with its own clock, [`crate::QueueOptions::clock`]).
+    pub fn now() -> Timestamp {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        Timestamp(duration_ms(wall))
+    }
+
     /// This time plus `d`, saturating.
     #[must_use]
     pub fn plus(self, d: Duration) -> Timestamp {

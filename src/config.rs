@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{duration_ms, Clock, SystemClock, Timestamp};
+use crate::codec::attributes::Attributes;
 use crate::codec::{header, record};
 use crate::error::{Error, Result};
 use crate::lanes::Scheduling;
@@ -22,6 +23,24 @@ pub const DEFAULT_JOURNAL_FILE_SIZE: u64 = 16 << 20;
 pub const MIN_JOURNAL_FILE_SIZE: u64 = 64 << 10;
 /// Default largest payload: 4 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 << 20;
+/// Default time an idempotency key is remembered: 5 minutes.
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(300);
+/// Default cap on remembered idempotency keys.
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
+/// Attributes stored in the directory, as bits of `QueueOptions::set`: the
+/// ones the caller named override the stored ones.
+mod attr {
+    pub const SEGMENT_SIZE: u16 = 1;
+    pub const MAX_MESSAGE_SIZE: u16 = 2;
+    pub const VISIBILITY: u16 = 4;
+    pub const MAX_DELIVERIES: u16 = 8;
+    pub const RETENTION: u16 = 16;
+    pub const DEAD_RETENTION: u16 = 32;
+    pub const DEDUP_WINDOW: u16 = 64;
+    pub const DEFAULT_DELAY: u16 = 128;
+    pub const DEFAULT_WAIT: u16 = 256;
+}
 /// Longest delay of a delayed enqueue: the record stores it in 32 bits of
 /// milliseconds (about 49.7 days).
 pub const MAX_DELAY: Duration = Duration::from_millis(u32::MAX as u64);
@@ -79,6 +98,14 @@ pub struct QueueOptions {
     pub(crate) clock: Arc<dyn Clock>,
     /// `None` = on for a directory, off for a custom storage.
     pub(crate) prepare_ahead: Option<bool>,
+    pub(crate) retention: Option<Duration>,
+    pub(crate) dead_letter_retention: Option<Duration>,
+    pub(crate) dedup_window: Duration,
+    pub(crate) max_keys: usize,
+    pub(crate) default_delay: Duration,
+    pub(crate) default_wait: Duration,
+    /// Which stored attributes the caller named (bits of `attr`).
+    set: u16,
 }
 
 impl Default for QueueOptions {
@@ -103,6 +130,13 @@ impl QueueOptions {
             scheduling: Scheduling::Strict,
             clock: Arc::new(SystemClock::new()),
             prepare_ahead: None,
+            retention: None,
+            dead_letter_retention: None,
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+            max_keys: DEFAULT_MAX_KEYS,
+            default_delay: Duration::ZERO,
+            default_wait: Duration::ZERO,
+            set: 0,
         }
     }
 
@@ -111,6 +145,7 @@ impl QueueOptions {
     #[must_use]
     pub fn segment_size(mut self, bytes: u64) -> Self {
         self.segment_size = bytes;
+        self.set |= attr::SEGMENT_SIZE;
         self
     }
 
@@ -133,6 +168,7 @@ impl QueueOptions {
     #[must_use]
     pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
         self.visibility_timeout = timeout;
+        self.set |= attr::VISIBILITY;
         self
     }
 
@@ -141,6 +177,7 @@ impl QueueOptions {
     #[must_use]
     pub fn max_deliveries(mut self, deliveries: u32) -> Self {
         self.max_deliveries = deliveries;
+        self.set |= attr::MAX_DELIVERIES;
         self
     }
 
@@ -149,6 +186,7 @@ impl QueueOptions {
     #[must_use]
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = Some(bytes);
+        self.set |= attr::MAX_MESSAGE_SIZE;
         self
     }
 
@@ -190,6 +228,133 @@ impl QueueOptions {
         self
     }
 
+    /// How long a message (ready, delayed, in flight, or completed with a
+    /// stored result) is kept after its enqueue; older ones are removed,
+    /// journaled and counted in [`crate::Stats::expired_total`], and their
+    /// space reclaimed as for an ack. Enforced to within a 64th of the
+    /// retention (at most a minute) by a background thread, whether or not
+    /// anyone reads the queue. Dead letters follow
+    /// [`Self::dead_letter_retention`] instead. Stored in the directory.
+    /// Default = kept for ever (SQS `message_retention_seconds`).
+    #[must_use]
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = Some(retention);
+        self.set |= attr::RETENTION;
+        self
+    }
+
+    /// How long a dead letter is kept after it became one; older ones are
+    /// purged, journaled and counted in
+    /// [`crate::Stats::dead_expired_total`]. Stored in the directory.
+    /// Default = kept for ever.
+    #[must_use]
+    pub fn dead_letter_retention(mut self, retention: Duration) -> Self {
+        self.dead_letter_retention = Some(retention);
+        self.set |= attr::DEAD_RETENTION;
+        self
+    }
+
+    /// How long an idempotency key ([`crate::EnqueueOptions::key`]) is
+    /// remembered after its first enqueue. Stored in the directory.
+    /// Default = 5 minutes.
+    #[must_use]
+    pub fn dedup_window(mut self, window: Duration) -> Self {
+        self.dedup_window = window;
+        self.set |= attr::DEDUP_WINDOW;
+        self
+    }
+
+    /// Most idempotency keys remembered at once; a keyed enqueue that would
+    /// pass it is refused with [`Error::TooManyKeys`] (nothing written),
+    /// never admitted by forgetting a key early. Each key costs about 90
+    /// bytes plus its length. Default = 1,000,000.
+    #[must_use]
+    pub fn max_keys(mut self, keys: usize) -> Self {
+        self.max_keys = keys;
+        self
+    }
+
+    /// Delay of an enqueue whose options name none (SQS `delay_seconds`).
+    /// Stored in the directory. Default = none.
+    #[must_use]
+    pub fn default_delay(mut self, delay: Duration) -> Self {
+        self.default_delay = delay;
+        self.set |= attr::DEFAULT_DELAY;
+        self
+    }
+
+    /// How long a dequeue waits for a first message when its options name
+    /// no wait (SQS `receive_wait_time_seconds`): [`crate::Queue::dequeue`],
+    /// [`crate::Queue::dequeue_batch`]'s shorthands and
+    /// [`crate::Queue::dequeue_with`] without [`DequeueOptions::wait`].
+    /// Stored in the directory. Default = no wait.
+    #[must_use]
+    pub fn default_wait(mut self, wait: Duration) -> Self {
+        self.default_wait = wait;
+        self.set |= attr::DEFAULT_WAIT;
+        self
+    }
+
+    /// The attributes to store, after defaults.
+    pub(crate) fn attributes(&self) -> Attributes {
+        Attributes {
+            segment_size: self.segment_size,
+            max_message_size: self.max_message_bytes() as u64,
+            visibility_timeout_ms: duration_ms(self.visibility_timeout),
+            max_deliveries: self.max_deliveries,
+            retention_ms: self.retention.map(duration_ms),
+            dead_letter_retention_ms: self.dead_letter_retention.map(duration_ms),
+            dedup_window_ms: duration_ms(self.dedup_window),
+            default_delay_ms: duration_ms(self.default_delay),
+            default_wait_ms: duration_ms(self.default_wait),
+        }
+    }
+
+    /// Take every stored attribute the caller did not name.
+    pub(crate) fn adopt(&mut self, stored: &Attributes) {
+        let ms = Duration::from_millis;
+        let unset = |bit: u16| self.set & bit == 0;
+        if unset(attr::SEGMENT_SIZE) {
+            self.segment_size = stored.segment_size;
+        }
+        if unset(attr::MAX_MESSAGE_SIZE) {
+            self.max_message_size = usize::try_from(stored.max_message_size).ok();
+        }
+        if unset(attr::VISIBILITY) {
+            self.visibility_timeout = ms(stored.visibility_timeout_ms);
+        }
+        if unset(attr::MAX_DELIVERIES) {
+            self.max_deliveries = stored.max_deliveries;
+        }
+        if unset(attr::RETENTION) {
+            self.retention = stored.retention_ms.map(ms);
+        }
+        if unset(attr::DEAD_RETENTION) {
+            self.dead_letter_retention = stored.dead_letter_retention_ms.map(ms);
+        }
+        if unset(attr::DEDUP_WINDOW) {
+            self.dedup_window = ms(stored.dedup_window_ms);
+        }
+        if unset(attr::DEFAULT_DELAY) {
+            self.default_delay = ms(stored.default_delay_ms);
+        }
+        if unset(attr::DEFAULT_WAIT) {
+            self.default_wait = ms(stored.default_wait_ms);
+        }
+    }
+
+    /// Whether the caller named the max message size.
+    pub(crate) fn names_max_message_size(&self) -> bool {
+        self.set & attr::MAX_MESSAGE_SIZE != 0
+    }
+
+    /// The span of one retention mark (see `index::Marks`): a 64th of the
+    /// retention, between 1 ms and a minute.
+    pub(crate) fn mark_granularity(&self) -> u64 {
+        self.retention
+            .map_or(60_000, |r| (duration_ms(r) / 64).clamp(1, 60_000))
+    }
+
     /// The clock the queue reads; tests pass a [`crate::ManualClock`].
     /// Default = the system clock.
     #[must_use]
@@ -226,6 +391,21 @@ impl QueueOptions {
         if self.visibility_timeout.is_zero() {
             return bad("visibility_timeout must be above zero".into());
         }
+        if self.retention.is_some_and(|r| r.is_zero()) {
+            return bad("retention must be above zero".into());
+        }
+        if self.dead_letter_retention.is_some_and(|r| r.is_zero()) {
+            return bad("dead_letter_retention must be above zero".into());
+        }
+        if self.dedup_window.is_zero() {
+            return bad("dedup_window must be above zero".into());
+        }
+        if self.default_delay > MAX_DELAY {
+            return bad(format!(
+                "default_delay {:?} is over the longest delay, {MAX_DELAY:?}",
+                self.default_delay
+            ));
+        }
         if let Durability::Periodic(d) = self.durability {
             if d.is_zero() {
                 return bad("Durability::Periodic interval must be above zero".into());
@@ -235,11 +415,81 @@ impl QueueOptions {
     }
 }
 
+/// How to enqueue one message: see [`crate::Queue::enqueue_with`].
+///
+/// ```
+/// # fn main() -> Result<(), lanelog::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// use std::time::Duration;
+/// use lanelog::{EnqueueOptions, QueueOptions, Timestamp};
+/// let q = QueueOptions::new().open(dir.path())?;
+/// let opts = EnqueueOptions::new()
+///     .priority(7)
+///     .deadline(Timestamp::now().plus(Duration::from_secs(60)))
+///     .key("request-8c1f");
+/// let first = q.enqueue_with(b"payload", &opts)?;
+/// // The same key within the dedup window: nothing written, same id.
+/// assert_eq!(q.enqueue_with(b"payload", &opts)?, first);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnqueueOptions {
+    pub(crate) priority: u8,
+    pub(crate) delay: Option<Duration>,
+    pub(crate) deadline: Option<Timestamp>,
+    pub(crate) key: Option<Vec<u8>>,
+}
+
+impl EnqueueOptions {
+    /// Priority 0, the queue's default delay, no deadline, no key.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lane: higher is served first. Default = 0.
+    #[must_use]
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Not delivered before this much time has passed (at most
+    /// [`MAX_DELAY`]). Default = the queue's
+    /// [`QueueOptions::default_delay`].
+    #[must_use]
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Not delivered after this time (the queue's clock, ms since the Unix
+    /// epoch). Within its lane the message leaves earliest-deadline-first,
+    /// ahead of messages without one; if the deadline passes first, it
+    /// becomes a dead letter with the reason `deadline missed` without
+    /// being delivered. A deadline already past, or before the delay ends,
+    /// is refused. Default = none.
+    #[must_use]
+    pub fn deadline(mut self, deadline: Timestamp) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Idempotency key, 1 to 128 bytes: a second enqueue with a key seen
+    /// within the queue's [`QueueOptions::dedup_window`] writes nothing and
+    /// returns the first enqueue's id. Default = none.
+    #[must_use]
+    pub fn key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.key = Some(key.as_ref().to_vec());
+        self
+    }
+}
+
 /// How to dequeue: see [`crate::Queue::dequeue_with`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DequeueOptions {
     pub(crate) max: usize,
-    pub(crate) wait: Duration,
+    /// `None` = the queue's `default_wait`.
+    pub(crate) wait: Option<Duration>,
     pub(crate) linger: Duration,
     pub(crate) linger_within_wait: bool,
     pub(crate) visibility: Option<Duration>,
@@ -252,11 +502,12 @@ impl Default for DequeueOptions {
 }
 
 impl DequeueOptions {
-    /// One message, no waiting, the queue's visibility timeout.
+    /// One message, the queue's default wait (none unless set), the
+    /// queue's visibility timeout.
     pub fn new() -> Self {
         DequeueOptions {
             max: 1,
-            wait: Duration::ZERO,
+            wait: None,
             linger: Duration::ZERO,
             linger_within_wait: false,
             visibility: None,
@@ -270,10 +521,11 @@ impl DequeueOptions {
         self
     }
 
-    /// Longest wait for the first message. Default = no wait.
+    /// Longest wait for the first message. Default = the queue's
+    /// [`QueueOptions::default_wait`] (no wait unless set).
     #[must_use]
     pub fn wait(mut self, wait: Duration) -> Self {
-        self.wait = wait;
+        self.wait = Some(wait);
         self
     }
 

@@ -82,6 +82,15 @@ pub enum Error {
         detail: String,
     },
 
+    /// A keyed enqueue would remember more idempotency keys than
+    /// [`crate::QueueOptions::max_keys`] allows; nothing was written. Keys
+    /// are forgotten once their `dedup_window` passes.
+    #[error("{max} idempotency keys are remembered already (max_keys); retry once older keys pass their dedup window")]
+    TooManyKeys {
+        /// The configured cap.
+        max: usize,
+    },
+
     /// The queue was closed with [`crate::Queue::close`].
     #[error("queue is closed")]
     Closed,

@@ -3,19 +3,28 @@
 //!
 //! Invariants:
 //!
-//! A. The index changes only through [`Index::add`] (a record found in a
-//!    segment or just appended) and [`Index::apply`] (a journal entry). The
-//!    same two calls run live and during replay, so the state after recovery
-//!    is the state the live queue had, minus what was never durable.
+//! A. The index changes only through [`Index::place_record`] (a message
+//!    record found in a segment or just appended), [`Index::add_result`] (a
+//!    result record: the message is completed) and [`Index::apply`] (a
+//!    journal entry). The same calls run live and during replay, so the
+//!    state after recovery is the state the live queue had, minus what was
+//!    never durable. Time-driven changes that are not journaled (matured
+//!    delays, forgotten keys) are recomputed from the clock after replay.
 //! B. Each live message is in exactly one place: a ready lane, the delayed
-//!    set, the in-flight set or the dead letters. The per-segment live count
-//!    counts exactly those messages.
-//! C. Within a lane, `pop` returns the lowest id first, so never-delivered
-//!    messages leave in enqueue order.
+//!    set, the in-flight set, the dead letters or the completed results.
+//!    The per-segment live count counts exactly those messages' records.
+//! C. Within a lane, messages with a deadline leave first, earliest
+//!    deadline first (ties by id); then the others, lowest id first, so
+//!    never-delivered messages leave in enqueue order.
 //!
-//! Memory: a ready message costs one 16-byte slot (id, segment, offset) in
-//! its lane; everything else about it (payload, times) stays on disk. Only
-//! messages that were delivered before keep an attempt count in a side map.
+//! Memory: a ready message without a deadline costs one 16-byte slot (id,
+//! segment, offset) in its lane; everything else about it (payload, times)
+//! stays on disk. Only messages that were delivered before keep an attempt
+//! count in a side map. A message with a deadline costs a B-tree entry in
+//! its lane's deadline order and one in the deadline side map instead
+//! (about 64 bytes). Retention needs no per-message memory: ids grow with
+//! time, so a short list of marks (first id, time) maps a retention cutoff
+//! to an id bound ([`Marks`]).
 //! `apply` is lenient: an entry about a message the index does not hold (its
 //! record was never durable, or it is already finished) changes nothing.
 
@@ -28,8 +37,10 @@ type IdMap<V> = rustc_hash::FxHashMap<u64, V>;
 
 use crate::clock::Timestamp;
 use crate::codec::checkpoint::{CheckpointMessage, CheckpointState};
-use crate::codec::entry::{Entry, Kind};
-use crate::message::{DeadLetter, MessageId};
+use crate::codec::entry::{Entry, Kind, DEADLINE_MISSED};
+use crate::codec::record::RecordHeader;
+use crate::keys::Keys;
+use crate::message::{DeadLetter, LaneCount, MessageId, Stats};
 
 /// Where a record lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,25 +55,34 @@ struct Slot {
     loc: Loc,
 }
 
-/// One priority's ready messages: `fresh` holds never-delivered messages in
-/// id order (appends only); `others` holds messages that came back (nacks,
-/// expiries, matured delays, redrives), also ordered by id.
+/// One priority's ready messages: `urgent` holds those with a deadline in
+/// (deadline, id) order and leaves first; `fresh` holds never-delivered
+/// messages in id order (appends only); `others` holds messages that came
+/// back (nacks, expiries, matured delays, redrives), also ordered by id.
 #[derive(Debug, Default)]
 struct Lane {
+    urgent: BTreeMap<(u64, u64), Loc>,
     fresh: VecDeque<Slot>,
     others: BTreeMap<u64, Loc>,
 }
 
 impl Lane {
-    fn insert(&mut self, id: u64, loc: Loc) {
-        if self.fresh.back().is_none_or(|b| b.id < id) {
+    /// Insert a message; `deadline` is 0 for none.
+    fn insert(&mut self, id: u64, loc: Loc, deadline: u64) {
+        if deadline > 0 {
+            self.urgent.insert((deadline, id), loc);
+        } else if self.fresh.back().is_none_or(|b| b.id < id) {
             self.fresh.push_back(Slot { id, loc });
         } else {
             self.others.insert(id, loc);
         }
     }
 
+    /// The next message: the earliest deadline, else the lowest id.
     fn peek(&self) -> Option<(u64, Loc)> {
+        if let Some((&(_, id), &loc)) = self.urgent.first_key_value() {
+            return Some((id, loc));
+        }
         let f = self.fresh.front().map(|s| (s.id, s.loc));
         let o = self.others.first_key_value().map(|(&id, &loc)| (id, loc));
         match (f, o) {
@@ -71,7 +91,10 @@ impl Lane {
         }
     }
 
-    fn find(&self, id: u64) -> Option<Loc> {
+    fn find(&self, id: u64, deadline: u64) -> Option<Loc> {
+        if deadline > 0 {
+            return self.urgent.get(&(deadline, id)).copied();
+        }
         if let Some(loc) = self.others.get(&id) {
             return Some(*loc);
         }
@@ -79,7 +102,10 @@ impl Lane {
         self.fresh.get(i).map(|s| s.loc)
     }
 
-    fn remove(&mut self, id: u64) -> Option<Loc> {
+    fn remove(&mut self, id: u64, deadline: u64) -> Option<Loc> {
+        if deadline > 0 {
+            return self.urgent.remove(&(deadline, id));
+        }
         if self.fresh.front().is_some_and(|s| s.id == id) {
             return self.fresh.pop_front().map(|s| s.loc);
         }
@@ -91,7 +117,28 @@ impl Lane {
     }
 
     fn len(&self) -> usize {
-        self.fresh.len() + self.others.len()
+        self.urgent.len() + self.fresh.len() + self.others.len()
+    }
+
+    /// Remove every message with an id below `below`; returns them.
+    fn cut(&mut self, below: u64) -> Vec<(u64, Loc, u64)> {
+        let mut out = Vec::new();
+        while self.fresh.front().is_some_and(|s| s.id < below) {
+            if let Some(s) = self.fresh.pop_front() {
+                out.push((s.id, s.loc, 0));
+            }
+        }
+        let keep = self.others.split_off(&below);
+        out.extend(self.others.iter().map(|(&id, &loc)| (id, loc, 0)));
+        self.others = keep;
+        self.urgent.retain(|&(deadline, id), loc| {
+            let gone = id < below;
+            if gone {
+                out.push((id, *loc, deadline));
+            }
+            !gone
+        });
+        out
     }
 }
 
@@ -113,20 +160,108 @@ impl Ready {
         }
     }
 
-    fn insert(&mut self, priority: u8, id: u64, loc: Loc) {
-        self.lanes[usize::from(priority)].insert(id, loc);
+    fn insert(&mut self, priority: u8, id: u64, loc: Loc, deadline: u64) {
+        self.lanes[usize::from(priority)].insert(id, loc, deadline);
         self.nonempty[usize::from(priority / 64)] |= 1 << (priority % 64);
         self.count += 1;
     }
 
-    fn remove(&mut self, priority: u8, id: u64) -> Option<Loc> {
+    fn remove(&mut self, priority: u8, id: u64, deadline: u64) -> Option<Loc> {
         let lane = &mut self.lanes[usize::from(priority)];
-        let loc = lane.remove(id)?;
-        if lane.len() == 0 {
+        let loc = lane.remove(id, deadline)?;
+        self.after_removal(priority, 1);
+        Some(loc)
+    }
+
+    fn after_removal(&mut self, priority: u8, n: u64) {
+        if self.lanes[usize::from(priority)].len() == 0 {
             self.nonempty[usize::from(priority / 64)] &= !(1 << (priority % 64));
         }
-        self.count -= 1;
-        Some(loc)
+        self.count -= n;
+    }
+
+    /// The non-empty lanes, highest first.
+    fn nonempty_lanes(&self) -> impl Iterator<Item = u8> + '_ {
+        (0..=255u8)
+            .rev()
+            .filter(|&p| self.nonempty[usize::from(p / 64)] & (1 << (p % 64)) != 0)
+    }
+}
+
+/// Retention marks: (end id, time) pairs, ids ascending, meaning "every
+/// message with an id below `end` was enqueued at or before `time`". A new
+/// mark starts once the enqueue time has moved `granularity` past the last
+/// one; until then the last mark grows. So a retention cutoff maps to an id
+/// bound with one search, at the cost of keeping a message up to
+/// `granularity` past its retention.
+#[derive(Debug, Default)]
+pub(crate) struct Marks {
+    marks: VecDeque<(u64, u64)>,
+    /// When the last mark's group started.
+    last_start: u64,
+    granularity: u64,
+}
+
+impl Marks {
+    /// Marks whose groups span at most `granularity` ms.
+    pub fn new(granularity: u64) -> Marks {
+        Marks {
+            marks: VecDeque::new(),
+            last_start: 0,
+            granularity,
+        }
+    }
+
+    /// Note that ids below `end` were enqueued by `at`.
+    pub fn note(&mut self, end: u64, at: u64) {
+        let start = self.last_start;
+        match self.marks.back_mut() {
+            Some(last) if at < start.saturating_add(self.granularity) || end <= last.0 => {
+                last.0 = last.0.max(end);
+                last.1 = last.1.max(at);
+            }
+            _ => {
+                self.marks.push_back((end, at));
+                self.last_start = at;
+            }
+        }
+    }
+
+    /// A mark read from a checkpoint (ids ascending).
+    pub fn restore(&mut self, end: u64, at: u64) {
+        self.marks.push_back((end, at));
+        self.last_start = at;
+    }
+
+    /// The id bound below which every message was enqueued at or before
+    /// `cutoff`.
+    pub fn bound(&self, cutoff: u64) -> u64 {
+        let i = self.marks.partition_point(|&(_, at)| at <= cutoff);
+        if i == 0 {
+            0
+        } else {
+            self.marks[i - 1].0
+        }
+    }
+
+    /// When the next mark's messages all pass `retention` (for the timer).
+    pub fn next_due(&self, after_bound: u64, retention: u64) -> Option<u64> {
+        self.marks
+            .iter()
+            .find(|&&(end, _)| end > after_bound)
+            .map(|&(_, at)| at.saturating_add(retention))
+    }
+
+    /// Forget marks no live message needs (all below `bound`).
+    fn forget_below(&mut self, bound: u64) {
+        while self.marks.front().is_some_and(|m| m.0 <= bound) {
+            self.marks.pop_front();
+        }
+    }
+
+    /// The marks, ids ascending.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.marks.iter().copied()
     }
 }
 
@@ -157,6 +292,17 @@ pub(crate) struct Dead {
     pub reason: String,
 }
 
+/// A completed message's stored result.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Completed {
+    /// The result record.
+    pub loc: Loc,
+    pub priority: u8,
+    pub attempt: u32,
+    /// When it was completed.
+    pub at: u64,
+}
+
 /// A message a consumer may take next.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Candidate {
@@ -165,6 +311,21 @@ pub(crate) struct Candidate {
     pub loc: Loc,
     /// Deliveries it had so far.
     pub attempt: u32,
+    /// Its deadline; 0 for none.
+    pub deadline: u64,
+}
+
+/// Lifetime counters, kept in checkpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Totals {
+    /// Messages acked or completed.
+    pub acked: u64,
+    /// Messages whose deadline passed before delivery.
+    pub deadline_missed: u64,
+    /// Messages and results removed by retention.
+    pub expired: u64,
+    /// Dead letters removed by dead-letter retention.
+    pub dead_expired: u64,
 }
 
 /// Receipts must never match a delivery of another queue handle in this
@@ -177,41 +338,103 @@ pub(crate) struct Index {
     ready: Ready,
     /// Attempts of ready or delayed messages delivered before.
     attempts: IdMap<u32>,
+    /// Deadlines of live, unfinished messages that have one.
+    deadlines_of: IdMap<u64>,
     /// Delayed messages in ready-at order, and each one's ready-at time.
     delayed: BTreeMap<(u64, u64), Delayed>,
     delayed_at: IdMap<u64>,
     in_flight: IdMap<Lease>,
-    /// In-flight messages in deadline order.
-    deadlines: BTreeSet<(u64, u64)>,
+    /// In-flight messages in lease-deadline order.
+    lease_order: BTreeSet<(u64, u64)>,
     dead: BTreeMap<u64, Dead>,
-    /// Live messages per segment.
+    /// Dead letters in dead-lettered-at order (for dead-letter retention).
+    dead_order: BTreeSet<(u64, u64)>,
+    completed: BTreeMap<u64, Completed>,
+    /// Live records per segment.
     live: BTreeMap<u32, u64>,
-    acked_total: u64,
+    totals: Totals,
+    /// Ids below this were removed by retention.
+    cut_below: u64,
+    marks: Marks,
+    keys: Keys,
 }
 
 impl Index {
-    pub fn new(acked_total: u64) -> Self {
+    /// An empty index whose retention marks span `granularity` ms.
+    pub fn new(totals: Totals, granularity: u64) -> Self {
         Index {
             ready: Ready::new(),
             attempts: IdMap::default(),
+            deadlines_of: IdMap::default(),
             delayed: BTreeMap::new(),
             delayed_at: IdMap::default(),
             in_flight: IdMap::default(),
-            deadlines: BTreeSet::new(),
+            lease_order: BTreeSet::new(),
             dead: BTreeMap::new(),
+            dead_order: BTreeSet::new(),
+            completed: BTreeMap::new(),
             live: BTreeMap::new(),
-            acked_total,
+            totals,
+            cut_below: 0,
+            marks: Marks::new(granularity),
+            keys: Keys::default(),
         }
     }
 
-    /// A message record exists at `loc`: it is ready at `ready_at`
-    /// (delayed until then), with `attempt` deliveries behind it.
-    pub fn add(&mut self, id: u64, priority: u8, loc: Loc, ready_at: u64, attempt: u32) {
-        self.count_live(loc.segment, 1);
-        self.place(id, priority, loc, ready_at, attempt);
+    /// A message record (not a relocated copy, not a result) at `loc`, just
+    /// appended or found by a scan; `key` is its idempotency key (empty for
+    /// none). Returns whether it is live; the caller counts live records
+    /// per segment once per run (see [`Index::count_live`]).
+    pub fn place_record(&mut self, h: &RecordHeader, key: &[u8], loc: Loc) -> bool {
+        self.marks.note(h.id + 1, h.enqueued_ms);
+        if !key.is_empty() {
+            self.keys.insert(key, h.id, h.enqueued_ms);
+        }
+        if h.id < self.cut_below {
+            // Below a retention cut already applied: not live.
+            return false;
+        }
+        self.place(h.id, h.priority, loc, h.ready_at(), 0, h.deadline_ms);
+        true
     }
 
-    /// Count `n` more live messages in `segment`: bulk loaders place a run
+    /// A result record for message `id` at `loc`: the message is completed
+    /// (acked) with this result, wherever it was. A relocated copy of a
+    /// result only moves it.
+    pub fn add_result(&mut self, id: u64, priority: u8, loc: Loc, at: u64, drained: &mut Vec<u32>) {
+        if id < self.cut_below {
+            return;
+        }
+        // Wherever the message is: a scan applies results before the
+        // journal entries that came before them (which then find nothing).
+        let found = self
+            .take_any(id, priority)
+            .or_else(|| self.take_dead(id).map(|d| (d.loc, d.attempt)));
+        let attempt = match found {
+            Some((old, attempt)) => {
+                self.finish(old, drained);
+                attempt
+            }
+            None => 0,
+        };
+        if let Some(old) = self.completed.remove(&id) {
+            self.finish(old.loc, drained);
+        } else {
+            self.totals.acked = self.totals.acked.saturating_add(1);
+        }
+        self.count_live(loc.segment, 1);
+        self.completed.insert(
+            id,
+            Completed {
+                loc,
+                priority,
+                attempt,
+                at,
+            },
+        );
+    }
+
+    /// Count `n` more live records in `segment`: bulk loaders place a run
     /// of messages of one segment with the `place*` calls and count them
     /// once, saving a map lookup per message when opening a large queue.
     pub fn count_live(&mut self, segment: u32, n: u64) {
@@ -220,25 +443,73 @@ impl Index {
         }
     }
 
-    /// [`Index::add`] without the live count (see [`Index::count_live`]):
-    /// for bulk loading, and for a message counted live already that goes
-    /// back among the waiting.
-    pub fn place(&mut self, id: u64, priority: u8, loc: Loc, ready_at: u64, attempt: u32) {
+    /// Place a message among the waiting without the live count (see
+    /// [`Index::count_live`]): for bulk loading, and for a message counted
+    /// live already that goes back among the waiting. `deadline` 0 = none.
+    pub fn place(
+        &mut self,
+        id: u64,
+        priority: u8,
+        loc: Loc,
+        ready_at: u64,
+        attempt: u32,
+        deadline: u64,
+    ) {
         if attempt > 0 {
             self.attempts.insert(id, attempt);
+        }
+        if deadline > 0 {
+            self.deadlines_of.insert(id, deadline);
         }
         if ready_at > 0 {
             self.delayed
                 .insert((ready_at, id), Delayed { loc, priority });
             self.delayed_at.insert(id, ready_at);
         } else {
-            self.ready.insert(priority, id, loc);
+            self.ready.insert(priority, id, loc, deadline);
         }
     }
 
-    /// Set the lifetime acked count (from a checkpoint).
-    pub fn set_acked_total(&mut self, n: u64) {
-        self.acked_total = n;
+    /// Set the lifetime counters and the retention bound (from a
+    /// checkpoint).
+    pub fn set_totals(&mut self, totals: Totals) {
+        self.totals = totals;
+    }
+
+    /// The lifetime counters.
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    /// Ids below this were removed by retention.
+    pub fn cut_below(&self) -> u64 {
+        self.cut_below
+    }
+
+    /// The retention marks.
+    pub fn marks(&self) -> &Marks {
+        &self.marks
+    }
+
+    /// A retention mark from a checkpoint.
+    pub fn restore_mark(&mut self, end: u64, at: u64) {
+        self.marks.restore(end, at);
+    }
+
+    /// The remembered idempotency keys.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// A key from a checkpoint, or one found while enqueueing.
+    pub fn remember_key(&mut self, key: &[u8], id: u64, at: u64) {
+        self.keys.insert(key, id, at);
+    }
+
+    /// Forget keys first seen at or before `cutoff` (the dedup window has
+    /// passed). Not journaled: recomputed from the clock after replay.
+    pub fn forget_keys(&mut self, cutoff: u64) {
+        self.keys.expire(cutoff);
     }
 
     /// Set a dead letter's reason (checkpoints store reasons apart).
@@ -248,8 +519,12 @@ impl Index {
         }
     }
 
-    /// Where a live message's record is, if it is live.
-    pub fn locate(&self, id: u64, priority: u8) -> Option<Loc> {
+    /// Where a live record is: the message's, or its stored result's when
+    /// `result`.
+    pub fn locate(&self, id: u64, priority: u8, result: bool) -> Option<Loc> {
+        if result {
+            return self.completed.get(&id).map(|c| c.loc);
+        }
         if let Some(l) = self.in_flight.get(&id) {
             return Some(l.loc);
         }
@@ -259,7 +534,11 @@ impl Index {
         if let Some(at) = self.delayed_at.get(&id) {
             return self.delayed.get(&(*at, id)).map(|d| d.loc);
         }
-        self.ready.lanes[usize::from(priority)].find(id)
+        self.ready.lanes[usize::from(priority)].find(id, self.deadline_of(id))
+    }
+
+    fn deadline_of(&self, id: u64) -> u64 {
+        self.deadlines_of.get(&id).copied().unwrap_or(0)
     }
 
     /// Segments holding the next message of some lane: consumers will
@@ -282,40 +561,56 @@ impl Index {
         priority: u8,
         loc: Loc,
         attempt: u32,
+        lease_deadline: u64,
         deadline: u64,
     ) {
-        self.put_lease(id, loc, priority, attempt, deadline);
+        if deadline > 0 {
+            self.deadlines_of.insert(id, deadline);
+        }
+        self.put_lease(id, loc, priority, attempt, lease_deadline);
     }
 
     /// A dead letter restored from a checkpoint. Not counted live: see
     /// [`Index::count_live`].
     pub fn place_dead(&mut self, id: u64, dead: Dead) {
+        self.dead_order.insert((dead.at, id));
         self.dead.insert(id, dead);
     }
 
-    /// Apply one journal entry. Returns the segment whose last live message
-    /// this entry finished, if any.
-    pub fn apply(&mut self, e: &Entry) -> Option<u32> {
+    /// A stored result restored from a checkpoint. Not counted live: see
+    /// [`Index::count_live`].
+    pub fn place_completed(&mut self, id: u64, c: Completed) {
+        self.completed.insert(id, c);
+    }
+
+    /// Apply one journal entry; segments whose last live record it
+    /// finished are pushed onto `drained`.
+    pub fn apply(&mut self, e: &Entry, drained: &mut Vec<u32>) {
         match e.kind {
             Kind::Delivered => {
                 // A message still leased here was released by a restart in
                 // between (releases at open are not journaled).
                 let loc = match self.take_lease(e.id) {
                     Some(l) => l.loc,
-                    None => self.take_waiting(e.id, e.priority)?.0,
+                    None => match self.take_waiting(e.id, e.priority) {
+                        Some((loc, _)) => loc,
+                        None => return,
+                    },
                 };
                 self.put_lease(e.id, loc, e.priority, e.attempt, e.time_ms);
-                None
             }
             Kind::LeaseExtended => {
-                let lease = self.in_flight.get_mut(&e.id)?;
-                self.deadlines.remove(&(lease.deadline, e.id));
+                let Some(lease) = self.in_flight.get_mut(&e.id) else {
+                    return;
+                };
+                self.lease_order.remove(&(lease.deadline, e.id));
                 lease.deadline = e.time_ms;
-                self.deadlines.insert((e.time_ms, e.id));
-                None
+                self.lease_order.insert((e.time_ms, e.id));
             }
             Kind::Nacked | Kind::Expired => {
-                let lease = self.take_lease(e.id)?;
+                let Some(lease) = self.take_lease(e.id) else {
+                    return;
+                };
                 let ready_at = if e.kind == Kind::Nacked { e.time_ms } else { 0 };
                 // A nack carries the attempt count to keep: the lease's, or
                 // the one before it when a delivery is given back unread.
@@ -324,47 +619,131 @@ impl Index {
                 } else {
                     lease.attempt
                 };
-                self.place(e.id, lease.priority, lease.loc, ready_at, attempt);
-                None
+                let deadline = self.deadline_of(e.id);
+                self.place(e.id, lease.priority, lease.loc, ready_at, attempt, deadline);
             }
             Kind::Acked => {
                 // Counted even when the message's record is gone (its
                 // segment was deleted): each message is acked at most once.
-                self.acked_total = self.acked_total.saturating_add(1);
-                let loc = self.take_any(e.id, e.priority)?;
-                self.finish(loc)
+                self.totals.acked = self.totals.acked.saturating_add(1);
+                if let Some((loc, _)) = self.take_any(e.id, e.priority) {
+                    self.finish(loc, drained);
+                } else if let Some(d) = self.dead.remove(&e.id) {
+                    self.dead_order.remove(&(d.at, e.id));
+                    self.finish(d.loc, drained);
+                }
             }
-            Kind::DeadLettered => {
+            Kind::DeadLettered | Kind::DeadlineMissed => {
                 let (loc, attempt) = match self.take_lease(e.id) {
                     Some(l) => (l.loc, l.attempt),
-                    None => self.take_waiting(e.id, e.priority)?,
+                    None => match self.take_waiting(e.id, e.priority) {
+                        Some(w) => w,
+                        None => return,
+                    },
+                };
+                // A dead letter keeps no deadline: a redriven message is
+                // served as one without.
+                self.deadlines_of.remove(&e.id);
+                let reason = if e.kind == Kind::DeadlineMissed {
+                    self.totals.deadline_missed = self.totals.deadline_missed.saturating_add(1);
+                    DEADLINE_MISSED.to_string()
+                } else {
+                    e.reason.clone()
                 };
                 let dead = Dead {
                     loc,
                     priority: e.priority,
                     attempt,
                     at: e.time_ms,
-                    reason: e.reason.clone(),
+                    reason,
                 };
-                self.dead.insert(e.id, dead);
-                None
+                self.place_dead(e.id, dead);
             }
             Kind::Redriven => {
-                let d = self.dead.remove(&e.id)?;
-                self.ready.insert(d.priority, e.id, d.loc);
-                None
+                let Some(d) = self.take_dead(e.id) else {
+                    return;
+                };
+                self.ready.insert(d.priority, e.id, d.loc, 0);
             }
-            Kind::Purged => {
-                let d = self.dead.remove(&e.id)?;
-                self.finish(d.loc)
+            Kind::Purged | Kind::DeadExpired => {
+                let Some(d) = self.take_dead(e.id) else {
+                    return;
+                };
+                if e.kind == Kind::DeadExpired {
+                    self.totals.dead_expired = self.totals.dead_expired.saturating_add(1);
+                }
+                self.finish(d.loc, drained);
             }
-            Kind::IdsReserved => None,
+            Kind::RetentionCut => self.cut(e.id, drained),
+            Kind::IdsReserved => {}
         }
+    }
+
+    /// Retention: remove every live message and stored result with an id
+    /// below `below`, dead letters excepted. Walks the sets that are not
+    /// in id order (in flight, delayed, deadlines); cuts run at most once
+    /// per retention mark.
+    fn cut(&mut self, below: u64, drained: &mut Vec<u32>) {
+        if below <= self.cut_below {
+            return;
+        }
+        self.cut_below = below;
+        let mut gone: Vec<Loc> = Vec::new();
+        let mut ids: Vec<u64> = Vec::new();
+        let lanes: Vec<u8> = self.ready.nonempty_lanes().collect();
+        for p in lanes {
+            let removed = self.ready.lanes[usize::from(p)].cut(below);
+            if !removed.is_empty() {
+                self.ready.after_removal(p, removed.len() as u64);
+            }
+            for (id, loc, _) in removed {
+                ids.push(id);
+                gone.push(loc);
+            }
+        }
+        let delayed: Vec<(u64, u64)> = self
+            .delayed_at
+            .iter()
+            .filter(|&(&id, _)| id < below)
+            .map(|(&id, &at)| (id, at))
+            .collect();
+        for (id, at) in delayed {
+            self.delayed_at.remove(&id);
+            if let Some(d) = self.delayed.remove(&(at, id)) {
+                ids.push(id);
+                gone.push(d.loc);
+            }
+        }
+        let leased: Vec<u64> = self
+            .in_flight
+            .keys()
+            .copied()
+            .filter(|&id| id < below)
+            .collect();
+        for id in leased {
+            if let Some(l) = self.take_lease(id) {
+                ids.push(id);
+                gone.push(l.loc);
+            }
+        }
+        let keep = self.completed.split_off(&below);
+        let done = std::mem::replace(&mut self.completed, keep);
+        gone.extend(done.values().map(|c| c.loc));
+        let n = gone.len() as u64;
+        for id in ids {
+            self.attempts.remove(&id);
+            self.deadlines_of.remove(&id);
+        }
+        for loc in gone {
+            self.finish(loc, drained);
+        }
+        self.totals.expired = self.totals.expired.saturating_add(n);
+        self.marks.forget_below(below);
     }
 
     fn put_lease(&mut self, id: u64, loc: Loc, priority: u8, attempt: u32, deadline: u64) {
         let lease = NEXT_LEASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.deadlines.insert((deadline, id));
+        self.lease_order.insert((deadline, id));
         self.in_flight.insert(
             id,
             Lease {
@@ -379,13 +758,20 @@ impl Index {
 
     fn take_lease(&mut self, id: u64) -> Option<Lease> {
         let lease = self.in_flight.remove(&id)?;
-        self.deadlines.remove(&(lease.deadline, id));
+        self.lease_order.remove(&(lease.deadline, id));
         Some(lease)
+    }
+
+    fn take_dead(&mut self, id: u64) -> Option<Dead> {
+        let d = self.dead.remove(&id)?;
+        self.dead_order.remove(&(d.at, id));
+        Some(d)
     }
 
     /// Remove a ready or delayed message; returns its location and attempts.
     fn take_waiting(&mut self, id: u64, priority: u8) -> Option<(Loc, u32)> {
-        let loc = match self.ready.remove(priority, id) {
+        let deadline = self.deadline_of(id);
+        let loc = match self.ready.remove(priority, id, deadline) {
             Some(loc) => loc,
             None => {
                 let at = self.delayed_at.remove(&id)?;
@@ -395,24 +781,28 @@ impl Index {
         Some((loc, self.attempts.remove(&id).unwrap_or(0)))
     }
 
-    /// Remove a message wherever it is (acks are accepted in any state).
-    fn take_any(&mut self, id: u64, priority: u8) -> Option<Loc> {
-        if let Some(l) = self.take_lease(id) {
-            return Some(l.loc);
+    /// Remove an unfinished message (ready, delayed or in flight) for good;
+    /// returns its location and attempts. Dead letters stay.
+    fn take_any(&mut self, id: u64, priority: u8) -> Option<(Loc, u32)> {
+        let found = match self.take_lease(id) {
+            Some(l) => Some((l.loc, l.attempt)),
+            None => self.take_waiting(id, priority),
+        };
+        if found.is_some() {
+            self.deadlines_of.remove(&id);
         }
-        if let Some(d) = self.dead.remove(&id) {
-            return Some(d.loc);
-        }
-        self.take_waiting(id, priority).map(|(loc, _)| loc)
+        found
     }
 
-    fn finish(&mut self, loc: Loc) -> Option<u32> {
-        let n = self.live.get_mut(&loc.segment)?;
+    fn finish(&mut self, loc: Loc, drained: &mut Vec<u32>) {
+        let Some(n) = self.live.get_mut(&loc.segment) else {
+            return;
+        };
         *n -= 1;
-        (*n == 0).then(|| {
+        if *n == 0 {
             self.live.remove(&loc.segment);
-            loc.segment
-        })
+            drained.push(loc.segment);
+        }
     }
 
     /// Move delayed messages whose time has come to their lanes.
@@ -423,7 +813,8 @@ impl Index {
             }
             if let Some(d) = self.delayed.remove(&(at, id)) {
                 self.delayed_at.remove(&id);
-                self.ready.insert(d.priority, id, d.loc);
+                let deadline = self.deadline_of(id);
+                self.ready.insert(d.priority, id, d.loc, deadline);
             }
         }
     }
@@ -432,16 +823,54 @@ impl Index {
     /// look again.
     pub fn next_timer(&self) -> Option<u64> {
         let delay = self.delayed.first_key_value().map(|(&(at, _), _)| at);
-        let lease = self.deadlines.first().map(|&(at, _)| at);
+        let lease = self.lease_order.first().map(|&(at, _)| at);
         match (delay, lease) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
+    /// The earliest message deadline among ready messages (one look per
+    /// non-empty lane).
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.ready
+            .nonempty_lanes()
+            .filter_map(|p| {
+                let lane = &self.ready.lanes[usize::from(p)];
+                lane.urgent.first_key_value().map(|(&(d, _), _)| d)
+            })
+            .min()
+    }
+
+    /// Ready messages whose deadline is at or before `now`: (id, priority,
+    /// attempts). One look per non-empty lane, then one per message found.
+    pub fn missed_deadlines(&self, now: u64) -> Vec<(u64, u8, u32)> {
+        let mut out = Vec::new();
+        for p in self.ready.nonempty_lanes() {
+            let lane = &self.ready.lanes[usize::from(p)];
+            for (&(_, id), _) in lane.urgent.range(..=(now, u64::MAX)) {
+                out.push((id, p, self.attempt_of(id)));
+            }
+        }
+        out
+    }
+
+    /// Dead letters dead since at or before `cutoff`, oldest first.
+    pub fn dead_since(&self, cutoff: u64) -> Vec<(u64, u8)> {
+        self.dead_order
+            .range(..=(cutoff, u64::MAX))
+            .filter_map(|&(_, id)| self.dead.get(&id).map(|d| (id, d.priority)))
+            .collect()
+    }
+
+    /// When the oldest dead letter became one.
+    pub fn oldest_dead(&self) -> Option<u64> {
+        self.dead_order.first().map(|&(at, _)| at)
+    }
+
     /// Leases whose deadline is at or before `now`, earliest first.
     pub fn expired(&self, now: u64) -> Vec<(u64, Lease)> {
-        self.deadlines
+        self.lease_order
             .range(..=(now, u64::MAX))
             .filter_map(|&(_, id)| self.in_flight.get(&id).map(|l| (id, l.clone())))
             .collect()
@@ -461,13 +890,17 @@ impl Index {
     /// The next message of lane `priority`, without taking it.
     pub fn peek_lane(&self, priority: u8) -> Option<Candidate> {
         let (id, loc) = self.ready.lanes[usize::from(priority)].peek()?;
-        let attempt = self.attempts.get(&id).copied().unwrap_or(0);
-        Some(Candidate {
+        Some(self.candidate(id, priority, loc))
+    }
+
+    fn candidate(&self, id: u64, priority: u8, loc: Loc) -> Candidate {
+        Candidate {
             id,
             priority,
             loc,
-            attempt,
-        })
+            attempt: self.attempt_of(id),
+            deadline: self.deadline_of(id),
+        }
     }
 
     /// The lease of an in-flight message.
@@ -478,6 +911,11 @@ impl Index {
     /// A dead letter.
     pub fn dead(&self, id: u64) -> Option<&Dead> {
         self.dead.get(&id)
+    }
+
+    /// A stored result.
+    pub fn completed(&self, id: u64) -> Option<&Completed> {
+        self.completed.get(&id)
     }
 
     /// All dead letters in id order.
@@ -504,17 +942,24 @@ impl Index {
     /// gone with the process that leased it). Returns how many.
     pub fn release_all_in_flight(&mut self) -> u64 {
         let leases: Vec<(u64, Lease)> = self.in_flight.drain().collect();
-        self.deadlines.clear();
+        self.lease_order.clear();
         let n = leases.len() as u64;
         for (id, l) in leases {
-            self.place(id, l.priority, l.loc, 0, l.attempt);
+            let deadline = self.deadline_of(id);
+            self.place(id, l.priority, l.loc, 0, l.attempt, deadline);
         }
         n
     }
 
-    /// A live message's record moved to `loc` (relocation).
-    pub fn relocate(&mut self, id: u64, priority: u8, to: Loc) -> bool {
-        let from = if let Some(l) = self.in_flight.get_mut(&id) {
+    /// A live record moved to `to` (relocation): the message's, or its
+    /// result's when `result`.
+    pub fn relocate(&mut self, id: u64, priority: u8, to: Loc, result: bool) -> bool {
+        let from = if result {
+            match self.completed.get_mut(&id) {
+                Some(c) => std::mem::replace(&mut c.loc, to),
+                None => return false,
+            }
+        } else if let Some(l) = self.in_flight.get_mut(&id) {
             std::mem::replace(&mut l.loc, to)
         } else if let Some(d) = self.dead.get_mut(&id) {
             std::mem::replace(&mut d.loc, to)
@@ -524,10 +969,11 @@ impl Index {
                 None => return false,
             }
         } else {
+            let deadline = self.deadline_of(id);
             let lane = &mut self.ready.lanes[usize::from(priority)];
-            match lane.remove(id) {
+            match lane.remove(id, deadline) {
                 Some(old) => {
-                    lane.insert(id, to);
+                    lane.insert(id, to, deadline);
                     old
                 }
                 None => return false,
@@ -542,23 +988,32 @@ impl Index {
         true
     }
 
-    /// Segments holding live messages.
+    /// Segments holding live records.
     pub fn segments_with_live(&self) -> impl Iterator<Item = u32> + '_ {
         self.live.keys().copied()
     }
 
-    /// Forget every message whose record is in `segment` (the file is gone);
-    /// returns how many. Walks the whole index: recovery only.
+    /// Forget every message and result whose record is in `segment` (the
+    /// file is gone); returns how many. Walks the whole index: recovery
+    /// only.
     pub fn drop_segment(&mut self, segment: u32) -> u64 {
         let mut gone = Vec::new();
         self.snapshot(|m| {
             if m.segment == segment {
-                gone.push((m.id, m.priority));
+                gone.push((m.id, m.priority, m.state));
             }
         });
-        for &(id, priority) in &gone {
-            if self.take_lease(id).is_none() && self.dead.remove(&id).is_none() {
-                self.take_waiting(id, priority);
+        for &(id, priority, state) in &gone {
+            match state {
+                CheckpointState::Completed => {
+                    self.completed.remove(&id);
+                }
+                CheckpointState::Dead => {
+                    self.take_dead(id);
+                }
+                _ => {
+                    self.take_any(id, priority);
+                }
             }
             self.attempts.remove(&id);
         }
@@ -566,29 +1021,59 @@ impl Index {
         gone.len() as u64
     }
 
-    /// Live messages in `segment`.
+    /// Live records in `segment`.
     pub fn live_in(&self, segment: u32) -> u64 {
         self.live.get(&segment).copied().unwrap_or(0)
     }
 
-    /// Counts for stats: ready, in flight, delayed, dead.
-    pub fn counts(&self) -> (u64, u64, u64, u64) {
-        (
-            self.ready.count,
-            self.in_flight.len() as u64,
-            self.delayed.len() as u64,
-            self.dead.len() as u64,
-        )
+    /// Counts for stats.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            ready: self.ready.count,
+            in_flight: self.in_flight.len() as u64,
+            delayed: self.delayed.len() as u64,
+            dead: self.dead.len() as u64,
+            results: self.completed.len() as u64,
+            keys: self.keys.len() as u64,
+        }
+    }
+
+    /// The queue's counters, with what only the caller knows: segment
+    /// files, bytes on disk and the oldest ready message's age.
+    pub fn stats(
+        &self,
+        segments: u64,
+        bytes_on_disk: u64,
+        oldest_ready_age: Option<std::time::Duration>,
+    ) -> Stats {
+        let c = self.counts();
+        Stats {
+            ready_per_lane: self
+                .ready_per_lane()
+                .into_iter()
+                .map(|(priority, ready)| LaneCount { priority, ready })
+                .collect(),
+            ready: c.ready,
+            in_flight: c.in_flight,
+            delayed: c.delayed,
+            dead: c.dead,
+            acked_total: self.totals.acked,
+            results: c.results,
+            keys: c.keys,
+            deadline_missed_total: self.totals.deadline_missed,
+            expired_total: self.totals.expired,
+            dead_expired_total: self.totals.dead_expired,
+            segments,
+            bytes_on_disk,
+            oldest_ready_age,
+        }
     }
 
     /// Ready messages per non-empty lane, highest priority first.
     pub fn ready_per_lane(&self) -> Vec<(u8, u64)> {
-        (0..=255u8)
-            .rev()
-            .filter_map(|p| {
-                let n = self.ready.lanes[usize::from(p)].len();
-                (n > 0).then_some((p, n as u64))
-            })
+        self.ready
+            .nonempty_lanes()
+            .map(|p| (p, self.ready.lanes[usize::from(p)].len() as u64))
             .collect()
     }
 
@@ -597,21 +1082,31 @@ impl Index {
         self.ready
             .lanes
             .iter()
-            .filter_map(Lane::peek)
+            .flat_map(|l| {
+                let urgent = l
+                    .urgent
+                    .iter()
+                    .map(|(&(_, id), &loc)| (id, loc))
+                    .min_by_key(|&(id, _)| id);
+                let rest = {
+                    let f = l.fresh.front().map(|s| (s.id, s.loc));
+                    let o = l.others.first_key_value().map(|(&id, &loc)| (id, loc));
+                    f.into_iter().chain(o).min_by_key(|&(id, _)| id)
+                };
+                urgent.into_iter().chain(rest)
+            })
             .min_by_key(|&(id, _)| id)
     }
 
-    pub fn acked_total(&self) -> u64 {
-        self.acked_total
-    }
-
-    /// Every live message as a checkpoint stores it. Ready messages come
-    /// lane by lane in id order, so a reload appends them in order.
+    /// Every live message and stored result as a checkpoint stores it.
+    /// Ready messages come lane by lane in id order, so a reload appends
+    /// them in order.
     pub fn snapshot(&self, mut out: impl FnMut(CheckpointMessage)) {
-        let mut emit = |id, priority, loc: Loc, attempt, state, time_ms| {
+        let mut emit = |id, priority, loc: Loc, attempt, state, time_ms, deadline_ms| {
             out(CheckpointMessage {
                 id,
                 time_ms,
+                deadline_ms,
                 segment: loc.segment,
                 offset: loc.offset,
                 attempt,
@@ -619,39 +1114,37 @@ impl Index {
                 state,
             })
         };
+        use CheckpointState::{Completed as Done, Dead as D, InFlight, Pending};
         for (p, lane) in self.ready.lanes.iter().enumerate() {
             let p = p as u8;
+            for (&(deadline, id), &loc) in &lane.urgent {
+                emit(id, p, loc, self.attempt_of(id), Pending, 0, deadline);
+            }
             for s in &lane.fresh {
-                let attempt = self.attempt_of(s.id);
-                emit(s.id, p, s.loc, attempt, CheckpointState::Pending, 0);
+                emit(s.id, p, s.loc, self.attempt_of(s.id), Pending, 0, 0);
             }
             for (&id, &loc) in &lane.others {
-                let attempt = self.attempt_of(id);
-                emit(id, p, loc, attempt, CheckpointState::Pending, 0);
+                emit(id, p, loc, self.attempt_of(id), Pending, 0, 0);
             }
         }
         for (&(at, id), d) in &self.delayed {
-            let attempt = self.attempt_of(id);
-            emit(id, d.priority, d.loc, attempt, CheckpointState::Pending, at);
+            let (a, dl) = (self.attempt_of(id), self.deadline_of(id));
+            emit(id, d.priority, d.loc, a, Pending, at, dl);
         }
         for (&id, l) in &self.in_flight {
-            let (p, loc, attempt) = (l.priority, l.loc, l.attempt);
-            emit(id, p, loc, attempt, CheckpointState::InFlight, l.deadline);
+            let dl = self.deadline_of(id);
+            emit(id, l.priority, l.loc, l.attempt, InFlight, l.deadline, dl);
         }
         for (&id, d) in &self.dead {
-            emit(
-                id,
-                d.priority,
-                d.loc,
-                d.attempt,
-                CheckpointState::Dead,
-                d.at,
-            );
+            emit(id, d.priority, d.loc, d.attempt, D, d.at, 0);
+        }
+        for (&id, c) in &self.completed {
+            emit(id, c.priority, c.loc, c.attempt, Done, c.at, 0);
         }
     }
 
-    /// Every live message's id and location.
-    pub fn locations(&self, mut out: impl FnMut(u64, Loc)) {
+    /// Every live record's id, location and whether it is a result.
+    pub fn locations(&self, mut out: impl FnMut(u64, Loc, bool)) {
         self.snapshot(|m| {
             out(
                 m.id,
@@ -659,6 +1152,7 @@ impl Index {
                     segment: m.segment,
                     offset: m.offset,
                 },
+                m.state == CheckpointState::Completed,
             )
         });
     }
@@ -667,14 +1161,14 @@ impl Index {
         self.attempts.get(&id).copied().unwrap_or(0)
     }
 
-    /// Number of live messages.
+    /// Number of live records.
     pub fn live_count(&self) -> u64 {
         self.live.values().sum()
     }
 
     /// Ready messages in the order strict scheduling delivers them: the
-    /// highest priority first, by id within a lane; only lane `only` when
-    /// given. Read-only (for inspection).
+    /// highest priority first, within a lane deadlines first, then by id;
+    /// only lane `only` when given. Read-only (for inspection).
     pub fn ready_in_order(&self, only: Option<u8>) -> impl Iterator<Item = Candidate> + '_ {
         let lanes: Vec<u8> = match only {
             Some(p) => vec![p],
@@ -682,9 +1176,10 @@ impl Index {
         };
         lanes.into_iter().flat_map(move |p| {
             let lane = &self.ready.lanes[usize::from(p)];
+            let urgent = lane.urgent.iter().map(|(&(_, id), &loc)| (id, loc));
             let mut fresh = lane.fresh.iter().map(|s| (s.id, s.loc)).peekable();
             let mut others = lane.others.iter().map(|(&id, &loc)| (id, loc)).peekable();
-            std::iter::from_fn(move || {
+            let merged = std::iter::from_fn(move || {
                 let take_fresh = match (fresh.peek(), others.peek()) {
                     (Some(a), Some(b)) => a.0 < b.0,
                     (a, _) => a.is_some(),
@@ -694,13 +1189,10 @@ impl Index {
                 } else {
                     others.next()
                 }
-            })
-            .map(move |(id, loc)| Candidate {
-                id,
-                priority: p,
-                loc,
-                attempt: self.attempt_of(id),
-            })
+            });
+            urgent
+                .chain(merged)
+                .map(move |(id, loc)| self.candidate(id, p, loc))
         })
     }
 
@@ -713,6 +1205,9 @@ impl Index {
         if let Some(d) = self.dead.get(&id) {
             return Some(Found::Dead(d));
         }
+        if let Some(c) = self.completed.get(&id) {
+            return Some(Found::Completed(c));
+        }
         if let Some(&at) = self.delayed_at.get(&id) {
             let d = self.delayed.get(&(at, id))?;
             return Some(Found::Delayed {
@@ -722,8 +1217,9 @@ impl Index {
                 ready_at: at,
             });
         }
+        let deadline = self.deadline_of(id);
         (0..=255u8).find_map(|p| {
-            let loc = self.ready.lanes[usize::from(p)].find(id)?;
+            let loc = self.ready.lanes[usize::from(p)].find(id, deadline)?;
             Some(Found::Ready {
                 priority: p,
                 loc,
@@ -731,6 +1227,17 @@ impl Index {
             })
         })
     }
+}
+
+/// Message counts by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub ready: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+    pub dead: u64,
+    pub results: u64,
+    pub keys: u64,
 }
 
 /// A live message found by [`Index::find`].
@@ -753,11 +1260,34 @@ pub(crate) enum Found<'a> {
     InFlight(&'a Lease),
     /// A dead letter.
     Dead(&'a Dead),
+    /// Completed, with a stored result.
+    Completed(&'a Completed),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Index {
+        /// A message record with no deadline or key, counted live.
+        fn add(&mut self, id: u64, priority: u8, loc: Loc, ready_at: u64, attempt: u32) {
+            self.place(id, priority, loc, ready_at, attempt, 0);
+            self.count_live(loc.segment, 1);
+        }
+
+        /// Apply one entry; the segment it drained, if any.
+        fn apply_one(&mut self, e: &Entry) -> Option<u32> {
+            let mut drained = Vec::new();
+            self.apply(e, &mut drained);
+            drained.pop()
+        }
+    }
+
+    impl Counts {
+        fn four(self) -> (u64, u64, u64, u64) {
+            (self.ready, self.in_flight, self.delayed, self.dead)
+        }
+    }
 
     fn loc(o: u32) -> Loc {
         Loc {
@@ -768,7 +1298,7 @@ mod tests {
 
     #[test]
     fn higher_priority_first_then_id_order() {
-        let mut ix = Index::new(0);
+        let mut ix = Index::new(Totals::default(), 60_000);
         ix.add(1, 0, loc(1), 0, 0);
         ix.add(2, 9, loc(2), 0, 0);
         ix.add(3, 9, loc(3), 0, 0);
@@ -776,46 +1306,46 @@ mod tests {
         let mut order = Vec::new();
         while let Some(c) = ix.peek() {
             order.push(c.id);
-            ix.apply(&Entry::new(Kind::Delivered, c.id, c.priority, 100, 1));
+            ix.apply_one(&Entry::new(Kind::Delivered, c.id, c.priority, 100, 1));
         }
         assert_eq!(order, vec![4, 2, 3, 1]);
-        assert_eq!(ix.counts(), (0, 4, 0, 0));
+        assert_eq!(ix.counts().four(), (0, 4, 0, 0));
     }
 
     #[test]
     fn expired_message_returns_in_id_order_with_its_attempts() {
-        let mut ix = Index::new(0);
+        let mut ix = Index::new(Totals::default(), 60_000);
         ix.add(1, 0, loc(1), 0, 0);
         ix.add(2, 0, loc(2), 0, 0);
-        ix.apply(&Entry::new(Kind::Delivered, 1, 0, 100, 1));
-        ix.apply(&Entry::new(Kind::Expired, 1, 0, 100, 1));
+        ix.apply_one(&Entry::new(Kind::Delivered, 1, 0, 100, 1));
+        ix.apply_one(&Entry::new(Kind::Expired, 1, 0, 100, 1));
         let c = ix.peek().unwrap();
         assert_eq!((c.id, c.attempt), (1, 1));
     }
 
     #[test]
     fn ack_finishes_segment_and_unknown_entries_change_no_message() {
-        let mut ix = Index::new(0);
+        let mut ix = Index::new(Totals::default(), 60_000);
         ix.add(1, 0, loc(1), 0, 0);
         // An ack of a message whose record is gone (its segment was deleted)
         // still counts: the live queue writes one Acked entry per message.
-        assert_eq!(ix.apply(&Entry::new(Kind::Acked, 99, 0, 0, 0)), None);
-        assert_eq!(ix.acked_total(), 1);
-        assert_eq!(ix.counts(), (1, 0, 0, 0));
-        ix.apply(&Entry::new(Kind::Delivered, 1, 0, 100, 1));
-        assert_eq!(ix.apply(&Entry::new(Kind::Acked, 1, 0, 0, 0)), Some(1));
-        assert_eq!(ix.acked_total(), 2);
-        assert_eq!(ix.counts(), (0, 0, 0, 0));
+        assert_eq!(ix.apply_one(&Entry::new(Kind::Acked, 99, 0, 0, 0)), None);
+        assert_eq!(ix.totals().acked, 1);
+        assert_eq!(ix.counts().four(), (1, 0, 0, 0));
+        ix.apply_one(&Entry::new(Kind::Delivered, 1, 0, 100, 1));
+        assert_eq!(ix.apply_one(&Entry::new(Kind::Acked, 1, 0, 0, 0)), Some(1));
+        assert_eq!(ix.totals().acked, 2);
+        assert_eq!(ix.counts().four(), (0, 0, 0, 0));
     }
 
     #[test]
     fn nack_with_delay_waits_then_promotes() {
-        let mut ix = Index::new(0);
+        let mut ix = Index::new(Totals::default(), 60_000);
         ix.add(1, 3, loc(1), 0, 0);
-        ix.apply(&Entry::new(Kind::Delivered, 1, 3, 100, 1));
-        ix.apply(&Entry::new(Kind::Nacked, 1, 3, 500, 1));
+        ix.apply_one(&Entry::new(Kind::Delivered, 1, 3, 100, 1));
+        ix.apply_one(&Entry::new(Kind::Nacked, 1, 3, 500, 1));
         assert!(ix.peek().is_none());
-        assert_eq!(ix.counts(), (0, 0, 1, 0));
+        assert_eq!(ix.counts().four(), (0, 0, 1, 0));
         ix.promote_due(499);
         assert!(ix.peek().is_none());
         ix.promote_due(500);
@@ -824,26 +1354,26 @@ mod tests {
 
     #[test]
     fn ready_in_order_follows_strict_delivery_and_find_sees_every_state() {
-        let mut ix = Index::new(0);
+        let mut ix = Index::new(Totals::default(), 60_000);
         for (id, p) in [(1, 0), (2, 9), (3, 9), (4, 200), (5, 9)] {
             ix.add(id, p, loc(id as u32), 0, 0);
         }
         // 2 comes back after 3 was fresh: served by id among the lane.
-        ix.apply(&Entry::new(Kind::Delivered, 2, 9, 100, 1));
-        ix.apply(&Entry::new(Kind::Nacked, 2, 9, 0, 1));
+        ix.apply_one(&Entry::new(Kind::Delivered, 2, 9, 100, 1));
+        ix.apply_one(&Entry::new(Kind::Nacked, 2, 9, 0, 1));
         let order: Vec<u64> = ix.ready_in_order(None).map(|c| c.id).collect();
         assert_eq!(order, vec![4, 2, 3, 5, 1]);
         let mut strict = Vec::new();
         while let Some(c) = ix.peek() {
             strict.push(c.id);
-            ix.apply(&Entry::new(Kind::Delivered, c.id, c.priority, 100, 1));
+            ix.apply_one(&Entry::new(Kind::Delivered, c.id, c.priority, 100, 1));
         }
         assert_eq!(strict, order);
-        let mut ix = Index::new(0);
+        let mut ix = Index::new(Totals::default(), 60_000);
         ix.add(1, 3, loc(1), 0, 0);
         ix.add(2, 3, loc(2), 500, 0);
         ix.add(3, 3, loc(3), 0, 0);
-        ix.apply(&Entry::new(Kind::Delivered, 3, 3, 100, 1));
+        ix.apply_one(&Entry::new(Kind::Delivered, 3, 3, 100, 1));
         assert_eq!(
             ix.ready_in_order(Some(3)).map(|c| c.id).collect::<Vec<_>>(),
             vec![1]
@@ -860,15 +1390,15 @@ mod tests {
 
     #[test]
     fn dead_letter_redrive_and_purge() {
-        let mut ix = Index::new(0);
+        let mut ix = Index::new(Totals::default(), 60_000);
         ix.add(1, 0, loc(1), 0, 0);
         let mut e = Entry::new(Kind::DeadLettered, 1, 0, 7, 0);
         e.reason = "bad".into();
-        ix.apply(&e);
+        ix.apply_one(&e);
         assert_eq!(ix.dead(1).unwrap().reason, "bad");
-        ix.apply(&Entry::new(Kind::Redriven, 1, 0, 8, 0));
+        ix.apply_one(&Entry::new(Kind::Redriven, 1, 0, 8, 0));
         assert_eq!(ix.peek().unwrap().attempt, 0);
-        ix.apply(&e);
-        assert_eq!(ix.apply(&Entry::new(Kind::Purged, 1, 0, 9, 0)), Some(1));
+        ix.apply_one(&e);
+        assert_eq!(ix.apply_one(&Entry::new(Kind::Purged, 1, 0, 9, 0)), Some(1));
     }
 }

@@ -1,5 +1,6 @@
-//! The journal: rotating, preallocated files of state-change entries (layout
-//! in `codec::entry`), the bitcask-style index WAL.
+//! The journal: rotating, preallocated files of state-change entries (batch
+//! frames, layout in `codec::batch`; version 1 files hold single entries,
+//! `codec::entry`), the bitcask-style index WAL.
 //!
 //! Invariants:
 //!
@@ -17,15 +18,10 @@ use std::sync::Arc;
 use crate::codec::entry::{self, Entry};
 use crate::codec::header::{self, FileHeader, FileKind};
 use crate::codec::scan::{self, Frame, Scan};
+use crate::codec::DecodeError;
+use crate::codec::{batch, FORMAT_VERSION};
 use crate::layout::{self, create_with_header, CreateError};
 use crate::storage::{Storage, StorageFile};
-
-/// A position in the journal: file number, then offset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub(crate) struct JournalPos {
-    pub file: u64,
-    pub offset: u32,
-}
 
 /// The file being appended to. Its fields are private so that only its own
 /// methods move `end` and `synced` and change the list of files.
@@ -43,6 +39,9 @@ pub(crate) struct Journal {
     new_size: u32,
     /// Journal files on disk (including this one), oldest first.
     files: Vec<u64>,
+    /// The format version of this file's header: entries are appended only
+    /// to a file of this build's version (the engine rotates first).
+    version: u32,
 }
 
 impl Journal {
@@ -53,11 +52,7 @@ impl Journal {
         size: u32,
         now_ms: u64,
     ) -> Result<Arc<dyn StorageFile>, CreateError> {
-        let h = FileHeader {
-            kind: FileKind::Journal,
-            id: number,
-            created_ms: now_ms,
-        };
+        let h = FileHeader::new(FileKind::Journal, number, now_ms);
         create_with_header(storage, &layout::journal_name(number), size, &h)
     }
 
@@ -68,6 +63,7 @@ impl Journal {
         (size, end): (u32, u32),
         new_size: u32,
         files: Vec<u64>,
+        version: u32,
     ) -> Journal {
         Journal {
             number,
@@ -77,7 +73,19 @@ impl Journal {
             synced: end,
             new_size,
             files,
+            version,
         }
+    }
+
+    /// Whether entries may be appended to the current file: it is of this
+    /// build's format version.
+    pub fn appendable(&self) -> bool {
+        self.version == FORMAT_VERSION
+    }
+
+    /// Bytes still free in the current file.
+    pub fn room(&self) -> usize {
+        self.size.saturating_sub(self.end) as usize
     }
 
     /// The number of the file being appended to.
@@ -122,22 +130,9 @@ impl Journal {
         self.files.retain(|&n| n >= number);
     }
 
-    /// The position after the last entry written.
-    pub fn pos(&self) -> JournalPos {
-        JournalPos {
-            file: self.number,
-            offset: self.end,
-        }
-    }
-
     /// Whether `bytes` more fit in the current file.
     pub fn fits(&self, bytes: usize) -> bool {
         bytes <= self.size.saturating_sub(self.end) as usize
-    }
-
-    /// Largest batch of bytes a new file can take.
-    pub fn capacity(&self) -> usize {
-        self.new_size as usize - header::SIZE
     }
 
     /// Switch to a new file of the configured size; returns the old file
@@ -162,14 +157,15 @@ impl Journal {
         self.end = header::SIZE as u32;
         self.synced = self.end;
         self.files.push(next);
+        self.version = FORMAT_VERSION;
         Ok(old)
     }
 
-    /// Encode entries for the current file into `out`.
-    pub fn encode(&self, entries: &[Entry], out: &mut Vec<u8>) {
-        for e in entries {
-            entry::encode(e, self.synced, out);
-        }
+    /// Encode into `out` one batch frame of as many of `entries` as fit in
+    /// `max_frame` bytes, stamped with this file's synced offset; returns
+    /// how many.
+    pub fn encode(&self, entries: &[Entry], max_frame: usize, out: &mut Vec<u8>) -> usize {
+        batch::encode(entries, self.synced, max_frame, self.number, out)
     }
 
     /// Write encoded entries; the caller checked they fit.
@@ -181,38 +177,41 @@ impl Journal {
     }
 }
 
-impl Frame for (Entry, u32) {
+impl Frame for (Vec<Entry>, u32) {
     fn synced_end(&self) -> u32 {
         self.1
     }
 }
 
-/// Scan a journal file's bytes from `start`: each entry with the synced
-/// end it was stamped with.
-pub(crate) fn scan(buf: &[u8], start: usize) -> Scan<(Entry, u32)> {
+/// Decode and verify the frame at the start of `b` of journal file number
+/// `file`, of format `version`: its entries (one in a version 1 file), the
+/// synced end it was stamped with, and its length.
+pub(crate) fn decode_frame(
+    b: &[u8],
+    version: u32,
+    file: u64,
+) -> Result<(Vec<Entry>, u32, usize), DecodeError> {
+    if version == 1 {
+        entry::decode_v1(b).map(|(e, s, n)| (vec![e], s, n))
+    } else {
+        batch::decode(b, file)
+    }
+}
+
+/// Scan the bytes of journal file number `file` from `start`: each frame's
+/// entries with the synced end it was stamped with. `version` is the file
+/// header's.
+pub(crate) fn scan(buf: &[u8], start: usize, version: u32, file: u64) -> Scan<(Vec<Entry>, u32)> {
+    let magic = if version == 1 {
+        entry::MAGIC
+    } else {
+        batch::MAGIC
+    };
     scan::scan(
         buf,
         start,
-        entry::MAGIC.to_le_bytes(),
-        |b| entry::decode(b).map(|(e, s, n)| ((e, s), n)),
+        magic.to_le_bytes(),
+        |b| decode_frame(b, version, file).map(|(e, s, n)| ((e, s), n)),
         |_| None,
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn positions_order() {
-        assert!(
-            JournalPos {
-                file: 1,
-                offset: 900
-            } < JournalPos {
-                file: 2,
-                offset: 32
-            }
-        );
-    }
 }

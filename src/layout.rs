@@ -95,12 +95,19 @@ pub(crate) fn is_prepared_name(name: &str) -> bool {
     })
 }
 
+/// The queue's stored attributes (format version 2, `codec::attributes`).
+pub(crate) const ATTRIBUTES_NAME: &str = "attributes.lla";
+/// The attributes file while it is rewritten; renamed over the real one.
+pub(crate) const ATTRIBUTES_TMP: &str = "attributes.lla.tmp";
+
 /// What a directory entry is, by its name alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum FileName {
     Segment(u32),
     Journal(u64),
     Checkpoint(u64),
+    /// The stored attributes.
+    Attributes,
     /// A checkpoint being written or a file made ahead: never holds data a
     /// queue depends on, so open removes it unread.
     Temporary,
@@ -116,8 +123,11 @@ impl FileName {
             Some(FileName::Journal(n))
         } else if let Some(n) = parse_checkpoint_name(name) {
             Some(FileName::Checkpoint(n))
+        } else if name == ATTRIBUTES_NAME {
+            Some(FileName::Attributes)
         } else if (name.starts_with("checkpoint-") && name.ends_with(".tmp"))
             || is_prepared_name(name)
+            || name == ATTRIBUTES_TMP
         {
             Some(FileName::Temporary)
         } else {
@@ -133,6 +143,8 @@ pub(crate) struct Files {
     pub journals: Vec<u64>,
     pub checkpoints: Vec<u64>,
     pub temporary: Vec<String>,
+    /// Whether the attributes file exists.
+    pub attributes: bool,
 }
 
 impl Files {
@@ -145,6 +157,7 @@ impl Files {
                 Some(FileName::Journal(n)) => f.journals.push(n),
                 Some(FileName::Checkpoint(n)) => f.checkpoints.push(n),
                 Some(FileName::Temporary) => f.temporary.push(name),
+                Some(FileName::Attributes) => f.attributes = true,
                 None => {}
             }
         }

@@ -121,6 +121,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+mod attrs;
 mod clock;
 /// Byte layouts of every file (for the fuzzers and tools); not a stable
 /// API: use [`inspect`] for a supported view of a directory.
@@ -132,6 +133,7 @@ mod error;
 mod index;
 pub mod inspect;
 mod journal;
+mod keys;
 mod lanes;
 mod layout;
 mod message;
@@ -147,9 +149,11 @@ pub mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use codec::entry::MAX_REASON_BYTES;
+pub use codec::record::MAX_KEY_BYTES;
 pub use config::{
-    DequeueOptions, Durability, QueueOptions, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SEGMENT_SIZE,
-    MAX_DELAY, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
+    DequeueOptions, Durability, EnqueueOptions, QueueOptions, DEFAULT_DEDUP_WINDOW,
+    DEFAULT_MAX_KEYS, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SEGMENT_SIZE, MAX_DELAY, MAX_SEGMENT_SIZE,
+    MIN_SEGMENT_SIZE,
 };
 pub use error::{Error, Result};
 pub use lanes::{weighted_wait_bound, Scheduling};

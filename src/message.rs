@@ -115,11 +115,25 @@ pub struct Stats {
     pub delayed: u64,
     /// Dead letters.
     pub dead: u64,
-    /// Messages acked over the life of the directory.
+    /// Messages acked (or completed) over the life of the directory.
     pub acked_total: u64,
+    /// Stored results of completed messages ([`crate::Queue::complete`]).
+    pub results: u64,
+    /// Idempotency keys remembered now.
+    pub keys: u64,
+    /// Messages whose deadline passed before delivery (now dead letters
+    /// with the reason `deadline missed`), over the directory's life.
+    pub deadline_missed_total: u64,
+    /// Messages and results removed by `retention`, over the directory's
+    /// life.
+    pub expired_total: u64,
+    /// Dead letters removed by `dead_letter_retention`, over the
+    /// directory's life.
+    pub dead_expired_total: u64,
     /// Segment files on disk.
     pub segments: u64,
-    /// Bytes of all queue files on disk (segments, journal, checkpoint).
+    /// Bytes of all queue files on disk (segments with their messages and
+    /// results, journal, checkpoint, stored attributes).
     pub bytes_on_disk: u64,
     /// Age of the oldest ready message, if any.
     pub oldest_ready_age: Option<Duration>,

@@ -60,11 +60,7 @@ impl Want {
             Want::Segment(id) => (FileKind::Segment, u64::from(id)),
             Want::Journal(n) => (FileKind::Journal, n),
         };
-        FileHeader {
-            kind,
-            id,
-            created_ms: now_ms,
-        }
+        FileHeader::new(kind, id, now_ms)
     }
 
     fn slot(self) -> usize {

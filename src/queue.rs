@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::clock::duration_ms;
 use crate::codec::entry::Kind;
-use crate::config::{DequeueOptions, QueueOptions, MAX_DELAY};
+use crate::config::{DequeueOptions, EnqueueOptions, QueueOptions, MAX_DELAY};
 use crate::engine::{Inner, NewMessage, Settlement};
 use crate::error::{Error, Result};
 use crate::message::{DeadLetter, Delivery, MessageId, Receipt, RecoveryReport, Stats};
@@ -109,12 +109,75 @@ impl Queue {
     /// written), [`Error::Io`] (a full disk included; nothing is enqueued),
     /// [`Error::Poisoned`], [`Error::Closed`].
     pub fn enqueue(&self, payload: &[u8], priority: u8) -> Result<MessageId> {
-        let ids = self.inner.enqueue(&[NewMessage {
-            payload,
-            priority,
-            delay_ms: 0,
-        }])?;
+        let ids = self.inner.enqueue(&[NewMessage::new(payload, priority)])?;
         Ok(MessageId(ids[0]))
+    }
+
+    /// Enqueue one message with a priority, delay, deadline or idempotency
+    /// key ([`EnqueueOptions`]); returns its id, or, for a key seen within
+    /// the dedup window, the first enqueue's id (nothing is written).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// use lanelog::{EnqueueOptions, Timestamp};
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// let soon = EnqueueOptions::new().deadline(Timestamp::now().plus(Duration::from_secs(60)));
+    /// let later = EnqueueOptions::new().deadline(Timestamp::now().plus(Duration::from_secs(600)));
+    /// q.enqueue(b"no deadline", 0)?;
+    /// q.enqueue_with(b"due in 10 min", &later)?;
+    /// q.enqueue_with(b"due in 1 min", &soon)?;
+    /// // Within a lane: earliest deadline first, then the rest in order.
+    /// assert_eq!(q.dequeue()?.unwrap().payload, b"due in 1 min");
+    /// assert_eq!(q.dequeue()?.unwrap().payload, b"due in 10 min");
+    /// assert_eq!(q.dequeue()?.unwrap().payload, b"no deadline");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Queue::enqueue`]; [`Error::InvalidArgument`] for a delay over
+    /// [`crate::MAX_DELAY`], a deadline already past or before the delay
+    /// ends, or a key that is empty or over 128 bytes;
+    /// [`Error::TooManyKeys`] when `max_keys` keys are remembered already.
+    /// Nothing is written on any error.
+    pub fn enqueue_with(&self, payload: &[u8], opts: &EnqueueOptions) -> Result<MessageId> {
+        let ids = self.inner.enqueue(&[NewMessage::with(payload, opts)?])?;
+        Ok(MessageId(ids[0]))
+    }
+
+    /// [`Queue::enqueue_batch`] with options per message: one write, all or
+    /// none. A key repeated within the batch is enqueued once; every
+    /// occurrence returns that id.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use lanelog::EnqueueOptions;
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// let k = EnqueueOptions::new().key("job-1");
+    /// let ids = q.enqueue_batch_with(&[(&b"a"[..], k.clone()), (&b"a"[..], k)])?;
+    /// assert_eq!(ids[0], ids[1]);
+    /// assert_eq!(q.stats().ready, 1);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Queue::enqueue_with`] and [`Queue::enqueue_batch`].
+    pub fn enqueue_batch_with<P: AsRef<[u8]>>(
+        &self,
+        items: &[(P, EnqueueOptions)],
+    ) -> Result<Vec<MessageId>> {
+        let items = items
+            .iter()
+            .map(|(payload, opts)| NewMessage::with(payload.as_ref(), opts))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self
+            .inner
+            .enqueue(&items)?
+            .into_iter()
+            .map(MessageId)
+            .collect())
     }
 
     /// Enqueue many messages with one write and (under `Immediate`) one sync.
@@ -139,11 +202,7 @@ impl Queue {
     pub fn enqueue_batch<P: AsRef<[u8]>>(&self, items: &[(P, u8)]) -> Result<Vec<MessageId>> {
         let items: Vec<NewMessage<'_>> = items
             .iter()
-            .map(|(payload, priority)| NewMessage {
-                payload: payload.as_ref(),
-                priority: *priority,
-                delay_ms: 0,
-            })
+            .map(|(payload, priority)| NewMessage::new(payload.as_ref(), *priority))
             .collect();
         Ok(self
             .inner
@@ -178,9 +237,8 @@ impl Queue {
     ) -> Result<MessageId> {
         check_delay(delay)?;
         let ids = self.inner.enqueue(&[NewMessage {
-            payload,
-            priority,
-            delay_ms: duration_ms(delay) as u32,
+            delay_ms: Some(duration_ms(delay) as u32),
+            ..NewMessage::new(payload, priority)
         }])?;
         Ok(MessageId(ids[0]))
     }
@@ -432,6 +490,42 @@ impl Queue {
     pub fn dead_letter(&self, receipt: Receipt, reason: &str) -> Result<()> {
         self.inner
             .settle(&[receipt], &Settlement::DeadLetter(reason.to_string()))
+    }
+
+    /// Finish a delivery with its result: the result is stored and the
+    /// message acked in one durable record (under `Immediate`, no crash
+    /// leaves the message acked without its result, or the result stored
+    /// with the message still pending). Read it back with
+    /// [`Queue::result`] until retention removes it.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// let id = q.enqueue(b"2 + 2", 0)?;
+    /// let d = q.dequeue()?.unwrap();
+    /// q.complete(d.receipt, b"4")?;
+    /// assert_eq!(q.result(id)?, Some(b"4".to_vec()));
+    /// assert_eq!(q.stats().acked_total, 1);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Queue::ack`], and [`Error::TooLarge`] for a result over
+    /// `max_message_size`; nothing changes on any error.
+    pub fn complete(&self, receipt: Receipt, result: &[u8]) -> Result<()> {
+        self.inner.complete(receipt, result)
+    }
+
+    /// The result stored by [`Queue::complete`] for message `id`, or `None`
+    /// when it has none (not completed, acked without a result, or removed
+    /// by retention).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the result's record is damaged,
+    /// [`Error::Io`], [`Error::Closed`].
+    pub fn result(&self, id: MessageId) -> Result<Option<Vec<u8>>> {
+        self.inner.result(id.0)
     }
 
     /// Make everything written so far durable now, whatever the durability

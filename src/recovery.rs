@@ -19,14 +19,16 @@ use std::io;
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::codec::checkpoint::{self, CheckpointError, CheckpointMeta, CheckpointState};
-use crate::codec::entry::Kind;
+use crate::codec::checkpoint::{
+    self, CheckpointError, CheckpointKey, CheckpointMessage, CheckpointMeta, CheckpointSegment,
+    CheckpointSink, CheckpointState,
+};
 use crate::codec::header::{self, FileHeader, FileKind, HeaderError};
 use crate::codec::record;
 use crate::codec::scan::Scan;
 use crate::config::QueueOptions;
 use crate::error::{Error, Result};
-use crate::index::{Dead, Index, Loc};
+use crate::index::{Completed, Dead, Index, Loc, Totals};
 use crate::journal::{self, Journal};
 use crate::layout::{self, checkpoint_name, Files};
 use crate::message::{range64, FileRange, RecoveryReport};
@@ -43,6 +45,8 @@ pub(crate) struct Recovered {
     pub next_id: u64,
     pub checkpoint_number: u64,
     pub checkpoint_bytes: u64,
+    /// Segments holding keyed records no checkpoint has seen yet.
+    pub keyed_segments: Vec<u32>,
     pub report: RecoveryReport,
 }
 
@@ -59,6 +63,7 @@ pub(crate) struct Scanned {
     pub next_id: u64,
     pub checkpoint_number: u64,
     pub checkpoint_bytes: u64,
+    pub keyed_segments: Vec<u32>,
     pub report: RecoveryReport,
     /// Live messages whose segment file is gone (id, segment); the report
     /// counts them in `missing_messages`.
@@ -75,6 +80,8 @@ pub(crate) struct LastJournal {
     pub size: u32,
     /// The end of its valid entries.
     pub end: u32,
+    /// Its header's format version.
+    pub version: u32,
 }
 
 /// A change recovery will make once everything has been read (invariant A).
@@ -118,9 +125,14 @@ fn header_error(file: &str, e: HeaderError) -> Error {
 }
 
 /// Check the header of every file before touching anything; returns the
-/// names of blank files (created, never initialised).
-fn check_headers(storage: &dyn Storage, files: &Files) -> Result<Vec<String>> {
+/// names of blank files (created, never initialised) and the format version
+/// of every other one.
+fn check_headers(
+    storage: &dyn Storage,
+    files: &Files,
+) -> Result<(Vec<String>, BTreeMap<String, u32>)> {
     let mut blank = Vec::new();
+    let mut versions = BTreeMap::new();
     let named = files
         .segments
         .iter()
@@ -138,11 +150,14 @@ fn check_headers(storage: &dyn Storage, files: &Files) -> Result<Vec<String>> {
                 .map(|&n| (checkpoint_name(n), FileKind::Checkpoint)),
         );
     for (name, kind) in named {
-        if check_header(storage, &name, kind)?.is_none() {
-            blank.push(name);
+        match check_header(storage, &name, kind)? {
+            None => blank.push(name),
+            Some(h) => {
+                versions.insert(name, h.version);
+            }
         }
     }
-    Ok(blank)
+    Ok((blank, versions))
 }
 
 /// Judge one file's header as open does: `None` for a blank file (created,
@@ -223,15 +238,39 @@ pub(crate) fn recover(
     now_ms: u64,
 ) -> Result<Recovered> {
     let s = scan_directory(storage, opts, true)?;
+    // An override that stored data cannot honour is refused before
+    // anything is changed.
+    let largest = s.segments.values().map(Segment::largest).max().unwrap_or(0);
+    if opts.names_max_message_size() && (largest as usize) > opts.max_message_bytes() {
+        return Err(Error::InvalidArgument(format!(
+            "max_message_size {} is below the largest message stored ({largest} bytes)",
+            opts.max_message_bytes()
+        )));
+    }
     apply_fixes(storage, s.fixes)?;
     let new_size = opts.journal_file_size as u32;
     let journal = match s.last_journal {
-        Some(j) => Journal::resume(j.number, j.file, (j.size, j.end), new_size, s.journal_files),
+        Some(j) => Journal::resume(
+            j.number,
+            j.file,
+            (j.size, j.end),
+            new_size,
+            s.journal_files,
+            j.version,
+        ),
         None => {
             let n = s.checkpoint_journal.max(1);
             let file =
                 Journal::create(storage, n, new_size, now_ms).map_err(std::io::Error::from)?;
-            Journal::resume(n, file, (new_size, header::SIZE as u32), new_size, vec![n])
+            let v = crate::codec::FORMAT_VERSION;
+            Journal::resume(
+                n,
+                file,
+                (new_size, header::SIZE as u32),
+                new_size,
+                vec![n],
+                v,
+            )
         }
     };
     Ok(Recovered {
@@ -241,6 +280,7 @@ pub(crate) fn recover(
         next_id: s.next_id,
         checkpoint_number: s.checkpoint_number,
         checkpoint_bytes: s.checkpoint_bytes,
+        keyed_segments: s.keyed_segments,
         report: s.report,
     })
 }
@@ -257,7 +297,7 @@ pub(crate) fn scan_directory(
 ) -> Result<Scanned> {
     let files = layout::list(storage)?;
     layout::check_numbers(&files)?;
-    let blank = check_headers(storage, &files)?;
+    let (blank, versions) = check_headers(storage, &files)?;
     let mut report = RecoveryReport::default();
     let mut fixes: Vec<Fix> = Vec::new();
     for name in blank.iter().chain(&files.temporary) {
@@ -268,9 +308,9 @@ pub(crate) fn scan_directory(
 
     // The newest checkpoint, if any; older ones are superseded.
     let mut meta = CheckpointMeta::default();
-    let mut index = Index::new(0);
+    let mut index = Index::new(Totals::default(), opts.mark_granularity());
     let mut checkpoint_bytes = 0;
-    let mut records_per_segment: BTreeMap<u32, u32> = BTreeMap::new();
+    let mut records_per_segment: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
     // Checkpointed messages go in first; a relocated copy found by the
     // segment scan below updates them.
     let live_checkpoints: Vec<u64> = files
@@ -281,19 +321,17 @@ pub(crate) fn scan_directory(
         .collect();
     if let Some(&n) = live_checkpoints.last() {
         let name = checkpoint_name(n);
-        let mut dead_reasons = Vec::new();
-        let mut run = (0, 0);
+        let mut sink = Loader {
+            index: &mut index,
+            run: (0, 0),
+            reasons: Vec::new(),
+            segments: &mut records_per_segment,
+        };
         let decoded = with_contents(&*storage.open(&name)?, |bytes| {
             checkpoint_bytes = bytes.len() as u64;
-            checkpoint::decode(
-                bytes,
-                |id, records| {
-                    records_per_segment.insert(id, records);
-                },
-                |m| add_checkpointed(&mut index, &mut run, m),
-                |id, r| dead_reasons.push((id, r)),
-            )
+            checkpoint::decode(bytes, &mut sink)
         })?;
+        let (run, dead_reasons) = (sink.run, sink.reasons);
         index.count_live(run.0, run.1);
         meta = decoded.map_err(|e| match e {
             CheckpointError::Header(h) => header_error(&name, h),
@@ -313,7 +351,12 @@ pub(crate) fn scan_directory(
                 detail: format!("journal file number {} out of range", meta.journal_file),
             });
         }
-        index.set_acked_total(meta.acked_total);
+        index.set_totals(Totals {
+            acked: meta.acked_total,
+            deadline_missed: meta.deadline_missed_total,
+            expired: meta.expired_total,
+            dead_expired: meta.dead_expired_total,
+        });
         report.checkpoint = Some(n);
         for old in &live_checkpoints[..live_checkpoints.len() - 1] {
             fixes.push(Fix::Remove(checkpoint_name(*old)));
@@ -325,6 +368,10 @@ pub(crate) fn scan_directory(
 
     // Segments: open all, scan those newer than the checkpoint's head.
     let mut segments = BTreeMap::new();
+    let mut keyed_segments = Vec::new();
+    // Results are applied before the journal entries that came before them
+    // (which then find nothing): the segments freed show in the live counts.
+    let mut drained = Vec::new();
     for &id in &files.segments {
         let name = layout::segment_name(id);
         if is_blank(&name) {
@@ -336,9 +383,10 @@ pub(crate) fn scan_directory(
         // The count only steers compaction; a checksummed checkpoint
         // claiming more records than the file can hold (a frame is at least
         // a record header) is capped rather than trusted.
-        let mut records = records_per_segment
-            .get(&id)
-            .map_or(0, |&n| n.min(size / record::HEADER_SIZE as u32));
+        let (mut records, mut largest) = records_per_segment.get(&id).map_or((0, 0), |&(n, l)| {
+            (n.min(size / record::HEADER_SIZE as u32), l)
+        });
+        let version = versions.get(&name).copied().unwrap_or(FORMAT_VERSION);
         let mut end = size;
         if !covered {
             let start = if has_checkpoint && u64::from(id) == meta.head_segment {
@@ -347,10 +395,26 @@ pub(crate) fn scan_directory(
                 header::SIZE
             };
             let max = opts.max_message_bytes().max(size as usize);
-            let s = with_contents(&*file, |buf| segment::scan(buf, start, max))?;
+            let (s, keys) = with_contents(&*file, |buf| {
+                let s = segment::scan(buf, start, max, record::Seed::of(version, id));
+                let keys: BTreeMap<u32, Vec<u8>> = s
+                    .frames
+                    .iter()
+                    .filter(|(_, h)| h.key_len > 0)
+                    .map(|(o, h)| {
+                        let r = h.key_range();
+                        let at = *o as usize;
+                        (*o, buf[at + r.start..at + r.end].to_vec())
+                    })
+                    .collect();
+                (s, keys)
+            })?;
             fixes.push(Fix::Sync(file.clone()));
             judge(&name, &file, &s, &mut report, &mut fixes);
             report.records_scanned += s.frames.len() as u64;
+            if !keys.is_empty() {
+                keyed_segments.push(id);
+            }
             let mut added = 0;
             for (offset, h) in &s.frames {
                 let loc = Loc {
@@ -358,17 +422,24 @@ pub(crate) fn scan_directory(
                     offset: *offset,
                 };
                 next_id = next_id.max(h.id + 1);
-                if h.relocated() && index.relocate(h.id, h.priority, loc) {
+                largest = largest.max(h.len);
+                if h.relocated() && index.relocate(h.id, h.priority, loc, h.result()) {
                     continue;
                 }
-                index.place(h.id, h.priority, loc, h.ready_at(), 0);
-                added += 1;
+                if h.result() {
+                    index.add_result(h.id, h.priority, loc, h.enqueued_ms, &mut drained);
+                    continue;
+                }
+                let key = keys.get(offset).map_or(&[][..], Vec::as_slice);
+                if index.place_record(h, key, loc) {
+                    added += 1;
+                }
             }
             index.count_live(id, added);
             end = s.end;
             records = records.saturating_add(s.frames.len() as u32);
         }
-        let seg = Segment::recovered(id, file, size, end, records);
+        let seg = Segment::recovered(id, file, size, end, (records, largest), version);
         segments.insert(id, seg);
     }
 
@@ -392,17 +463,20 @@ pub(crate) fn scan_directory(
         } else {
             header::SIZE
         };
-        let s = with_contents(&*file, |buf| journal::scan(buf, start))?;
+        let version = versions.get(&name).copied().unwrap_or(FORMAT_VERSION);
+        let s = with_contents(&*file, |buf| journal::scan(buf, start, version, n))?;
         fixes.push(Fix::Sync(file.clone()));
         judge(&name, &file, &s, &mut report, &mut fixes);
-        for (_, (e, _)) in &s.frames {
-            report.entries_replayed += 1;
-            if e.kind == Kind::IdsReserved {
-                next_id = next_id.max(e.id);
-            } else {
-                next_id = next_id.max(e.id + 1);
+        for (_, (entries, _)) in &s.frames {
+            for e in entries {
+                report.entries_replayed += 1;
+                if e.kind.names_message() {
+                    next_id = next_id.max(e.id + 1);
+                } else {
+                    next_id = next_id.max(e.id);
+                }
+                index.apply(e, &mut drained);
             }
-            index.apply(e);
         }
         journal_files.push(n);
         last = Some(LastJournal {
@@ -410,6 +484,7 @@ pub(crate) fn scan_directory(
             file,
             size,
             end: s.end,
+            version,
         });
     }
     if release_in_flight {
@@ -422,7 +497,7 @@ pub(crate) fn scan_directory(
         .collect();
     let mut missing = Vec::new();
     for id in lost {
-        index.locations(|m, loc| {
+        index.locations(|m, loc, _| {
             if loc.segment == id {
                 missing.push((m, id));
             }
@@ -453,40 +528,77 @@ pub(crate) fn scan_directory(
         next_id: next_id.max(1),
         checkpoint_number: report.checkpoint.unwrap_or(0),
         checkpoint_bytes,
+        keyed_segments,
         report,
         missing,
         fixes,
     })
 }
 
-/// Place a checkpointed message; `run` counts consecutive messages of one
-/// segment, handed to [`Index::count_live`] when the segment changes (and
-/// once more by the caller at the end).
-fn add_checkpointed(index: &mut Index, run: &mut (u32, u64), m: checkpoint::CheckpointMessage) {
-    if run.0 != m.segment {
-        index.count_live(run.0, run.1);
-        *run = (m.segment, 0);
+/// Loads a checkpoint into the index. `run` counts consecutive records of
+/// one segment, handed to [`Index::count_live`] when the segment changes
+/// (and once more by the caller at the end).
+struct Loader<'a> {
+    index: &'a mut Index,
+    run: (u32, u64),
+    reasons: Vec<(u64, String)>,
+    segments: &'a mut BTreeMap<u32, (u32, u32)>,
+}
+
+impl CheckpointSink for Loader<'_> {
+    fn segment(&mut self, s: CheckpointSegment) {
+        self.segments.insert(s.id, (s.records, s.largest));
     }
-    run.1 += 1;
-    let loc = Loc {
-        segment: m.segment,
-        offset: m.offset,
-    };
-    match m.state {
-        CheckpointState::Pending => index.place(m.id, m.priority, loc, m.time_ms, m.attempt),
-        CheckpointState::InFlight => {
-            index.place_in_flight(m.id, m.priority, loc, m.attempt, m.time_ms)
+
+    fn message(&mut self, m: CheckpointMessage) {
+        let index = &mut *self.index;
+        if self.run.0 != m.segment {
+            index.count_live(self.run.0, self.run.1);
+            self.run = (m.segment, 0);
         }
-        CheckpointState::Dead => {
-            let dead = Dead {
-                loc,
-                priority: m.priority,
-                attempt: m.attempt,
-                at: m.time_ms,
-                reason: String::new(),
-            };
-            index.place_dead(m.id, dead);
+        self.run.1 += 1;
+        let loc = Loc {
+            segment: m.segment,
+            offset: m.offset,
+        };
+        let (id, p, a) = (m.id, m.priority, m.attempt);
+        match m.state {
+            CheckpointState::Pending => index.place(id, p, loc, m.time_ms, a, m.deadline_ms),
+            CheckpointState::InFlight => {
+                index.place_in_flight(id, p, loc, a, m.time_ms, m.deadline_ms)
+            }
+            CheckpointState::Dead => {
+                let dead = Dead {
+                    loc,
+                    priority: p,
+                    attempt: a,
+                    at: m.time_ms,
+                    reason: String::new(),
+                };
+                index.place_dead(id, dead);
+            }
+            CheckpointState::Completed => {
+                let c = Completed {
+                    loc,
+                    priority: p,
+                    attempt: a,
+                    at: m.time_ms,
+                };
+                index.place_completed(id, c);
+            }
         }
+    }
+
+    fn reason(&mut self, id: u64, reason: String) {
+        self.reasons.push((id, reason));
+    }
+
+    fn key(&mut self, k: CheckpointKey<'_>) {
+        self.index.remember_key(k.key, k.id, k.at_ms);
+    }
+
+    fn mark(&mut self, end: u64, at_ms: u64) {
+        self.index.restore_mark(end, at_ms);
     }
 }
 

@@ -18,7 +18,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::codec::header::{self, FileHeader, FileKind};
-use crate::codec::record::{self, RecordHeader};
+use crate::codec::record::{self, RecordHeader, Seed};
 use crate::codec::scan::{self, Frame, Scan};
 use crate::codec::DecodeError;
 use crate::layout::{self, create_with_header, CreateError};
@@ -39,6 +39,12 @@ pub(crate) struct Segment {
     /// Records appended over the segment's life (relocated copies
     /// included); with the index's live count it gives the live share.
     records: u32,
+    /// The largest payload appended (0 when unknown: a version 1
+    /// checkpoint did not store it).
+    largest: u32,
+    /// The format version of its header; records are appended only to
+    /// segments of this build's version.
+    version: u32,
 }
 
 impl Segment {
@@ -50,11 +56,7 @@ impl Segment {
         size: u32,
         now_ms: u64,
     ) -> Result<Segment, CreateError> {
-        let h = FileHeader {
-            kind: FileKind::Segment,
-            id: u64::from(id),
-            created_ms: now_ms,
-        };
+        let h = FileHeader::new(FileKind::Segment, u64::from(id), now_ms);
         let file = create_with_header(storage, &layout::segment_name(id), size, &h)?;
         Ok(Segment::made(id, file, size))
     }
@@ -70,18 +72,22 @@ impl Segment {
             end: start,
             synced: start,
             records: 0,
+            largest: 0,
+            version: crate::codec::FORMAT_VERSION,
         }
     }
 
     /// A segment found at open: its records end at `end`, everything up to
-    /// there is durable (recovery synced what it read), and `records` were
-    /// appended to it over its life.
+    /// there is durable (recovery synced what it read), `records` were
+    /// appended to it over its life, the largest payload `largest`, and its
+    /// header says format `version`.
     pub fn recovered(
         id: u32,
         file: Arc<dyn StorageFile>,
         size: u32,
         end: u32,
-        records: u32,
+        counts: (u32, u32),
+        version: u32,
     ) -> Segment {
         Segment {
             id,
@@ -89,8 +95,25 @@ impl Segment {
             size,
             end,
             synced: end,
-            records,
+            records: counts.0,
+            largest: counts.1,
+            version,
         }
+    }
+
+    /// The largest payload appended (0 when unknown).
+    pub fn largest(&self) -> u32 {
+        self.largest
+    }
+
+    /// The format version of the segment's header.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// What its records' checksums start from.
+    pub fn seed(&self) -> Seed {
+        Seed::of(self.version, self.id)
     }
 
     pub fn id(&self) -> u32 {
@@ -133,13 +156,16 @@ impl Segment {
         self.synced = self.synced.max(end);
     }
 
-    /// Write `records` encoded records at the end; returns their offset.
-    pub fn append(&mut self, bytes: &[u8], records: u32) -> io::Result<u32> {
+    /// Write `records` encoded records, the largest payload among them
+    /// `largest`, at the end; returns their offset.
+    pub fn append(&mut self, bytes: &[u8], records: u32, largest: u32) -> io::Result<u32> {
         debug_assert!(bytes.len() <= self.room() as usize);
+        debug_assert_eq!(self.version, crate::codec::FORMAT_VERSION);
         let at = self.end;
         self.file.write_at(u64::from(at), bytes)?;
         self.end += bytes.len() as u32;
         self.records = self.records.saturating_add(records);
+        self.largest = self.largest.max(largest);
         Ok(at)
     }
 }
@@ -151,14 +177,23 @@ pub(crate) enum ReadError {
     Corrupt(DecodeError),
 }
 
-/// Read and verify the record at `offset`: the payload is copied out of the
+/// A record read whole and verified.
+#[derive(Debug)]
+pub(crate) struct ReadRecord {
+    pub header: RecordHeader,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// Read and verify the record at `offset`: the bytes are copied out of the
 /// file first and checked on the copy, so the bytes returned are the bytes
 /// verified.
 pub(crate) fn read_record(
     file: &dyn StorageFile,
     offset: u32,
     max_len: usize,
-) -> Result<(RecordHeader, Vec<u8>), ReadError> {
+    seed: Seed,
+) -> Result<ReadRecord, ReadError> {
     let mut head = [0u8; record::HEADER_SIZE];
     // A read past the end of the file is no transient failure: the
     // location itself is wrong (a damaged checkpoint), so it is corrupt.
@@ -168,11 +203,37 @@ pub(crate) fn read_record(
     };
     file.read_at(u64::from(offset), &mut head)
         .map_err(past_end)?;
-    let h = record::decode_header(&head, max_len).map_err(ReadError::Corrupt)?;
-    let at = u64::from(offset) + record::HEADER_SIZE as u64;
+    let mut h = record::decode_header(&head, max_len).map_err(ReadError::Corrupt)?;
+    let mut at = u64::from(offset) + record::HEADER_SIZE as u64;
+    // The extension (deadline, key) is read apart so the payload lands in
+    // its own buffer without a copy.
+    let ext = match h.ext_len() {
+        0 => Vec::new(),
+        n => file.read_vec_at(at, n).map_err(past_end)?,
+    };
+    at += ext.len() as u64;
     let payload = file.read_vec_at(at, h.len as usize).map_err(past_end)?;
-    record::verify(&head, &payload).map_err(ReadError::Corrupt)?;
-    Ok((h, payload))
+    let stored = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if seed.crc(&[&head[8..], &ext, &payload]) != stored {
+        return Err(ReadError::Corrupt(DecodeError::BadChecksum));
+    }
+    let key_at = if h.deadline_ms > 0 {
+        let mut d = [0u8; 8];
+        d.copy_from_slice(&ext[..8]);
+        h.deadline_ms = u64::from_le_bytes(d);
+        // Zero means "none", so a stored deadline is never zero.
+        if h.deadline_ms == 0 {
+            return Err(ReadError::Corrupt(DecodeError::BadField));
+        }
+        8
+    } else {
+        0
+    };
+    Ok(ReadRecord {
+        header: h,
+        key: ext[key_at..].to_vec(),
+        payload,
+    })
 }
 
 /// The enqueue time of the record at `offset` in `segment`, or 0 when it
@@ -195,6 +256,15 @@ pub(crate) fn read_header(
     record::decode_header(&head, max_len).ok()
 }
 
+/// The seed of the records in a segment file's `bytes` (segment `id`), by
+/// its header's version; this build's version when the header is bad (the
+/// records then fail as they would at open).
+pub(crate) fn seed_of(bytes: &[u8], id: u32) -> Seed {
+    let version = FileHeader::decode(FileKind::Segment, bytes)
+        .map_or(crate::codec::FORMAT_VERSION, |h| h.version);
+    Seed::of(version, id)
+}
+
 impl Frame for RecordHeader {
     fn synced_end(&self) -> u32 {
         self.synced_end
@@ -204,13 +274,13 @@ impl Frame for RecordHeader {
 /// Scan a segment's bytes from `start`; a batch whose last record never
 /// made it (its trailing records still say more follow) was not completely
 /// written, so it is cut with the torn tail: a batch is all or none.
-pub(crate) fn scan(buf: &[u8], start: usize, max_len: usize) -> Scan<RecordHeader> {
+pub(crate) fn scan(buf: &[u8], start: usize, max_len: usize, seed: Seed) -> Scan<RecordHeader> {
     let mut s = scan::scan(
         buf,
         start,
         record::MAGIC.to_le_bytes(),
-        |b| record::decode(b, max_len).map(|(h, _)| (h, h.frame_len())),
-        |h| (!h.relocated()).then_some(h.id),
+        |b| record::decode(b, max_len, seed).map(|(h, _)| (h, h.frame_len())),
+        |h| (!h.relocated() && !h.result()).then_some(h.id),
     );
     let keep = s
         .frames

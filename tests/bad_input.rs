@@ -62,9 +62,19 @@ fn oversized_payload_is_refused_and_nothing_written() {
         assert_eq!(q.stats().ready, 2);
         drop(q);
 
+        // Reopened without a limit, the stored one holds.
+        let q = place.open(small()).unwrap();
+        assert!(matches!(
+            q.enqueue(&big, 0),
+            Err(Error::TooLarge { max: 1000, .. })
+        ));
+        drop(q);
+    });
+    both(|place| {
         // Without an explicit limit, the default shrinks to fit a 1 MiB
         // segment with its headers.
         let q = place.open(small()).unwrap();
+        q.enqueue(b"first", 0).unwrap();
         let room = (MIN_SEGMENT_SIZE - 32 - 40) as usize;
         let before = state(place, &q);
         assert!(matches!(

@@ -124,6 +124,15 @@ fn a_flipped_byte_and_a_truncated_journal_are_found_by_file_and_offset() {
         .expect("journal checked")["data_end"]
         .as_u64()
         .expect("end");
+    // Where the last frame (one call's entries) starts.
+    let journal = std::fs::read(image.join(jnl)).expect("read");
+    let mut last = 32;
+    let mut at = 32;
+    while let Ok((_, _, n)) = lanelog::codec::batch::decode(&journal[at..], 1) {
+        last = at;
+        at += n;
+    }
+    assert_eq!(at as u64, end, "the frames end where verify says");
     let cut = end - 10;
     std::fs::OpenOptions::new()
         .write(true)
@@ -165,7 +174,7 @@ fn a_flipped_byte_and_a_truncated_journal_are_found_by_file_and_offset() {
     );
     assert!(
         damage.iter().any(|f| f["file"] == jnl
-            && f["offset"] == end - 36
+            && f["offset"] == last as u64
             && f["what"].as_str().is_some_and(|w| w.contains("truncated"))),
         "the entry cut by the end of the file: {damage:?}"
     );

@@ -38,13 +38,7 @@ fn directory(files: &[(&str, u64, Vec<u8>)]) -> MemoryStorage {
 }
 
 fn header(kind: FileKind, id: u64) -> Vec<u8> {
-    FileHeader {
-        kind,
-        id,
-        created_ms: T0,
-    }
-    .encode()
-    .to_vec()
+    FileHeader::new(kind, id, T0).encode().to_vec()
 }
 
 /// A checkpoint of an empty queue: each test changes one field.
@@ -57,14 +51,23 @@ fn meta() -> CheckpointMeta {
         journal_offset: 32,
         head_segment: 1,
         head_offset: 32,
-        acked_total: 0,
+        ..CheckpointMeta::default()
     }
 }
 
 /// The file `checkpoint-0000000001.ckp` holding `meta` and no messages.
 fn checkpoint_file(meta: &CheckpointMeta) -> (&'static str, u64, Vec<u8>) {
-    let ckp = checkpoint::encode(meta, &[], &[], &[]);
+    let ckp = checkpoint::encode(meta, &checkpoint::CheckpointBody::default());
     ("checkpoint-0000000001.ckp", ckp.len() as u64, ckp)
+}
+
+/// A checkpoint's entry for segment `id` with `records` appended.
+fn segment_entry(id: u32, records: u32) -> checkpoint::CheckpointSegment {
+    checkpoint::CheckpointSegment {
+        id,
+        records,
+        largest: 0,
+    }
 }
 
 /// A one-byte message record in lane 0: each test changes a field.
@@ -77,6 +80,7 @@ fn record_header(id: u64) -> RecordHeader {
         len: 1,
         priority: 0,
         flags: 0,
+        ..RecordHeader::default()
     }
 }
 
@@ -84,7 +88,7 @@ fn record_header(id: u64) -> RecordHeader {
 /// `x`.
 fn segment_file(h: &RecordHeader) -> (&'static str, u64, Vec<u8>) {
     let mut seg = header(FileKind::Segment, 1);
-    record::encode(h, b"x", &mut seg);
+    record::encode(h, b"x", record::Seed::of(2, 1), &mut seg);
     ("segment-0000000001.seg", 1 << 20, seg)
 }
 
@@ -125,8 +129,15 @@ fn record_id_max() {
 // Found by fuzzing: a journal entry with id u64::MAX panics open on `e.id + 1` (builds with overflow checks).
 #[test]
 fn entry_id_max() {
-    let mut jnl = header(FileKind::Journal, 1);
-    entry::encode(&Entry::new(Kind::Acked, u64::MAX, 0, T0, 1), 32, &mut jnl);
+    // A version 1 journal file (one entry per frame); the batch frames of
+    // version 2 carry ids as varints, refused above MAX_ID.
+    let mut jnl = FileHeader {
+        version: 1,
+        ..FileHeader::new(FileKind::Journal, 1, T0)
+    }
+    .encode()
+    .to_vec();
+    entry::encode_v1(&Entry::new(Kind::Acked, u64::MAX, 0, T0, 1), 32, &mut jnl);
     ids_stay_fresh(&directory(&[("journal-0000000001.jnl", 64 << 10, jnl)]));
 }
 
@@ -226,7 +237,7 @@ fn location_past_segment_end_is_corrupt_not_transient() {
         priority: 9,
         ..record_header(1)
     };
-    record::encode(&h, b"good", &mut seg);
+    record::encode(&h, b"good", record::Seed::of(2, 1), &mut seg);
     let meta = CheckpointMeta {
         next_id: 3,
         head_offset: seg.len() as u32,
@@ -235,6 +246,7 @@ fn location_past_segment_end_is_corrupt_not_transient() {
     let msg = |id, offset, priority| CheckpointMessage {
         id,
         time_ms: T0,
+        deadline_ms: 0,
         segment: 1,
         offset,
         attempt: 0,
@@ -242,7 +254,13 @@ fn location_past_segment_end_is_corrupt_not_transient() {
         state: CheckpointState::Pending,
     };
     let messages = [msg(1, 32, 9), msg(2, 3 << 20, 1)];
-    let ckp = checkpoint::encode(&meta, &[(1, 2)], &messages, &[]);
+    let segments = [segment_entry(1, 2)];
+    let body = checkpoint::CheckpointBody {
+        segments: &segments,
+        messages: &messages,
+        ..Default::default()
+    };
+    let ckp = checkpoint::encode(&meta, &body);
     let len = ckp.len() as u64;
     let s = directory(&[
         ("checkpoint-0000000001.ckp", len, ckp),
@@ -265,7 +283,12 @@ fn location_past_segment_end_is_corrupt_not_transient() {
 // can hold.
 #[test]
 fn checkpoint_segment_record_count_overflow() {
-    let ckp = checkpoint::encode(&meta(), &[(1, u32::MAX)], &[], &[]);
+    let segments = [segment_entry(1, u32::MAX)];
+    let body = checkpoint::CheckpointBody {
+        segments: &segments,
+        ..Default::default()
+    };
+    let ckp = checkpoint::encode(&meta(), &body);
     let s = directory(&[
         ("checkpoint-0000000001.ckp", ckp.len() as u64, ckp),
         segment_file(&record_header(1)),

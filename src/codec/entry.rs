@@ -1,5 +1,8 @@
-//! One state-change entry in the journal: a 36-byte header, then an optional
-//! tail (the reason text of a dead letter).
+//! One state-change entry of the journal, and its version 1 encoding: a
+//! 36-byte header, then an optional tail (the reason text of a dead
+//! letter). Version 2 journal files hold entries packed into batches
+//! (`codec::batch`); version 1 files are read entry by entry with
+//! [`decode_v1`].
 //!
 //! ```text
 //! offset size field
@@ -52,10 +55,37 @@ pub enum Kind {
     /// Every id below `id` may have been handed out; the next open starts
     /// at `id` or above, so no id is ever reused after a crash.
     IdsReserved = 9,
+    /// Its deadline passed before it was delivered: a dead letter with the
+    /// reason "deadline missed" since `time` (version 2).
+    DeadlineMissed = 10,
+    /// Retention: every live message and stored result with an id below
+    /// `id` is removed, dead letters excepted (version 2).
+    RetentionCut = 11,
+    /// A dead letter removed by `dead_letter_retention` (version 2).
+    DeadExpired = 12,
 }
 
+/// The reason a [`Kind::DeadlineMissed`] message carries as a dead letter.
+pub const DEADLINE_MISSED: &str = "deadline missed";
+
 impl Kind {
-    fn from_u8(b: u8) -> Option<Kind> {
+    /// The kind with this byte value, in version 2.
+    pub fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            10 => Kind::DeadlineMissed,
+            11 => Kind::RetentionCut,
+            12 => Kind::DeadExpired,
+            b => return Kind::from_u8_v1(b),
+        })
+    }
+
+    /// Whether `id` names a message (not an id bound).
+    pub fn names_message(self) -> bool {
+        !matches!(self, Kind::IdsReserved | Kind::RetentionCut)
+    }
+
+    /// The kinds version 1 knew.
+    fn from_u8_v1(b: u8) -> Option<Kind> {
         Some(match b {
             1 => Kind::Delivered,
             2 => Kind::Acked,
@@ -107,8 +137,10 @@ impl Entry {
     }
 }
 
-/// Append the encoded entry to `out`; `synced_end` as in the table above.
-pub fn encode(e: &Entry, synced_end: u32, out: &mut Vec<u8>) {
+/// Append the version 1 encoding of `e` to `out`; `synced_end` as in the
+/// table above. This build writes version 2 batches; the version 1 encoder
+/// stays for tests and fuzzers that build version 1 files.
+pub fn encode_v1(e: &Entry, synced_end: u32, out: &mut Vec<u8>) {
     let tail = &e.reason.as_bytes()[..e.reason.len().min(MAX_REASON_BYTES)];
     // The fixed part is built on the stack and appended once (one capacity
     // check instead of ten).
@@ -127,9 +159,9 @@ pub fn encode(e: &Entry, synced_end: u32, out: &mut Vec<u8>) {
     out.extend_from_slice(tail);
 }
 
-/// Decode and verify the entry at the start of `b`; returns the entry, its
-/// `synced end` field and its length on disk.
-pub fn decode(b: &[u8]) -> Result<(Entry, u32, usize), DecodeError> {
+/// Decode and verify the version 1 entry at the start of `b`; returns the
+/// entry, its `synced end` field and its length on disk.
+pub fn decode_v1(b: &[u8]) -> Result<(Entry, u32, usize), DecodeError> {
     if b.len() < 4 {
         return Err(DecodeError::Incomplete);
     }
@@ -149,7 +181,7 @@ pub fn decode(b: &[u8]) -> Result<(Entry, u32, usize), DecodeError> {
     if u32_at(b, 4) != crc(&[&frame[8..]]) {
         return Err(DecodeError::BadChecksum);
     }
-    let kind = Kind::from_u8(b[32]).ok_or(DecodeError::BadField)?;
+    let kind = Kind::from_u8_v1(b[32]).ok_or(DecodeError::BadField)?;
     // `IdsReserved` carries the first id not reserved, so MAX_ID itself.
     if u64_at(b, 8) > MAX_ID {
         return Err(DecodeError::BadField);
@@ -175,14 +207,14 @@ mod tests {
     fn round_trip_with_and_without_reason() {
         let mut e = Entry::new(Kind::Delivered, 9, 4, 123, 2);
         let mut out = Vec::new();
-        encode(&e, 77, &mut out);
+        encode_v1(&e, 77, &mut out);
         assert_eq!(out.len(), HEADER_SIZE);
-        assert_eq!(decode(&out).unwrap(), (e.clone(), 77, HEADER_SIZE));
+        assert_eq!(decode_v1(&out).unwrap(), (e.clone(), 77, HEADER_SIZE));
         e.kind = Kind::DeadLettered;
         e.reason = "model failed: shape".into();
         out.clear();
-        encode(&e, 0, &mut out);
-        assert_eq!(decode(&out).unwrap().0, e);
+        encode_v1(&e, 0, &mut out);
+        assert_eq!(decode_v1(&out).unwrap().0, e);
     }
 
     #[test]
@@ -190,14 +222,14 @@ mod tests {
         let mut e = Entry::new(Kind::DeadLettered, 1, 0, 2, 3);
         e.reason = "x".into();
         let mut out = Vec::new();
-        encode(&e, 5, &mut out);
+        encode_v1(&e, 5, &mut out);
         for i in 0..out.len() {
             let mut bad = out.clone();
             bad[i] ^= 0x04;
-            assert!(decode(&bad).is_err(), "byte {i}");
+            assert!(decode_v1(&bad).is_err(), "byte {i}");
         }
         for cut in 0..out.len() {
-            assert!(decode(&out[..cut]).is_err());
+            assert!(decode_v1(&out[..cut]).is_err());
         }
     }
 
@@ -206,8 +238,8 @@ mod tests {
         let mut e = Entry::new(Kind::DeadLettered, 1, 0, 2, 3);
         e.reason = "é".repeat(MAX_REASON_BYTES);
         let mut out = Vec::new();
-        encode(&e, 0, &mut out);
+        encode_v1(&e, 0, &mut out);
         assert_eq!(out.len(), HEADER_SIZE + MAX_REASON_BYTES);
-        assert!(decode(&out).is_ok());
+        assert!(decode_v1(&out).is_ok());
     }
 }

@@ -2,14 +2,14 @@
 //!
 //! ```text
 //! offset size field
-//!      0    8 magic: b"LLSEGMNT", b"LLJOURNL" or b"LLCHKPNT"
+//!      0    8 magic: b"LLSEGMNT", b"LLJOURNL", b"LLCHKPNT" or b"LLATTRIB"
 //!      8    4 format version (u32), FORMAT_VERSION
 //!     12    4 CRC-32 of bytes 0..12 and 16..32
 //!     16    8 file id (u64): segment id, journal file number, checkpoint number
 //!     24    8 created at (u64, ms since the Unix epoch)
 //! ```
 
-use super::{crc, u32_at, u64_at, FORMAT_VERSION};
+use super::{crc, u32_at, u64_at, FORMAT_VERSION, OLDEST_READ_VERSION};
 
 /// Header size in bytes; the first frame starts here.
 pub const SIZE: usize = 32;
@@ -23,6 +23,8 @@ pub enum FileKind {
     Journal,
     /// A checkpoint of the live index.
     Checkpoint,
+    /// The queue's stored attributes (version 2).
+    Attributes,
 }
 
 impl FileKind {
@@ -31,6 +33,7 @@ impl FileKind {
             FileKind::Segment => b"LLSEGMNT",
             FileKind::Journal => b"LLJOURNL",
             FileKind::Checkpoint => b"LLCHKPNT",
+            FileKind::Attributes => b"LLATTRIB",
         }
     }
 }
@@ -44,6 +47,10 @@ pub struct FileHeader {
     pub id: u64,
     /// Creation time, ms since the Unix epoch.
     pub created_ms: u64,
+    /// The format version the file was written in: [`FORMAT_VERSION`] for
+    /// every file this build makes, [`OLDEST_READ_VERSION`] or above for
+    /// the files it reads.
+    pub version: u32,
 }
 
 /// Why a header was refused.
@@ -54,7 +61,8 @@ pub enum HeaderError {
     Blank,
     /// The magic is not the expected one.
     WrongMagic,
-    /// The version is not [`FORMAT_VERSION`].
+    /// The version is not one this build reads
+    /// ([`OLDEST_READ_VERSION`]..=[`FORMAT_VERSION`]).
     Version(u32),
     /// The checksum does not match.
     BadChecksum,
@@ -63,11 +71,21 @@ pub enum HeaderError {
 }
 
 impl FileHeader {
+    /// The header of a new file of this build's version.
+    pub fn new(kind: FileKind, id: u64, created_ms: u64) -> FileHeader {
+        FileHeader {
+            kind,
+            id,
+            created_ms,
+            version: FORMAT_VERSION,
+        }
+    }
+
     /// The 32 header bytes.
     pub fn encode(&self) -> [u8; SIZE] {
         let mut b = [0u8; SIZE];
         b[0..8].copy_from_slice(self.kind.magic());
-        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
         b[16..24].copy_from_slice(&self.id.to_le_bytes());
         b[24..32].copy_from_slice(&self.created_ms.to_le_bytes());
         let c = crc(&[&b[0..12], &b[16..32]]);
@@ -85,7 +103,7 @@ impl FileHeader {
             return Err(HeaderError::WrongMagic);
         }
         let version = u32_at(b, 8);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READ_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(HeaderError::Version(version));
         }
         if u32_at(b, 12) != crc(&[&b[0..12], &b[16..32]]) {
@@ -95,6 +113,7 @@ impl FileHeader {
             kind,
             id: u64_at(b, 16),
             created_ms: u64_at(b, 24),
+            version,
         })
     }
 }
@@ -105,13 +124,19 @@ mod tests {
 
     #[test]
     fn round_trip_and_refusals() {
-        let h = FileHeader {
-            kind: FileKind::Journal,
-            id: 7,
-            created_ms: 99,
-        };
+        let h = FileHeader::new(FileKind::Journal, 7, 99);
         let mut b = h.encode();
         assert_eq!(FileHeader::decode(FileKind::Journal, &b), Ok(h));
+        let old = FileHeader { version: 1, ..h };
+        assert_eq!(
+            FileHeader::decode(FileKind::Journal, &old.encode()),
+            Ok(old)
+        );
+        let zero = FileHeader { version: 0, ..h };
+        assert_eq!(
+            FileHeader::decode(FileKind::Journal, &zero.encode()),
+            Err(HeaderError::Version(0))
+        );
         assert_eq!(
             FileHeader::decode(FileKind::Segment, &b),
             Err(HeaderError::WrongMagic)

@@ -7,14 +7,22 @@
 //! the byte tables in `header.rs`, `record.rs`, `entry.rs` and
 //! `checkpoint.rs`; change both together.
 
+pub mod attributes;
+pub mod batch;
 pub mod checkpoint;
 pub mod entry;
 pub mod header;
 pub mod record;
 pub mod scan;
 
-/// The one format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest format version this build reads: version 1 segments are read
+/// as they are (their records are version 2 records without extensions),
+/// version 1 journal files and checkpoints by their own decoders
+/// (`entry::decode_v1`, `checkpoint::decode_v1`).
+pub const OLDEST_READ_VERSION: u32 = 1;
 
 /// Message ids are below this bound (2^62, more ids than a queue taking ten
 /// million messages a second uses in 14,000 years). A record or entry

@@ -12,7 +12,9 @@
 //!    checkpoint, journal files before the one it names) is removed.
 
 use super::{Core, Inner, Target};
-use crate::codec::checkpoint::{self, CheckpointMeta};
+use crate::codec::checkpoint::{
+    self, CheckpointBody, CheckpointKey, CheckpointMeta, CheckpointSegment,
+};
 use crate::error::Result;
 use crate::layout::{self, CreateError};
 use crate::prepare::Want;
@@ -50,6 +52,10 @@ impl Inner {
         let mut messages = Vec::with_capacity(core.index.live_count() as usize);
         core.index.snapshot(|m| messages.push(m));
         let number = core.checkpoint_number + 1;
+        let totals = core.index.totals();
+        // Keys past their window need not survive a reopen.
+        let cutoff = now.saturating_sub(crate::clock::duration_ms(self.opts.dedup_window));
+        core.index.forget_keys(cutoff);
         let active = &core.segments[&core.active];
         let meta = CheckpointMeta {
             number,
@@ -59,19 +65,42 @@ impl Inner {
             journal_offset: core.journal.end(),
             head_segment: u64::from(active.id()),
             head_offset: active.end(),
-            acked_total: core.index.acked_total(),
+            acked_total: totals.acked,
+            deadline_missed_total: totals.deadline_missed,
+            expired_total: totals.expired,
+            dead_expired_total: totals.dead_expired,
+            version: crate::codec::FORMAT_VERSION,
         };
         let reasons: Vec<(u64, &str)> = core
             .index
             .dead_letters()
             .map(|(id, d)| (id, d.reason.as_str()))
             .collect();
-        let segments: Vec<(u32, u32)> = core
+        let segments: Vec<CheckpointSegment> = core
             .segments
             .values()
-            .map(|s| (s.id(), s.records()))
+            .map(|s| CheckpointSegment {
+                id: s.id(),
+                records: s.records(),
+                largest: s.largest(),
+            })
             .collect();
-        let bytes = checkpoint::encode(&meta, &segments, &messages, &reasons);
+        let keys: Vec<CheckpointKey<'_>> = core
+            .index
+            .keys()
+            .iter()
+            .map(|(id, at_ms, key)| CheckpointKey { id, at_ms, key })
+            .collect();
+        let marks: Vec<(u64, u64)> = core.index.marks().iter().collect();
+        let body = CheckpointBody {
+            segments: &segments,
+            messages: &messages,
+            reasons: &reasons,
+            keys: &keys,
+            marks: &marks,
+        };
+        let bytes = checkpoint::encode(&meta, &body);
+        drop(keys);
         // Invariant B.
         let tmp = layout::checkpoint_temp_name(number);
         let file = self.storage.create(&tmp, bytes.len() as u64)?;
@@ -98,6 +127,8 @@ impl Inner {
         core.journal.forget_files_before(current);
         self.storage.sync_dir()?;
         core.checkpoint_number = number;
+        // Every key is in this checkpoint: their segments may go.
+        core.keyed.clear();
         core.checkpoint_file_bytes = bytes.len() as u64;
         core.journal_bytes_since_checkpoint = 0;
         Ok(())

@@ -19,7 +19,6 @@ use parking_lot::{Condvar, Mutex};
 use super::{Core, Health, Inner};
 use crate::config::Durability;
 use crate::error::{Error, Result};
-use crate::journal::JournalPos;
 use crate::storage::StorageFile;
 
 /// Group commit's shared state, under `Inner::sync`.
@@ -140,13 +139,9 @@ impl Inner {
     /// One leader's sync: every dirty file, oldest first, without the core
     /// lock; then maintenance under it.
     fn sync_once(&self) -> Result<u64> {
-        let (seq, dirty, journal_pos) = {
+        let (seq, dirty) = {
             let mut core = self.core.lock();
-            (
-                core.write_seq,
-                std::mem::take(&mut core.dirty),
-                core.journal.pos(),
-            )
+            (core.write_seq, std::mem::take(&mut core.dirty))
         };
         for d in &dirty {
             d.file.sync_data().map_err(|e| self.poison(e))?;
@@ -157,7 +152,7 @@ impl Inner {
             // durable.
             return Err(Error::Poisoned);
         }
-        core.mark_synced(&dirty, journal_pos);
+        core.mark_synced(&dirty, seq);
         if core.maintenance_due && core.health == Health::Open {
             self.maintain(&mut core).map_err(|e| self.poison(e))?;
         }
@@ -171,8 +166,8 @@ impl Inner {
         for d in &dirty {
             d.file.sync_data()?;
         }
-        let pos = core.journal.pos();
-        core.mark_synced(&dirty, pos);
+        let seq = core.write_seq;
+        core.mark_synced(&dirty, seq);
         Ok(())
     }
 }
@@ -191,9 +186,9 @@ impl Core {
         self.write_seq += 1;
     }
 
-    /// A sync of `dirty` (taken when the journal ended at `journal_pos`)
+    /// A sync of `dirty` (taken when writes up to `seq` had been made)
     /// completed.
-    fn mark_synced(&mut self, dirty: &[Dirty], journal_pos: JournalPos) {
+    fn mark_synced(&mut self, dirty: &[Dirty], seq: u64) {
         for d in dirty {
             match d.target {
                 Target::Segment(id) => {
@@ -207,7 +202,7 @@ impl Core {
                 Target::Journal(_) => {}
             }
         }
-        self.journal_durable = self.journal_durable.max(journal_pos);
+        self.durable_seq = self.durable_seq.max(seq);
     }
 }
 

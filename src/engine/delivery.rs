@@ -16,13 +16,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Core, Inner};
+use super::{Core, Health, Inner, Target, Written};
 use crate::clock::Timestamp;
 use crate::codec::entry::MAX_REASON_BYTES;
 use crate::codec::entry::{Entry, Kind};
+use crate::codec::record::{self, RecordHeader, Seed};
 use crate::config::DequeueOptions;
 use crate::error::{Error, Result};
-use crate::index::Candidate;
+use crate::index::{Candidate, Loc};
 use crate::message::{Delivery, MessageId, Receipt};
 use crate::segment::{self, ReadError};
 use crate::storage::StorageFile;
@@ -44,8 +45,9 @@ pub(crate) enum Settlement {
 struct Leased {
     c: Candidate,
     lease: u64,
-    /// `None` if the segment is gone (never after a clean recovery).
-    file: Option<Arc<dyn StorageFile>>,
+    /// The segment file and its records' seed; `None` if the segment is
+    /// gone (never after a clean recovery).
+    file: Option<(Arc<dyn StorageFile>, Seed)>,
 }
 
 /// What reading leased records found besides the deliveries.
@@ -71,7 +73,7 @@ impl Inner {
         opts.validate()?;
         let visibility = opts.visibility.unwrap_or(self.opts.visibility_timeout);
         let start = Instant::now();
-        let first_deadline = start + opts.wait;
+        let first_deadline = start + opts.wait.unwrap_or(self.opts.default_wait);
         let mut fill_deadline: Option<Instant> = None;
         let mut out = Vec::new();
         let mut core = self.core.lock();
@@ -174,6 +176,8 @@ impl Inner {
         let limit = self.opts.max_deliveries;
         let mut entries = Vec::new();
         let mut leased = Vec::new();
+        // Leasing and dead-lettering finish no segment's last record.
+        let mut drained = Vec::new();
         while leased.len() < max {
             let Some(lane) = core.scheduler.pick(core.index.nonempty()) else {
                 break;
@@ -181,7 +185,11 @@ impl Inner {
             let Some(c) = core.index.peek_lane(lane) else {
                 break;
             };
-            let e = if limit > 0 && c.attempt >= limit {
+            let e = if c.deadline > 0 && c.deadline <= now {
+                // The tender dead-letters missed deadlines when they pass;
+                // this catches one that passed since it last ran.
+                Entry::new(Kind::DeadlineMissed, c.id, c.priority, now, c.attempt)
+            } else if limit > 0 && c.attempt >= limit {
                 let mut e = Entry::new(Kind::DeadLettered, c.id, c.priority, now, c.attempt);
                 e.reason = format!(
                     "delivered {} times without an ack (max_deliveries = {limit})",
@@ -197,11 +205,14 @@ impl Inner {
                     c.attempt.saturating_add(1),
                 )
             };
-            core.index.apply(&e);
+            core.index.apply(&e, &mut drained);
             if e.kind == Kind::Delivered {
                 core.scheduler.charge(c.priority);
                 let lease = core.index.lease(c.id).map_or(0, |l| l.lease);
-                let file = core.segments.get(&c.loc.segment).map(|s| s.file().clone());
+                let file = core
+                    .segments
+                    .get(&c.loc.segment)
+                    .map(|s| (s.file().clone(), s.seed()));
                 leased.push(Leased { c, lease, file });
             }
             entries.push(e);
@@ -224,26 +235,33 @@ impl Inner {
         let mut corrupt = Vec::new();
         let mut unreadable = Vec::new();
         for l in leased {
-            let Some(file) = l.file.clone() else {
+            let Some((file, seed)) = l.file.clone() else {
                 corrupt.push((l, "its segment file is missing".to_string()));
                 continue;
             };
-            match segment::read_record(&*file, l.c.loc.offset, self.opts.max_message_bytes()) {
-                Ok((h, payload)) if h.id == l.c.id => out.push(Delivery {
+            let max = self.opts.max_message_bytes();
+            match segment::read_record(&*file, l.c.loc.offset, max, seed) {
+                Ok(r) if r.header.id == l.c.id && !r.header.result() => out.push(Delivery {
                     id: MessageId(l.c.id),
                     priority: l.c.priority,
                     attempt: l.c.attempt + 1,
-                    payload,
+                    payload: r.payload,
                     receipt: Receipt {
                         id: l.c.id,
                         lease: l.lease,
                     },
-                    enqueued_at: Timestamp(h.enqueued_ms),
+                    enqueued_at: Timestamp(r.header.enqueued_ms),
                 }),
-                Ok((h, _)) => {
+                Ok(r) => {
                     let why = format!(
-                        "record at offset {} holds id {} instead",
-                        l.c.loc.offset, h.id
+                        "record at offset {} holds {} {} instead",
+                        l.c.loc.offset,
+                        if r.header.result() {
+                            "the result of"
+                        } else {
+                            "id"
+                        },
+                        r.header.id
                     );
                     corrupt.push((l, why));
                 }
@@ -347,6 +365,106 @@ impl Inner {
             written
         };
         self.finish_write(written)
+    }
+}
+
+impl Inner {
+    /// Store `result` for the delivery `receipt` names and ack it, in one
+    /// record (a result record, `FLAG_RESULT`): replay finds the result and
+    /// the ack together or neither.
+    pub(crate) fn complete(&self, receipt: Receipt, result: &[u8]) -> Result<()> {
+        let max = self.opts.max_message_bytes();
+        if result.len() > max {
+            return Err(Error::TooLarge {
+                size: result.len(),
+                max,
+            });
+        }
+        let written = {
+            let mut core = self.core.lock();
+            self.writable(&core)?;
+            let now = self.opts.clock.now().0;
+            let (priority, _) = core.check_receipt(&receipt)?;
+            let len = record::HEADER_SIZE + result.len();
+            self.prepare_segments(&mut core, len, now)?;
+            let mut maintenance = false;
+            if len > core.active().room() as usize {
+                self.seal_active(&mut core)?;
+                maintenance = true;
+            }
+            let seg = core.active();
+            let h = RecordHeader {
+                id: receipt.id,
+                enqueued_ms: now,
+                synced_end: seg.synced(),
+                len: result.len() as u32,
+                priority,
+                flags: record::FLAG_RESULT,
+                ..RecordHeader::default()
+            };
+            let seed = seg.seed();
+            let mut buf = std::mem::take(&mut core.scratch);
+            buf.clear();
+            record::encode(&h, result, seed, &mut buf);
+            let seg = core.active();
+            let appended = seg.append(&buf, 1, h.len);
+            let (seg_id, file, end) = (seg.id(), seg.file().clone(), seg.end());
+            core.scratch = buf;
+            let offset = appended.map_err(|e| self.poison(e))?;
+            core.mark_dirty(&file, Target::Segment(seg_id), end);
+            let mut drained = Vec::new();
+            let loc = Loc {
+                segment: seg_id,
+                offset,
+            };
+            core.index
+                .add_result(receipt.id, priority, loc, now, &mut drained);
+            core.note_drained(drained);
+            self.ask_ahead(&mut core, now);
+            Written {
+                seq: core.write_seq,
+                maintenance: maintenance || core.maintenance_due,
+            }
+        };
+        self.finish_write(written)
+    }
+
+    /// The stored result of message `id`, read outside the core lock.
+    pub(crate) fn result(&self, id: u64) -> Result<Option<Vec<u8>>> {
+        let (loc, file) = {
+            let core = self.core.lock();
+            if core.health == Health::Closed {
+                return Err(Error::Closed);
+            }
+            let Some(c) = core.index.completed(id) else {
+                return Ok(None);
+            };
+            let file = core
+                .segments
+                .get(&c.loc.segment)
+                .map(|s| (s.file().clone(), s.seed()));
+            (c.loc, file)
+        };
+        let name = crate::layout::segment_name(loc.segment);
+        let corrupt = |detail: String| Error::Corrupt {
+            file: name.clone(),
+            offset: u64::from(loc.offset),
+            detail,
+        };
+        let Some((file, seed)) = file else {
+            return Err(corrupt("the segment holding the result is missing".into()));
+        };
+        match segment::read_record(&*file, loc.offset, self.opts.max_message_bytes(), seed) {
+            Ok(r) if r.header.id == id && r.header.result() => Ok(Some(r.payload)),
+            Ok(r) => Err(corrupt(format!(
+                "the result record holds id {} instead of {id}",
+                r.header.id
+            ))),
+            Err(ReadError::Corrupt(e)) => {
+                Err(corrupt(format!("the result record is damaged: {e}")))
+            }
+            Err(ReadError::Io(e)) => Err(Error::Io(e)),
+        }
     }
 }
 

@@ -28,6 +28,7 @@
 mod checkpoint;
 mod commit;
 mod delivery;
+mod expiry;
 mod space;
 
 use std::collections::BTreeMap;
@@ -35,18 +36,21 @@ use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::attrs;
+use crate::clock::duration_ms;
 use crate::clock::Timestamp;
+use crate::codec::attributes::Attributes;
 use crate::codec::entry::{Entry, Kind};
 use crate::codec::header;
 use crate::codec::record::{self, RecordHeader};
 use crate::codec::MAX_ID;
-use crate::config::{Durability, QueueOptions};
+use crate::config::{Durability, EnqueueOptions, QueueOptions, MAX_DELAY};
 use crate::error::{Error, Result};
 use crate::index::{Index, Loc};
-use crate::journal::{Journal, JournalPos};
+use crate::journal::Journal;
 use crate::lanes::Scheduler;
 use crate::layout::{self, CreateError};
-use crate::message::{DeadLetter, LaneCount, RecoveryReport, Stats};
+use crate::message::{DeadLetter, RecoveryReport, Stats};
 use crate::prepare::{Preparer, Want};
 use crate::recovery;
 use crate::segment::{self, Segment};
@@ -67,8 +71,79 @@ const WRITE_BEHIND: u32 = 8 << 20;
 pub(crate) struct NewMessage<'a> {
     pub payload: &'a [u8],
     pub priority: u8,
-    /// Milliseconds before it may be delivered; 0 for at once.
-    pub delay_ms: u32,
+    /// Milliseconds before it may be delivered; `None` = the queue's
+    /// `default_delay`.
+    pub delay_ms: Option<u32>,
+    /// Not delivered after this time (queue clock ms); 0 for none.
+    pub deadline_ms: u64,
+    /// Idempotency key; empty for none.
+    pub key: &'a [u8],
+}
+
+impl<'a> NewMessage<'a> {
+    /// A message with a priority only.
+    pub(crate) fn new(payload: &'a [u8], priority: u8) -> Self {
+        NewMessage {
+            payload,
+            priority,
+            delay_ms: None,
+            deadline_ms: 0,
+            key: &[],
+        }
+    }
+
+    /// A message with options, checked for what needs no clock (the
+    /// deadline is checked against the queue's clock under the lock).
+    pub(crate) fn with(payload: &'a [u8], opts: &'a EnqueueOptions) -> Result<Self> {
+        let delay_ms = match opts.delay {
+            Some(d) if d > MAX_DELAY => {
+                return Err(Error::InvalidArgument(format!(
+                    "delay {d:?} is over the maximum {MAX_DELAY:?}"
+                )))
+            }
+            Some(d) => Some(duration_ms(d) as u32),
+            None => None,
+        };
+        let key = opts.key.as_deref().unwrap_or(&[]);
+        if opts.key.is_some() && (key.is_empty() || key.len() > record::MAX_KEY_BYTES) {
+            return Err(Error::InvalidArgument(format!(
+                "an idempotency key must be 1 to {} bytes, not {}",
+                record::MAX_KEY_BYTES,
+                key.len()
+            )));
+        }
+        Ok(NewMessage {
+            payload,
+            priority: opts.priority,
+            delay_ms,
+            deadline_ms: opts.deadline.map_or(0, |t| t.0.max(1)),
+            key,
+        })
+    }
+
+    /// Bytes of its record.
+    fn frame_len(&self) -> usize {
+        record::HEADER_SIZE
+            + if self.deadline_ms > 0 { 8 } else { 0 }
+            + self.key.len()
+            + self.payload.len()
+    }
+}
+
+/// What [`Inner::admit`] decided for a batch.
+struct Admitted<'a> {
+    /// The items to write, delays filled in.
+    fresh: Vec<NewMessage<'a>>,
+    /// For each item of the batch, where its id comes from.
+    slots: Vec<Slot>,
+}
+
+/// Where one enqueued item's id comes from.
+enum Slot {
+    /// The `n`th item written.
+    Fresh(usize),
+    /// A key already remembered: the first enqueue's id.
+    Known(u64),
 }
 
 /// Everything one open queue shares between its handles and threads.
@@ -87,6 +162,8 @@ pub(crate) struct Inner {
     /// Makes next files ahead of need (`QueueOptions::prepare_ahead`).
     prep: Option<Arc<Preparer>>,
     report: RecoveryReport,
+    /// The background thread that runs time-driven removals.
+    tender: Arc<expiry::Tender>,
     /// Async wake-ups, made on the first async dequeue.
     #[cfg(feature = "tokio")]
     waker: std::sync::OnceLock<crate::waker::AsyncWaker>,
@@ -119,11 +196,15 @@ struct Core {
     reserved_until: u64,
     dirty: Vec<Dirty>,
     write_seq: u64,
-    /// Journal position up to which entries are durable.
-    journal_durable: JournalPos,
-    /// Sealed segments with nothing live, and the journal position that
-    /// must be durable before they may go.
-    drained: Vec<(u32, JournalPos)>,
+    /// Writes with a sequence number up to this are durable.
+    durable_seq: u64,
+    /// Sealed segments with nothing live, and the write (`write_seq`) that
+    /// must be durable before they may go: the journal entry or result
+    /// record that finished their last live record.
+    drained: Vec<(u32, u64)>,
+    /// Segments holding idempotency keys no checkpoint holds yet: deleting
+    /// one waits for a checkpoint, or a reopen would forget its keys.
+    keyed: std::collections::BTreeSet<u32>,
     /// Work for the next sync's maintenance: drained segments or a
     /// checkpoint due.
     maintenance_due: bool,
@@ -157,16 +238,34 @@ impl Inner {
             _ => Error::Io(e),
         })?;
         let now = opts.clock.now().0;
+        let (opts, stored) = adopt_attributes(&*storage, opts)?;
         let mut rec = recovery::recover(&*storage, &opts, now)?;
+        // The attributes are stored once recovery accepted the directory
+        // with them (an override it refuses changes nothing).
+        let wanted = opts.attributes();
+        match stored {
+            Some((a, _)) if a == wanted => {}
+            Some((_, revision)) => attrs::write(&*storage, &wanted, revision + 1, now)?,
+            None => attrs::write(&*storage, &wanted, 1, now)?,
+        }
         rec.index.promote_due(now);
+        rec.index
+            .forget_keys(now.saturating_sub(duration_ms(opts.dedup_window)));
         let mut segments = rec.segments;
-        let active = match segments.keys().next_back() {
-            Some(&id) => id,
-            None => {
-                let seg = Segment::create(&*storage, 1, opts.segment_size as u32, now)
+        // Records are appended only to a segment of this build's format
+        // version: a directory of an older version gets a new segment.
+        let newest = segments
+            .iter()
+            .next_back()
+            .map(|(&id, s)| (id, s.version() == crate::codec::FORMAT_VERSION));
+        let active = match newest {
+            Some((id, true)) => id,
+            other => {
+                let id = other.map_or(1, |(id, _)| id + 1);
+                let seg = Segment::create(&*storage, id, opts.segment_size as u32, now)
                     .map_err(std::io::Error::from)?;
-                segments.insert(1, seg);
-                1
+                segments.insert(id, seg);
+                id
             }
         };
         // What a killed process left in the page cache becomes durable now,
@@ -174,7 +273,6 @@ impl Inner {
         // `segment`).
         segments[&active].file().sync_data()?;
         rec.journal.file().sync_data()?;
-        let journal_durable = rec.journal.pos();
         let poison = Poison::default();
         let prep = match opts.prepare_ahead {
             Some(true) => Some(Preparer::start(storage.clone(), poison.flag())?),
@@ -189,7 +287,8 @@ impl Inner {
             reserved_until: rec.next_id,
             dirty: Vec::new(),
             write_seq: 0,
-            journal_durable,
+            durable_seq: 0,
+            keyed: rec.keyed_segments.into_iter().collect(),
             drained: Vec::new(),
             maintenance_due: false,
             journal_bytes_since_checkpoint: 0,
@@ -215,12 +314,14 @@ impl Inner {
             flusher: Mutex::new(None),
             prep,
             report: rec.report,
+            tender: Arc::default(),
             #[cfg(feature = "tokio")]
             waker: std::sync::OnceLock::new(),
         });
         if let Durability::Periodic(every) = inner.opts.durability {
             commit::start_flusher(&inner, every)?;
         }
+        expiry::start_tender(&inner)?;
         Ok(inner)
     }
 
@@ -241,7 +342,8 @@ impl Inner {
     }
 
     /// Enqueue `items` with one write (all or none) and, under `Immediate`,
-    /// one sync; returns their ids.
+    /// one sync; returns their ids (for a key seen within the dedup window,
+    /// the first enqueue's id, and nothing is written for it).
     pub(crate) fn enqueue(&self, items: &[NewMessage<'_>]) -> Result<Vec<u64>> {
         let max = self.opts.max_message_bytes();
         if let Some(big) = items.iter().find(|i| i.payload.len() > max) {
@@ -254,10 +356,7 @@ impl Inner {
             return Ok(Vec::new());
         }
         // A batch is one write into one segment, so it is all or none.
-        let total: usize = items
-            .iter()
-            .map(|i| record::HEADER_SIZE + i.payload.len())
-            .sum();
+        let total: usize = items.iter().map(NewMessage::frame_len).sum();
         let capacity = seg_capacity(self.opts.segment_size);
         if total > capacity {
             return Err(Error::TooLarge {
@@ -265,22 +364,115 @@ impl Inner {
                 max: capacity,
             });
         }
+        let default_delay = duration_ms(self.opts.default_delay) as u32;
+        // The common case (no key, no deadline, no default delay to fill
+        // in) writes `items` as they are, without a copy.
+        let plain =
+            default_delay == 0 && items.iter().all(|i| i.key.is_empty() && i.deadline_ms == 0);
         let (ids, written) = {
             let mut core = self.core.lock();
             self.writable(&core)?;
             let now = self.opts.clock.now().0;
-            self.reserve_ids(&mut core, items.len() as u64, now)?;
-            self.prepare_segments(&mut core, items, now)?;
-            let appended = self.append_records(&mut core, items, now)?;
-            self.ask_ahead(&mut core, now);
-            if let Some(d) = items.iter().map(|i| i.delay_ms).filter(|&d| d > 0).min() {
-                self.timer_at(now.saturating_add(u64::from(d)));
-            }
-            self.wake(&core, items.iter().filter(|i| i.delay_ms == 0).count());
-            appended
+            let admitted;
+            let (fresh, slots) = if plain {
+                (items, None)
+            } else {
+                admitted = self.admit(&mut core, items, default_delay, now)?;
+                (&admitted.fresh[..], Some(admitted.slots))
+            };
+            let (fresh_ids, written) = if fresh.is_empty() {
+                (Vec::new(), None)
+            } else {
+                self.reserve_ids(&mut core, fresh.len() as u64, now)?;
+                let bytes = fresh.iter().map(NewMessage::frame_len).sum();
+                self.prepare_segments(&mut core, bytes, now)?;
+                let (fresh_ids, written) = self.append_records(&mut core, fresh, now)?;
+                self.ask_ahead(&mut core, now);
+                let delay = |i: &NewMessage<'_>| i.delay_ms.unwrap_or(0);
+                if let Some(d) = fresh.iter().map(delay).filter(|&d| d > 0).min() {
+                    self.timer_at(now.saturating_add(u64::from(d)));
+                }
+                if fresh.iter().any(|i| i.deadline_ms > 0) {
+                    self.tender.nudge();
+                }
+                self.wake(&core, fresh.iter().filter(|i| delay(i) == 0).count());
+                (fresh_ids, Some(written))
+            };
+            let ids = match slots {
+                None => fresh_ids,
+                Some(slots) => slots
+                    .into_iter()
+                    .map(|s| match s {
+                        Slot::Fresh(i) => fresh_ids[i],
+                        Slot::Known(id) => id,
+                    })
+                    .collect(),
+            };
+            (ids, written)
         };
-        self.finish_write(written)?;
+        if let Some(w) = written {
+            self.finish_write(w)?;
+        }
         Ok(ids)
+    }
+
+    /// Check deadlines against the queue's clock, fill in the default
+    /// delay, and look up keys: which items are new (written) and which
+    /// name a key already remembered (or repeated in the batch). Changes
+    /// nothing but forgetting keys past their window.
+    fn admit<'a>(
+        &self,
+        core: &mut Core,
+        items: &[NewMessage<'a>],
+        default_delay: u32,
+        now: u64,
+    ) -> Result<Admitted<'a>> {
+        let window = duration_ms(self.opts.dedup_window);
+        core.index.forget_keys(now.saturating_sub(window));
+        let mut fresh: Vec<NewMessage<'a>> = Vec::with_capacity(items.len());
+        let mut slots = Vec::with_capacity(items.len());
+        // Keys first written by this batch: key -> index in `fresh`.
+        let mut batch_keys: std::collections::HashMap<&[u8], usize> =
+            std::collections::HashMap::new();
+        for item in items {
+            let mut m = *item;
+            let delay = m.delay_ms.unwrap_or(default_delay);
+            m.delay_ms = Some(delay);
+            if m.deadline_ms > 0 {
+                if m.deadline_ms <= now {
+                    return Err(Error::InvalidArgument(format!(
+                        "deadline {} is already past (now {now}, ms since the Unix epoch)",
+                        m.deadline_ms
+                    )));
+                }
+                if m.deadline_ms <= now.saturating_add(u64::from(delay)) {
+                    return Err(Error::InvalidArgument(format!(
+                        "deadline {} comes before the delay of {delay} ms ends",
+                        m.deadline_ms
+                    )));
+                }
+            }
+            if !m.key.is_empty() {
+                if let Some(id) = core.index.keys().get(m.key) {
+                    slots.push(Slot::Known(id));
+                    continue;
+                }
+                if let Some(&i) = batch_keys.get(m.key) {
+                    slots.push(Slot::Fresh(i));
+                    continue;
+                }
+                batch_keys.insert(m.key, fresh.len());
+            }
+            slots.push(Slot::Fresh(fresh.len()));
+            fresh.push(m);
+        }
+        let remembered = core.index.keys().len();
+        if remembered + batch_keys.len() > self.opts.max_keys && !batch_keys.is_empty() {
+            return Err(Error::TooManyKeys {
+                max: self.opts.max_keys,
+            });
+        }
+        Ok(Admitted { fresh, slots })
     }
 
     /// After an append: ask the preparer for the next segment early, and
@@ -349,53 +541,74 @@ impl Inner {
         let mut rotated = false;
         for (range, new_segment) in plan_chunks(items, room) {
             if new_segment {
-                // Seal: the old segment's tail must be durable before any
-                // record in the next one can be, or a power loss under
-                // `None` could keep a later message and lose an earlier one.
-                let sealed = core.active().file().clone();
-                sealed.sync_data().map_err(|e| self.poison(e))?;
-                if !core.rotate_segment() {
-                    return Err(Error::Io(std::io::Error::other(
-                        "no prepared segment to rotate to",
-                    )));
-                }
+                self.seal_active(core)?;
                 rotated = true;
             }
             buf.clear();
             let seg = core.active();
-            let (start, synced, seg_id) = (seg.end(), seg.synced(), seg.id());
+            let (start, synced, seg_id, seed) = (seg.end(), seg.synced(), seg.id(), seg.seed());
             let mut placed = Vec::with_capacity(range.len());
             let last = range.end - 1;
+            let mut largest = 0;
             for i in range {
                 let m = items[i];
                 let id = core.next_id + ids.len() as u64 + placed.len() as u64;
                 let h = RecordHeader {
                     id,
                     enqueued_ms: now,
-                    delay_ms: m.delay_ms,
+                    delay_ms: m.delay_ms.unwrap_or(0),
                     synced_end: synced,
                     len: m.payload.len() as u32,
                     priority: m.priority,
                     flags: if i < last { record::FLAG_MORE } else { 0 },
+                    deadline_ms: m.deadline_ms,
+                    key_len: m.key.len() as u8,
                 };
-                placed.push((h, start + buf.len() as u32));
-                record::encode(&h, m.payload, buf);
+                largest = largest.max(h.len);
+                placed.push((h, m.key, start + buf.len() as u32));
+                record::encode_with_key(&h, m.key, m.payload, seed, buf);
             }
             let seg = core.active();
-            seg.append(buf, placed.len() as u32)
+            seg.append(buf, placed.len() as u32, largest)
                 .map_err(|e| self.poison(e))?;
             let (file, end) = (seg.file().clone(), seg.end());
             core.mark_dirty(&file, Target::Segment(seg_id), end);
-            for (h, offset) in placed {
+            let mut live = 0;
+            let mut keyed = false;
+            for (h, key, offset) in placed {
                 let loc = Loc {
                     segment: seg_id,
                     offset,
                 };
-                core.index.add(h.id, h.priority, loc, h.ready_at(), 0);
+                if core.index.place_record(&h, key, loc) {
+                    live += 1;
+                }
+                keyed |= !key.is_empty();
                 ids.push(h.id);
+            }
+            core.index.count_live(seg_id, live);
+            if keyed {
+                // Its keys live only in this segment until a checkpoint
+                // holds them (see `space`).
+                core.keyed.insert(seg_id);
             }
         }
         Ok(rotated)
+    }
+
+    /// Seal the active segment and move to the next one (made by
+    /// [`Inner::prepare_segments`]). The old segment's tail must be durable
+    /// before any record in the next one can be, or a power loss under
+    /// `None` could keep a later message and lose an earlier one.
+    fn seal_active(&self, core: &mut Core) -> Result<()> {
+        let sealed = core.active().file().clone();
+        sealed.sync_data().map_err(|e| self.poison(e))?;
+        if !core.rotate_segment() {
+            return Err(Error::Io(std::io::Error::other(
+                "no prepared segment to rotate to",
+            )));
+        }
+        Ok(())
     }
 
     /// Wake up to `n` sleeping consumers (one per newly ready message, so an
@@ -491,11 +704,11 @@ impl Inner {
         Ok(())
     }
 
-    /// Create the segments a batch will need before writing any of it, so a
-    /// full disk fails the whole batch and changes nothing.
-    fn prepare_segments(&self, core: &mut Core, items: &[NewMessage<'_>], now: u64) -> Result<()> {
+    /// Create the segment a write of `bytes` will need before writing any
+    /// of it, so a full disk fails the whole batch and changes nothing.
+    fn prepare_segments(&self, core: &mut Core, bytes: usize, now: u64) -> Result<()> {
         let room = core.segments[&core.active].room() as usize;
-        let needed = plan_chunks(items, room).iter().filter(|c| c.1).count() as u32;
+        let needed = u32::from(bytes > room);
         let newest = *core.segments.keys().next_back().unwrap_or(&core.active);
         let prepared = newest - core.active;
         let size = self.opts.segment_size as u32;
@@ -534,8 +747,9 @@ impl Inner {
         result
     }
 
-    /// The body of `append_entries`: one write per run of entries that fits
-    /// in the current journal file.
+    /// The body of `append_entries`: one batch frame per run of entries
+    /// that fits in the current journal file, rotating to a new file when
+    /// the current one is full or of an older format version.
     fn append_entry_chunks(
         &self,
         core: &mut Core,
@@ -544,24 +758,25 @@ impl Inner {
         buf: &mut Vec<u8>,
     ) -> Result<()> {
         let mut rest = entries;
+        let mut fresh_file = false;
         while !rest.is_empty() {
-            let mut take = 0;
-            let mut bytes = 0;
-            let capacity = core.journal.capacity();
-            while take < rest.len() && bytes + rest[take].frame_len() <= capacity {
-                bytes += rest[take].frame_len();
-                take += 1;
-            }
+            buf.clear();
+            let take = if core.journal.appendable() {
+                core.journal.encode(rest, core.journal.room(), buf)
+            } else {
+                0
+            };
             if take == 0 {
-                // Entries are at most 36 + MAX_REASON_BYTES bytes and a
-                // journal file at least MIN_JOURNAL_FILE_SIZE: unreachable
-                // unless those limits change, but never a silent spin.
-                return Err(Error::InvalidArgument(format!(
-                    "a journal entry of {} bytes is larger than a journal file",
-                    rest[0].frame_len()
-                )));
-            }
-            if !core.journal.fits(bytes) {
+                if fresh_file {
+                    // Entries are at most batch::MAX_ENTRY_BYTES and a
+                    // journal file at least MIN_JOURNAL_FILE_SIZE:
+                    // unreachable unless those limits change, but never a
+                    // silent spin.
+                    return Err(Error::InvalidArgument(format!(
+                        "a journal entry of {} bytes is larger than a journal file",
+                        rest[0].frame_len()
+                    )));
+                }
                 let next = Want::Journal(core.journal.number() + 1);
                 let ahead = match &self.prep {
                     Some(p) => self.created(p.take(next))?,
@@ -572,9 +787,10 @@ impl Inner {
                 let old_number = core.journal.number() - 1;
                 core.mark_dirty(&old, Target::Journal(old_number), 0);
                 core.maintenance_due = true;
+                fresh_file = true;
+                continue;
             }
-            buf.clear();
-            core.journal.encode(&rest[..take], buf);
+            fresh_file = false;
             core.journal.write(buf).map_err(|e| self.poison(e))?;
             core.journal_bytes_since_checkpoint += buf.len() as u64;
             let (file, number, end) = (
@@ -605,15 +821,11 @@ impl Inner {
     }
 
     fn apply_entries(&self, core: &mut Core, entries: &[Entry]) {
+        let mut drained = Vec::new();
         for e in entries {
-            if let Some(seg) = core.index.apply(e) {
-                if seg != core.active {
-                    let pos = core.journal.pos();
-                    core.drained.push((seg, pos));
-                    core.maintenance_due = true;
-                }
-            }
+            core.index.apply(e, &mut drained);
         }
+        core.note_drained(drained);
         if self.checkpoint_due(core) {
             core.maintenance_due = true;
         }
@@ -625,29 +837,21 @@ impl Inner {
         let now = self.opts.clock.now();
         // Delays that matured count as ready (promotion is not journaled).
         core.index.promote_due(now.0);
-        let (ready, in_flight, delayed, dead) = core.index.counts();
         let oldest = core.index.oldest_ready().and_then(|(_, loc)| {
             let seg = core.segments.get(&loc.segment)?;
             segment::read_header(&**seg.file(), loc.offset, seg.size() as usize)
         });
         let seg_bytes: u64 = core.segments.values().map(|s| u64::from(s.size())).sum();
         let journal_bytes = core.journal.files().len() as u64 * u64::from(core.journal.size());
-        Stats {
-            ready_per_lane: core
-                .index
-                .ready_per_lane()
-                .into_iter()
-                .map(|(priority, ready)| LaneCount { priority, ready })
-                .collect(),
-            ready,
-            in_flight,
-            delayed,
-            dead,
-            acked_total: core.index.acked_total(),
-            segments: core.segments.len() as u64,
-            bytes_on_disk: seg_bytes + journal_bytes + core.checkpoint_file_bytes,
-            oldest_ready_age: oldest.map(|h| now.since(Timestamp(h.enqueued_ms))),
-        }
+        core.index.stats(
+            core.segments.len() as u64,
+            // Open always leaves an attributes file.
+            seg_bytes
+                + journal_bytes
+                + core.checkpoint_file_bytes
+                + crate::codec::attributes::SIZE as u64,
+            oldest.map(|h| now.since(Timestamp(h.enqueued_ms))),
+        )
     }
 
     /// All dead letters, in id order.
@@ -698,6 +902,7 @@ impl Inner {
             p.stop();
         }
         commit::stop_flusher(self);
+        expiry::stop_tender(self);
         #[cfg(feature = "tokio")]
         if let Some(w) = self.waker.get() {
             w.stop();
@@ -738,6 +943,17 @@ impl Drop for Inner {
 }
 
 impl Core {
+    /// Segments whose last live record just finished: deleted once the
+    /// journal position now reached is durable (the active one stays).
+    fn note_drained(&mut self, drained: Vec<u32>) {
+        for seg in drained {
+            if seg != self.active {
+                self.drained.push((seg, self.write_seq));
+                self.maintenance_due = true;
+            }
+        }
+    }
+
     /// The segment appended to.
     fn active(&mut self) -> &mut Segment {
         self.segments
@@ -756,11 +972,31 @@ impl Core {
         let old = self.active;
         self.active = next;
         if self.index.live_in(old) == 0 {
-            self.drained.push((old, self.journal.pos()));
+            self.drained.push((old, self.write_seq));
             self.maintenance_due = true;
         }
         true
     }
+}
+
+/// Take the attributes stored in the directory for every option the caller
+/// did not name; returns the options to open with and what was stored.
+fn adopt_attributes(
+    storage: &dyn Storage,
+    mut opts: QueueOptions,
+) -> Result<(QueueOptions, Option<(Attributes, u64)>)> {
+    let files = layout::list(storage)?;
+    let stored = attrs::read(storage, files.attributes)?;
+    if let Some((a, _)) = &stored {
+        opts.adopt(a);
+        // The file is checksummed, so this is damage or a foreign writer.
+        opts.validate().map_err(|e| Error::Corrupt {
+            file: layout::ATTRIBUTES_NAME.to_string(),
+            offset: 0,
+            detail: format!("stored attributes are not valid options: {e}"),
+        })?;
+    }
+    Ok((opts, stored))
 }
 
 /// Where a batch's records go, as (items, starts a new segment) chunks: the
@@ -771,10 +1007,7 @@ fn plan_chunks(items: &[NewMessage<'_>], room: usize) -> Vec<(std::ops::Range<us
     if items.is_empty() {
         return Vec::new();
     }
-    let total: usize = items
-        .iter()
-        .map(|i| record::HEADER_SIZE + i.payload.len())
-        .sum();
+    let total: usize = items.iter().map(NewMessage::frame_len).sum();
     vec![(0..items.len(), total > room)]
 }
 

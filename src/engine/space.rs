@@ -10,6 +10,10 @@
 //! B. A relocated copy is durable before its original is deleted, and the
 //!    index points at the copy from the moment it is written.
 //! C. The active segment is never deleted or relocated.
+//! D. A segment holding idempotency keys that no checkpoint holds is
+//!    deleted only after a checkpoint: recovery finds keys in the
+//!    checkpoint and in the segments it scans, so a key in a deleted,
+//!    uncheckpointed segment would be forgotten before its window ends.
 
 use std::collections::HashSet;
 
@@ -60,16 +64,21 @@ impl Inner {
     /// caller does it).
     pub(super) fn maintain(&self, core: &mut Core) -> Result<()> {
         core.maintenance_due = false;
-        let durable = core.journal_durable;
+        let durable = core.durable_seq;
         let (ready, waiting): (Vec<_>, Vec<_>) =
-            core.drained.drain(..).partition(|(_, pos)| *pos <= durable);
+            core.drained.drain(..).partition(|&(_, seq)| seq <= durable);
         core.drained = waiting;
         if !core.drained.is_empty() {
             core.maintenance_due = true;
         }
         let mut removed = false;
-        for (id, _) in ready {
+        for (id, seq) in ready {
             if id == core.active || core.index.live_in(id) > 0 {
+                continue;
+            }
+            if !self.keys_saved(core, id)? {
+                core.drained.push((id, seq));
+                core.maintenance_due = true;
                 continue;
             }
             if core.segments.remove(&id).is_some() {
@@ -103,25 +112,28 @@ impl Inner {
         let Some(from) = choose_relocation(uses, core.active, &core.unmovable, &heads) else {
             return Ok(false);
         };
-        let (file, size, end) = {
+        let (file, size, end, seed) = {
             let s = &core.segments[&from];
-            (s.file().clone(), s.size(), s.end())
+            (s.file().clone(), s.size(), s.end(), s.seed())
         };
         let bytes = crate::storage::read_all(&*file)?;
         let bytes = &bytes[..end as usize];
-        let scan = segment::scan(bytes, header::SIZE, size as usize);
+        let scan = segment::scan(bytes, header::SIZE, size as usize, seed);
         let now = self.opts.clock.now().0;
         for (offset, h) in scan.frames {
             let here = Loc {
                 segment: from,
                 offset,
             };
-            if core.index.locate(h.id, h.priority) != Some(here) {
+            if core.index.locate(h.id, h.priority, h.result()) != Some(here) {
                 continue;
             }
-            let payload =
-                &bytes[offset as usize + record::HEADER_SIZE..offset as usize + h.frame_len()];
-            let len = record::HEADER_SIZE + payload.len();
+            // The scan decoded this record whole, so this cannot fail.
+            let at = &bytes[offset as usize..];
+            let Ok((_, key, payload)) = record::decode_with_key(at, size as usize, seed) else {
+                continue;
+            };
+            let len = h.frame_len();
             if (core.active().room() as usize) < len {
                 let id = core.active + 1;
                 if let std::collections::btree_map::Entry::Vacant(slot) = core.segments.entry(id) {
@@ -138,14 +150,16 @@ impl Inner {
                 core.rotate_segment();
             }
             let active = core.active();
+            // The copy keeps everything but the batch flag and the synced
+            // end (a result stays a result).
             let copy = RecordHeader {
                 synced_end: active.synced(),
-                flags: record::FLAG_RELOCATED,
+                flags: record::FLAG_RELOCATED | (h.flags & record::FLAG_RESULT),
                 ..h
             };
             let mut buf = Vec::with_capacity(len);
-            record::encode(&copy, payload, &mut buf);
-            let at = active.append(&buf, 1)?;
+            record::encode_with_key(&copy, key, payload, active.seed(), &mut buf);
+            let at = active.append(&buf, 1, h.len)?;
             let (seg_id, file, end) = (active.id(), active.file().clone(), active.end());
             core.mark_dirty(&file, Target::Segment(seg_id), end);
             core.index.relocate(
@@ -155,6 +169,7 @@ impl Inner {
                     segment: seg_id,
                     offset: at,
                 },
+                h.result(),
             );
         }
         // Invariant B: the copies are durable before the original goes.
@@ -165,11 +180,28 @@ impl Inner {
             core.unmovable.insert(from);
             return Ok(false);
         }
+        if !self.keys_saved(core, from)? {
+            // Everything was copied; the next drained pass deletes it.
+            core.drained.push((from, core.write_seq));
+            core.maintenance_due = true;
+            return Ok(false);
+        }
         if core.segments.remove(&from).is_some() {
             self.storage.remove(&layout::segment_name(from))?;
             self.storage.sync_dir()?;
         }
         Ok(true)
+    }
+
+    /// Whether segment `id` may be deleted without forgetting idempotency
+    /// keys (invariant D): a segment whose keys no checkpoint holds yet
+    /// gets a checkpoint first. `false` when none could be written (a full
+    /// disk); the caller keeps the segment for a later pass.
+    fn keys_saved(&self, core: &mut Core, id: u32) -> Result<bool> {
+        if core.keyed.contains(&id) {
+            self.checkpoint(core)?;
+        }
+        Ok(!core.keyed.contains(&id))
     }
 }
 

@@ -25,11 +25,10 @@ use super::{
     MessageState, RecordInfo,
 };
 use crate::clock::Timestamp;
-use crate::codec::{checkpoint, header, record};
+use crate::codec::{checkpoint, entry, header, record};
 use crate::error::{Error, Result};
 use crate::index::Found;
 use crate::message::MessageId;
-use crate::storage::StorageFile;
 use crate::{layout, segment};
 
 impl Inspector {
@@ -77,6 +76,21 @@ impl Inspector {
                 reason: d.reason.clone(),
                 since: Timestamp(d.at),
             }),
+            Some(Found::Completed(c)) => {
+                let size = s
+                    .segments
+                    .get(&c.loc.segment)
+                    .and_then(|seg| {
+                        segment::read_header(&**seg.file(), c.loc.offset, seg.size() as usize)
+                    })
+                    .map_or(0, |h| h.len);
+                Some(MessageState::Completed {
+                    priority: c.priority,
+                    attempts: c.attempt,
+                    at: Timestamp(c.at),
+                    result_size: size,
+                })
+            }
             None => s
                 .missing
                 .iter()
@@ -89,18 +103,27 @@ impl Inspector {
             Some(Found::Ready { loc, .. } | Found::Delayed { loc, .. }) => Some(loc),
             Some(Found::InFlight(l)) => Some(l.loc),
             Some(Found::Dead(d)) => Some(d.loc),
-            None => None,
+            // The message's own record is finished; the scan finds it and
+            // the result record.
+            Some(Found::Completed(_)) | None => None,
         };
-        let records = match current {
+        let mut records = match current {
             Some(loc) => s
                 .segments
                 .get(&loc.segment)
-                .map(|seg| self.record_at(seg.id(), &**seg.file(), loc.offset, seg.size()))
+                .map(|seg| self.record_at(seg, loc.offset))
                 .transpose()?
                 .into_iter()
                 .collect(),
             None => self.find_records(&files.segments, id)?,
         };
+        if let Some(Found::Completed(c)) = found {
+            for r in &mut records {
+                r.current = r.result
+                    && r.file == crate::layout::segment_name(c.loc.segment)
+                    && r.offset == c.loc.offset;
+            }
+        }
         let checkpoint = match s.report.checkpoint {
             Some(n) => self.checkpoint_entry(n, id)?,
             None => None,
@@ -110,6 +133,7 @@ impl Inspector {
             state = events.iter().rev().find_map(|e| match e.kind {
                 EventKind::Acked => Some(MessageState::Acked),
                 EventKind::Purged => Some(MessageState::Purged),
+                EventKind::RetentionExpired | EventKind::DeadExpired => Some(MessageState::Expired),
                 _ => None,
             });
         }
@@ -133,33 +157,28 @@ impl Inspector {
         })
     }
 
-    fn record_at(
-        &self,
-        segment_id: u32,
-        file: &dyn StorageFile,
-        offset: u32,
-        size: u32,
-    ) -> Result<RecordInfo> {
-        let max = self.limit(size);
-        let (h, damage) = match segment::read_record(file, offset, max) {
-            Ok((h, _)) => (Some(h), None),
-            Err(segment::ReadError::Io(e)) => return Err(e.into()),
-            Err(segment::ReadError::Corrupt(e)) => (
-                segment::read_header(file, offset, max),
+    fn record_at(&self, seg: &segment::Segment, offset: u32) -> Result<RecordInfo> {
+        let (segment_id, file) = (seg.id(), &**seg.file());
+        let max = self.limit(seg.size());
+        match segment::read_record(file, offset, max, seg.seed()) {
+            Ok(r) => Ok(RecordInfo::new(
+                segment_id,
+                offset,
+                Some(&r.header),
+                &r.key,
+                true,
+                None,
+            )),
+            Err(segment::ReadError::Io(e)) => Err(e.into()),
+            Err(segment::ReadError::Corrupt(e)) => Ok(RecordInfo::new(
+                segment_id,
+                offset,
+                segment::read_header(file, offset, max).as_ref(),
+                &[],
+                true,
                 Some(format!("{e}; the queue dead-letters it when it comes up")),
-            ),
-        };
-        Ok(RecordInfo {
-            file: crate::layout::segment_name(segment_id),
-            offset,
-            enqueued_at: Timestamp(h.map_or(0, |h| h.enqueued_ms)),
-            priority: h.map_or(0, |h| h.priority),
-            delay: Duration::from_millis(h.map_or(0, |h| u64::from(h.delay_ms))),
-            size: h.map_or(0, |h| h.len),
-            relocated: h.is_some_and(|h| h.relocated()),
-            current: true,
-            damage,
-        })
+            )),
+        }
     }
 
     /// Every record of `id` in the segments on disk (it is not live).
@@ -174,7 +193,8 @@ impl Inspector {
                 continue;
             }
             let max = self.limit(len32(&bytes));
-            let scan = segment::scan(&bytes, header::SIZE, max);
+            let seed = segment::seed_of(&bytes, seg);
+            let scan = segment::scan(&bytes, header::SIZE, max, seed);
             // A damaged record whose unverified header names the message.
             for gap in &scan.damaged {
                 let at = gap.start as usize;
@@ -184,33 +204,23 @@ impl Inspector {
                 else {
                     continue;
                 };
-                let why = record::decode(&bytes[at..], max)
+                let why = record::decode(&bytes[at..], max, seed)
                     .err()
                     .map_or("out of id order".to_string(), |e| e.to_string());
-                out.push(RecordInfo {
-                    file: name.clone(),
-                    offset: gap.start,
-                    enqueued_at: Timestamp(h.enqueued_ms),
-                    priority: h.priority,
-                    delay: Duration::from_millis(u64::from(h.delay_ms)),
-                    size: h.len,
-                    relocated: h.relocated(),
-                    current: false,
-                    damage: Some(format!("{why}; open skips it")),
-                });
+                out.push(RecordInfo::new(
+                    seg,
+                    gap.start,
+                    Some(&h),
+                    &[],
+                    false,
+                    Some(format!("{why}; open skips it")),
+                ));
             }
             for (offset, h) in scan.frames.iter().filter(|(_, h)| h.id == id) {
-                out.push(RecordInfo {
-                    file: name.clone(),
-                    offset: *offset,
-                    enqueued_at: Timestamp(h.enqueued_ms),
-                    priority: h.priority,
-                    delay: Duration::from_millis(u64::from(h.delay_ms)),
-                    size: h.len,
-                    relocated: h.relocated(),
-                    current: false,
-                    damage: None,
-                });
+                let at = *offset as usize;
+                let r = h.key_range();
+                let key = &bytes[at + r.start..at + r.end];
+                out.push(RecordInfo::new(seg, *offset, Some(h), key, false, None));
             }
         }
         out.sort_by(|a, b| (&a.file, a.offset).cmp(&(&b.file, b.offset)));
@@ -222,31 +232,22 @@ impl Inspector {
         let Some(bytes) = read_if_present(&*self.snapshot.files, &name, &mut |_| {})? else {
             return Ok(None);
         };
-        let mut found = None;
-        let mut reason = None;
         // Decoded when the directory was scanned; a checkpoint replaced since
         // then simply holds nothing here.
-        let _ = checkpoint::decode(
-            &bytes,
-            |_, _| {},
-            |m| {
-                if m.id == id {
-                    found = Some(m);
-                }
-            },
-            |m, r| {
-                if m == id {
-                    reason = Some(r);
-                }
-            },
-        );
-        Ok(found.map(|m| CheckpointInfo {
+        let mut sink = FindInCheckpoint {
+            id,
+            found: None,
+            reason: None,
+        };
+        let _ = checkpoint::decode(&bytes, &mut sink);
+        Ok(sink.found.map(|m| CheckpointInfo {
             number,
             state: CheckpointState::from_codec(m.state),
             time: Timestamp(m.time_ms),
+            deadline: (m.deadline_ms > 0).then_some(Timestamp(m.deadline_ms)),
             attempts: m.attempt,
             priority: m.priority,
-            reason,
+            reason: sink.reason,
         }))
     }
 
@@ -257,24 +258,89 @@ impl Inspector {
             let Some(bytes) = read_if_present(&*self.snapshot.files, &name, &mut |_| {})? else {
                 continue;
             };
-            let scan = crate::journal::scan(&bytes, header::SIZE);
-            for (offset, (e, _)) in &scan.frames {
-                if e.id != id {
-                    continue;
-                }
-                if let Some(kind) = EventKind::from_codec(e.kind) {
-                    out.push(Event {
-                        file: name.clone(),
-                        offset: *offset,
-                        kind,
-                        time: Timestamp(e.time_ms),
-                        attempt: e.attempt,
-                        reason: e.reason.clone(),
-                    });
+            let Ok(h) = header::FileHeader::decode(header::FileKind::Journal, &bytes) else {
+                continue;
+            };
+            let scan = crate::journal::scan(&bytes, header::SIZE, h.version, n);
+            for (offset, (entries, _)) in &scan.frames {
+                for e in entries {
+                    // A retention cut names the first id it keeps.
+                    let about = if e.kind == entry::Kind::RetentionCut {
+                        id < e.id
+                    } else {
+                        e.kind.names_message() && e.id == id
+                    };
+                    if !about {
+                        continue;
+                    }
+                    if let Some(kind) = EventKind::from_codec(e.kind) {
+                        out.push(Event {
+                            file: name.clone(),
+                            offset: *offset,
+                            kind,
+                            time: Timestamp(e.time_ms),
+                            attempt: e.attempt,
+                            reason: e.reason.clone(),
+                        });
+                    }
                 }
             }
         }
         Ok(out)
+    }
+}
+
+/// Keeps one message's checkpoint entry and reason.
+struct FindInCheckpoint {
+    id: u64,
+    found: Option<checkpoint::CheckpointMessage>,
+    reason: Option<String>,
+}
+
+impl checkpoint::CheckpointSink for FindInCheckpoint {
+    fn segment(&mut self, _: checkpoint::CheckpointSegment) {}
+    fn message(&mut self, m: checkpoint::CheckpointMessage) {
+        if m.id == self.id {
+            self.found = Some(m);
+        }
+    }
+    fn reason(&mut self, id: u64, reason: String) {
+        if id == self.id {
+            self.reason = Some(reason);
+        }
+    }
+    fn key(&mut self, _: checkpoint::CheckpointKey<'_>) {}
+    fn mark(&mut self, _: u64, _: u64) {}
+}
+
+impl RecordInfo {
+    /// What a record's header (when readable) and key tell.
+    fn new(
+        segment: u32,
+        offset: u32,
+        h: Option<&record::RecordHeader>,
+        key: &[u8],
+        current: bool,
+        damage: Option<String>,
+    ) -> RecordInfo {
+        RecordInfo {
+            file: crate::layout::segment_name(segment),
+            offset,
+            enqueued_at: Timestamp(h.map_or(0, |h| h.enqueued_ms)),
+            priority: h.map_or(0, |h| h.priority),
+            delay: Duration::from_millis(h.map_or(0, |h| u64::from(h.delay_ms))),
+            size: h.map_or(0, |h| h.len),
+            // 1 = "has one" from a header read alone (its value unread);
+            // no real deadline is that old, as enqueue refuses past ones.
+            deadline: h
+                .filter(|h| h.deadline_ms > 1)
+                .map(|h| Timestamp(h.deadline_ms)),
+            key: (!key.is_empty()).then(|| String::from_utf8_lossy(key).into_owned()),
+            result: h.is_some_and(|h| h.result()),
+            relocated: h.is_some_and(|h| h.relocated()),
+            current,
+            damage,
+        }
     }
 }
 

@@ -306,27 +306,15 @@ impl Inspector {
     pub fn stats(&self) -> Result<Stats> {
         let s = self.scanned()?;
         let now = self.clock.now();
-        let (ready, in_flight, delayed, dead) = s.index.counts();
         let oldest = s.index.oldest_ready().and_then(|(_, loc)| {
             let seg = s.segments.get(&loc.segment)?;
             segment::read_header(&**seg.file(), loc.offset, self.limit(seg.size()))
         });
-        Ok(Stats {
-            ready_per_lane: s
-                .index
-                .ready_per_lane()
-                .into_iter()
-                .map(|(priority, ready)| crate::LaneCount { priority, ready })
-                .collect(),
-            ready,
-            in_flight,
-            delayed,
-            dead,
-            acked_total: s.index.acked_total(),
-            segments: s.segments.len() as u64,
-            bytes_on_disk: self.snapshot.bytes_on_disk,
-            oldest_ready_age: oldest.map(|h| now.since(Timestamp(h.enqueued_ms))),
-        })
+        Ok(s.index.stats(
+            s.segments.len() as u64,
+            self.snapshot.bytes_on_disk,
+            oldest.map(|h| now.since(Timestamp(h.enqueued_ms))),
+        ))
     }
 
     fn limit(&self, file_size: u32) -> usize {
@@ -343,12 +331,17 @@ impl Inspector {
         let s = self.scanned()?;
         let mut out = Vec::new();
         for c in s.index.ready_in_order(lane).take(limit) {
-            let (enqueued, payload, damage) = match s.segments.get(&c.loc.segment) {
-                None => (0, Vec::new(), Some("its segment is missing".to_string())),
+            let (enqueued, payload, key, damage) = match s.segments.get(&c.loc.segment) {
+                None => (
+                    0,
+                    Vec::new(),
+                    Vec::new(),
+                    Some("its segment is missing".to_string()),
+                ),
                 Some(seg) => {
                     let max = self.limit(seg.size());
-                    match segment::read_record(&**seg.file(), c.loc.offset, max) {
-                        Ok((h, payload)) => (h.enqueued_ms, payload, None),
+                    match segment::read_record(&**seg.file(), c.loc.offset, max, seg.seed()) {
+                        Ok(r) => (r.header.enqueued_ms, r.payload, r.key, None),
                         Err(segment::ReadError::Io(e)) => return Err(e.into()),
                         Err(segment::ReadError::Corrupt(e)) => {
                             let enqueued = segment::read_header(&**seg.file(), c.loc.offset, max)
@@ -358,7 +351,7 @@ impl Inspector {
                                 crate::layout::segment_name(c.loc.segment),
                                 c.loc.offset
                             );
-                            (enqueued, Vec::new(), Some(what))
+                            (enqueued, Vec::new(), Vec::new(), Some(what))
                         }
                     }
                 }
@@ -368,6 +361,8 @@ impl Inspector {
                 priority: c.priority,
                 attempts: c.attempt,
                 enqueued_at: Timestamp(enqueued),
+                deadline: (c.deadline > 0).then_some(Timestamp(c.deadline)),
+                key: (!key.is_empty()).then(|| String::from_utf8_lossy(&key).into_owned()),
                 payload,
                 damage,
             });

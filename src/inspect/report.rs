@@ -60,6 +60,11 @@ pub struct Peeked {
     pub attempts: u32,
     /// When it was enqueued (0 when even the record's header is damaged).
     pub enqueued_at: Timestamp,
+    /// Its deadline, if it has one (it leaves its lane before messages
+    /// without one, and becomes a dead letter if the deadline passes).
+    pub deadline: Option<Timestamp>,
+    /// Its idempotency key, if it has one (lossy UTF-8).
+    pub key: Option<String>,
     /// The payload, checksum-verified; empty when `damage` is set.
     pub payload: Vec<u8>,
     /// Why the record cannot be read: the queue dead-letters such a message
@@ -111,10 +116,26 @@ pub enum MessageState {
         /// Since when.
         since: Timestamp,
     },
+    /// Completed with a stored result ([`crate::Queue::complete`]), which
+    /// stays readable until retention removes it.
+    #[non_exhaustive]
+    Completed {
+        /// Its lane.
+        priority: u8,
+        /// Deliveries it had.
+        attempts: u32,
+        /// When it was completed.
+        at: Timestamp,
+        /// The stored result's size in bytes.
+        result_size: u32,
+    },
     /// Acknowledged: finished for good.
     Acked,
     /// Purged from the dead letters: finished for good.
     Purged,
+    /// Removed by retention (a message, a result or a dead letter past its
+    /// retention): finished for good.
+    Expired,
     /// Not live, and the journal entry that finished it (ack or purge) was
     /// removed with an old journal file.
     Finished,
@@ -143,6 +164,12 @@ pub struct RecordInfo {
     pub delay: Duration,
     /// Payload bytes.
     pub size: u32,
+    /// Its deadline, if it has one.
+    pub deadline: Option<Timestamp>,
+    /// Its idempotency key, if it has one (lossy UTF-8).
+    pub key: Option<String>,
+    /// A stored result of the message (a result record), not the message.
+    pub result: bool,
     /// A copy made by relocation (the original was in an older segment).
     pub relocated: bool,
     /// The record the index points at (the others are stale copies).
@@ -162,6 +189,8 @@ pub enum CheckpointState {
     /// Leased when the checkpoint was taken; the entry's time is the
     /// lease deadline.
     InFlight,
+    /// Completed with a stored result since the entry's time.
+    Completed,
 }
 
 impl CheckpointState {
@@ -170,17 +199,19 @@ impl CheckpointState {
             checkpoint::CheckpointState::Pending => CheckpointState::Pending,
             checkpoint::CheckpointState::Dead => CheckpointState::Dead,
             checkpoint::CheckpointState::InFlight => CheckpointState::InFlight,
+            checkpoint::CheckpointState::Completed => CheckpointState::Completed,
         }
     }
 }
 
-/// "pending", "dead" or "in_flight".
+/// "pending", "dead", "in_flight" or "completed".
 impl fmt::Display for CheckpointState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(match self {
             CheckpointState::Pending => "pending",
             CheckpointState::Dead => "dead",
             CheckpointState::InFlight => "in_flight",
+            CheckpointState::Completed => "completed",
         })
     }
 }
@@ -193,8 +224,11 @@ pub struct CheckpointInfo {
     pub number: u64,
     /// Pending, dead or in flight when the checkpoint was taken.
     pub state: CheckpointState,
-    /// Ready-at (pending; 0 = ready), dead-lettered at, or lease deadline.
+    /// Ready-at (pending; 0 = ready), dead-lettered at, lease deadline, or
+    /// completed at.
     pub time: Timestamp,
+    /// Its deadline, if it has one.
+    pub deadline: Option<Timestamp>,
     /// Deliveries so far.
     pub attempts: u32,
     /// Its priority.
@@ -226,6 +260,14 @@ pub enum EventKind {
     Purged,
     /// The lease was extended to the event's time.
     LeaseExtended,
+    /// Its deadline passed before it was delivered: a dead letter with the
+    /// reason "deadline missed" since the event's time.
+    DeadlineMissed,
+    /// Removed by retention at the event's time (a message or its stored
+    /// result).
+    RetentionExpired,
+    /// A dead letter removed by dead-letter retention at the event's time.
+    DeadExpired,
 }
 
 impl EventKind {
@@ -241,6 +283,9 @@ impl EventKind {
             entry::Kind::Redriven => EventKind::Redriven,
             entry::Kind::Purged => EventKind::Purged,
             entry::Kind::LeaseExtended => EventKind::LeaseExtended,
+            entry::Kind::DeadlineMissed => EventKind::DeadlineMissed,
+            entry::Kind::RetentionCut => EventKind::RetentionExpired,
+            entry::Kind::DeadExpired => EventKind::DeadExpired,
             entry::Kind::IdsReserved => return None,
         })
     }
@@ -255,6 +300,9 @@ impl EventKind {
             EventKind::Redriven => "redriven",
             EventKind::Purged => "purged",
             EventKind::LeaseExtended => "lease-extended",
+            EventKind::DeadlineMissed => "deadline-missed",
+            EventKind::RetentionExpired => "retention-expired",
+            EventKind::DeadExpired => "dead-letter-expired",
         }
     }
 }
@@ -287,7 +335,8 @@ pub struct Event {
 
 impl Event {
     /// The kind in words: "delivered", "acked", "nacked", "expired",
-    /// "dead-lettered", "redriven", "purged", "lease-extended".
+    /// "dead-lettered", "redriven", "purged", "lease-extended",
+    /// "deadline-missed", "retention-expired", "dead-letter-expired".
     pub fn name(&self) -> &'static str {
         self.kind.name()
     }

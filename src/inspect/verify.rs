@@ -28,7 +28,7 @@ use super::{
     VerifyReport,
 };
 use crate::codec::checkpoint::{self, CheckpointMeta};
-use crate::codec::{entry, header, record, DecodeError};
+use crate::codec::{header, record, DecodeError};
 use crate::config::{MIN_JOURNAL_FILE_SIZE, MIN_SEGMENT_SIZE};
 use crate::error::{Error, Result};
 use crate::layout::Files;
@@ -142,6 +142,8 @@ struct ScanFacts {
     end: u32,
     frames: u64,
     max_synced: u32,
+    /// The torn frame, if any, needs more bytes than the file has.
+    torn_cut_by_eof: bool,
 }
 
 impl Verify<'_> {
@@ -261,7 +263,7 @@ impl Verify<'_> {
 
     fn expect_live(&mut self, s: &Scanned) {
         let mut expected = BTreeMap::new();
-        s.index.locations(|id, loc| {
+        s.index.locations(|id, loc, _| {
             expected.insert((loc.segment, loc.offset), id);
         });
         self.report.live_messages = s.index.live_count();
@@ -316,7 +318,7 @@ impl Verify<'_> {
                 continue;
             };
             let mut ids = Vec::new();
-            let decoded = checkpoint::decode(&bytes, |_, _| {}, |m| ids.push(m.id), |_, _| {});
+            let decoded = checkpoint::decode(&bytes, &mut Ids(&mut ids));
             let m = match decoded {
                 Ok(m) => m,
                 Err(e) => {
@@ -408,7 +410,8 @@ impl Verify<'_> {
                 }
             }
             let max_len = self.max_len.max(size as usize);
-            let s = segment::scan(&bytes, header::SIZE, max_len);
+            let seed = segment::seed_of(&bytes, id);
+            let s = segment::scan(&bytes, header::SIZE, max_len, seed);
             for (offset, h) in &s.frames {
                 if let Some(want) = self.expected.remove(&(id, *offset)) {
                     if want != h.id {
@@ -436,8 +439,12 @@ impl Verify<'_> {
                     .map(|(_, h)| h.synced_end)
                     .max()
                     .unwrap_or(0),
+                torn_cut_by_eof: s.torn.as_ref().is_some_and(|t| {
+                    record::decode(&bytes[t.start as usize..], usize::MAX, seed).err()
+                        == Some(DecodeError::Incomplete)
+                }),
             };
-            let describe = |at: usize| match record::decode(&bytes[at..], max_len) {
+            let describe = |at: usize| match record::decode(&bytes[at..], max_len, seed) {
                 Err(e) => match record::decode_header(&bytes[at..], max_len) {
                     Ok(h) => format!(
                         "the record at {at} (its unverified header says message {}) \
@@ -519,8 +526,14 @@ impl Verify<'_> {
                     ),
                 );
             }
-            let s = crate::journal::scan(&bytes, header::SIZE);
-            self.report.entries += s.frames.len() as u64;
+            let version = header::FileHeader::decode(header::FileKind::Journal, &bytes)
+                .map_or(crate::codec::FORMAT_VERSION, |h| h.version);
+            let s = crate::journal::scan(&bytes, header::SIZE, version, n);
+            self.report.entries += s
+                .frames
+                .iter()
+                .map(|(_, (e, _))| e.len() as u64)
+                .sum::<u64>();
             let facts = ScanFacts {
                 damaged: s.damaged.clone(),
                 torn: s.torn.clone(),
@@ -528,8 +541,13 @@ impl Verify<'_> {
                 end: s.end,
                 frames: s.frames.len() as u64,
                 max_synced: s.frames.iter().map(|(_, (_, se))| *se).max().unwrap_or(0),
+                torn_cut_by_eof: s.torn.as_ref().is_some_and(|t| {
+                    crate::journal::decode_frame(&bytes[t.start as usize..], version, n).err()
+                        == Some(DecodeError::Incomplete)
+                }),
             };
-            let describe = |at: usize| match entry::decode(&bytes[at..]) {
+            let describe = |at: usize| match crate::journal::decode_frame(&bytes[at..], version, n)
+            {
                 Err(e) => format!("the entry at {at} does not decode: {e}"),
                 Ok(_) => format!("the entry at {at} follows bad bytes"),
             };
@@ -607,17 +625,7 @@ impl Verify<'_> {
             );
         }
         if let Some(t) = &s.torn {
-            let at = t.start as usize;
-            // The slice runs to the end of the file, so a frame that needs
-            // more bytes than it has runs past the end of the file.
-            let cut_by_eof = matches!(
-                match kind {
-                    FileKind::Segment => record::decode(&bytes[at..], usize::MAX).map(|_| ()).err(),
-                    _ => entry::decode(&bytes[at..]).map(|_| ()).err(),
-                },
-                Some(DecodeError::Incomplete)
-            );
-            if cut_by_eof {
+            if s.torn_cut_by_eof {
                 self.finding(
                     severity,
                     name,
@@ -800,4 +808,17 @@ mod tests {
         q.enqueue(b"still works", 0)
             .expect("the owner is unaffected");
     }
+}
+
+/// Collects the ids of a checkpoint's messages.
+struct Ids<'a>(&'a mut Vec<u64>);
+
+impl checkpoint::CheckpointSink for Ids<'_> {
+    fn segment(&mut self, _: checkpoint::CheckpointSegment) {}
+    fn message(&mut self, m: checkpoint::CheckpointMessage) {
+        self.0.push(m.id);
+    }
+    fn reason(&mut self, _: u64, _: String) {}
+    fn key(&mut self, _: checkpoint::CheckpointKey<'_>) {}
+    fn mark(&mut self, _: u64, _: u64) {}
 }

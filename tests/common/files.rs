@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 
-use lanelog::codec::{entry, header, record};
+use lanelog::codec::{batch, entry, header, record};
 use lanelog::storage::CrashPolicy;
 use lanelog::{Delivery, Queue};
 
@@ -126,20 +126,27 @@ pub fn newest(place: &Place, prefix: &str) -> String {
 pub fn records(bytes: &[u8]) -> Vec<(usize, usize, record::RecordHeader)> {
     let mut out = Vec::new();
     let mut at = header::SIZE;
-    while let Ok((h, _)) = record::decode(&bytes[at..], bytes.len()) {
+    let h = header::FileHeader::decode(header::FileKind::Segment, bytes).expect("a segment");
+    let seed = record::Seed::of(h.version, h.id as u32);
+    while let Ok((h, _)) = record::decode(&bytes[at..], bytes.len(), seed) {
         out.push((at, h.frame_len(), h));
         at += h.frame_len();
     }
     out
 }
 
-/// The valid entries of a journal file from its header on, up to the first
-/// bad frame: (offset, frame length, entry).
+/// The valid entries of a (format version 2) journal file from its header
+/// on, up to the first bad frame: (offset, frame length, entry) of each
+/// entry, with its frame's offset and length (a frame holds one call's
+/// entries).
 pub fn entries(bytes: &[u8]) -> Vec<(usize, usize, entry::Entry)> {
     let mut out = Vec::new();
     let mut at = header::SIZE;
-    while let Ok((e, _, n)) = entry::decode(&bytes[at..]) {
-        out.push((at, n, e));
+    let file = header::FileHeader::decode(header::FileKind::Journal, bytes)
+        .expect("a journal file")
+        .id;
+    while let Ok((es, _, n)) = batch::decode(&bytes[at..], file) {
+        out.extend(es.into_iter().map(|e| (at, n, e)));
         at += n;
     }
     out

@@ -1,0 +1,163 @@
+//! Time-driven removals: messages whose deadline passed before delivery
+//! become dead letters, retention removes old messages and results, dead
+//! letters past their retention are purged, and keys past the dedup window
+//! are forgotten. A background thread (the tender) runs them when they
+//! fall due, so a queue nobody reads still shrinks.
+//!
+//! Invariants:
+//!
+//! A. Every removal is a journal entry applied through `Index::apply`
+//!    (`DeadlineMissed`, `RetentionCut`, `DeadExpired`), so replay repeats
+//!    it; forgetting keys is the one change not journaled (a reopen drops
+//!    them again from their times).
+//! B. The tender commits what it wrote, so the segments it drained are
+//!    deleted without any other call.
+//! C. Expiry never runs under a poisoned or closed queue.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::{Core, Inner, Written};
+use crate::clock::duration_ms;
+use crate::codec::entry::{Entry, Kind};
+use crate::error::Result;
+
+/// The longest the tender sleeps between looks: a bound on how late a
+/// removal runs when its due time was not known when the tender went to
+/// sleep (a clock stepped by hand, an option changed at reopen).
+const MAX_NAP: Duration = Duration::from_secs(1);
+
+/// The tender's shared state.
+#[derive(Debug, Default)]
+pub(super) struct Tender {
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Tender {
+    /// Wake the tender early (a deadline earlier than its nap arrived).
+    pub(super) fn nudge(&self) {
+        self.wake.notify_all();
+    }
+}
+
+impl Inner {
+    /// Run every removal due at the queue clock's now; returns how many
+    /// messages, results and dead letters it removed or dead-lettered.
+    pub(crate) fn expire_due(&self) -> Result<u64> {
+        let (n, written) = {
+            let mut core = self.core.lock();
+            self.writable(&core)?;
+            let now = self.opts.clock.now().0;
+            self.expire_locked(&mut core, now)?
+        };
+        if let Some(w) = written {
+            self.commit(w.seq)?;
+        }
+        Ok(n)
+    }
+
+    /// The body of [`Inner::expire_due`], under the core lock; also run by
+    /// dequeue before it leases, so no missed deadline is delivered.
+    pub(super) fn expire_locked(
+        &self,
+        core: &mut Core,
+        now: u64,
+    ) -> Result<(u64, Option<Written>)> {
+        let window = duration_ms(self.opts.dedup_window);
+        core.index.forget_keys(now.saturating_sub(window));
+        core.index.promote_due(now);
+        let mut entries: Vec<Entry> = core
+            .index
+            .missed_deadlines(now)
+            .into_iter()
+            .map(|(id, priority, attempt)| {
+                Entry::new(Kind::DeadlineMissed, id, priority, now, attempt)
+            })
+            .collect();
+        let mut removed = entries.len() as u64;
+        if let Some(r) = self.opts.retention {
+            let cutoff = now.saturating_sub(duration_ms(r));
+            let below = core.index.marks().bound(cutoff);
+            if below > core.index.cut_below() {
+                // What it removes is counted once applied.
+                entries.push(Entry::new(Kind::RetentionCut, below, 0, now, 0));
+            }
+        }
+        if let Some(r) = self.opts.dead_letter_retention {
+            let cutoff = now.saturating_sub(duration_ms(r));
+            for (id, priority) in core.index.dead_since(cutoff) {
+                entries.push(Entry::new(Kind::DeadExpired, id, priority, now, 0));
+                removed += 1;
+            }
+        }
+        if entries.is_empty() {
+            return Ok((0, None));
+        }
+        let expired_before = core.index.totals().expired;
+        let written = self.write_entries(core, &entries, now)?;
+        removed += core.index.totals().expired - expired_before;
+        Ok((removed, Some(written)))
+    }
+
+    /// When the next removal falls due (queue clock ms), if any is known.
+    fn next_expiry(&self, core: &Core) -> Option<u64> {
+        // A delayed message with a deadline is checked once it matures:
+        // within a nap of it.
+        let deadline = core.index.next_deadline();
+        let retention = self.opts.retention.and_then(|r| {
+            core.index
+                .marks()
+                .next_due(core.index.cut_below(), duration_ms(r))
+        });
+        let dead = self
+            .opts
+            .dead_letter_retention
+            .and_then(|r| Some(core.index.oldest_dead()?.saturating_add(duration_ms(r))));
+        [deadline, retention, dead].into_iter().flatten().min()
+    }
+}
+
+/// Start the tender thread; it holds only a weak handle, so dropping the
+/// last queue handle still closes the queue.
+pub(super) fn start_tender(inner: &Arc<Inner>) -> std::io::Result<()> {
+    let tender = inner.tender.clone();
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    std::thread::Builder::new()
+        .name("lanelog-tender".into())
+        .spawn(move || loop {
+            let nap = {
+                let Some(inner) = weak.upgrade() else { return };
+                let core = inner.core.lock();
+                let now = inner.opts.clock.now().0;
+                let due = inner.next_expiry(&core);
+                drop(core);
+                let due_in =
+                    due.map_or(MAX_NAP, |at| Duration::from_millis(at.saturating_sub(now)));
+                if due.is_some_and(|at| at <= now) {
+                    // A failure poisons the queue; the next call reports it.
+                    if inner.expire_due().is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                due_in.min(MAX_NAP)
+            };
+            let mut stop = tender.stop.lock();
+            if !*stop {
+                tender.wake.wait_for(&mut stop, nap);
+            }
+            if *stop {
+                return;
+            }
+        })
+        .map(|_| ())
+}
+
+/// Tell the tender to stop.
+pub(super) fn stop_tender(inner: &Inner) {
+    *inner.tender.stop.lock() = true;
+    inner.tender.wake.notify_all();
+}
