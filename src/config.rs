@@ -283,10 +283,11 @@ impl QueueOptions {
         self
     }
 
-    /// How long a dequeue waits for a first message when its options name
-    /// no wait (SQS `receive_wait_time_seconds`): [`crate::Queue::dequeue`],
-    /// [`crate::Queue::dequeue_batch`]'s shorthands and
-    /// [`crate::Queue::dequeue_with`] without [`DequeueOptions::wait`].
+    /// How long [`crate::Queue::dequeue_with`] waits for a first message
+    /// when its [`DequeueOptions`] name no wait (SQS
+    /// `receive_wait_time_seconds`). The shorthands that say how long they
+    /// wait ([`crate::Queue::dequeue`] and `dequeue_up_to` never,
+    /// `dequeue_timeout` and `dequeue_batch` as told) are not changed by it.
     /// Stored in the directory. Default = no wait.
     #[must_use]
     pub fn default_wait(mut self, wait: Duration) -> Self {

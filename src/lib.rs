@@ -26,7 +26,15 @@
 //! # Using it
 //!
 //! - **Enqueue** with a priority `0..=255` (higher first): [`Queue::enqueue`],
-//!   [`Queue::enqueue_batch`] (one write, one sync), [`Queue::enqueue_delayed`].
+//!   [`Queue::enqueue_batch`] (one write, one sync), [`Queue::enqueue_delayed`],
+//!   and with [`EnqueueOptions`] (priority, delay, deadline, idempotency key)
+//!   [`Queue::enqueue_with`] and [`Queue::enqueue_batch_with`].
+//! - **Deadlines**: within a lane, messages with a deadline leave earliest
+//!   deadline first, ahead of the others; one whose deadline passes before
+//!   it is delivered becomes a dead letter (`deadline missed`).
+//! - **Idempotency keys**: a key seen within
+//!   [`QueueOptions::dedup_window`] returns the first enqueue's id and
+//!   writes nothing.
 //! - **Dequeue** leases a message for the visibility timeout:
 //!   [`Queue::dequeue`] (never blocks), [`Queue::dequeue_timeout`] (long
 //!   poll), [`Queue::dequeue_batch`] (fill a batch within a linger),
@@ -37,8 +45,16 @@
 //!   [`Queue::extend_lease`], [`Queue::dead_letter`]. A lease that expires
 //!   makes the message ready again with its attempt raised; after
 //!   `max_deliveries` it goes to the dead letters instead.
+//! - **Results**: [`Queue::complete`] stores a result and acks in one
+//!   durable record; [`Queue::result`] reads it back.
 //! - **Dead letters**: [`Queue::dead_letters`], [`Queue::redrive`],
 //!   [`Queue::redrive_all`], [`Queue::purge_dead_letters`].
+//! - **Retention**: [`QueueOptions::retention`] removes old messages and
+//!   results, [`QueueOptions::dead_letter_retention`] old dead letters, in
+//!   the background, whether or not anyone reads the queue.
+//! - **Attributes** (segment size, limits, lease, retention, dedup window,
+//!   default delay and wait) are stored in the directory: every opener uses
+//!   them unless it names its own.
 //! - **Scheduling** across lanes is [`Scheduling::Strict`] by default;
 //!   [`Scheduling::Weighted`] gives lane `p` a share growing with `p + 1`
 //!   and bounds how long any non-empty lane waits ([`weighted_wait_bound`]).
@@ -88,11 +104,14 @@
 //!   - `verify.rs`: the check of every file.
 //! - `engine/`: the open queue behind the facade:
 //!   - `mod.rs`: the locked state (`Core`), open, the write path (records,
-//!     journal entries, id blocks, prepared segments), stats;
+//!     keys and deadlines checked, journal entries, id blocks, prepared
+//!     segments), stats;
 //!   - `commit.rs`: group commit, the periodic flusher and the one
 //!     poisoning path;
 //!   - `delivery.rs`: leases, reads outside the lock, lease expiry,
-//!     settling by receipt;
+//!     settling by receipt, `complete` and reading results;
+//!   - `expiry.rs`: time-driven removals (missed deadlines, retention,
+//!     dead-letter retention, forgotten keys) and the thread that runs them;
 //!   - `space.rs`: deleting finished segments; a pure choice of the segment
 //!     to relocate, and relocating it;
 //!   - `checkpoint.rs`: when a checkpoint is due, and writing it.
@@ -103,8 +122,13 @@
 //!   journal file before they are needed, and syncs behind the writer.
 //! - `segment.rs`, `journal.rs`: the two file kinds: appending, reading,
 //!   scanning; each owns its end and synced marks.
-//! - `index.rs`: the in-memory keydir and ready lanes, changed by `add` and
-//!   `apply` live and in replay, and bulk-loaded by recovery.
+//! - `attrs.rs`: reading and replacing the stored attributes file.
+//! - `index.rs`: the in-memory keydir and ready lanes, changed by
+//!   `place_record`, `add_result` and `apply` live and in replay, and
+//!   bulk-loaded by recovery.
+//! - `keys.rs`: the remembered idempotency keys.
+//! - `config.rs`: options, their defaults and limits, and the attributes
+//!   a queue stores; plain data.
 //! - `layout.rs`: every file name, number limit, the directory listing and
 //!   how a file is made with its header.
 //! - `codec/`: every byte layout, pure functions over slices (hidden from
@@ -112,7 +136,6 @@
 //! - [`storage`]: the only module that touches files;
 //!   [`storage::MemoryStorage`] simulates crashes and faults. Its `mmap`
 //!   module is the only `unsafe` code.
-//! - `config.rs`: options, their defaults and limits; plain data.
 //! - `lanes.rs`: the scheduling policy ([`Scheduling`]), pure.
 //! - `message.rs`: ids, deliveries, stats and reports; plain data.
 //! - `clock.rs` ([`Clock`]): the only code that reads time.

@@ -260,7 +260,10 @@ impl Queue {
     /// # Errors
     /// [`Error::Io`], [`Error::Poisoned`], [`Error::Closed`].
     pub fn dequeue(&self) -> Result<Option<Delivery>> {
-        Ok(self.dequeue_with(&DequeueOptions::new())?.pop())
+        // Never blocks, whatever the queue's `default_wait`.
+        Ok(self
+            .dequeue_with(&DequeueOptions::new().wait(Duration::ZERO))?
+            .pop())
     }
 
     /// Take the next ready message, waiting up to `wait` for one to become
@@ -322,11 +325,13 @@ impl Queue {
     /// # Errors
     /// [`Error::InvalidArgument`] when `max` is 0; as [`Queue::dequeue`].
     pub fn dequeue_up_to(&self, max: usize) -> Result<Vec<Delivery>> {
-        self.dequeue_with(&DequeueOptions::new().max(max))
+        self.dequeue_with(&DequeueOptions::new().max(max).wait(Duration::ZERO))
     }
 
-    /// Dequeue with every knob: how many, how long to wait for the first,
-    /// how long to linger for more, and the lease for these deliveries.
+    /// Dequeue with every knob: how many, how long to wait for the first
+    /// (the queue's [`QueueOptions::default_wait`] when the options name no
+    /// wait), how long to linger for more, and the lease for these
+    /// deliveries.
     ///
     /// ```
     /// # fn main() -> Result<(), lanelog::Error> {

@@ -973,8 +973,11 @@ impl Core {
         self.active = next;
         if self.index.live_in(old) == 0 {
             self.drained.push((old, self.write_seq));
-            self.maintenance_due = true;
         }
+        // A newly sealed segment may be drained or worth relocating, and
+        // older ones may have become so since the last pass: each roll
+        // runs one maintenance pass.
+        self.maintenance_due = true;
         true
     }
 }
