@@ -300,7 +300,8 @@ impl QueueOptions {
     pub(crate) fn attributes(&self) -> Attributes {
         Attributes {
             segment_size: self.segment_size,
-            max_message_size: self.max_message_bytes() as u64,
+            // 0: not named, derived from the segment size at each open.
+            max_message_size: self.max_message_size.map_or(0, |b| b as u64),
             visibility_timeout_ms: duration_ms(self.visibility_timeout),
             max_deliveries: self.max_deliveries,
             retention_ms: self.retention.map(duration_ms),
@@ -319,7 +320,10 @@ impl QueueOptions {
             self.segment_size = stored.segment_size;
         }
         if unset(attr::MAX_MESSAGE_SIZE) {
-            self.max_message_size = usize::try_from(stored.max_message_size).ok();
+            self.max_message_size = match stored.max_message_size {
+                0 => None,
+                n => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+            };
         }
         if unset(attr::VISIBILITY) {
             self.visibility_timeout = ms(stored.visibility_timeout_ms);

@@ -23,7 +23,7 @@
 //! count in a side map. A message with a deadline costs a B-tree entry in
 //! its lane's deadline order and one in the deadline side map instead
 //! (about 64 bytes). Retention needs no per-message memory: ids grow with
-//! time, so a short list of marks (first id, time) maps a retention cutoff
+//! time, so a short list of marks (end id, time) maps a retention cutoff
 //! to an id bound ([`Marks`]).
 //! `apply` is lenient: an entry about a message the index does not hold (its
 //! record was never durable, or it is already finished) changes nothing.
@@ -489,6 +489,12 @@ impl Index {
     /// The retention marks.
     pub fn marks(&self) -> &Marks {
         &self.marks
+    }
+
+    /// Forget retention marks that only cover ids below `bound`: no
+    /// message or result a retention cut could remove has such an id.
+    pub fn forget_marks_below(&mut self, bound: u64) {
+        self.marks.forget_below(bound);
     }
 
     /// A retention mark from a checkpoint.

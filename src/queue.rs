@@ -22,7 +22,29 @@ use crate::storage::{DiskStorage, Storage};
 /// [`Queue::close`] is called.
 #[derive(Clone)]
 pub struct Queue {
-    inner: Arc<Inner>,
+    inner: Arc<Owner>,
+}
+
+/// What every clone of one [`Queue`] shares. The engine's own threads (the
+/// flusher, the tender, the preparer) hold the engine weakly and may keep
+/// it alive a moment after the last handle goes; this is dropped exactly
+/// when the last user handle goes, and releases the directory then, so a
+/// reopen right after never finds it still locked.
+struct Owner(Arc<Inner>);
+
+impl std::ops::Deref for Owner {
+    type Target = Arc<Inner>;
+
+    fn deref(&self) -> &Arc<Inner> {
+        &self.0
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        // Best effort: the caller who wants the error calls `close`.
+        let _ = self.0.shutdown();
+    }
 }
 
 impl std::fmt::Debug for Queue {
@@ -60,7 +82,7 @@ impl QueueOptions {
         let mut opts = self;
         opts.prepare_ahead.get_or_insert(true);
         Ok(Queue {
-            inner: Inner::open(Arc::new(storage), opts)?,
+            inner: Arc::new(Owner(Inner::open(Arc::new(storage), opts)?)),
         })
     }
 
@@ -72,7 +94,7 @@ impl QueueOptions {
     pub fn open_storage(self, storage: Arc<dyn Storage>) -> Result<Queue> {
         self.validate()?;
         Ok(Queue {
-            inner: Inner::open(storage, self)?,
+            inner: Arc::new(Owner(Inner::open(storage, self)?)),
         })
     }
 }

@@ -240,12 +240,14 @@ pub(crate) fn recover(
     let s = scan_directory(storage, opts, true)?;
     // An override that stored data cannot honour is refused before
     // anything is changed.
-    let largest = s.segments.values().map(Segment::largest).max().unwrap_or(0);
-    if opts.names_max_message_size() && (largest as usize) > opts.max_message_bytes() {
-        return Err(Error::InvalidArgument(format!(
-            "max_message_size {} is below the largest message stored ({largest} bytes)",
-            opts.max_message_bytes()
-        )));
+    if opts.names_max_message_size() {
+        let largest = largest_stored(&s.segments)?;
+        if largest as usize > opts.max_message_bytes() {
+            return Err(Error::InvalidArgument(format!(
+                "max_message_size {} is below the largest message stored ({largest} bytes)",
+                opts.max_message_bytes()
+            )));
+        }
     }
     apply_fixes(storage, s.fixes)?;
     let new_size = opts.journal_file_size as u32;
@@ -350,6 +352,11 @@ pub(crate) fn scan_directory(
                 offset: 0,
                 detail: format!("journal file number {} out of range", meta.journal_file),
             });
+        }
+        if meta.version == 1 {
+            // A version 1 checkpoint has no retention marks: every message
+            // in it was enqueued by the time it was written.
+            index.restore_mark(meta.next_id, meta.created_ms);
         }
         index.set_totals(Totals {
             acked: meta.acked_total,
@@ -506,12 +513,16 @@ pub(crate) fn scan_directory(
     }
 
     // Segments with nothing live are finished, except the newest, which
-    // takes the next appends.
+    // takes the next appends, and those holding idempotency keys that no
+    // checkpoint holds yet: the open queue deletes those after its next
+    // checkpoint (invariant D of `engine::space`).
     let newest = segments.keys().next_back().copied();
     let finished: Vec<u32> = segments
         .keys()
         .copied()
-        .filter(|&id| Some(id) != newest && index.live_in(id) == 0)
+        .filter(|&id| {
+            Some(id) != newest && index.live_in(id) == 0 && !keyed_segments.contains(&id)
+        })
         .collect();
     for id in finished {
         segments.remove(&id);
@@ -533,6 +544,25 @@ pub(crate) fn scan_directory(
         missing,
         fixes,
     })
+}
+
+/// The largest payload (message or result) stored in `segments`. A
+/// version 1 segment covered by a checkpoint has no recorded largest
+/// payload (version 1 checkpoints did not keep it), so it is read.
+fn largest_stored(segments: &BTreeMap<u32, Segment>) -> Result<u32> {
+    let mut largest = 0;
+    for s in segments.values() {
+        let here = if s.largest() == 0 && s.version() == 1 {
+            with_contents(&**s.file(), |buf| {
+                let scan = segment::scan(buf, header::SIZE, buf.len(), s.seed());
+                scan.frames.iter().map(|(_, h)| h.len).max().unwrap_or(0)
+            })?
+        } else {
+            s.largest()
+        };
+        largest = largest.max(here);
+    }
+    Ok(largest)
 }
 
 /// Loads a checkpoint into the index. `run` counts consecutive records of

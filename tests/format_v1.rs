@@ -483,3 +483,52 @@ fn newer_segment_version_is_refused() {
     make_version_3(&place, seg);
     assert_refused_as_version_3(&place, seg, "version 1 directory");
 }
+
+/// A `max_message_size` below a message a version-1 directory holds (its
+/// 300-byte payload) is refused, although version-1 checkpoints did not
+/// record the largest payload; nothing in the directory changes.
+#[test]
+fn a_max_message_size_below_a_v1_message_is_refused() {
+    for name in ["v1-closed", "v1-crashed"] {
+        let dir = copy_fixture(name);
+        let place = Place::Disk(dir);
+        let before = files::snapshot(&place);
+        match place.open(QueueOptions::new().max_message_size(299)) {
+            Err(Error::InvalidArgument(why)) => assert!(why.contains("300"), "{name}: {why}"),
+            other => panic!("{name}: {other:?}"),
+        }
+        files::assert_same_files(&before, &files::snapshot(&place), name);
+        let q = place
+            .open(QueueOptions::new().max_message_size(300))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got = files::drain(&q);
+        assert!(got.iter().any(|d| d.payload == binary_payload()), "{name}");
+    }
+}
+
+/// Retention reaches messages a version-1 directory holds (written in
+/// 2023, so long past an hour on the system clock), whether they come from
+/// a version-1 checkpoint or a replay; the dead letter stays (no
+/// dead-letter retention).
+#[test]
+fn retention_removes_v1_messages() {
+    for name in ["v1-closed", "v1-crashed"] {
+        let dir = copy_fixture(name);
+        let q = QueueOptions::new()
+            .retention(Duration::from_secs(3600))
+            .open(dir.path())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let start = std::time::Instant::now();
+        while q.stats().expired_total < 10 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{name}: {:?}",
+                q.stats()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let s = q.stats();
+        assert_eq!((s.expired_total, s.ready, s.delayed, s.dead), (10, 0, 0, 1), "{name}");
+        assert!(q.dequeue().unwrap().is_none(), "{name}");
+    }
+}

@@ -175,3 +175,32 @@ fn bad_keys_are_refused() {
         .unwrap();
     assert_eq!(q.stats().ready, 1);
 }
+
+/// A segment whose only records are finished but whose keys no checkpoint
+/// holds survives an open, so a second crash before any checkpoint still
+/// remembers the keys.
+#[test]
+fn keys_survive_two_crashes_before_a_checkpoint() {
+    both(|place| {
+        let clock = Arc::new(ManualClock::new(T0));
+        let q = place.open(opts(&clock)).unwrap();
+        let id = q.enqueue_with(b"keyed", &key("k")).unwrap();
+        let d = q.dequeue().unwrap().unwrap();
+        q.ack(d.receipt).unwrap();
+        // Fill the first segment so the keyed one is sealed and drained.
+        let filler = vec![0u8; 100_000];
+        for _ in 0..12 {
+            let f = q.enqueue(&filler, 0).unwrap();
+            let d = q.dequeue().unwrap().unwrap();
+            assert_eq!(d.id, f);
+            q.ack(d.receipt).unwrap();
+        }
+        let first = crash_image(place);
+        drop(q);
+        let q = first.open(opts(&clock)).unwrap();
+        let second = crash_image(&first);
+        drop(q);
+        let q = second.open(opts(&clock)).unwrap();
+        assert_eq!(q.enqueue_with(b"keyed", &key("k")).unwrap(), id, "{}", place.name());
+    });
+}

@@ -118,3 +118,29 @@ fn default_wait_applies_to_dequeue_with_only() {
     assert!(q.dequeue_with(&DequeueOptions::new()).unwrap().is_empty());
     assert!(start.elapsed() >= Duration::from_secs(2));
 }
+
+/// A queue that never named its max message size keeps the default, which
+/// follows the segment size: a reopen with smaller segments is not refused
+/// for the limit the larger ones allowed.
+#[test]
+fn an_unnamed_max_message_size_follows_the_segment_size() {
+    both(|place| {
+        let q = place.open(QueueOptions::new()).unwrap();
+        q.enqueue(b"small", 0).unwrap();
+        drop(q);
+        let q = place.open(QueueOptions::new().segment_size(1 << 20)).unwrap();
+        let room = (1 << 20) - 32 - 40;
+        assert!(matches!(
+            q.enqueue(&vec![0u8; room + 1], 0),
+            Err(Error::TooLarge { max, .. }) if max == room
+        ));
+        assert_eq!(q.dequeue().unwrap().unwrap().payload, b"small");
+        drop(q);
+        // A named one that does not fit the segments asked for is the
+        // caller's error.
+        match place.open(QueueOptions::new().segment_size(1 << 20).max_message_size(2 << 20)) {
+            Err(Error::InvalidArgument(why)) => assert!(why.contains("max_message_size"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    });
+}

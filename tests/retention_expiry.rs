@@ -173,3 +173,29 @@ fn zero_retention_is_refused() {
         "nothing made"
     );
 }
+
+/// Without retention, the marks that map times to ids follow the live
+/// messages, not history: a long-running queue's checkpoint stays small.
+#[test]
+fn retention_marks_do_not_grow_with_history() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let dir = tempfile::tempdir().unwrap();
+    let plain = || small().clock(clock.clone());
+    let q = plain().open(dir.path()).unwrap();
+    // A thousand minutes of traffic, each message acked at once.
+    for _ in 0..1000 {
+        q.enqueue(b"x", 0).unwrap();
+        let d = q.dequeue().unwrap().unwrap();
+        q.ack(d.receipt).unwrap();
+        clock.advance(Duration::from_secs(61));
+    }
+    q.close().unwrap();
+    let checkpoint: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".ckp"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    // The fixed part and a mark or two, not one mark per minute (16 KB).
+    assert!(checkpoint < 1024, "checkpoint of {checkpoint} bytes");
+}

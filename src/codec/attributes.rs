@@ -6,7 +6,8 @@
 //! offset size field
 //!      0   32 file header (kind LLATTRIB, id = revision, counting from 1)
 //!     32    8 segment size (u64, bytes)
-//!     40    8 max message size (u64, bytes)
+//!     40    8 max message size (u64, bytes; 0 = not named: the default,
+//!             derived from the segment size)
 //!     48    8 visibility timeout (u64, ms)
 //!     56    4 max deliveries (u32; 0 = no limit)
 //!     60    4 flags (u32): bit 0 = retention set, bit 1 = dead-letter
@@ -33,7 +34,8 @@ const DEAD_RETENTION_SET: u32 = 2;
 pub struct Attributes {
     /// Size of new segments.
     pub segment_size: u64,
-    /// Largest payload (and result) accepted.
+    /// Largest payload (and result) accepted; 0 = not named (the default,
+    /// derived from the segment size).
     pub max_message_size: u64,
     /// Lease length when a dequeue names none.
     pub visibility_timeout_ms: u64,

@@ -42,7 +42,8 @@
 //!      ..     R reasons of dead letters, each: id (u64), length (u16), UTF-8
 //!      ..     K keys, each: id (u64), first seen at (u64, ms), length (u8,
 //!             1..=128), key bytes
-//!      .. 16*M retention marks, each: first id (u64), enqueued at (u64, ms)
+//!      .. 16*M retention marks, each: end id (u64: every id below it was
+//!             enqueued by the time that follows), enqueued at (u64, ms)
 //!      ..     4 CRC-32 of every byte from offset 32 to here
 //! ```
 //!
@@ -157,7 +158,7 @@ pub struct CheckpointBody<'a> {
     pub reasons: &'a [(u64, &'a str)],
     /// Remembered keys.
     pub keys: &'a [CheckpointKey<'a>],
-    /// Retention marks: (first id, enqueued at ms), ids ascending.
+    /// Retention marks: (end id, enqueued at ms), ids ascending.
     pub marks: &'a [(u64, u64)],
 }
 
@@ -172,7 +173,7 @@ pub trait CheckpointSink {
     /// A remembered key.
     fn key(&mut self, k: CheckpointKey<'_>);
     /// A retention mark.
-    fn mark(&mut self, first_id: u64, at_ms: u64);
+    fn mark(&mut self, end_id: u64, at_ms: u64);
 }
 
 /// A sink that keeps nothing (for checks that only need the meta).
@@ -506,8 +507,8 @@ impl CheckpointSink for Collected {
     fn key(&mut self, k: CheckpointKey<'_>) {
         self.keys.push((k.id, k.at_ms, k.key.to_vec()));
     }
-    fn mark(&mut self, first_id: u64, at_ms: u64) {
-        self.marks.push((first_id, at_ms));
+    fn mark(&mut self, end_id: u64, at_ms: u64) {
+        self.marks.push((end_id, at_ms));
     }
 }
 

@@ -51,6 +51,16 @@ impl Inner {
         self.sync_inline(core)?;
         let mut messages = Vec::with_capacity(core.index.live_count() as usize);
         core.index.snapshot(|m| messages.push(m));
+        // Marks below every message a retention cut could remove (dead
+        // letters are not cut) are dead weight: drop them, so they follow
+        // live messages, not history, with or without retention.
+        let lowest = messages
+            .iter()
+            .filter(|m| m.state != checkpoint::CheckpointState::Dead)
+            .map(|m| m.id)
+            .min()
+            .unwrap_or(core.next_id);
+        core.index.forget_marks_below(lowest);
         let number = core.checkpoint_number + 1;
         let totals = core.index.totals();
         // Keys past their window need not survive a reopen.

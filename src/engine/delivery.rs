@@ -45,9 +45,9 @@ pub(crate) enum Settlement {
 struct Leased {
     c: Candidate,
     lease: u64,
-    /// The segment file and its records' seed; `None` if the segment is
-    /// gone (never after a clean recovery).
-    file: Option<(Arc<dyn StorageFile>, Seed)>,
+    /// The segment file, its records' seed and its size; `None` if the
+    /// segment is gone (never after a clean recovery).
+    file: Option<(Arc<dyn StorageFile>, Seed, u32)>,
 }
 
 /// What reading leased records found besides the deliveries.
@@ -212,7 +212,7 @@ impl Inner {
                 let file = core
                     .segments
                     .get(&c.loc.segment)
-                    .map(|s| (s.file().clone(), s.seed()));
+                    .map(|s| (s.file().clone(), s.seed(), s.size()));
                 leased.push(Leased { c, lease, file });
             }
             entries.push(e);
@@ -235,12 +235,13 @@ impl Inner {
         let mut corrupt = Vec::new();
         let mut unreadable = Vec::new();
         for l in leased {
-            let Some((file, seed)) = l.file.clone() else {
+            let Some((file, seed, size)) = l.file.clone() else {
                 corrupt.push((l, "its segment file is missing".to_string()));
                 continue;
             };
-            let max = self.opts.max_message_bytes();
-            match segment::read_record(&*file, l.c.loc.offset, max, seed) {
+            // Bounded by the segment, not by today's max_message_size: a
+            // message stored under a larger limit is still delivered.
+            match segment::read_record(&*file, l.c.loc.offset, size as usize, seed) {
                 Ok(r) if r.header.id == l.c.id && !r.header.result() => out.push(Delivery {
                     id: MessageId(l.c.id),
                     priority: l.c.priority,
@@ -442,7 +443,7 @@ impl Inner {
             let file = core
                 .segments
                 .get(&c.loc.segment)
-                .map(|s| (s.file().clone(), s.seed()));
+                .map(|s| (s.file().clone(), s.seed(), s.size()));
             (c.loc, file)
         };
         let name = crate::layout::segment_name(loc.segment);
@@ -451,10 +452,10 @@ impl Inner {
             offset: u64::from(loc.offset),
             detail,
         };
-        let Some((file, seed)) = file else {
+        let Some((file, seed, size)) = file else {
             return Err(corrupt("the segment holding the result is missing".into()));
         };
-        match segment::read_record(&*file, loc.offset, self.opts.max_message_bytes(), seed) {
+        match segment::read_record(&*file, loc.offset, size as usize, seed) {
             Ok(r) if r.header.id == id && r.header.result() => Ok(Some(r.payload)),
             Ok(r) => Err(corrupt(format!(
                 "the result record holds id {} instead of {id}",

@@ -14,6 +14,7 @@
 //!    deleted without any other call.
 //! C. Expiry never runs under a poisoned or closed queue.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -30,16 +31,37 @@ use crate::error::Result;
 const MAX_NAP: Duration = Duration::from_secs(1);
 
 /// The tender's shared state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Tender {
     stop: Mutex<bool>,
     wake: Condvar,
+    /// When (queue clock ms) the tender will look next: a new deadline
+    /// earlier than this wakes it, later ones do not (so enqueues with
+    /// deadlines cost no wake-up each).
+    next_look: AtomicU64,
+}
+
+impl Default for Tender {
+    fn default() -> Self {
+        Tender {
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            next_look: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Tender {
-    /// Wake the tender early (a deadline earlier than its nap arrived).
-    pub(super) fn nudge(&self) {
-        self.wake.notify_all();
+    /// A message with deadline `at` was enqueued: wake the tender if it
+    /// would otherwise look too late.
+    pub(super) fn deadline_at(&self, at: u64) {
+        if at < self.next_look.load(Ordering::Acquire) {
+            self.next_look.store(at, Ordering::Release);
+            // Under the lock the tender checks `next_look` and starts to
+            // wait under: it sees the new value or gets this wake-up.
+            let _stop = self.stop.lock();
+            self.wake.notify_all();
+        }
     }
 }
 
@@ -59,8 +81,8 @@ impl Inner {
         Ok(n)
     }
 
-    /// The body of [`Inner::expire_due`], under the core lock; also run by
-    /// dequeue before it leases, so no missed deadline is delivered.
+    /// The body of [`Inner::expire_due`], under the core lock. (Dequeue
+    /// does not run it: leasing checks each candidate's deadline itself.)
     pub(super) fn expire_locked(
         &self,
         core: &mut Core,
@@ -128,25 +150,31 @@ pub(super) fn start_tender(inner: &Arc<Inner>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("lanelog-tender".into())
         .spawn(move || loop {
-            let nap = {
+            let (nap, look) = {
                 let Some(inner) = weak.upgrade() else { return };
                 let core = inner.core.lock();
                 let now = inner.opts.clock.now().0;
                 let due = inner.next_expiry(&core);
-                drop(core);
-                let due_in =
-                    due.map_or(MAX_NAP, |at| Duration::from_millis(at.saturating_sub(now)));
                 if due.is_some_and(|at| at <= now) {
+                    drop(core);
                     // A failure poisons the queue; the next call reports it.
                     if inner.expire_due().is_err() {
                         return;
                     }
                     continue;
                 }
-                due_in.min(MAX_NAP)
+                let due_in =
+                    due.map_or(MAX_NAP, |at| Duration::from_millis(at.saturating_sub(now)));
+                let nap = due_in.min(MAX_NAP);
+                let look = now.saturating_add(duration_ms(nap));
+                // Under the core lock, so an enqueue (which reads it under
+                // the same lock) sees this look or the next.
+                inner.tender.next_look.store(look, Ordering::Release);
+                (nap, look)
             };
             let mut stop = tender.stop.lock();
-            if !*stop {
+            // An earlier deadline arrived since `look` was chosen: look again.
+            if !*stop && tender.next_look.load(Ordering::Acquire) >= look {
                 tender.wake.wait_for(&mut stop, nap);
             }
             if *stop {

@@ -268,6 +268,14 @@ impl Inner {
                 id
             }
         };
+        // Segments recovery kept with nothing live (an older version's
+        // last segment, segments holding keys no checkpoint has yet): the
+        // first maintenance pass deletes them.
+        let idle: Vec<(u32, u64)> = segments
+            .keys()
+            .filter(|&&id| id != active && rec.index.live_in(id) == 0)
+            .map(|&id| (id, 0))
+            .collect();
         // What a killed process left in the page cache becomes durable now,
         // so the `synced end` stamped into new frames is true (invariant C of
         // `segment`).
@@ -289,8 +297,8 @@ impl Inner {
             write_seq: 0,
             durable_seq: 0,
             keyed: rec.keyed_segments.into_iter().collect(),
-            drained: Vec::new(),
-            maintenance_due: false,
+            maintenance_due: !idle.is_empty(),
+            drained: idle,
             journal_bytes_since_checkpoint: 0,
             checkpoint_number: rec.checkpoint_number,
             checkpoint_file_bytes: rec.checkpoint_bytes,
@@ -392,8 +400,9 @@ impl Inner {
                 if let Some(d) = fresh.iter().map(delay).filter(|&d| d > 0).min() {
                     self.timer_at(now.saturating_add(u64::from(d)));
                 }
-                if fresh.iter().any(|i| i.deadline_ms > 0) {
-                    self.tender.nudge();
+                let deadlines = fresh.iter().map(|i| i.deadline_ms).filter(|&d| d > 0);
+                if let Some(first) = deadlines.min() {
+                    self.tender.deadline_at(first);
                 }
                 self.wake(&core, fresh.iter().filter(|i| delay(i) == 0).count());
                 (fresh_ids, Some(written))
@@ -991,12 +1000,23 @@ fn adopt_attributes(
     let files = layout::list(storage)?;
     let stored = attrs::read(storage, files.attributes)?;
     if let Some((a, _)) = &stored {
-        opts.adopt(a);
-        // The file is checksummed, so this is damage or a foreign writer.
-        opts.validate().map_err(|e| Error::Corrupt {
+        // Stored attributes that are not valid on their own are damage (the
+        // file is checksummed) or a foreign writer's.
+        let mut alone = QueueOptions::new();
+        alone.adopt(a);
+        alone.validate().map_err(|e| Error::Corrupt {
             file: layout::ATTRIBUTES_NAME.to_string(),
             offset: 0,
             detail: format!("stored attributes are not valid options: {e}"),
+        })?;
+        // Valid alone, but not with what the caller named: the caller's
+        // override is what cannot be honoured.
+        opts.adopt(a);
+        opts.validate().map_err(|e| match e {
+            Error::InvalidArgument(why) => Error::InvalidArgument(format!(
+                "{why} (with the attributes stored in the directory for the options not named)"
+            )),
+            other => other,
         })?;
     }
     Ok((opts, stored))
