@@ -520,9 +520,7 @@ pub(crate) fn scan_directory(
     let finished: Vec<u32> = segments
         .keys()
         .copied()
-        .filter(|&id| {
-            Some(id) != newest && index.live_in(id) == 0 && !keyed_segments.contains(&id)
-        })
+        .filter(|&id| Some(id) != newest && index.live_in(id) == 0 && !keyed_segments.contains(&id))
         .collect();
     for id in finished {
         segments.remove(&id);
@@ -547,12 +545,13 @@ pub(crate) fn scan_directory(
 }
 
 /// The largest payload (message or result) stored in `segments`. A
-/// version 1 segment covered by a checkpoint has no recorded largest
-/// payload (version 1 checkpoints did not keep it), so it is read.
+/// version 1 segment's recorded largest payload covers at most the records
+/// scanned since a version 1 checkpoint (which did not keep it), so such a
+/// segment is read whole.
 fn largest_stored(segments: &BTreeMap<u32, Segment>) -> Result<u32> {
     let mut largest = 0;
     for s in segments.values() {
-        let here = if s.largest() == 0 && s.version() == 1 {
+        let here = if s.version() == 1 {
             with_contents(&**s.file(), |buf| {
                 let scan = segment::scan(buf, header::SIZE, buf.len(), s.seed());
                 scan.frames.iter().map(|(_, h)| h.len).max().unwrap_or(0)

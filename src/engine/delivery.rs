@@ -13,8 +13,11 @@
 //! C. Settling checks every receipt before writing anything, so one stale
 //!    receipt in a batch changes nothing.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::MutexGuard;
 
 use super::{Core, Health, Inner, Target, Written};
 use crate::clock::Timestamp;
@@ -27,6 +30,11 @@ use crate::index::{Candidate, Loc};
 use crate::message::{Delivery, MessageId, Receipt};
 use crate::segment::{self, ReadError};
 use crate::storage::StorageFile;
+
+/// How long a consumer about to park spins first: about a wake-up of an
+/// idle CPU, so a message that arrives within it is handed over without
+/// one, while an idle consumer costs one such spin per wait.
+pub(super) const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
 
 /// What settling a delivery does.
 #[derive(Debug, Clone)]
@@ -140,6 +148,9 @@ impl Inner {
                 }
                 None => deadline,
             };
+            if self.spin_for_ready(&mut core, wake) {
+                continue;
+            }
             core.waiting += 1;
             self.ready.wait_until(&mut core, wake);
             core.waiting -= 1;
@@ -148,6 +159,28 @@ impl Inner {
             }
         }
         Ok(out)
+    }
+
+    /// Before parking, spin without the lock for up to `self.spin` (and
+    /// not past `until`) in case a message becomes ready at once: handing
+    /// it over then costs no sleep and wake-up of an idle CPU. Returns
+    /// whether one did.
+    fn spin_for_ready(&self, core: &mut MutexGuard<'_, Core>, until: Instant) -> bool {
+        if self.spin.is_zero() {
+            return false;
+        }
+        // Read and re-read under the core lock, which every `wake` holds:
+        // a message made ready while the lock was let go is seen here, so
+        // the caller never parks past it (it counts as waiting, and so is
+        // notified, only once it parks).
+        let epoch = self.ready_epoch.load(Ordering::Acquire);
+        MutexGuard::unlocked(core, || {
+            let end = until.min(Instant::now() + self.spin);
+            while self.ready_epoch.load(Ordering::Acquire) == epoch && Instant::now() < end {
+                std::hint::spin_loop();
+            }
+        });
+        self.ready_epoch.load(Ordering::Acquire) != epoch
     }
 
     /// Return expired leases to ready.

@@ -151,6 +151,11 @@ pub(crate) struct Inner {
     core: Mutex<Core>,
     /// Consumers waiting in `dequeue` sleep here, paired with `core`.
     ready: Condvar,
+    /// Bumped whenever messages become ready: a consumer about to park
+    /// spins on it briefly first (when the machine has a core to spare).
+    ready_epoch: std::sync::atomic::AtomicU64,
+    /// How long a consumer spins before it parks; zero on one core.
+    spin: std::time::Duration,
     sync: Mutex<SyncState>,
     synced: Condvar,
     /// Set once by [`Inner::poison`] (and by the preparer's background
@@ -314,6 +319,11 @@ impl Inner {
         let inner = Arc::new(Inner {
             core: Mutex::new(core),
             ready: Condvar::new(),
+            ready_epoch: std::sync::atomic::AtomicU64::new(0),
+            spin: match std::thread::available_parallelism() {
+                Ok(n) if n.get() > 1 => delivery::SPIN_BEFORE_PARK,
+                _ => std::time::Duration::ZERO,
+            },
             sync: Mutex::new(SyncState::default()),
             synced: Condvar::new(),
             poison,
@@ -623,6 +633,10 @@ impl Inner {
     /// Wake up to `n` sleeping consumers (one per newly ready message, so an
     /// enqueue of one message does not stampede every waiter).
     fn wake(&self, core: &Core, n: usize) {
+        if n > 0 {
+            // For consumers spinning before they park (see `delivery`).
+            self.ready_epoch.fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
         for _ in 0..n.min(core.waiting) {
             self.ready.notify_one();
         }
