@@ -145,3 +145,35 @@ fn wake_waiters_returns_blocked_consumers_with_what_they_have() {
     let d = q.dequeue_timeout(Duration::from_secs(5)).unwrap().unwrap();
     assert_eq!(d.payload, b"next");
 }
+
+/// Ping-pong between a producer and a consumer blocked in
+/// `dequeue_timeout`: every message wakes the consumer, whether it arrives
+/// while the consumer spins before parking, just as it stops spinning, or
+/// once it sleeps. A lost wake-up shows as a `None` after the long wait.
+#[test]
+fn no_wake_up_is_lost_between_spinning_and_parking() {
+    let (_dir, q) = common::temp_queue();
+    let (arrived, next) = std::sync::mpsc::channel::<()>();
+    let consumer = {
+        let q = q.clone();
+        std::thread::spawn(move || {
+            for i in 0..3000u32 {
+                let d = q
+                    .dequeue_timeout(std::time::Duration::from_secs(30))
+                    .expect("dequeue")
+                    .unwrap_or_else(|| panic!("message {i} never woke the consumer"));
+                q.ack(d.receipt).expect("ack");
+                arrived.send(()).expect("send");
+            }
+        })
+    };
+    for i in 0..3000u32 {
+        // Vary the moment the message arrives relative to the spin.
+        if i % 3 == 1 {
+            std::thread::sleep(std::time::Duration::from_micros(u64::from(i % 7) * 20));
+        }
+        q.enqueue(&i.to_le_bytes(), 0).expect("enqueue");
+        next.recv().expect("consumer alive");
+    }
+    consumer.join().expect("consumer");
+}
