@@ -1407,4 +1407,106 @@ mod tests {
         ix.apply_one(&e);
         assert_eq!(ix.apply_one(&Entry::new(Kind::Purged, 1, 0, 9, 0)), Some(1));
     }
+    #[test]
+    fn deadlines_leave_first_within_a_lane_earliest_first_ties_by_id() {
+        let mut ix = Index::new(Totals::default(), 60_000);
+        ix.add(1, 5, loc(1), 0, 0);
+        for (id, deadline) in [(2, 900), (3, 500), (4, 500), (5, 700)] {
+            ix.place(id, 5, loc(id as u32), 0, 0, deadline);
+            ix.count_live(1, 1);
+        }
+        ix.add(6, 5, loc(6), 0, 0);
+        ix.add(7, 9, loc(7), 0, 0);
+        let order: Vec<u64> = ix.ready_in_order(None).map(|c| c.id).collect();
+        assert_eq!(order, vec![7, 3, 4, 5, 2, 1, 6]);
+        let mut strict = Vec::new();
+        while let Some(c) = ix.peek() {
+            strict.push((c.id, c.deadline));
+            ix.apply_one(&Entry::new(Kind::Delivered, c.id, c.priority, 100, 1));
+        }
+        assert_eq!(
+            strict,
+            vec![
+                (7, 0),
+                (3, 500),
+                (4, 500),
+                (5, 700),
+                (2, 900),
+                (1, 0),
+                (6, 0)
+            ]
+        );
+        // A nack puts it back among the deadlines, not the plain ones.
+        ix.apply_one(&Entry::new(Kind::Nacked, 2, 5, 0, 1));
+        ix.apply_one(&Entry::new(Kind::Nacked, 1, 5, 0, 1));
+        assert_eq!(ix.peek().map(|c| c.id), Some(2));
+        assert_eq!(ix.missed_deadlines(899), vec![]);
+        assert_eq!(ix.missed_deadlines(900), vec![(2, 5, 1)]);
+        assert_eq!(ix.next_deadline(), Some(900));
+    }
+
+    #[test]
+    fn a_retention_cut_removes_every_state_but_dead_letters() {
+        let mut ix = Index::new(Totals::default(), 60_000);
+        for id in 1..=6 {
+            ix.add(id, 0, loc(id as u32), 0, 0);
+        }
+        ix.place(7, 0, loc(7), 0, 0, 5_000);
+        ix.count_live(1, 1);
+        ix.add(8, 0, loc(8), 0, 0);
+        // 2 in flight, 3 delayed by a nack, 4 dead, 5 completed.
+        ix.apply_one(&Entry::new(Kind::Delivered, 2, 0, 100, 1));
+        ix.apply_one(&Entry::new(Kind::Delivered, 3, 0, 100, 1));
+        ix.apply_one(&Entry::new(Kind::Nacked, 3, 0, 9_000, 1));
+        ix.apply_one(&Entry::new(Kind::DeadLettered, 4, 0, 50, 0));
+        let mut drained = Vec::new();
+        ix.add_result(5, 0, loc(100), 60, &mut drained);
+        assert_eq!(ix.counts().results, 1);
+        let mut drained = Vec::new();
+        ix.apply(&Entry::new(Kind::RetentionCut, 8, 0, 70, 0), &mut drained);
+        let c = ix.counts();
+        assert_eq!(
+            (c.ready, c.in_flight, c.delayed, c.dead, c.results),
+            (1, 0, 0, 1, 0)
+        );
+        assert_eq!(ix.totals().expired, 6, "1, 2, 3, 5's result, 6, 7");
+        assert_eq!(ix.peek().map(|c| c.id), Some(8));
+        assert_eq!(ix.live_in(1), 2, "the dead letter and 8");
+        // A cut below one already applied changes nothing.
+        ix.apply(&Entry::new(Kind::RetentionCut, 5, 0, 80, 0), &mut drained);
+        assert_eq!(ix.totals().expired, 6);
+    }
+
+    #[test]
+    fn a_result_completes_its_message_wherever_it_is() {
+        let mut ix = Index::new(Totals::default(), 60_000);
+        for id in 1..=3 {
+            ix.add(id, 2, loc(id as u32), 0, 0);
+        }
+        ix.apply_one(&Entry::new(Kind::Delivered, 2, 2, 100, 1));
+        ix.apply_one(&Entry::new(Kind::DeadLettered, 3, 2, 50, 0));
+        let mut drained = Vec::new();
+        for id in 1..=3 {
+            ix.add_result(
+                id,
+                2,
+                Loc {
+                    segment: 2,
+                    offset: id as u32,
+                },
+                70,
+                &mut drained,
+            );
+        }
+        assert_eq!(drained, vec![1], "segment 1 held only the three messages");
+        let c = ix.counts();
+        assert_eq!((c.ready, c.in_flight, c.dead, c.results), (0, 0, 0, 3));
+        assert_eq!(ix.totals().acked, 3);
+        // Entries about it replayed after its result find nothing.
+        ix.apply_one(&Entry::new(Kind::Expired, 2, 2, 0, 1));
+        ix.apply_one(&Entry::new(Kind::Redriven, 3, 2, 0, 0));
+        assert_eq!(ix.counts().results, 3);
+        assert!(ix.peek().is_none());
+        assert_eq!(ix.completed(2).map(|c| c.attempt), Some(1));
+    }
 }
