@@ -543,7 +543,17 @@ impl Index {
         self.ready.lanes[usize::from(priority)].find(id, self.deadline_of(id))
     }
 
+    fn forget_deadline(&mut self, id: u64) {
+        if !self.deadlines_of.is_empty() {
+            self.deadlines_of.remove(&id);
+        }
+    }
+
     fn deadline_of(&self, id: u64) -> u64 {
+        // Most queues carry no deadlines: skip the hashing then.
+        if self.deadlines_of.is_empty() {
+            return 0;
+        }
         self.deadlines_of.get(&id).copied().unwrap_or(0)
     }
 
@@ -649,7 +659,7 @@ impl Index {
                 };
                 // A dead letter keeps no deadline: a redriven message is
                 // served as one without.
-                self.deadlines_of.remove(&e.id);
+                self.forget_deadline(e.id);
                 let reason = if e.kind == Kind::DeadlineMissed {
                     self.totals.deadline_missed = self.totals.deadline_missed.saturating_add(1);
                     DEADLINE_MISSED.to_string()
@@ -738,7 +748,7 @@ impl Index {
         let n = gone.len() as u64;
         for id in ids {
             self.attempts.remove(&id);
-            self.deadlines_of.remove(&id);
+            self.forget_deadline(id);
         }
         for loc in gone {
             self.finish(loc, drained);
@@ -795,7 +805,7 @@ impl Index {
             None => self.take_waiting(id, priority),
         };
         if found.is_some() {
-            self.deadlines_of.remove(&id);
+            self.forget_deadline(id);
         }
         found
     }

@@ -45,6 +45,8 @@ pub(crate) struct Segment {
     /// The format version of its header; records are appended only to
     /// segments of this build's version.
     version: u32,
+    /// What its records' checksums start from (from `id` and `version`).
+    seed: Seed,
 }
 
 impl Segment {
@@ -74,6 +76,7 @@ impl Segment {
             records: 0,
             largest: 0,
             version: crate::codec::FORMAT_VERSION,
+            seed: Seed::of(crate::codec::FORMAT_VERSION, id),
         }
     }
 
@@ -98,6 +101,7 @@ impl Segment {
             records: counts.0,
             largest: counts.1,
             version,
+            seed: Seed::of(version, id),
         }
     }
 
@@ -113,7 +117,7 @@ impl Segment {
 
     /// What its records' checksums start from.
     pub fn seed(&self) -> Seed {
-        Seed::of(self.version, self.id)
+        self.seed
     }
 
     pub fn id(&self) -> u32 {

@@ -207,8 +207,8 @@ impl Inner {
     ) -> Result<Vec<Leased>> {
         let deadline = Timestamp(now).plus(visibility).0;
         let limit = self.opts.max_deliveries;
-        let mut entries = Vec::new();
-        let mut leased = Vec::new();
+        let mut entries = Vec::with_capacity(max.min(1024));
+        let mut leased = Vec::with_capacity(max.min(1024));
         // Leasing and dead-lettering finish no segment's last record.
         let mut drained = Vec::new();
         while leased.len() < max {
