@@ -212,8 +212,12 @@ impl Marks {
         }
     }
 
-    /// Note that ids below `end` were enqueued by `at`.
+    /// Note that ids below `end` were enqueued by `at`. Times are kept
+    /// monotonic (a clock stepped back makes a mark later, so retention
+    /// keeps messages longer, never shorter), so a cutoff maps to a bound
+    /// by binary search.
     pub fn note(&mut self, end: u64, at: u64) {
+        let at = at.max(self.marks.back().map_or(0, |m| m.1));
         let start = self.last_start;
         match self.marks.back_mut() {
             Some(last) if at < start.saturating_add(self.granularity) || end <= last.0 => {
@@ -227,8 +231,14 @@ impl Marks {
         }
     }
 
-    /// A mark read from a checkpoint (ids ascending).
+    /// A mark read from a checkpoint (ids ascending; a damaged one is not
+    /// trusted to keep ids and times ascending).
     pub fn restore(&mut self, end: u64, at: u64) {
+        let (last_end, last_at) = self.marks.back().copied().unwrap_or((0, 0));
+        let at = at.max(last_at);
+        if end <= last_end {
+            return;
+        }
         self.marks.push_back((end, at));
         self.last_start = at;
     }

@@ -371,7 +371,11 @@ pub(crate) fn scan_directory(
         }
     }
     let has_checkpoint = report.checkpoint.is_some();
-    let mut next_id = meta.next_id;
+    // No id below a retention mark may be handed out again: a cut by that
+    // mark would remove the new message (a checkpoint's marks never pass
+    // its next id, but a damaged one is not trusted to keep that).
+    let marks_end = index.marks().iter().map(|(end, _)| end).max().unwrap_or(0);
+    let mut next_id = meta.next_id.max(marks_end.min(crate::codec::MAX_ID));
 
     // Segments: open all, scan those newer than the checkpoint's head.
     let mut segments = BTreeMap::new();

@@ -149,36 +149,46 @@ pub(super) fn start_tender(inner: &Arc<Inner>) -> std::io::Result<()> {
     let weak: Weak<Inner> = Arc::downgrade(inner);
     std::thread::Builder::new()
         .name("lanelog-tender".into())
-        .spawn(move || loop {
-            let (nap, look) = {
+        .spawn(move || {
+            // Set when a pass found something due but removed nothing (a
+            // cut that only passed finished ids): the next nap is a full
+            // one, so no state can make this thread spin.
+            let mut idle_pass = false;
+            loop {
                 let Some(inner) = weak.upgrade() else { return };
                 let core = inner.core.lock();
                 let now = inner.opts.clock.now().0;
                 let due = inner.next_expiry(&core);
-                if due.is_some_and(|at| at <= now) {
+                if !idle_pass && due.is_some_and(|at| at <= now) {
                     drop(core);
-                    // A failure poisons the queue; the next call reports it.
-                    if inner.expire_due().is_err() {
-                        return;
+                    match inner.expire_due() {
+                        Ok(removed) => idle_pass = removed == 0,
+                        // A failure poisons the queue; the next call reports it.
+                        Err(_) => return,
                     }
                     continue;
                 }
-                let due_in =
-                    due.map_or(MAX_NAP, |at| Duration::from_millis(at.saturating_sub(now)));
-                let nap = due_in.min(MAX_NAP);
+                let nap = match due {
+                    Some(at) if !idle_pass => {
+                        Duration::from_millis(at.saturating_sub(now)).min(MAX_NAP)
+                    }
+                    _ => MAX_NAP,
+                };
+                idle_pass = false;
                 let look = now.saturating_add(duration_ms(nap));
                 // Under the core lock, so an enqueue (which reads it under
                 // the same lock) sees this look or the next.
                 inner.tender.next_look.store(look, Ordering::Release);
-                (nap, look)
-            };
-            let mut stop = tender.stop.lock();
-            // An earlier deadline arrived since `look` was chosen: look again.
-            if !*stop && tender.next_look.load(Ordering::Acquire) >= look {
-                tender.wake.wait_for(&mut stop, nap);
-            }
-            if *stop {
-                return;
+                drop(core);
+                drop(inner);
+                let mut stop = tender.stop.lock();
+                // An earlier deadline arrived since `look` was chosen: look again.
+                if !*stop && tender.next_look.load(Ordering::Acquire) >= look {
+                    tender.wake.wait_for(&mut stop, nap);
+                }
+                if *stop {
+                    return;
+                }
             }
         })
         .map(|_| ())
