@@ -438,6 +438,10 @@ pub(crate) fn scan_directory(
                     continue;
                 }
                 if h.result() {
+                    // Its message may be in this segment, among the records
+                    // not counted yet: count them first, so finishing it
+                    // takes it off the count.
+                    index.count_live(id, std::mem::take(&mut added));
                     index.add_result(h.id, h.priority, loc, h.enqueued_ms, &mut drained);
                     continue;
                 }

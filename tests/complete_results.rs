@@ -214,3 +214,49 @@ fn results_count_on_disk_and_are_relocated_and_reclaimed() {
         );
     }
 }
+
+/// A message and its result in one segment, found by a scan after a crash
+/// (no checkpoint): the segment counts one live record, the result, so
+/// once retention removes the result the segment is reclaimed.
+#[test]
+fn a_replayed_result_leaves_its_segment_reclaimable() {
+    use lanelog::{ManualClock, Timestamp};
+    let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000)));
+    let hour = Duration::from_secs(3600);
+    let opts = || {
+        small()
+            .clock(clock.clone())
+            .retention(hour)
+            .prepare_ahead(false)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let place = common::Place::Disk(dir);
+    let q = place.open(opts()).unwrap();
+    let id = q.enqueue(b"job", 0).unwrap();
+    let d = q.dequeue().unwrap().unwrap();
+    q.complete(d.receipt, b"done").unwrap();
+    let img = crash_image(&place);
+    drop(q);
+    let q = img.open(opts()).unwrap();
+    assert!(q.recovery_report().checkpoint.is_none());
+    assert_eq!(q.result(id).unwrap(), Some(b"done".to_vec()));
+    // Fill past the first segment, then let retention take everything.
+    let filler = vec![0u8; 100_000];
+    for _ in 0..12 {
+        q.enqueue(&filler, 0).unwrap();
+        let d = q.dequeue().unwrap().unwrap();
+        q.ack(d.receipt).unwrap();
+    }
+    clock.advance(2 * hour);
+    let start = std::time::Instant::now();
+    while q.stats().results > 0 || q.stats().segments > 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "segment 1 never reclaimed: {:?}",
+            q.stats()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+        // Writes run the maintenance that deletes drained segments.
+        q.sync().unwrap();
+    }
+}
