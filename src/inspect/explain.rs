@@ -16,7 +16,15 @@
 //!    record or checkpoint entry alone means it finished, and no trace at
 //!    all is [`Error::Unknown`].
 //! C. Journal entries that are about no message (id reservations) never
-//!    become events.
+//!    become events. A retention cut names no message but an id bound; it
+//!    is an event of a message below the bound only when it removed it:
+//!    the message was neither finished nor a dead letter when the cut ran
+//!    (as far as the entries before it and the newest checkpoint tell),
+//!    and no earlier cut removed it.
+//! D. The expiry time is the one the queue's own timer acts on: for a
+//!    message or result, the retention mark covering its id plus the
+//!    stored retention; for a dead letter, the time it became one plus the
+//!    stored dead-letter retention.
 
 use std::time::Duration;
 
@@ -24,7 +32,7 @@ use super::{
     len32, read_if_present, CheckpointInfo, CheckpointState, Event, EventKind, History, Inspector,
     MessageState, RecordInfo,
 };
-use crate::clock::Timestamp;
+use crate::clock::{duration_ms, Timestamp};
 use crate::codec::{checkpoint, entry, header, record};
 use crate::error::{Error, Result};
 use crate::index::Found;
@@ -124,11 +132,32 @@ impl Inspector {
                     && r.offset == c.loc.offset;
             }
         }
-        let checkpoint = match s.report.checkpoint {
+        let (checkpoint, meta) = match s.report.checkpoint {
             Some(n) => self.checkpoint_entry(n, id)?,
-            None => None,
+            None => (None, None),
         };
-        let events = self.events(&files.journals, id)?;
+        // Whether the message was live (not finished, not dead) where
+        // replay resumes after the newest checkpoint.
+        let resume = meta.map(|m| Resume {
+            file: m.journal_file,
+            offset: m.journal_offset,
+            live: match &checkpoint {
+                Some(c) => c.state != CheckpointState::Dead,
+                // Enqueued after the checkpoint, or finished before it.
+                None => id >= m.next_id,
+            },
+        });
+        let events = self.events(&files.journals, id, resume)?;
+        if let Some(MessageState::Completed { attempts, .. }) = &mut state {
+            // Replay applies a result record before the deliveries the
+            // journal holds (which then find nothing), so the index may
+            // count fewer than the entries tell.
+            let delivered = events
+                .iter()
+                .filter(|e| e.kind == EventKind::Delivered)
+                .map(|e| e.attempt);
+            *attempts = delivered.fold(*attempts, u32::max);
+        }
         if state.is_none() {
             state = events.iter().rev().find_map(|e| match e.kind {
                 EventKind::Acked => Some(MessageState::Acked),
@@ -147,6 +176,7 @@ impl Inspector {
             None if !records.is_empty() || checkpoint.is_some() => MessageState::Finished,
             None => return Err(Error::Unknown),
         };
+        let expires_at = self.expires_at(id, &state, &records)?;
         Ok(History {
             id: MessageId(id),
             state,
@@ -154,6 +184,42 @@ impl Inspector {
             checkpoint,
             events,
             first_journal_file: files.journals.first().copied(),
+            expires_at,
+        })
+    }
+
+    /// When the queue's timer removes the message (invariant D); `None`
+    /// when no retention applies to it.
+    fn expires_at(
+        &self,
+        id: u64,
+        state: &MessageState,
+        records: &[RecordInfo],
+    ) -> Result<Option<Timestamp>> {
+        let Some(a) = self.attributes()? else {
+            return Ok(None);
+        };
+        let after = |at: u64, d: Duration| Timestamp(at.saturating_add(duration_ms(d)));
+        Ok(match state {
+            MessageState::Dead { since, .. } => a.dead_letter_retention.map(|r| after(since.0, r)),
+            MessageState::Ready { .. }
+            | MessageState::Delayed { .. }
+            | MessageState::InFlight { .. }
+            | MessageState::Completed { .. } => {
+                let Some(r) = a.retention else {
+                    return Ok(None);
+                };
+                let s = self.scanned()?;
+                // The first mark covering the id: its time passes the
+                // cutoff no earlier than the message's enqueue does.
+                let mark = s.index.marks().iter().find(|&(end, _)| end > id);
+                let enqueued = records
+                    .iter()
+                    .find(|r| !r.result && r.damage.is_none())
+                    .map(|r| r.enqueued_at.0);
+                mark.map(|(_, at)| at).or(enqueued).map(|at| after(at, r))
+            }
+            _ => None,
         })
     }
 
@@ -227,10 +293,16 @@ impl Inspector {
         Ok(out)
     }
 
-    fn checkpoint_entry(&self, number: u64, id: u64) -> Result<Option<CheckpointInfo>> {
+    /// The message's entry in checkpoint `number`, and the checkpoint's
+    /// fields.
+    fn checkpoint_entry(
+        &self,
+        number: u64,
+        id: u64,
+    ) -> Result<(Option<CheckpointInfo>, Option<checkpoint::CheckpointMeta>)> {
         let name = crate::layout::checkpoint_name(number);
         let Some(bytes) = read_if_present(&*self.snapshot.files, &name, &mut |_| {})? else {
-            return Ok(None);
+            return Ok((None, None));
         };
         // Decoded when the directory was scanned; a checkpoint replaced since
         // then simply holds nothing here.
@@ -239,8 +311,8 @@ impl Inspector {
             found: None,
             reason: None,
         };
-        let _ = checkpoint::decode(&bytes, &mut sink);
-        Ok(sink.found.map(|m| CheckpointInfo {
+        let meta = checkpoint::decode(&bytes, &mut sink).ok();
+        let info = sink.found.map(|m| CheckpointInfo {
             number,
             state: CheckpointState::from_codec(m.state),
             time: Timestamp(m.time_ms),
@@ -248,11 +320,18 @@ impl Inspector {
             attempts: m.attempt,
             priority: m.priority,
             reason: sink.reason,
-        }))
+        });
+        Ok((info, meta))
     }
 
-    fn events(&self, journals: &[u64], id: u64) -> Result<Vec<Event>> {
+    /// Every journal entry about message `id`, in journal order (see
+    /// invariant C for retention cuts).
+    fn events(&self, journals: &[u64], id: u64, resume: Option<Resume>) -> Result<Vec<Event>> {
         let mut out = Vec::new();
+        // Whether a retention cut would remove the message now: it is not
+        // finished, not a dead letter, not cut already.
+        let mut live = true;
+        let mut resumed = resume.is_none();
         for &n in journals {
             let name = crate::layout::journal_name(n);
             let Some(bytes) = read_if_present(&*self.snapshot.files, &name, &mut |_| {})? else {
@@ -263,15 +342,28 @@ impl Inspector {
             };
             let scan = crate::journal::scan(&bytes, header::SIZE, h.version, n);
             for (offset, (entries, _)) in &scan.frames {
+                if let Some(r) = resume.filter(|r| !resumed && (n, *offset) >= (r.file, r.offset)) {
+                    live = r.live;
+                    resumed = true;
+                }
                 for e in entries {
                     // A retention cut names the first id it keeps.
                     let about = if e.kind == entry::Kind::RetentionCut {
-                        id < e.id
+                        id < e.id && std::mem::take(&mut live)
                     } else {
                         e.kind.names_message() && e.id == id
                     };
                     if !about {
                         continue;
+                    }
+                    match e.kind {
+                        entry::Kind::Acked
+                        | entry::Kind::Purged
+                        | entry::Kind::DeadExpired
+                        | entry::Kind::DeadLettered
+                        | entry::Kind::DeadlineMissed => live = false,
+                        entry::Kind::Redriven => live = true,
+                        _ => {}
                     }
                     if let Some(kind) = EventKind::from_codec(e.kind) {
                         out.push(Event {
@@ -288,6 +380,15 @@ impl Inspector {
         }
         Ok(out)
     }
+}
+
+/// Where replay resumes after the newest checkpoint, and whether the
+/// message was live there (see `Inspector::events`).
+#[derive(Debug, Clone, Copy)]
+struct Resume {
+    file: u64,
+    offset: u32,
+    live: bool,
 }
 
 /// Keeps one message's checkpoint entry and reason.
@@ -419,5 +520,126 @@ mod tests {
                 attempts: 0
             }
         );
+    }
+
+    /// Wait for the queue's background tender to act on the clock.
+    fn eventually(q: &crate::Queue, pred: impl Fn(&crate::Stats) -> bool) {
+        let start = std::time::Instant::now();
+        while !pred(&q.stats()) {
+            assert!(start.elapsed() < Duration::from_secs(20), "{:?}", q.stats());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn explain_tells_results_deadlines_keys_and_what_retention_removed() {
+        const HOUR: Duration = Duration::from_secs(3600);
+        let mem = MemoryStorage::new();
+        let clock = ManualClock::new(START);
+        let q = QueueOptions::new()
+            .segment_size(1 << 20)
+            .journal_file_size(64 << 10)
+            .max_deliveries(0)
+            .retention(HOUR)
+            .dead_letter_retention(2 * HOUR)
+            .clock(std::sync::Arc::new(clock.clone()))
+            .open_storage(std::sync::Arc::new(mem.clone()))
+            .expect("open");
+        let acked = q.enqueue(b"acked", 9).expect("enqueue");
+        let done = q.enqueue(b"done", 8).expect("enqueue");
+        let dead = q.enqueue(b"dead", 7).expect("enqueue");
+        let keyed = q
+            .enqueue_with(
+                b"keyed",
+                &crate::EnqueueOptions::new()
+                    .priority(1)
+                    .deadline(START.plus(HOUR / 2))
+                    .key("k-1"),
+            )
+            .expect("keyed");
+        let d = q.dequeue().expect("dequeue").expect("acked");
+        q.ack(d.receipt).expect("ack");
+        let d = q.dequeue().expect("dequeue").expect("done");
+        q.complete(d.receipt, b"res").expect("complete");
+        let d = q.dequeue().expect("dequeue").expect("dead");
+        clock.advance(Duration::from_secs(5));
+        q.dead_letter(d.receipt, "bad").expect("dead letter");
+
+        let ins = inspect(&mem, &clock);
+        let h = ins.explain(done).expect("explain");
+        assert_eq!(
+            h.state,
+            MessageState::Completed {
+                priority: 8,
+                attempts: 1,
+                at: START,
+                result_size: 3
+            }
+        );
+        let results: Vec<&RecordInfo> = h.records.iter().filter(|r| r.result).collect();
+        assert_eq!((h.records.len(), results.len()), (2, 1));
+        assert!(results[0].current && results[0].size == 3);
+        assert_eq!(h.expires_at, Some(START.plus(HOUR)));
+        let h = ins.explain(dead).expect("explain");
+        assert_eq!(
+            h.expires_at,
+            Some(START.plus(Duration::from_secs(5)).plus(2 * HOUR))
+        );
+        let h = ins.explain(keyed).expect("explain");
+        assert_eq!(h.records[0].key.as_deref(), Some("k-1"));
+        assert_eq!(h.records[0].deadline, Some(START.plus(HOUR / 2)));
+        assert_eq!(h.expires_at, Some(START.plus(HOUR)));
+
+        // The keyed message misses its deadline; then retention takes it
+        // and the result, but neither the acked message nor the dead
+        // letter (which has its own retention).
+        clock.advance(HOUR / 2);
+        eventually(&q, |s| s.deadline_missed_total == 1);
+        let h = inspect(&mem, &clock).explain(keyed).expect("explain");
+        assert!(
+            matches!(h.state, MessageState::Dead { ref reason, .. } if reason == "deadline missed")
+        );
+        assert_eq!(
+            h.events.last().map(|e| e.kind),
+            Some(EventKind::DeadlineMissed)
+        );
+        clock.advance(HOUR / 2 + HOUR / 32);
+        eventually(&q, |s| s.expired_total == 1);
+        let ins = inspect(&mem, &clock);
+        let kinds = |id| -> Vec<EventKind> {
+            ins.explain(id)
+                .expect("explain")
+                .events
+                .iter()
+                .map(|e| e.kind)
+                .collect()
+        };
+        assert_eq!(kinds(acked), [EventKind::Delivered, EventKind::Acked]);
+        assert_eq!(
+            ins.explain(acked).expect("explain").state,
+            MessageState::Acked
+        );
+        assert_eq!(
+            kinds(done),
+            [EventKind::Delivered, EventKind::RetentionExpired]
+        );
+        let h = ins.explain(done).expect("explain");
+        assert_eq!((h.state, h.expires_at), (MessageState::Expired, None));
+        assert_eq!(kinds(dead), [EventKind::Delivered, EventKind::DeadLettered]);
+        assert!(matches!(
+            ins.explain(dead).expect("explain").state,
+            MessageState::Dead { .. }
+        ));
+        assert_eq!(kinds(keyed), [EventKind::DeadlineMissed]);
+        clock.advance(2 * HOUR);
+        eventually(&q, |s| s.dead_expired_total == 2);
+        let ins = inspect(&mem, &clock);
+        let h = ins.explain(dead).expect("explain");
+        assert_eq!(h.state, MessageState::Expired);
+        assert_eq!(
+            h.events.last().map(|e| e.kind),
+            Some(EventKind::DeadExpired)
+        );
+        assert!(ins.verify(|_, _| {}).expect("verify").is_clean());
     }
 }

@@ -1,5 +1,6 @@
-//! Read-only inspection of a queue directory: counters, the next messages,
-//! dead letters, one message's history, and a full check of every file.
+//! Read-only inspection of a queue directory: counters, the stored
+//! attributes, the next messages, dead letters, one message's history, and
+//! a full check of every file.
 //!
 //! An [`Inspector`] reads a directory the way open does
 //! (`recovery::scan_directory`, with in-flight messages left in flight) and
@@ -15,7 +16,10 @@
 //!    moment never fails because of an inspector.
 //! B. The state shown is what the next open would rebuild, minus releasing
 //!    in-flight messages: the same scanner, the same `Index::add` and
-//!    `Index::apply` calls. Nothing decodes bytes apart from `codec`.
+//!    `Index::apply` calls, with the stored attributes adopted as open
+//!    adopts them (`attrs::read`); a stored attributes file open would
+//!    refuse makes every state-reading method fail as open would. Nothing
+//!    decodes bytes apart from `codec`.
 //! C. A directory another process has open is read as one listing: every
 //!    file is opened when the directory is listed and read through those
 //!    handles, so what the owner removes afterwards is still read and no
@@ -47,7 +51,7 @@ mod verify;
 
 pub use report::{
     CheckpointInfo, CheckpointState, Event, EventKind, FileCheck, FileKind, Finding, History,
-    LockState, MessageState, Peeked, RecordInfo, Severity, VerifyReport,
+    LockState, MessageState, Peeked, RecordInfo, Severity, StoredAttributes, VerifyReport,
 };
 
 use std::collections::BTreeMap;
@@ -61,7 +65,7 @@ use crate::error::{Error, Result};
 use crate::message::{DeadLetter, MessageId, RecoveryReport, Stats};
 use crate::recovery::{self, Scanned};
 use crate::storage::{DiskStorage, Storage, StorageFile};
-use crate::{layout, segment};
+use crate::{attrs, layout, segment};
 
 /// How many times a scan of a directory another process has open starts
 /// over when a file vanished under it (a busy owner removes files often).
@@ -122,8 +126,8 @@ fn disk_lock_state(storage: &DiskStorage) -> LockState {
     }
 }
 
-/// A segment, journal or checkpoint file (names are the layout's; see
-/// `crate::layout`).
+/// A segment, journal, checkpoint or attributes file (names are the
+/// layout's; see `crate::layout`).
 fn is_queue_file(name: &str) -> bool {
     matches!(
         layout::FileName::classify(name),
@@ -131,6 +135,7 @@ fn is_queue_file(name: &str) -> bool {
             layout::FileName::Segment(_)
                 | layout::FileName::Journal(_)
                 | layout::FileName::Checkpoint(_)
+                | layout::FileName::Attributes
         )
     )
 }
@@ -143,8 +148,12 @@ struct Snapshot {
     /// The file names seen, sorted.
     names: Vec<String>,
     bytes_on_disk: u64,
-    /// What open would rebuild; an error (a damaged header, say) is kept
-    /// so that `verify` can still check every file.
+    /// The stored attributes (`None`: the directory has none); an error
+    /// (a damaged file) is kept, as open would refuse the directory.
+    attributes: std::result::Result<Option<StoredAttributes>, Error>,
+    /// What open would rebuild, with the stored attributes adopted; an
+    /// error (a damaged header, say) is kept so that `verify` can still
+    /// check every file.
     scan: std::result::Result<Scanned, Error>,
 }
 
@@ -292,13 +301,50 @@ impl Inspector {
     }
 
     fn scanned(&self) -> Result<&Scanned> {
+        // Open reads the attributes first and refuses a damaged file.
+        self.snapshot.attributes.as_ref().map_err(copy_error)?;
         self.snapshot.scan.as_ref().map_err(copy_error)
+    }
+
+    /// The attributes stored in the directory (`attributes.lla`), which
+    /// every opener, the `lanelog` tool included, uses for the options it
+    /// does not name. `None` when the directory has none: one written by
+    /// format version 1 only (see [`Inspector::format_version`]), whose
+    /// openers use the defaults, or one whose first open was cut short.
+    ///
+    /// # Errors
+    /// The error open would fail with when the file is damaged or of an
+    /// unknown version ([`Error::Corrupt`], [`Error::UnsupportedVersion`]),
+    /// or holds values open refuses.
+    pub fn attributes(&self) -> Result<Option<StoredAttributes>> {
+        self.snapshot
+            .attributes
+            .as_ref()
+            .cloned()
+            .map_err(copy_error)
+    }
+
+    /// The newest format version among the files open would keep (its
+    /// segments and its newest journal file): 1 for a directory only
+    /// format version 1 wrote, which stores no attributes.
+    ///
+    /// # Errors
+    /// As [`Inspector::recovery_report`].
+    pub fn format_version(&self) -> Result<u32> {
+        let s = self.scanned()?;
+        let segments = s.segments.values().map(segment::Segment::version);
+        let journal = s.last_journal.as_ref().map(|j| j.version);
+        Ok(segments
+            .chain(journal)
+            .max()
+            .unwrap_or(crate::codec::FORMAT_VERSION))
     }
 
     /// The counters [`crate::Queue::stats`] gives, as of the reading.
     ///
     /// `segments` counts the segments an open would keep; `bytes_on_disk`
-    /// is the size of every segment, journal and checkpoint file present.
+    /// is the size of every segment, journal, checkpoint and attributes
+    /// file present.
     /// Messages still leased count as in flight.
     ///
     /// # Errors
@@ -394,12 +440,13 @@ fn take_snapshot(
     clock: &dyn Clock,
     lock: LockState,
 ) -> Result<Snapshot> {
-    let opts = QueueOptions::new();
     let mut attempt = 1;
     loop {
         let files = Arc::new(Pinned::new(storage.clone())?);
         let names = files.names.clone();
         let bytes_on_disk = queue_bytes(&*files, &names)?;
+        let mut opts = QueueOptions::new();
+        let attributes = read_attributes(&*files, &names, &mut opts);
         let scan = recovery::scan_directory(&*files, &opts, false);
         let vanished = matches!(&scan, Err(Error::Io(e)) if e.kind() == io::ErrorKind::NotFound);
         if vanished && lock != LockState::Free && attempt < SCAN_ATTEMPTS {
@@ -415,12 +462,53 @@ fn take_snapshot(
             files,
             names,
             bytes_on_disk,
+            attributes,
             scan,
         });
     }
 }
 
-/// Bytes of every segment, journal and checkpoint file present.
+/// Read the stored attributes as open does (`attrs::read`, then the same
+/// check of their values) and adopt them into `opts`, so the scan is the
+/// one open would make.
+fn read_attributes(
+    storage: &dyn Storage,
+    names: &[String],
+    opts: &mut QueueOptions,
+) -> std::result::Result<Option<StoredAttributes>, Error> {
+    let files = layout::Files::from_names(names.iter().cloned());
+    let Some((a, revision)) = attrs::read(storage, files.attributes)? else {
+        return Ok(None);
+    };
+    let mut adopted = opts.clone();
+    adopted.adopt(&a);
+    adopted.validate().map_err(|e| Error::Corrupt {
+        file: layout::ATTRIBUTES_NAME.to_string(),
+        offset: 0,
+        detail: format!("stored attributes are not valid options: {e}"),
+    })?;
+    *opts = adopted;
+    // The header's time; the header itself was checked by `attrs::read`.
+    let mut head = [0u8; crate::codec::header::SIZE];
+    let written = storage
+        .open(layout::ATTRIBUTES_NAME)
+        .and_then(|f| f.read_at(0, &mut head))
+        .ok()
+        .and_then(|()| {
+            crate::codec::header::FileHeader::decode(
+                crate::codec::header::FileKind::Attributes,
+                &head,
+            )
+            .ok()
+        })
+        .map_or(0, |h| h.created_ms);
+    let max = opts.max_message_bytes() as u64;
+    Ok(Some(StoredAttributes::from_codec(
+        &a, revision, written, max,
+    )))
+}
+
+/// Bytes of every segment, journal, checkpoint and attributes file present.
 fn queue_bytes(storage: &dyn Storage, names: &[String]) -> Result<u64> {
     let mut total = 0;
     for name in names {
@@ -615,5 +703,60 @@ mod tests {
         assert_eq!(dead, q.dead_letters().expect("dead"));
         assert_eq!(dead[0].reason, "bad input");
         assert!(ins.verify(|_, _| {}).expect("verify").is_clean());
+    }
+
+    #[test]
+    fn attributes_read_as_stored_and_a_damaged_file_refuses_as_open_does() {
+        let mem = MemoryStorage::new();
+        let clock = ManualClock::new(START);
+        let q = QueueOptions::new()
+            .segment_size(1 << 20)
+            .journal_file_size(64 << 10)
+            .max_deliveries(0)
+            .retention(Duration::from_secs(3600))
+            .dedup_window(Duration::from_secs(60))
+            .default_wait(Duration::from_millis(20))
+            .clock(Arc::new(clock.clone()))
+            .open_storage(Arc::new(mem.clone()))
+            .expect("open");
+        q.enqueue(b"job", 1).expect("enqueue");
+        let ins = inspect(&mem, &clock);
+        let a = ins.attributes().expect("read").expect("stored");
+        assert_eq!((a.revision, a.written_at), (1, START));
+        assert_eq!(a.segment_size, 1 << 20);
+        assert_eq!(a.max_message_size, (1 << 20) - 32 - 40);
+        assert_eq!(a.max_deliveries, 0);
+        assert_eq!(a.visibility_timeout, Duration::from_secs(30));
+        assert_eq!(a.retention, Some(Duration::from_secs(3600)));
+        assert_eq!(a.dead_letter_retention, None);
+        assert_eq!(a.dedup_window, Duration::from_secs(60));
+        assert_eq!(a.default_delay, Duration::ZERO);
+        assert_eq!(a.default_wait, Duration::from_millis(20));
+        assert_eq!(ins.format_version().expect("version"), 2);
+        assert!(
+            ins.stats().expect("stats").bytes_on_disk
+                >= (1 << 20) + crate::codec::attributes::SIZE as u64
+        );
+        drop(q);
+
+        // A flipped bit: open refuses the directory, and so does every
+        // method that reads its state; verify says why.
+        let name = layout::ATTRIBUTES_NAME;
+        let old = mem.read_file(name).expect("attributes")[70];
+        mem.write_file_raw(name, 70, &[old ^ 1]).expect("flip");
+        let ins = inspect(&mem, &clock);
+        let refused = |e: Error| matches!(e, Error::Corrupt { ref file, .. } if file == name);
+        assert!(refused(ins.attributes().expect_err("damaged")));
+        assert!(refused(ins.stats().expect_err("damaged")));
+        assert!(refused(ins.peek(None, 1).expect_err("damaged")));
+        let r = ins.verify(|_, _| {}).expect("verify");
+        let damage: Vec<&Finding> = r.damage().collect();
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        assert_eq!(damage[0].file.as_deref(), Some(name));
+        assert!(r.files.iter().all(|f| f.kind != FileKind::Attributes));
+        assert!(QueueOptions::new()
+            .clock(Arc::new(clock.clone()))
+            .open_storage(Arc::new(mem.clone()))
+            .is_err());
     }
 }

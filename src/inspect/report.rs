@@ -1,5 +1,6 @@
 //! The public types an [`Inspector`](super::Inspector) reports in: the lock
-//! state, peeked messages, a message's history, and what `verify` found.
+//! state, the stored attributes, peeked messages, a message's history, and
+//! what `verify` found.
 //!
 //! Invariants:
 //!
@@ -20,7 +21,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::clock::Timestamp;
-use crate::codec::{checkpoint, entry, header};
+use crate::codec::{attributes, checkpoint, entry, header};
 use crate::message::MessageId;
 
 /// Whether a queue holds the directory's owner lock.
@@ -45,6 +46,69 @@ impl LockState {
     /// Whether a queue is known to hold the directory.
     pub fn is_held(&self) -> bool {
         matches!(self, LockState::Held { .. })
+    }
+}
+
+/// The attributes a queue directory stores (`attributes.lla`, format
+/// version 2), as [`Inspector::attributes`](super::Inspector::attributes)
+/// reads them: every opener uses them for the options it does not name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoredAttributes {
+    /// The file's revision: 1 when first stored, one more each time an
+    /// opener changed an attribute.
+    pub revision: u64,
+    /// When this revision was written.
+    pub written_at: Timestamp,
+    /// Bytes per new segment file.
+    pub segment_size: u64,
+    /// Largest payload (and stored result) accepted, in bytes: the stored
+    /// limit, or the default for the segment size when none is stored.
+    pub max_message_size: u64,
+    /// Whether `max_message_size` is the default derived from the segment
+    /// size (the file names no limit), so it follows a new segment size.
+    pub max_message_size_derived: bool,
+    /// Lease length of a dequeue that names none.
+    pub visibility_timeout: Duration,
+    /// Deliveries before a message becomes a dead letter; 0 = no limit.
+    pub max_deliveries: u32,
+    /// How long messages and stored results are kept after their enqueue;
+    /// `None` = for ever.
+    pub retention: Option<Duration>,
+    /// How long dead letters are kept after they became one; `None` = for
+    /// ever.
+    pub dead_letter_retention: Option<Duration>,
+    /// How long an idempotency key is remembered.
+    pub dedup_window: Duration,
+    /// Delay of an enqueue that names none.
+    pub default_delay: Duration,
+    /// Wait of a dequeue that names none.
+    pub default_wait: Duration,
+}
+
+impl StoredAttributes {
+    /// `max_message_size` is the limit an opener adopting `a` would have.
+    pub(super) fn from_codec(
+        a: &attributes::Attributes,
+        revision: u64,
+        written_ms: u64,
+        max_message_size: u64,
+    ) -> StoredAttributes {
+        let ms = Duration::from_millis;
+        StoredAttributes {
+            revision,
+            written_at: Timestamp(written_ms),
+            segment_size: a.segment_size,
+            max_message_size,
+            max_message_size_derived: a.max_message_size == 0,
+            visibility_timeout: ms(a.visibility_timeout_ms),
+            max_deliveries: a.max_deliveries,
+            retention: a.retention_ms.map(ms),
+            dead_letter_retention: a.dead_letter_retention_ms.map(ms),
+            dedup_window: ms(a.dedup_window_ms),
+            default_delay: ms(a.default_delay_ms),
+            default_wait: ms(a.default_wait_ms),
+        }
     }
 }
 
@@ -356,6 +420,13 @@ pub struct History {
     pub checkpoint: Option<CheckpointInfo>,
     /// Every journal entry about it still on disk, oldest first.
     pub events: Vec<Event>,
+    /// When the queue removes it, as the stored attributes say: a message
+    /// or a stored result by `retention` (counted from the message's
+    /// enqueue, to the retention mark's precision, a 64th of the retention
+    /// at most), a dead letter by `dead_letter_retention` (counted from
+    /// when it became one). `None` when no retention applies or it is
+    /// finished.
+    pub expires_at: Option<Timestamp>,
     /// The oldest journal file on disk. Files before it were removed after
     /// a checkpoint covered them, with the entries they held.
     pub first_journal_file: Option<u64>,
@@ -421,6 +492,8 @@ pub enum FileKind {
     Journal,
     /// A checkpoint of the live messages.
     Checkpoint,
+    /// The stored attributes (`attributes.lla`).
+    Attributes,
 }
 
 impl FileKind {
@@ -430,27 +503,30 @@ impl FileKind {
             FileKind::Segment => header::FileKind::Segment,
             FileKind::Journal => header::FileKind::Journal,
             FileKind::Checkpoint => header::FileKind::Checkpoint,
+            FileKind::Attributes => header::FileKind::Attributes,
         }
     }
 
     /// What [`FileCheck::frames`] counts in a file of this kind:
-    /// "records", "entries" or "messages".
+    /// "records", "entries", "messages" or "attributes".
     pub fn frames_name(self) -> &'static str {
         match self {
             FileKind::Segment => "records",
             FileKind::Journal => "entries",
             FileKind::Checkpoint => "messages",
+            FileKind::Attributes => "attributes",
         }
     }
 }
 
-/// "segment", "journal" or "checkpoint".
+/// "segment", "journal", "checkpoint" or "attributes".
 impl fmt::Display for FileKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(match self {
             FileKind::Segment => "segment",
             FileKind::Journal => "journal",
             FileKind::Checkpoint => "checkpoint",
+            FileKind::Attributes => "attributes",
         })
     }
 }
@@ -461,12 +537,12 @@ impl fmt::Display for FileKind {
 pub struct FileCheck {
     /// The file's name.
     pub name: String,
-    /// Segment, journal or checkpoint.
+    /// Segment, journal, checkpoint or attributes.
     pub kind: FileKind,
     /// Its size in bytes.
     pub bytes: u64,
     /// Records (segment), entries (journal) or messages (checkpoint) that
-    /// decoded.
+    /// decoded; for the attributes file, the attributes it stores.
     pub frames: u64,
     /// Where its data ends (a segment or journal file's scanned end).
     pub data_end: u64,
@@ -476,17 +552,21 @@ pub struct FileCheck {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct VerifyReport {
-    /// Every segment, journal and checkpoint file read, in that order.
+    /// Every file read: the attributes file, the checkpoints, the
+    /// segments, then the journal files.
     pub files: Vec<FileCheck>,
     /// Everything found, damage first, then in file order.
     pub findings: Vec<Finding>,
     /// Bytes read.
     pub bytes: u64,
-    /// Segment records that decoded.
+    /// Segment records that decoded (result records included).
     pub records: u64,
+    /// Of those, result records (stored results of completed messages).
+    pub results: u64,
     /// Journal entries that decoded.
     pub entries: u64,
-    /// Live messages whose record location was checked.
+    /// Live messages (and stored results) whose record location was
+    /// checked.
     pub live_messages: u64,
 }
 

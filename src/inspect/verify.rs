@@ -1,5 +1,5 @@
-//! [`Inspector::verify`]: a check of every segment, journal and
-//! checkpoint file the inspector listed, with findings instead of errors.
+//! [`Inspector::verify`]: a check of every segment, journal, checkpoint and
+//! attributes file the inspector listed, with findings instead of errors.
 //!
 //! Invariants:
 //!
@@ -18,6 +18,10 @@
 //!    by severity).
 //! E. Progress is counted in bytes of the files listed: each file counts
 //!    once, whether it is read or skipped.
+//! F. The attributes file is judged as open judges it (`codec::attributes`
+//!    decode, then the values checked as options): anything open refuses
+//!    is damage. A result record is never an orphan: one whose message id
+//!    never existed, or was cut by retention, is simply not live.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -27,9 +31,10 @@ use super::{
     file_len, len32, read_if_present, FileCheck, FileKind, Finding, Inspector, Severity,
     VerifyReport,
 };
+use crate::codec::attributes::{self, AttributesError};
 use crate::codec::checkpoint::{self, CheckpointMeta};
 use crate::codec::{header, record, DecodeError};
-use crate::config::{MIN_JOURNAL_FILE_SIZE, MIN_SEGMENT_SIZE};
+use crate::config::{QueueOptions, MIN_JOURNAL_FILE_SIZE, MIN_SEGMENT_SIZE};
 use crate::error::{Error, Result};
 use crate::layout::Files;
 use crate::recovery::{self, Scanned};
@@ -37,13 +42,14 @@ use crate::storage::Storage;
 use crate::{layout, segment};
 
 impl Inspector {
-    /// Check every segment, journal and checkpoint file: headers, every
-    /// record's and entry's checksum and id order, torn tails against
-    /// damage as recovery judges them (a torn tail is a notice: it is what
-    /// a crash leaves), file sizes, the journal's file sequence, the newest
-    /// checkpoint's checksum and fields, and that every live message points
-    /// at a record with its id in an existing segment. Never modifies
-    /// anything.
+    /// Check every segment, journal, checkpoint and attributes file:
+    /// headers, every record's and entry's checksum and id order, torn
+    /// tails against damage as recovery judges them (a torn tail is a
+    /// notice: it is what a crash leaves), file sizes, the journal's file
+    /// sequence, the newest checkpoint's checksum and fields, the stored
+    /// attributes' checksum and values, and that every live message (and
+    /// stored result) points at a record with its id in an existing
+    /// segment. Never modifies anything.
     ///
     /// The files checked are those the inspector listed when it opened
     /// (held open since, so a file the owner removes meanwhile is still
@@ -70,10 +76,22 @@ impl Inspector {
         v.total = v.sizes(&files)?;
         (v.progress)(0, v.total);
         for name in &files.temporary {
-            v.notice(name, None, "leftover temporary file; open removes it");
+            if name == layout::ATTRIBUTES_TMP {
+                v.notice(
+                    name,
+                    None,
+                    "leftover attributes rewrite a crash cut short (the stored attributes \
+                     are the revision before it); open removes it",
+                );
+            } else {
+                v.notice(name, None, "leftover temporary file; open removes it");
+            }
         }
         if let Err(e) = crate::layout::check_numbers(&files) {
             v.error(e);
+        }
+        if files.attributes {
+            v.attributes()?;
         }
         let scan = snap.scan.as_ref();
         if let Ok(s) = scan {
@@ -122,8 +140,9 @@ struct Verify<'a> {
     storage: &'a dyn Storage,
     max_len: usize,
     report: VerifyReport,
-    /// Where live messages' records must be: (segment, offset) → id.
-    expected: BTreeMap<(u32, u32), u64>,
+    /// Where live messages' records must be: (segment, offset) → id, and
+    /// whether it is a stored result's record.
+    expected: BTreeMap<(u32, u32), (u64, bool)>,
     /// Bad regions found in each file.
     damaged: BTreeMap<String, Vec<Range<u32>>>,
     /// Segments read whole, whose records were matched.
@@ -187,10 +206,73 @@ impl Verify<'_> {
 
     fn sizes(&mut self, files: &Files) -> Result<u64> {
         let mut total = 0;
-        for name in files.names() {
+        let attributes = files
+            .attributes
+            .then(|| layout::ATTRIBUTES_NAME.to_string());
+        for name in files.names().into_iter().chain(attributes) {
             total += file_len(self.storage, &name)?.unwrap_or(0);
         }
         Ok(total)
+    }
+
+    /// Check the stored attributes as open reads them: header, length,
+    /// flags and checksum, then the values as options.
+    fn attributes(&mut self) -> Result<()> {
+        let name = layout::ATTRIBUTES_NAME;
+        let Some(bytes) = self.read(name)? else {
+            return Ok(());
+        };
+        let refuses = "open refuses the directory";
+        let a = match attributes::decode(&bytes) {
+            Ok((a, _)) => a,
+            Err(AttributesError::Header(header::HeaderError::Version(found))) => {
+                self.damage(
+                    name,
+                    Some(8),
+                    format!(
+                        "format version {found}; this build reads only version {}",
+                        crate::codec::FORMAT_VERSION
+                    ),
+                );
+                return Ok(());
+            }
+            Err(e) => {
+                let detail = match e {
+                    AttributesError::Header(h) => format!("bad header: {h:?}"),
+                    AttributesError::Body(d) => d.to_string(),
+                };
+                let offset = match e {
+                    AttributesError::Header(_) => 0,
+                    AttributesError::Body(_) => header::SIZE as u64,
+                };
+                self.damage(
+                    name,
+                    Some(offset),
+                    format!("the stored attributes do not decode ({detail}); {refuses}"),
+                );
+                return Ok(());
+            }
+        };
+        let mut opts = QueueOptions::new();
+        opts.adopt(&a);
+        if let Err(e) = opts.validate() {
+            self.damage(
+                name,
+                Some(header::SIZE as u64),
+                format!("the stored attributes are not valid options ({e}); {refuses}"),
+            );
+        }
+        self.report.files.push(FileCheck {
+            name: name.to_string(),
+            kind: FileKind::Attributes,
+            bytes: bytes.len() as u64,
+            // Segment size, max message size, visibility timeout, max
+            // deliveries, retention, dead-letter retention, dedup window,
+            // default delay, default wait.
+            frames: 9,
+            data_end: bytes.len() as u64,
+        });
+        Ok(())
     }
 
     /// Read a file for checking, counting its bytes; `None` (and a notice)
@@ -263,10 +345,12 @@ impl Verify<'_> {
 
     fn expect_live(&mut self, s: &Scanned) {
         let mut expected = BTreeMap::new();
-        s.index.locations(|id, loc, _| {
-            expected.insert((loc.segment, loc.offset), id);
+        s.index.locations(|id, loc, result| {
+            expected.insert((loc.segment, loc.offset), (id, result));
         });
-        self.report.live_messages = s.index.live_count();
+        // The locations to check (the index's per-segment live counts
+        // steer compaction and are not a count of these).
+        self.report.live_messages = expected.len() as u64;
         self.expected = expected;
         for &(id, seg) in &s.missing {
             self.damage(
@@ -413,20 +497,29 @@ impl Verify<'_> {
             let seed = segment::seed_of(&bytes, id);
             let s = segment::scan(&bytes, header::SIZE, max_len, seed);
             for (offset, h) in &s.frames {
-                if let Some(want) = self.expected.remove(&(id, *offset)) {
-                    if want != h.id {
+                if let Some((want, result)) = self.expected.remove(&(id, *offset)) {
+                    let what = |result: bool, id: u64| {
+                        if result {
+                            format!("the stored result of message {id}")
+                        } else {
+                            format!("message {id}")
+                        }
+                    };
+                    if want != h.id || result != h.result() {
                         self.damage(
                             &name,
                             Some(u64::from(*offset)),
                             format!(
-                                "message {want} should be here, but the record is message {}",
-                                h.id
+                                "{} should be here, but the record is {}",
+                                what(result, want),
+                                what(h.result(), h.id)
                             ),
                         );
                     }
                 }
             }
             self.report.records += s.frames.len() as u64;
+            self.report.results += s.frames.iter().filter(|(_, h)| h.result()).count() as u64;
             let facts = ScanFacts {
                 damaged: s.damaged.clone(),
                 torn: s.torn.clone(),
@@ -681,7 +774,7 @@ impl Verify<'_> {
     /// Live messages whose record was not found where the index says.
     fn unmatched(&mut self) {
         let left = std::mem::take(&mut self.expected);
-        for ((seg, offset), id) in left {
+        for ((seg, offset), (id, result)) in left {
             let name = crate::layout::segment_name(seg);
             if !self.read_segments.contains(&seg) {
                 // Removed by its owner meanwhile (its messages finished or
@@ -697,10 +790,15 @@ impl Verify<'_> {
             } else {
                 "no record starts there"
             };
+            let whose = if result {
+                format!("message {id} is completed and its stored result's record")
+            } else {
+                format!("message {id} is live and its record")
+            };
             self.damage(
                 &name,
                 Some(u64::from(offset)),
-                format!("message {id} is live and its record should be here, but {why}"),
+                format!("{whose} should be here, but {why}"),
             );
         }
     }
@@ -730,6 +828,19 @@ enum Newest {
     Damaged,
     /// Its owner removed it during the check.
     Unknown,
+}
+
+/// Collects the ids of a checkpoint's messages.
+struct Ids<'a>(&'a mut Vec<u64>);
+
+impl checkpoint::CheckpointSink for Ids<'_> {
+    fn segment(&mut self, _: checkpoint::CheckpointSegment) {}
+    fn message(&mut self, m: checkpoint::CheckpointMessage) {
+        self.0.push(m.id);
+    }
+    fn reason(&mut self, _: u64, _: String) {}
+    fn key(&mut self, _: checkpoint::CheckpointKey<'_>) {}
+    fn mark(&mut self, _: u64, _: u64) {}
 }
 
 #[cfg(test)]
@@ -808,17 +919,50 @@ mod tests {
         q.enqueue(b"still works", 0)
             .expect("the owner is unaffected");
     }
-}
 
-/// Collects the ids of a checkpoint's messages.
-struct Ids<'a>(&'a mut Vec<u64>);
+    #[test]
+    fn verify_checks_the_attributes_file_and_counts_result_records() {
+        let mem = MemoryStorage::new();
+        let clock = ManualClock::new(START);
+        let q = queue(&mem, &clock);
+        let done = q.enqueue(b"job", 1).expect("enqueue");
+        q.enqueue(b"other", 0).expect("enqueue");
+        let d = q.dequeue().expect("dequeue").expect("job");
+        assert_eq!(d.id, done);
+        q.complete(d.receipt, b"result").expect("complete");
+        let r = inspect(&mem, &clock).verify(|_, _| {}).expect("verify");
+        assert!(r.is_clean(), "{:?}", r.findings);
+        assert_eq!((r.records, r.results), (3, 1));
+        let attrs = r
+            .files
+            .iter()
+            .find(|f| f.kind == FileKind::Attributes)
+            .expect("checked");
+        assert_eq!(attrs.name, crate::layout::ATTRIBUTES_NAME);
+        assert_eq!(attrs.bytes, crate::codec::attributes::SIZE as u64);
+        assert_eq!(r.bytes, {
+            let mut total = 0;
+            for (_, b) in image(&mem) {
+                total += b.len() as u64;
+            }
+            total
+        });
 
-impl checkpoint::CheckpointSink for Ids<'_> {
-    fn segment(&mut self, _: checkpoint::CheckpointSegment) {}
-    fn message(&mut self, m: checkpoint::CheckpointMessage) {
-        self.0.push(m.id);
+        // A leftover rewrite is a notice; a wrong version is damage.
+        crate::storage::Storage::create(&mem, crate::layout::ATTRIBUTES_TMP, 7)
+            .and_then(|f| f.write_at(0, b"partial"))
+            .expect("tmp");
+        let r = inspect(&mem, &clock).verify(|_, _| {}).expect("verify");
+        assert!(r.is_clean(), "{:?}", r.findings);
+        assert!(r.findings.iter().any(|f| f.severity == Severity::Notice
+            && f.file.as_deref() == Some(crate::layout::ATTRIBUTES_TMP)));
+        let name = crate::layout::ATTRIBUTES_NAME;
+        mem.write_file_raw(name, 8, &9u32.to_le_bytes())
+            .expect("version");
+        let r = inspect(&mem, &clock).verify(|_, _| {}).expect("verify");
+        let damage: Vec<&Finding> = r.damage().collect();
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        assert_eq!(damage[0].file.as_deref(), Some(name));
+        assert!(damage[0].what.contains("format version 9"), "{damage:?}");
     }
-    fn reason(&mut self, _: u64, _: String) {}
-    fn key(&mut self, _: checkpoint::CheckpointKey<'_>) {}
-    fn mark(&mut self, _: u64, _: u64) {}
 }

@@ -1,5 +1,5 @@
-//! How the commands print: aligned tables, byte sizes, durations, UTC
-//! times, hex and payload previews.
+//! How the commands print: aligned tables, byte sizes, durations (measured
+//! ones and configured ones), UTC times, hex and payload previews.
 //!
 //! Invariants: every helper is a pure function of its input, and the
 //! output it gives is part of the command line's printed format
@@ -85,9 +85,36 @@ pub(crate) fn duration(d: Duration) -> String {
         format!("{:.2} s", d.as_secs_f64())
     } else if d.as_secs() < 7200 {
         format!("{} min {} s", d.as_secs() / 60, d.as_secs() % 60)
-    } else {
+    } else if d.as_secs() < 2 * 86_400 {
         format!("{} h {} min", d.as_secs() / 3600, d.as_secs() / 60 % 60)
+    } else {
+        format!("{} d {} h", d.as_secs() / 86_400, d.as_secs() / 3600 % 24)
     }
+}
+
+/// A configured duration (an attribute, a retention), exactly and in its
+/// largest whole units: "30 s", "5 min", "1 h 30 min", "7 d", "250 ms";
+/// "none" for zero.
+pub(crate) fn span(d: Duration) -> String {
+    const UNITS: [(u128, &str); 5] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "min"),
+        (1_000, "s"),
+        (1, "ms"),
+    ];
+    let mut ms = d.as_millis();
+    if ms == 0 {
+        return "none".to_string();
+    }
+    let mut parts = Vec::new();
+    for (size, unit) in UNITS {
+        if ms >= size {
+            parts.push(format!("{} {unit}", ms / size));
+            ms %= size;
+        }
+    }
+    parts.join(" ")
 }
 
 /// A time as UTC, "2026-05-02 10:31:07.123Z"; "-" for 0 (unknown).
@@ -168,6 +195,18 @@ mod tests {
         let t = table(&[row(["A", "BB", "C"]), row(["xxx", "1", "tail"])], &[1]);
         assert_eq!(t, "A    BB  C\nxxx   1  tail\n");
         assert_eq!(preview(b"hi"), "\"hi\"");
+    }
+
+    #[test]
+    fn spans_are_exact_in_whole_units() {
+        assert_eq!(span(Duration::ZERO), "none");
+        assert_eq!(span(Duration::from_secs(30)), "30 s");
+        assert_eq!(span(Duration::from_secs(300)), "5 min");
+        assert_eq!(span(Duration::from_secs(5400)), "1 h 30 min");
+        assert_eq!(span(Duration::from_secs(7 * 86_400)), "7 d");
+        assert_eq!(span(Duration::from_millis(1_250)), "1 s 250 ms");
+        assert_eq!(duration(Duration::from_secs(3 * 3600 + 120)), "3 h 2 min");
+        assert_eq!(duration(Duration::from_secs(3 * 86_400 + 7200)), "3 d 2 h");
         assert_eq!(preview(&[0, 1]), "0x0001");
     }
 }

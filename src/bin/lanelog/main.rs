@@ -87,7 +87,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Counters: ready messages per lane, in flight, delayed, dead, acked, disk use
+    /// Counters (ready per lane, in flight, delayed, dead, results, keys, totals, disk use) and the stored attributes
     #[command(after_help = EXIT_STATUS)]
     Stats {
         /// The queue directory
@@ -98,8 +98,10 @@ enum Command {
     },
     /// The next messages that would be delivered, without leasing them
     ///
-    /// In strict scheduling order: higher lane first, by id within a lane.
-    /// Delays that have passed count as ready; leased messages are not shown.
+    /// In strict scheduling order: higher lane first, deadlines first within
+    /// a lane, then by id. Delays that have passed count as ready; leased
+    /// messages are not shown. Deadlines and idempotency keys are shown when
+    /// a message has one.
     #[command(after_help = EXIT_STATUS)]
     Peek {
         /// The queue directory
@@ -114,12 +116,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check every segment, journal and checkpoint file; exit 1 if damaged
+    /// Check every segment, journal, checkpoint and attributes file; exit 1 if damaged
     ///
     /// Checks headers, every record's and entry's checksum and id order,
     /// torn tails against damage as recovery judges them, file sizes, the
-    /// journal's file sequence, the checkpoint, and that every live message
-    /// points at its record. Never modifies anything. A progress bar over
+    /// journal's file sequence, the checkpoint, the stored attributes, and
+    /// that every live message and stored result points at its record.
+    /// Never modifies anything. A progress bar over
     /// the bytes goes to stderr when it is a terminal.
     #[command(after_help = EXIT_STATUS)]
     Verify {
@@ -131,9 +134,12 @@ enum Command {
     },
     /// A message's whole history: its record, checkpoint entry and journal entries
     ///
-    /// Shows the enqueue, each delivery with its attempt and lease, nacks,
-    /// expiries, dead-lettering, redrives and the ack. Entries older than
-    /// the newest checkpoint may have been removed; the output says so.
+    /// Shows the deadline and idempotency key, the enqueue, each delivery
+    /// with its attempt and lease, nacks, expiries, dead-lettering (a missed
+    /// deadline included), redrives, the ack or the completion with its
+    /// stored result, removals by retention, and when retention will remove
+    /// it. Entries older than the newest checkpoint may have been removed;
+    /// the output says so.
     #[command(after_help = EXIT_STATUS)]
     Explain {
         /// The queue directory

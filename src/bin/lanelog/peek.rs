@@ -1,12 +1,16 @@
 //! `lanelog peek`: the next messages strict scheduling would deliver, read
 //! without leasing them, as a table (payload previews) or JSON (payloads
 //! in full).
+//!
+//! Invariants: the table has DEADLINE and KEY columns only when a message
+//! shown has a deadline or a key ("-" for those without); JSON always has
+//! the fields (`null` when absent).
 
 use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::format::{hex, preview, row, table, time};
+use crate::format::{hex, preview, table, time};
 use crate::{fail, inspector, lib_error, lock_json, to_json, Failure, Output, UNKNOWN};
 
 pub(crate) fn peek(
@@ -37,6 +41,9 @@ pub(crate) fn peek(
                     "attempts": m.attempts,
                     "enqueued_at_ms": m.enqueued_at.0,
                     "enqueued_at": time(m.enqueued_at),
+                    "deadline_ms": m.deadline.map(|t| t.0),
+                    "deadline": m.deadline.map(time),
+                    "key": m.key,
                     "size": m.payload.len(),
                     "payload_text": std::str::from_utf8(&m.payload).ok(),
                     "payload_hex": hex(&m.payload),
@@ -60,22 +67,39 @@ pub(crate) fn peek(
         };
         return Ok(Output::ok(text));
     }
-    let mut rows = vec![row([
-        "ID", "LANE", "ATTEMPTS", "ENQUEUED", "SIZE", "PAYLOAD",
-    ])];
+    let deadlines = msgs.iter().any(|m| m.deadline.is_some());
+    let keys = msgs.iter().any(|m| m.key.is_some());
+    let mut head = vec!["ID", "LANE", "ATTEMPTS", "ENQUEUED"];
+    head.extend(deadlines.then_some("DEADLINE"));
+    head.extend(keys.then_some("KEY"));
+    head.extend(["SIZE", "PAYLOAD"]);
+    let size_col = head.len() - 2;
+    let mut rows = vec![head.iter().map(|c| c.to_string()).collect::<Vec<_>>()];
     for m in &msgs {
         let payload = match &m.damage {
             Some(d) => format!("DAMAGED: {d}"),
             None => preview(&m.payload),
         };
-        rows.push(row([
-            &u64::from(m.id).to_string(),
-            &m.priority.to_string(),
-            &m.attempts.to_string(),
-            &time(m.enqueued_at),
-            &m.payload.len().to_string(),
-            &payload,
-        ]));
+        let mut cells = vec![
+            u64::from(m.id).to_string(),
+            m.priority.to_string(),
+            m.attempts.to_string(),
+            time(m.enqueued_at),
+        ];
+        if deadlines {
+            cells.push(m.deadline.map_or("-".to_string(), time));
+        }
+        if keys {
+            cells.push(m.key.as_deref().map_or("-".to_string(), key_cell));
+        }
+        cells.push(m.payload.len().to_string());
+        cells.push(payload);
+        rows.push(cells);
     }
-    Ok(Output::ok(table(&rows, &[0, 1, 2, 4])))
+    Ok(Output::ok(table(&rows, &[0, 1, 2, size_col])))
+}
+
+/// A key for a table cell: quoted, cut like a payload preview.
+fn key_cell(key: &str) -> String {
+    preview(key.as_bytes())
 }

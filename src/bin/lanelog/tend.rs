@@ -4,6 +4,11 @@
 //! Invariants: they open the queue the normal way (its lock, its recovery)
 //! and never create a directory; a queue another process holds is refused
 //! before anything changes; `purge-dead` without `--yes` changes nothing.
+//! They name no stored attribute (no `QueueOptions` setter that marks one:
+//! segment size, max message size, visibility timeout, max deliveries,
+//! retention, dead-letter retention, dedup window, default delay, default
+//! wait), so the queue opens with the attributes its directory stores and
+//! the attributes file is left as it is.
 
 use std::path::Path;
 
@@ -24,6 +29,7 @@ fn open_owned(dir: &Path, what: &str) -> Result<lanelog::Queue, Failure> {
             ),
         ));
     }
+    // No setters: every attribute comes from the directory (see above).
     QueueOptions::new().open(dir).map_err(|e| match e {
         Error::Locked => fail(
             LOCKED,

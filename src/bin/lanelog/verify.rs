@@ -1,5 +1,6 @@
-//! `lanelog verify`: check every file, with a progress bar over the bytes
-//! on stderr; exit status 1 when there is damage.
+//! `lanelog verify`: check every file (segments, journal, checkpoint and
+//! the stored attributes), with a progress bar over the bytes on stderr;
+//! exit status 1 when there is damage.
 //!
 //! Invariants: the exit status depends only on whether the report is clean
 //! (notices never fail it), and the report is printed whole either way.
@@ -11,7 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lanelog::inspect::VerifyReport;
 use serde_json::{json, Value};
 
-use crate::format::{bytes, row, table};
+use crate::format::{bytes, plural, row, table};
 use crate::{inspector, lib_error, lock_json, to_json, Failure, Output, DAMAGED, OK};
 
 pub(crate) fn verify(dir: &Path, as_json: bool) -> Result<Output, Failure> {
@@ -73,6 +74,7 @@ fn verify_json(dir: &Path, r: &VerifyReport, locked: Value, pid: Value) -> Value
         "clean": r.is_clean(),
         "bytes": r.bytes,
         "records": r.records,
+        "results": r.results,
         "entries": r.entries,
         "live_messages": r.live_messages,
         "files": files,
@@ -104,8 +106,12 @@ fn verify_text(dir: &Path, r: &VerifyReport) -> String {
         let _ = writeln!(out, "{:<7}{place}{}", f.severity, f.what);
     }
     let damage = r.damage().count();
+    let results = match r.results {
+        0 => String::new(),
+        n => format!(" ({n} result{})", plural(n)),
+    };
     let summary = format!(
-        "{} files, {}, {} records, {} entries, {} live messages checked",
+        "{} files, {}, {} records{results}, {} entries, {} live messages checked",
         r.files.len(),
         bytes(r.bytes),
         r.records,
