@@ -30,7 +30,7 @@ export CARGO_TERM_COLOR=never
 export RUSTC_BOOTSTRAP=1
 
 seconds="${LANELOG_FUZZ_SECONDS:-60}"
-targets="${LANELOG_FUZZ_TARGETS:-decode_record decode_entry decode_checkpoint open_image ops_with_crashes}"
+targets="${LANELOG_FUZZ_TARGETS:-decode_record decode_entry decode_checkpoint decode_attributes open_image ops_with_crashes}"
 start=$(date +%s)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -304,3 +304,46 @@ fn checkpoint_segment_record_count_overflow() {
     }
     assert_eq!(got, 4, "the record and the three enqueued after open");
 }
+
+// Found by fuzzing (open_image): a checkpoint whose retention mark claims
+// ids far past its next id. Retention then cut below that bound, and every
+// message enqueued afterwards (ids below it) was taken as already cut: the
+// enqueue returned Ok and the message was gone. Open now hands out no id
+// below a mark, and a cut never passes the ids handed out.
+#[test]
+fn retention_mark_past_next_id() {
+    let marks = [(1u64 << 40, T0)];
+    let body = checkpoint::CheckpointBody {
+        marks: &marks,
+        ..Default::default()
+    };
+    let ckp = checkpoint::encode(&meta(), &body);
+    let s = directory(&[("checkpoint-0000000001.ckp", ckp.len() as u64, ckp)]);
+    let clock = Arc::new(lanelog::ManualClock::new(lanelog::Timestamp(T0)));
+    let opts = || {
+        small()
+            .clock(clock.clone())
+            .retention(Duration::from_secs(7 * 86_400))
+    };
+    let q = opts()
+        .open_storage(Arc::new(s.clone()) as Arc<dyn Storage>)
+        .expect("open");
+    q.enqueue(b"before", 0).expect("enqueue");
+    clock.advance(Duration::from_secs(8 * 86_400));
+    // Let the retention thread run its cut.
+    std::thread::sleep(Duration::from_millis(1500));
+    let id = q.enqueue(b"after", 0).expect("enqueue");
+    assert!(u64::from(id) >= 1 << 40, "no id below the mark: {id:?}");
+    assert_eq!(q.stats().ready, 1, "{:?}", q.stats());
+    let d = q
+        .dequeue()
+        .expect("dequeue")
+        .expect("the new message is there");
+    assert_eq!(d.payload, b"after");
+    q.nack(d.receipt, Duration::ZERO).expect("nack");
+    q.close().expect("close");
+    let q = opts()
+        .open_storage(Arc::new(s) as Arc<dyn Storage>)
+        .expect("reopen");
+    assert_eq!(q.stats().ready, 1, "still there after reopen");
+}

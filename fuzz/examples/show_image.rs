@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use lanelog::codec::header::{FileHeader, FileKind};
+use lanelog::codec::{attributes, checkpoint};
 use lanelog::storage::Storage;
 use lanelog::{ManualClock, Timestamp};
 use lanelog_fuzz::image;
@@ -25,13 +27,41 @@ fn main() {
             bytes.len()
         );
         if name.ends_with(".ckp") {
-            let r = lanelog::codec::checkpoint::decode(
-                &bytes,
-                |id, n| println!("    segment {id}: {n} records"),
-                |m| println!("    message {m:?}"),
-                |id, r| println!("    reason of {id}: {r:?}"),
-            );
+            let mut got = checkpoint::Collected::default();
+            let r = checkpoint::decode(&bytes, &mut got);
+            for s in &got.segments {
+                println!(
+                    "    segment {}: {} records, largest payload {}",
+                    s.id, s.records, s.largest
+                );
+            }
+            for m in &got.messages {
+                println!("    message {m:?}");
+            }
+            for (id, r) in &got.reasons {
+                println!("    reason of {id}: {r:?}");
+            }
+            for (id, at, key) in &got.keys {
+                println!(
+                    "    key of {id} (seen at {at}): {:?}",
+                    String::from_utf8_lossy(key)
+                );
+            }
+            for (id, at) in &got.marks {
+                println!("    retention mark: ids from {id} enqueued at {at}");
+            }
             println!("    {r:?}");
+        }
+        if name.ends_with(".lla") {
+            println!("    {:?}", attributes::decode(&bytes));
+        }
+        for kind in [FileKind::Segment, FileKind::Journal, FileKind::Checkpoint] {
+            if let Ok(h) = FileHeader::decode(kind, &bytes) {
+                println!(
+                    "    header: {kind:?} {} version {}, created at {}",
+                    h.id, h.version, h.created_ms
+                );
+            }
         }
     }
     let clock = ManualClock::new(Timestamp(image::T0));

@@ -6,16 +6,33 @@
 //! flags  u8      bit 0: nack some deliveries instead of acking them
 //!                bit 1: enqueue after the drain and require the message
 //!                       back after a clean close and reopen
+//!                bit 2: complete some deliveries with a result (a result
+//!                       record) instead of acking them, and read the
+//!                       result back
+//!                bit 3: with bit 1, the message enqueued after the drain
+//!                       also carries an idempotency key and a deadline
+//!                bit 7: extended tags (tag bit 5 below); inputs without
+//!                       it mean what they meant before format version 2
 //! file*  tag u8  bits 0-1: 0 segment, 1 journal, 2 checkpoint,
 //!                          3 unfinished checkpoint (.tmp)
-//!                bit 2:    recompute checksums (headers, records, entries,
-//!                          checkpoint), so mutations reach the logic
+//!                bit 2:    recompute checksums (headers, records, batch
+//!                          frames or version 1 entries, checkpoint,
+//!                          attributes), each as the version in the file's
+//!                          header says, so mutations reach the logic
 //!                          behind the checksums
 //!                bits 3-4: length: 0 the bytes as given, 1 zero-padded to
 //!                          64 KiB, 2 to 1 MiB, 3 plus 4 KiB of zeros
+//!                bit 5:    with flags bit 7: the file is `attributes.lla`
+//!                          (bits 0-1 and the id are then ignored)
 //!        id  u32 segment id / journal number / checkpoint number
 //!        len u16, then len bytes (fewer at the end of the input)
 //! ```
+//!
+//! Files of either format version can be given: the header of each says
+//! which, and the queue reads version 1 files as they are. Version 2
+//! segments hold records whose checksum is seeded with the segment id,
+//! version 2 journal files hold batch frames seeded with the file number,
+//! and a version 2 directory may hold its stored attributes.
 //!
 //! At most [`MAX_FILES`] files. The files are created with the storage API
 //! (`create`, `write_at`, `sync_data`, then `sync_dir`) on a fresh
@@ -27,14 +44,15 @@
 //! `-malloc_limit_mb`), every delivered payload length within the limit;
 //! and once an image opened, the queue's own writes keep the directory
 //! openable: a clean close and reopen succeeds, and (flag bit 1) a message
-//! enqueued after the drain comes back intact.
+//! enqueued after the drain comes back intact; (flag bit 2) a result
+//! stored with `complete` reads back as it was given.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use lanelog::codec::{entry, header, record};
+use lanelog::codec::{attributes, batch, entry, header, record};
 use lanelog::storage::{MemoryStorage, Storage};
-use lanelog::{ManualClock, Queue, QueueOptions, Timestamp};
+use lanelog::{Clock, EnqueueOptions, ManualClock, Queue, QueueOptions, Timestamp};
 
 use crate::Bytes;
 
@@ -58,6 +76,8 @@ pub enum Kind {
     Checkpoint,
     /// `checkpoint-N.tmp`
     TempCheckpoint,
+    /// `attributes.lla` (format version 2; needs flags bit 7)
+    Attributes,
 }
 
 /// One file of an image.
@@ -84,6 +104,7 @@ impl File {
             Kind::Journal => format!("journal-{id:010}.jnl"),
             Kind::Checkpoint => format!("checkpoint-{id:010}.ckp"),
             Kind::TempCheckpoint => format!("checkpoint-{id:010}.tmp"),
+            Kind::Attributes => "attributes.lla".to_string(),
         }
     }
 
@@ -98,7 +119,7 @@ impl File {
         };
         b.resize(len, 0);
         if self.fix {
-            fix_checksums(self.kind, &mut b);
+            fix_checksums(self.kind, self.id, &mut b);
         }
         b
     }
@@ -114,6 +135,7 @@ pub fn parse(data: &[u8]) -> (u8, Vec<File>) {
         let id = r.u32();
         let len = r.u16() as usize;
         let kind = match tag & 3 {
+            _ if flags & EXTENDED != 0 && tag & 0x20 != 0 => Kind::Attributes,
             0 => Kind::Segment,
             1 => Kind::Journal,
             2 => Kind::Checkpoint,
@@ -130,9 +152,16 @@ pub fn parse(data: &[u8]) -> (u8, Vec<File>) {
     (flags, files)
 }
 
+/// Flags bit 7: extended tags.
+pub const EXTENDED: u8 = 0x80;
+
 /// Encode an image (for seeds); `parse(&encode(f, files))` gives them back
-/// when each file has at most 65535 leading bytes.
-pub fn encode(flags: u8, files: &[File]) -> Vec<u8> {
+/// when each file has at most 65535 leading bytes. An attributes file sets
+/// flags bit 7 ([`EXTENDED`]).
+pub fn encode(mut flags: u8, files: &[File]) -> Vec<u8> {
+    if files.iter().any(|f| f.kind == Kind::Attributes) {
+        flags |= EXTENDED;
+    }
     let mut out = vec![flags];
     for f in files {
         let kind = match f.kind {
@@ -140,6 +169,7 @@ pub fn encode(flags: u8, files: &[File]) -> Vec<u8> {
             Kind::Journal => 1,
             Kind::Checkpoint => 2,
             Kind::TempCheckpoint => 3,
+            Kind::Attributes => 0x20,
         };
         out.push(kind | (u8::from(f.fix) << 2) | ((f.pad & 3) << 3));
         out.extend_from_slice(&f.id.to_le_bytes());
@@ -177,10 +207,16 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// Make every checksum in `b` match its bytes: the file header's, then the
-/// frames from offset 32 on while each starts with its magic and fits, or
-/// a checkpoint's trailing CRC.
-pub fn fix_checksums(kind: Kind, b: &mut [u8]) {
+/// Make every checksum in `b`, the contents of file number `id`, match its
+/// bytes: the file header's, then the frames from offset 32 on while each
+/// starts with its magic and fits, or the trailing CRC of a checkpoint or
+/// an attributes file. Frames are fixed as the header's version writes
+/// them: version 1 records unseeded, version 2 records seeded with the
+/// segment id; version 1 journal entries, version 2 batch frames seeded
+/// with the journal file number. The version is read before the header is
+/// fixed (a file too short to hold one counts as version 2).
+pub fn fix_checksums(kind: Kind, id: u32, b: &mut [u8]) {
+    let version = if b.len() >= 12 { u32_at(b, 8) } else { 2 };
     if b.len() >= header::SIZE {
         let c = crc(&[&b[0..12], &b[16..32]]);
         put_u32(b, 12, c);
@@ -188,17 +224,20 @@ pub fn fix_checksums(kind: Kind, b: &mut [u8]) {
     let mut pos = header::SIZE;
     match kind {
         Kind::Segment => {
+            let seed = record::Seed::of(version, id);
             while pos + record::HEADER_SIZE <= b.len() && u32_at(b, pos) == record::MAGIC {
-                let end = pos + record::HEADER_SIZE + u32_at(b, pos + 32) as usize;
+                let deadline = if b[pos + 39] & 1 != 0 { 8 } else { 0 };
+                let ext = deadline + usize::from(b[pos + 38]);
+                let end = pos + record::HEADER_SIZE + ext + u32_at(b, pos + 32) as usize;
                 if end > b.len() {
                     break;
                 }
-                let c = crc(&[&b[pos + 8..end]]);
+                let c = seed.crc(&[&b[pos + 8..end]]);
                 put_u32(b, pos + 4, c);
                 pos = end;
             }
         }
-        Kind::Journal => {
+        Kind::Journal if version == 1 => {
             while pos + entry::HEADER_SIZE <= b.len() && u32_at(b, pos) == entry::MAGIC {
                 let tail = u16::from_le_bytes([b[pos + 34], b[pos + 35]]) as usize;
                 let end = pos + entry::HEADER_SIZE + tail;
@@ -210,7 +249,19 @@ pub fn fix_checksums(kind: Kind, b: &mut [u8]) {
                 pos = end;
             }
         }
-        Kind::Checkpoint | Kind::TempCheckpoint => {
+        Kind::Journal => {
+            let file = u64::from(id).to_le_bytes();
+            while pos + batch::HEADER_SIZE <= b.len() && u32_at(b, pos) == batch::MAGIC {
+                let end = pos + batch::HEADER_SIZE + u32_at(b, pos + 12) as usize;
+                if end > b.len() {
+                    break;
+                }
+                let c = crc(&[&file, &b[pos + 8..end]]);
+                put_u32(b, pos + 4, c);
+                pos = end;
+            }
+        }
+        Kind::Checkpoint | Kind::TempCheckpoint | Kind::Attributes => {
             if b.len() >= header::SIZE + 4 {
                 let n = b.len() - 4;
                 let c = crc(&[&b[header::SIZE..n]]);
@@ -256,7 +307,19 @@ pub fn run(data: &[u8]) {
     let storage = build(&files);
     let clock = ManualClock::new(Timestamp(T0));
     let opts = options(&clock);
-    let max = opts.max_message_bytes();
+    // The stored attributes' size limit applies when the directory has
+    // them (the options do not name one; 0 stored = the default). The
+    // first file of a name is the one built.
+    let stored = files
+        .iter()
+        .find(|f| f.kind == Kind::Attributes)
+        .and_then(|f| attributes::decode(&f.contents()).ok());
+    let max = match stored {
+        Some((a, _)) if a.max_message_size > 0 => {
+            usize::try_from(a.max_message_size).unwrap_or(usize::MAX)
+        }
+        _ => opts.max_message_bytes(),
+    };
     let Ok(q) = opts
         .clone()
         .open_storage(Arc::new(storage.clone()) as Arc<dyn Storage>)
@@ -266,12 +329,32 @@ pub fn run(data: &[u8]) {
     let _ = q.recovery_report().found_damage();
     let _ = q.stats();
     let _ = q.dead_letters();
-    let healthy = drain(&q, &clock, flags & 1 != 0, max);
-    let extra = if healthy && flags & 2 != 0 {
-        q.enqueue(b"after the drain", 255).ok()
-    } else {
-        None
-    };
+    let retention = stored.and_then(|(a, _)| a.retention_ms);
+    let healthy = drain(&q, &clock, flags, max, retention);
+    // Named with no delay, so a stored default delay does not apply.
+    let mut extra = Vec::new();
+    if healthy && flags & 2 != 0 {
+        let plain = EnqueueOptions::new().priority(255).delay(Duration::ZERO);
+        if flags & 8 != 0 {
+            let now = clock.now().0;
+            let keyed = plain
+                .clone()
+                .key(b"open_image: after the drain")
+                .deadline(Timestamp(now.saturating_add(86_400_000)));
+            let k = q.enqueue_with(b"after the drain", &keyed);
+            let p = q.enqueue_with(b"after the drain", &plain);
+            if let (Ok(k), Ok(p)) = (k, p) {
+                // The keyed one is new (not a key the image remembers)
+                // when its id comes right before the plain one's.
+                if u64::from(k) + 1 == u64::from(p) {
+                    extra.push(k);
+                }
+                extra.push(p);
+            }
+        } else if let Ok(id) = q.enqueue_with(b"after the drain", &plain) {
+            extra.push(id);
+        }
+    }
     if q.close().is_err() {
         return;
     }
@@ -280,8 +363,7 @@ pub fn run(data: &[u8]) {
         Ok(q) => q,
         Err(e) => panic!("the directory the queue itself closed does not reopen: {e}"),
     };
-    if let Some(id) = extra {
-        let mut found = false;
+    if !extra.is_empty() {
         for _ in 0..ROUNDS {
             let Ok(batch) = q.dequeue_up_to(BATCH) else {
                 break;
@@ -290,30 +372,32 @@ pub fn run(data: &[u8]) {
                 break;
             }
             for d in batch {
-                if d.id == id {
+                if extra.contains(&d.id) {
                     assert_eq!(
                         d.payload, b"after the drain",
                         "enqueued after open, corrupt"
                     );
-                    found = true;
+                    extra.retain(|&id| id != d.id);
                 }
                 let _ = q.ack(d.receipt);
             }
-            if found {
+            if extra.is_empty() {
                 break;
             }
         }
         assert!(
-            found,
-            "a message enqueued (Ok) before a clean close is gone"
+            extra.is_empty(),
+            "a message enqueued (Ok) before a clean close is gone: {extra:?}"
         );
     }
     let _ = q.close();
 }
 
 /// Dequeue and settle everything, letting time pass when nothing is ready.
-/// Returns whether every call succeeded and the queue ran dry.
-fn drain(q: &Queue, clock: &ManualClock, nack_some: bool, max: usize) -> bool {
+/// Returns whether every call succeeded and the queue ran dry. `retention`
+/// is the stored retention (ms), if any.
+fn drain(q: &Queue, clock: &ManualClock, flags: u8, max: usize, retention: Option<u64>) -> bool {
+    let (nack_some, complete_some) = (flags & 1 != 0, flags & 4 != 0);
     let mut idle = 0;
     let mut dry = false;
     for _ in 0..ROUNDS {
@@ -336,6 +420,25 @@ fn drain(q: &Queue, clock: &ManualClock, nack_some: bool, max: usize) -> bool {
             assert!(d.attempt >= 1);
             let settled = if nack_some && d.attempt < 2 && u64::from(d.id) % 3 == 0 {
                 q.nack(d.receipt, Duration::ZERO)
+            } else if complete_some && u64::from(d.id) % 2 == 0 {
+                let result = u64::from(d.id).to_le_bytes();
+                let done = q.complete(d.receipt, &result);
+                if done.is_ok() {
+                    // Retention counts from the enqueue, so a result of a
+                    // message enqueued longer ago than that may already
+                    // be gone (the tender runs at any time); no other.
+                    let old = retention
+                        .is_some_and(|r| d.enqueued_at.0.saturating_add(r) <= clock.now().0);
+                    match q.result(d.id) {
+                        Ok(Some(r)) => assert_eq!(r, result, "a stored result reads back changed"),
+                        Ok(None) if !old => panic!(
+                            "a result stored with complete (Ok) is gone (enqueued at {})",
+                            d.enqueued_at.0
+                        ),
+                        Ok(None) | Err(_) => {}
+                    }
+                }
+                done
             } else {
                 q.ack(d.receipt)
             };

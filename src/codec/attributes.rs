@@ -12,8 +12,9 @@
 //!     56    4 max deliveries (u32; 0 = no limit)
 //!     60    4 flags (u32): bit 0 = retention set, bit 1 = dead-letter
 //!             retention set; other bits zero
-//!     64    8 retention (u64, ms; meaningful with flag bit 0)
-//!     72    8 dead-letter retention (u64, ms; with flag bit 1)
+//!     64    8 retention (u64, ms, with flag bit 0; zero without it)
+//!     72    8 dead-letter retention (u64, ms, with flag bit 1; zero
+//!             without it)
 //!     80    8 dedup window (u64, ms)
 //!     88    8 default delay (u64, ms)
 //!     96    8 default wait (u64, ms)
@@ -104,9 +105,19 @@ pub fn decode(b: &[u8]) -> Result<(Attributes, u64), AttributesError> {
     if u32_at(b, SIZE - 4) != crc(&[&b[HEADER..SIZE - 4]]) {
         return Err(AttributesError::Body("checksum mismatch"));
     }
+    if h.version < 2 {
+        // Attributes files exist from version 2 on.
+        return Err(AttributesError::Header(HeaderError::Version(h.version)));
+    }
     let flags = u32_at(b, 60);
     if flags & !(RETENTION_SET | DEAD_RETENTION_SET) != 0 {
         return Err(AttributesError::Body("unknown flags"));
+    }
+    // One encoding per value: an unset retention is stored as zero.
+    if (flags & RETENTION_SET == 0 && u64_at(b, 64) != 0)
+        || (flags & DEAD_RETENTION_SET == 0 && u64_at(b, 72) != 0)
+    {
+        return Err(AttributesError::Body("a retention without its flag"));
     }
     let a = Attributes {
         segment_size: u64_at(b, 32),

@@ -24,8 +24,9 @@
 //! ```
 //!
 //! Varints are LEB128: seven bits per byte, low first, the high bit set on
-//! every byte but the last; at most 10 bytes, and a value that does not fit
-//! its type is refused. A frame is all or none: the checksum covers every
+//! every byte but the last; at most 10 bytes, the shortest form only (a
+//! last byte of zero after the first is refused), and a value that does not
+//! fit its type is refused. A frame is all or none: the checksum covers every
 //! entry, so a torn frame loses the whole batch and nothing else.
 
 use super::entry::{Entry, Kind, MAX_REASON_BYTES};
@@ -148,6 +149,11 @@ impl Reader<'_> {
             }
             v |= bits << shift;
             if byte & 0x80 == 0 {
+                // One encoding per value: a last byte of zero after the
+                // first is an overlong form.
+                if byte == 0 && shift > 0 {
+                    return Err(DecodeError::BadField);
+                }
                 return Ok(v);
             }
         }

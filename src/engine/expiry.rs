@@ -102,7 +102,8 @@ impl Inner {
         let mut removed = entries.len() as u64;
         if let Some(r) = self.opts.retention {
             let cutoff = now.saturating_sub(duration_ms(r));
-            let below = core.index.marks().bound(cutoff);
+            // Never past the ids handed out: a cut applies to ids only.
+            let below = core.index.marks().bound(cutoff).min(core.next_id);
             if below > core.index.cut_below() {
                 // What it removes is counted once applied.
                 entries.push(Entry::new(Kind::RetentionCut, below, 0, now, 0));
