@@ -7,10 +7,10 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::files::crash_image;
-use common::{both, small, Place};
+use common::{both, eventually, small, Place};
 use lanelog::{
     DequeueOptions, EnqueueOptions, Error, ManualClock, MessageId, QueueOptions, Scheduling,
     Timestamp,
@@ -33,19 +33,6 @@ fn order(q: &lanelog::Queue) -> Vec<Vec<u8>> {
         out.push(d.payload);
     }
     out
-}
-
-/// Wait (bounded) until `pred` holds of the queue's stats.
-fn eventually(q: &lanelog::Queue, what: &str, pred: impl Fn(&lanelog::Stats) -> bool) {
-    let start = Instant::now();
-    while !pred(&q.stats()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{what}: {:?}",
-            q.stats()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[test]

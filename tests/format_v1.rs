@@ -518,17 +518,13 @@ fn retention_removes_v1_messages() {
             .retention(Duration::from_secs(3600))
             .open(dir.path())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let start = std::time::Instant::now();
-        while q.stats().expired_total < 10 {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{name}: {:?}",
-                q.stats()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        common::eventually(&q, name, |s| s.expired_total >= 10);
         let s = q.stats();
-        assert_eq!((s.expired_total, s.ready, s.delayed, s.dead), (10, 0, 0, 1), "{name}");
+        assert_eq!(
+            (s.expired_total, s.ready, s.delayed, s.dead),
+            (10, 0, 0, 1),
+            "{name}"
+        );
         assert!(q.dequeue().unwrap().is_none(), "{name}");
     }
 }

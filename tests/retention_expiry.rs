@@ -7,11 +7,11 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::files::crash_image;
-use common::{both, small};
-use lanelog::{Error, ManualClock, QueueOptions, Stats, Timestamp};
+use common::{both, eventually, small};
+use lanelog::{Error, ManualClock, QueueOptions, Timestamp};
 
 const T0: Timestamp = Timestamp(1_700_000_000_000);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -21,18 +21,6 @@ fn opts(clock: &Arc<ManualClock>) -> QueueOptions {
         .clock(clock.clone())
         .retention(HOUR)
         .dead_letter_retention(2 * HOUR)
-}
-
-fn eventually(q: &lanelog::Queue, what: &str, pred: impl Fn(&Stats) -> bool) {
-    let start = Instant::now();
-    while !pred(&q.stats()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{what}: {:?}",
-            q.stats()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[test]

@@ -69,3 +69,18 @@ pub fn temp_queue() -> (tempfile::TempDir, Queue) {
         .expect("open");
     (dir, q)
 }
+
+/// Wait, bounded, until `pred` holds of the queue's stats: for what the
+/// queue's background thread does (missed deadlines, retention) after a
+/// clock moves. Fails with `what` and the stats after 20 s.
+pub fn eventually(q: &Queue, what: &str, pred: impl Fn(&lanelog::Stats) -> bool) {
+    let start = std::time::Instant::now();
+    while !pred(&q.stats()) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "{what}: {:?}",
+            q.stats()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
