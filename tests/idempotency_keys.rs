@@ -201,6 +201,11 @@ fn keys_survive_two_crashes_before_a_checkpoint() {
         let second = crash_image(&first);
         drop(q);
         let q = second.open(opts(&clock)).unwrap();
-        assert_eq!(q.enqueue_with(b"keyed", &key("k")).unwrap(), id, "{}", place.name());
+        assert_eq!(
+            q.enqueue_with(b"keyed", &key("k")).unwrap(),
+            id,
+            "{}",
+            place.name()
+        );
     });
 }

@@ -128,7 +128,9 @@ fn an_unnamed_max_message_size_follows_the_segment_size() {
         let q = place.open(QueueOptions::new()).unwrap();
         q.enqueue(b"small", 0).unwrap();
         drop(q);
-        let q = place.open(QueueOptions::new().segment_size(1 << 20)).unwrap();
+        let q = place
+            .open(QueueOptions::new().segment_size(1 << 20))
+            .unwrap();
         let room = (1 << 20) - 32 - 40;
         assert!(matches!(
             q.enqueue(&vec![0u8; room + 1], 0),
@@ -138,7 +140,11 @@ fn an_unnamed_max_message_size_follows_the_segment_size() {
         drop(q);
         // A named one that does not fit the segments asked for is the
         // caller's error.
-        match place.open(QueueOptions::new().segment_size(1 << 20).max_message_size(2 << 20)) {
+        match place.open(
+            QueueOptions::new()
+                .segment_size(1 << 20)
+                .max_message_size(2 << 20),
+        ) {
             Err(Error::InvalidArgument(why)) => assert!(why.contains("max_message_size"), "{why}"),
             other => panic!("{other:?}"),
         }

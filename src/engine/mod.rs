@@ -635,7 +635,8 @@ impl Inner {
     fn wake(&self, core: &Core, n: usize) {
         if n > 0 {
             // For consumers spinning before they park (see `delivery`).
-            self.ready_epoch.fetch_add(1, std::sync::atomic::Ordering::Release);
+            self.ready_epoch
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
         }
         for _ in 0..n.min(core.waiting) {
             self.ready.notify_one();
