@@ -17,10 +17,16 @@
 //! crashed at each of its own calls (fault, then PowerLoss) and reopened:
 //! same oracles, plus the state must equal a clean recovery's.
 //!
-//! Two workloads: `Durability::Immediate` (every Ok write is a power-loss
-//! promise, except a dequeue's delivery record) and `Durability::None` with
+//! Three workloads: `Durability::Immediate` (every Ok write is a power-loss
+//! promise, except a dequeue's delivery record), `Durability::None` with
 //! explicit `sync()` calls (only what a sync or clean close covered is
-//! promised; holes are still checked: what survives must be a prefix).
+//! promised; holes are still checked: what survives must be a prefix), and
+//! `timed` (`Immediate` with deadlines, idempotency keys, `complete` and
+//! results, retention and dead-letter retention; every clock step makes the
+//! background thread run at a known point, see `battery::workload`): results
+//! read back byte for byte and never beside their message, durable keys
+//! never admitted twice, nothing expired back, the lifetime counters within
+//! bounds.
 //!
 //! Scale: `LANELOG_BATTERY_SCALE=n` runs n different workload seeds of each
 //! kind (n times the crash states). Run with `--nocapture` to see figures.
@@ -36,6 +42,8 @@ use battery::workload::{Driver, Mode, Weights, Workload};
 use battery::{mix, n, options, parallel, profile, scale};
 use lanelog::storage::{CrashPolicy, Fault, FaultKind, FaultOps, MemoryStorage};
 use lanelog::{Durability, ManualClock, Timestamp};
+use testkit::traced::Traced;
+use testkit::workload::{timeless, Timers};
 
 /// Power-loss images per crash point: torn and not, alternating.
 const SEEDS: u64 = 4;
@@ -63,6 +71,7 @@ fn immediate(seed: u64) -> Workload {
             redrive: 1,
             advance: 2,
             sync: 0,
+            ..Weights::default()
         },
         batch_max: 14,
         len_max: 2048,
@@ -72,6 +81,11 @@ fn immediate(seed: u64) -> Workload {
         reason_max: 300,
         advance_max_ms: 12_000,
         prelude: true,
+        timed: false,
+        timers: Timers::default(),
+        step_ms: 1,
+        deadline_max_ms: 0,
+        keys: 0,
     }
 }
 
@@ -90,6 +104,60 @@ fn none_with_sync(seed: u64) -> Workload {
     }
 }
 
+/// Deadlines (earliest first, missed ones dead-lettered by the tender and
+/// by dequeues), idempotency keys (repeating within and past the window),
+/// `complete` with results, retention and dead-letter retention, under
+/// `Immediate`. Clock steps are multiples of 500 ms and the retention
+/// 20.1 s (granularity 314 ms), so every age is clearly under or past it.
+fn timed(seed: u64) -> Workload {
+    Workload {
+        name: "timed",
+        seed,
+        ops: 300,
+        durability: Durability::Immediate,
+        max_deliveries: 3,
+        checkpoint_bytes: 16 << 10,
+        reopen_at: Some(150),
+        close_at_end: true,
+        weights: Weights {
+            enqueue: 2,
+            batch: 1,
+            delayed: 1,
+            dequeue: 12,
+            ack: 8,
+            nack: 2,
+            dead: 1,
+            redrive: 0,
+            advance: 3,
+            sync: 0,
+            with: 6,
+            batch_with: 2,
+            complete: 6,
+        },
+        batch_max: 8,
+        len_max: 2048,
+        priorities: &[0, 3, 7],
+        dequeue_max: 8,
+        ack_max: 6,
+        reason_max: 100,
+        advance_max_ms: 6_000,
+        prelude: false,
+        timed: true,
+        timers: TIMED,
+        step_ms: 500,
+        deadline_max_ms: 15_000,
+        keys: 24,
+    }
+}
+
+/// The timers of [`timed`]: retention 20.1 s, dead letters 25 s, keys 15 s.
+const TIMED: Timers = Timers {
+    retention_ms: Some(20_100),
+    dead_retention_ms: Some(25_000),
+    dedup_window_ms: 15_000,
+    max_keys: 1_000_000,
+};
+
 /// Crash the recovery of `img` at each of its calls, lose power, reopen:
 /// the oracles hold and the state equals that of a clean recovery.
 fn double_crash(
@@ -100,12 +168,16 @@ fn double_crash(
     ctx: &str,
     f: &mut Findings,
 ) {
-    let clock = ManualClock::new(Timestamp(d.model.now + 30 * 86_400_000));
-    let opts = || options(&clock, Durability::None, 0, w.checkpoint_bytes);
-    let probe = img.crash(CrashPolicy::ProcessCrash);
+    // As `verify::observe` opens images: at the model's clock + 1 ms,
+    // nothing removed by time.
+    let clock = ManualClock::new(Timestamp(d.model.now + 1));
+    let opts = || timeless(options(&clock, Durability::None, 0, w.checkpoint_bytes));
+    // The calls of recovery itself: the background thread starts when open
+    // returns and may make its own before they are counted.
+    let probe = Traced::new(img.crash(CrashPolicy::ProcessCrash), false);
     let calls = match opts().open_storage(Arc::new(probe.clone())) {
         Ok(q) => {
-            let c = probe.calls();
+            let c = probe.calls_not_tender();
             drop(q);
             c
         }
@@ -149,13 +221,15 @@ fn double_crash(
     }
 }
 
-fn diff(
-    a: &(std::collections::BTreeMap<u64, battery::model::Seen>, u64),
-    b: &(std::collections::BTreeMap<u64, battery::model::Seen>, u64),
-) -> Vec<String> {
+type State = (
+    std::collections::BTreeMap<u64, battery::model::Seen>,
+    battery::model::Totals,
+);
+
+fn diff(a: &State, b: &State) -> Vec<String> {
     let mut out = Vec::new();
     if a.1 != b.1 {
-        out.push(format!("acked_total {} vs {}", a.1, b.1));
+        out.push(format!("counters {:?} vs {:?}", a.1, b.1));
     }
     for (id, s) in &a.0 {
         if b.0.get(id) != Some(s) {
@@ -173,9 +247,9 @@ fn diff(
 
 /// Crash `w` at every call index; returns the findings, how many images had
 /// their recovery crashed at every call, and the states that made.
-fn sweep(w: &Workload, calls: u64) -> (Findings, u64, u64) {
-    let parts = parallel(calls, |k, acc: &mut (Findings, u64, u64)| {
-        let (f, images, doubles) = acc;
+fn sweep(w: &Workload, calls: u64) -> (Findings, u64, u64, u64) {
+    let parts = parallel(calls, |k, acc: &mut (Findings, u64, u64, u64)| {
+        let (f, images, doubles, stopped) = acc;
         let fault = Fault {
             at_call: k,
             kind: FaultKind::Eio,
@@ -193,6 +267,10 @@ fn sweep(w: &Workload, calls: u64) -> (Findings, u64, u64) {
         for u in &d.unexpected {
             f.wrong_state += 1;
             f.note(format!("WRONG-STATE {} crash at call {k}: {u}", w.name));
+        }
+        for u in &d.tender_stopped {
+            *stopped += 1;
+            f.note(format!("TENDER-STOPPED {} crash at call {k}: {u}", w.name));
         }
         for s in 0..SEEDS {
             let policy = CrashPolicy::PowerLoss {
@@ -213,13 +291,23 @@ fn sweep(w: &Workload, calls: u64) -> (Findings, u64, u64) {
         }
     });
     let mut total = Findings::default();
-    let (mut images, mut doubles) = (0, 0);
-    for (f, i, d) in parts {
+    let (mut images, mut doubles, mut stopped) = (0, 0, 0);
+    for (f, i, d, s) in parts {
         total.add(&f);
         images += i;
         doubles += d;
+        stopped += s;
     }
-    (total, images, doubles)
+    (total, images, doubles, stopped)
+}
+
+/// The workloads of one seed index.
+fn workloads(s: u64) -> [Workload; 3] {
+    [
+        immediate(0xC0FFEE + s),
+        none_with_sync(0xBEEF + s),
+        timed(0x7143 + s),
+    ]
 }
 
 #[test]
@@ -227,14 +315,15 @@ fn power_loss_at_every_storage_call() {
     battery::tune_allocator();
     let started = Instant::now();
     let mut all = Findings::default();
+    let mut tender_stopped = 0;
     for s in 0..scale() {
-        for w in [immediate(0xC0FFEE + s), none_with_sync(0xBEEF + s)] {
+        for w in workloads(s) {
             let t = Instant::now();
             let (calls, summary) = profile(&w, Mode::StopAtFirstError);
             println!("crash-sweep: {} seed {}: {summary}", w.name, w.seed);
-            let (f, images, doubles) = sweep(&w, calls);
+            let (f, images, doubles, stopped) = sweep(&w, calls);
             println!(
-                "crash-sweep: {} seed {}: {} crash points x {SEEDS} images + {} crashes during the recovery of {} of them = {} states, {}; {} ({:.1?})",
+                "crash-sweep: {} seed {}: {} crash points x {SEEDS} images + {} crashes during the recovery of {} of them = {} states, {}; {}; {} tender stops ({:.1?})",
                 w.name,
                 w.seed,
                 n(calls),
@@ -243,9 +332,11 @@ fn power_loss_at_every_storage_call() {
                 n(f.states),
                 f.headline(),
                 f.details(),
+                stopped,
                 t.elapsed()
             );
             all.add(&f);
+            tender_stopped += stopped;
         }
     }
     for note in &all.notes {
@@ -258,6 +349,10 @@ fn power_loss_at_every_storage_call() {
         started.elapsed()
     );
     println!("crash-sweep: {}", all.details());
+    // A tender stopped by a failed call is a known bug
+    // (`io_error_sweep::tender_stops_after_a_failed_journal_rotation`); a
+    // crash sweep's storage fails for good, so it changes nothing here.
+    println!("crash-sweep: {tender_stopped} runs in which the tender stopped after a failed call");
     assert_eq!(
         all.failures(),
         0,
@@ -269,7 +364,7 @@ fn power_loss_at_every_storage_call() {
 /// The fault-free runs match the model; prints what each workload exercises.
 #[test]
 fn workloads_match_the_model_without_faults() {
-    let seeds = (0..scale()).flat_map(|s| [immediate(0xC0FFEE + s), none_with_sync(0xBEEF + s)]);
+    let seeds = (0..scale()).flat_map(workloads);
     for w in seeds {
         let t = Instant::now();
         let (_, summary) = profile(&w, Mode::StopAtFirstError);

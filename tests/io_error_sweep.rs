@@ -5,11 +5,13 @@
 //! the calls that returned Ok promised: 0 lost, 0 resurrected, 0 holes,
 //! 0 corrupt, 0 panics (the oracles of `battery::verify`).
 //!
-//! Method (SQLite's I/O-error tests): three seeded workloads (enqueue-heavy
+//! Method (SQLite's I/O-error tests): four seeded workloads (enqueue-heavy
 //! with segment rolls; dequeue/ack-heavy with journal rolls under
 //! `Durability::None` and explicit syncs; a mix with dead letters and a
 //! delayed message parked early, checkpoints and relocation under heavy
-//! traffic). A fault-free run counts the storage calls; then for EVERY call
+//! traffic; `timed`, with deadlines, keys, `complete` and retention, whose
+//! runs stop at their first error: what a failed call did to a message past
+//! its deadline the model cannot tell). A fault-free run counts the storage calls; then for EVERY call
 //! index N the workload runs again with call N failing as EIO, ENOSPC and
 //! a short write, once and forever (6 runs). The workload keeps going after
 //! `Error::Io` (an error from a queue that is not poisoned must have had no
@@ -33,6 +35,7 @@ use battery::workload::{Driver, Mode, Weights, Workload};
 use battery::{n, parallel, profile, scale};
 use lanelog::storage::{CrashPolicy, Fault, FaultKind, FaultOps, MemoryStorage};
 use lanelog::{Durability, ManualClock, Timestamp};
+use testkit::workload::Timers;
 
 fn enqueue_heavy(seed: u64) -> Workload {
     Workload {
@@ -55,6 +58,7 @@ fn enqueue_heavy(seed: u64) -> Workload {
             redrive: 0,
             advance: 1,
             sync: 0,
+            ..Weights::default()
         },
         batch_max: 10,
         len_max: 16 << 10,
@@ -64,6 +68,11 @@ fn enqueue_heavy(seed: u64) -> Workload {
         reason_max: 16,
         advance_max_ms: 5_000,
         prelude: false,
+        timed: false,
+        timers: Timers::default(),
+        step_ms: 1,
+        deadline_max_ms: 0,
+        keys: 0,
     }
 }
 
@@ -86,6 +95,7 @@ fn dequeue_heavy(seed: u64) -> Workload {
             redrive: 2,
             advance: 1,
             sync: 1,
+            ..Weights::default()
         },
         batch_max: 12,
         len_max: 48,
@@ -117,6 +127,7 @@ fn mix(seed: u64) -> Workload {
             redrive: 0,
             advance: 2,
             sync: 0,
+            ..Weights::default()
         },
         batch_max: 8,
         len_max: 16 << 10,
@@ -128,6 +139,64 @@ fn mix(seed: u64) -> Workload {
         prelude: true,
         ..enqueue_heavy(seed)
     }
+}
+
+/// Deadlines, keys, `complete` and retention (see `crash_sweep::timed`),
+/// with small journal files so the background thread's writes roll them
+/// too.
+fn timed(seed: u64) -> Workload {
+    Workload {
+        name: "timed",
+        seed,
+        ops: 140,
+        durability: Durability::Immediate,
+        checkpoint_bytes: 16 << 10,
+        reopen_at: Some(70),
+        weights: Weights {
+            enqueue: 1,
+            batch: 1,
+            delayed: 1,
+            dequeue: 10,
+            ack: 6,
+            nack: 2,
+            dead: 1,
+            redrive: 0,
+            advance: 3,
+            sync: 0,
+            with: 6,
+            batch_with: 2,
+            complete: 6,
+        },
+        batch_max: 6,
+        len_max: 4 << 10,
+        priorities: &[0, 3, 6],
+        dequeue_max: 6,
+        ack_max: 6,
+        reason_max: 64,
+        advance_max_ms: 6_000,
+        prelude: false,
+        timed: true,
+        timers: Timers {
+            retention_ms: Some(20_100),
+            dead_retention_ms: Some(25_000),
+            dedup_window_ms: 15_000,
+            max_keys: 1_000_000,
+        },
+        step_ms: 500,
+        deadline_max_ms: 15_000,
+        keys: 16,
+        ..enqueue_heavy(seed)
+    }
+}
+
+/// The workloads of one seed index.
+fn workloads(s: u64) -> [Workload; 4] {
+    [
+        enqueue_heavy(0x10 + s),
+        dequeue_heavy(0x20 + s),
+        mix(0x30 + s),
+        timed(0x40 + s),
+    ]
 }
 
 const KINDS: [(FaultKind, bool); 6] = [
@@ -150,6 +219,12 @@ struct Tally {
     poisoned_runs: u64,
     /// Runs in which a `sync_data` or `sync_dir` failed.
     failed_sync_runs: u64,
+    /// Runs in which a failed storage call of the tender ended it without
+    /// poisoning the queue (a known bug, see
+    /// `tender_stops_after_a_failed_journal_rotation`).
+    tender_stopped: u64,
+    /// Tender runs waited for.
+    settles: u64,
 }
 
 impl Tally {
@@ -162,6 +237,8 @@ impl Tally {
         self.read_error_dead += o.read_error_dead;
         self.poisoned_runs += o.poisoned_runs;
         self.failed_sync_runs += o.failed_sync_runs;
+        self.tender_stopped += o.tender_stopped;
+        self.settles += o.settles;
     }
 
     /// Every oracle violation, partial batches included (each failed
@@ -208,6 +285,11 @@ fn sweep(w: &Workload, calls: u64) -> Tally {
                 t.ok_after_failed_sync += 1;
                 t.f.note(format!("OK-AFTER-FAILED-FSYNC {ctx}: {u}"));
             }
+            for u in &d.tender_stopped {
+                t.tender_stopped += 1;
+                t.f.note(format!("KNOWN-BUG(tender-stopped) {ctx}: {u}"));
+            }
+            t.settles += d.settles;
             for (policy, view) in [
                 (CrashPolicy::ProcessCrash, View::Process),
                 (CrashPolicy::DropUnsynced, View::Power),
@@ -238,17 +320,13 @@ fn every_storage_call_fails_in_every_way() {
     let started = Instant::now();
     let mut all = Tally::default();
     for s in 0..scale() {
-        for w in [
-            enqueue_heavy(0x10 + s),
-            dequeue_heavy(0x20 + s),
-            mix(0x30 + s),
-        ] {
+        for w in workloads(s) {
             let t0 = Instant::now();
             let (calls, summary) = profile(&w, Mode::UntilPoisoned);
             println!("io-sweep: {} seed {}: {summary}", w.name, w.seed);
             let t = sweep(&w, calls);
             println!(
-                "io-sweep: {}: {} calls covered x 6 fault kinds, {} verify failures ({} runs, {} images: {}; {}; {} runs ended poisoned, {} unexpected errors or divergences, {} Ok after failed fsync in {} runs with a failed sync; {} healthy messages dead-lettered after a failed read) ({:.1?})",
+                "io-sweep: {}: {} calls covered x 6 fault kinds, {} verify failures ({} runs, {} images: {}; {}; {} runs ended poisoned, {} unexpected errors or divergences, {} Ok after failed fsync in {} runs with a failed sync; {} healthy messages dead-lettered after a failed read; {} tender runs waited for, {} runs in which the tender stopped) ({:.1?})",
                 w.name,
                 n(t.covered),
                 t.failures(),
@@ -261,6 +339,8 @@ fn every_storage_call_fails_in_every_way() {
                 t.ok_after_failed_sync,
                 n(t.failed_sync_runs),
                 t.read_error_dead,
+                n(t.settles),
+                t.tender_stopped,
                 t0.elapsed()
             );
             assert_eq!(t.covered, calls, "{}: every call index is hit", w.name);
@@ -271,11 +351,12 @@ fn every_storage_call_fails_in_every_way() {
         println!("  {note}");
     }
     println!(
-        "io-sweep: {} calls covered x 6 fault kinds, {} verify failures, {} Ok after failed fsync ({} runs with a failed sync) ({:.1?})",
+        "io-sweep: {} calls covered x 6 fault kinds, {} verify failures, {} Ok after failed fsync ({} runs with a failed sync), {} runs in which the tender stopped (a known bug, not counted as failures) ({:.1?})",
         n(all.covered),
         all.failures(),
         all.ok_after_failed_sync,
         n(all.failed_sync_runs),
+        all.tender_stopped,
         started.elapsed()
     );
     assert_eq!(
@@ -288,13 +369,7 @@ fn every_storage_call_fails_in_every_way() {
 /// The fault-free runs match the model; prints what each workload exercises.
 #[test]
 fn workloads_match_the_model_without_faults() {
-    let seeds = (0..scale()).flat_map(|s| {
-        [
-            enqueue_heavy(0x10 + s),
-            dequeue_heavy(0x20 + s),
-            mix(0x30 + s),
-        ]
-    });
+    let seeds = (0..scale()).flat_map(workloads);
     for w in seeds {
         let t = Instant::now();
         let (_, summary) = profile(&w, Mode::UntilPoisoned);
@@ -414,5 +489,98 @@ fn acked_total_survives_a_crash_after_a_segment_is_deleted() {
         q2.stats().acked_total,
         2,
         "acked_total after a process crash"
+    );
+}
+
+/// Queue and memory storage for the tender tests: 64 KiB journal files and
+/// 20,000 messages whose deadline is 1 s away (their `DeadlineMissed`
+/// entries take more than a journal file), then the disk is full (no new
+/// file can be made), 2 s pass, and the background thread's write fails.
+fn tender_on_a_full_disk() -> (MemoryStorage, ManualClock, lanelog::Queue) {
+    use lanelog::EnqueueOptions;
+    use std::time::Duration;
+    use testkit::traced::Traced;
+    let m = MemoryStorage::new();
+    let traced = Traced::new(m.clone(), false);
+    let clock = ManualClock::new(Timestamp(battery::T0));
+    let q = battery::options(&clock, Durability::Immediate, 0, 64 << 20)
+        .open_storage(Arc::new(traced.clone()))
+        .expect("open");
+    let due = EnqueueOptions::new().deadline(Timestamp(battery::T0 + 1_000));
+    let items: Vec<(&[u8], EnqueueOptions)> =
+        (0..20_000).map(|_| (&b""[..], due.clone())).collect();
+    q.enqueue_batch_with(&items).expect("enqueue");
+    // A deadline 1 ms away wakes the thread and keeps its naps at 1 ms.
+    let soon = EnqueueOptions::new().deadline(Timestamp(battery::T0 + 1));
+    q.enqueue_with(b"soon", &soon).expect("enqueue");
+    m.set_capacity(Some(m.used_bytes()));
+    clock.advance(Duration::from_secs(2));
+    assert!(
+        eventually(|| traced.tender_failed() > 0),
+        "the background thread's write did not fail"
+    );
+    (m, clock, q)
+}
+
+/// Wait (up to 3 s) until `pred` holds.
+fn eventually(mut pred: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(3) {
+        if pred() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    pred()
+}
+
+/// Found by the I/O-error sweep's tender accounting (and minimized here): a
+/// write of the background thread that needs a new journal file fails
+/// when the file cannot be made (a full disk: `CreateError::NotMade`, which
+/// does not poison the queue), and the thread ends (`start_tender`:
+/// "A failure poisons the queue; the next call reports it" — not this
+/// one). The queue goes on, but nothing removes what falls due any more
+/// (deadlines, retention, dead-letter retention) until it is reopened,
+/// even once the disk has room again. The sweeps count such runs as
+/// `tender stops` and end them there.
+#[test]
+#[ignore = "known bug: the background thread ends for good after a non-poisoning write failure (src/engine/expiry.rs start_tender, `Err(_) => return`)"]
+fn tender_stops_after_a_failed_journal_rotation() {
+    let (m, _clock, q) = tender_on_a_full_disk();
+    assert!(q.sync().is_ok(), "a full disk does not poison the queue");
+    m.set_capacity(None);
+    assert!(
+        eventually(|| q.stats().deadline_missed_total == 20_001),
+        "room again, yet no deadline is enforced: {:?}",
+        q.stats()
+    );
+}
+
+/// The same failed write as `tender_stops_after_a_failed_journal_rotation`
+/// left the entries that fit in the current journal file written but not
+/// applied: the queue, not poisoned, shows none of them (and its call
+/// failed, so it promised nothing), yet a crash brings them back (here
+/// thousands of messages dead-lettered). `append_entry_chunks` writes
+/// chunk after chunk and returns the rotation's unpoisoned error after
+/// some are written (src/engine/mod.rs); `write_entries` then skips
+/// applying them. Any multi-chunk journal write (an `ack_batch` too) can
+/// do this on a full disk.
+#[test]
+#[ignore = "known bug: a journal write that fails at a rotation without poisoning leaves its first chunks durable but unapplied (src/engine/mod.rs append_entry_chunks / write_entries)"]
+fn failed_journal_rotation_leaves_no_entries_behind() {
+    let (m, _clock, q) = tender_on_a_full_disk();
+    let live = q.stats().deadline_missed_total;
+    let img = m.crash(CrashPolicy::ProcessCrash);
+    drop(q);
+    // Reopened on a clock before the deadlines, so nothing more is
+    // dead-lettered: what it shows is what the journal holds.
+    let early = ManualClock::new(Timestamp(battery::T0));
+    let q = battery::options(&early, Durability::Immediate, 0, 64 << 20)
+        .open_storage(Arc::new(img))
+        .expect("open");
+    assert_eq!(
+        q.stats().deadline_missed_total,
+        live,
+        "dead-lettered by a write that failed (the live queue shows {live})"
     );
 }

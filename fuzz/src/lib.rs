@@ -6,8 +6,11 @@
 //!   whatever they accept re-encodes to the same bytes.
 //! - [`image`]: a whole queue directory from arbitrary bytes, opened and
 //!   drained on a `MemoryStorage`.
-//! - [`ops`]: operation sequences with crashes, checked against the
-//!   reference model of the shared test kit (`testkit::model`).
+//! - [`ops`]: operation sequences with crashes (enqueues with deadlines,
+//!   delays and idempotency keys, completes and results, clock steps that
+//!   miss deadlines and run retention), checked against the reference
+//!   model of the shared test kit (`testkit::model`) and its crash oracles
+//!   (`testkit::oracle`).
 //!
 //! Every target's oracle is a panic: a failed `assert!` here is a finding.
 

@@ -39,6 +39,8 @@ pub(super) struct Tender {
     /// earlier than this wakes it, later ones do not (so enqueues with
     /// deadlines cost no wake-up each).
     next_look: AtomicU64,
+    /// The thread, joined when the queue closes.
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Default for Tender {
@@ -47,6 +49,7 @@ impl Default for Tender {
             stop: Mutex::new(false),
             wake: Condvar::new(),
             next_look: AtomicU64::new(0),
+            thread: Mutex::new(None),
         }
     }
 }
@@ -192,11 +195,19 @@ pub(super) fn start_tender(inner: &Arc<Inner>) -> std::io::Result<()> {
                 }
             }
         })
-        .map(|_| ())
+        .map(|handle| *inner.tender.thread.lock() = Some(handle))
 }
 
-/// Tell the tender to stop.
+/// Tell the tender to stop and wait for it, so a closed queue leaves no
+/// thread behind (unless this runs on the tender itself: it may hold the
+/// last handle when the queue is dropped).
 pub(super) fn stop_tender(inner: &Inner) {
     *inner.tender.stop.lock() = true;
     inner.tender.wake.notify_all();
+    let handle = inner.tender.thread.lock().take();
+    if let Some(h) = handle {
+        if h.thread().id() != std::thread::current().id() {
+            let _ = h.join();
+        }
+    }
 }

@@ -4,14 +4,19 @@
 //! have in common, written once.
 //!
 //! - [`model`]: the reference model of the queue: what a correct queue holds
-//!   (ready messages per lane in order, leases, attempts, delays, dead
-//!   letters, `acked_total`) and what a crash may lose in each durability
-//!   mode.
+//!   (ready messages per lane in order, deadlines first, leases, attempts,
+//!   delays, dead letters, results, idempotency keys, the lifetime
+//!   counters, what the clock's passing removes) and what a crash may lose
+//!   in each durability mode.
 //! - [`oracle`]: open or drain a reopened queue and judge it against the
-//!   model (lost, resurrected, holes, corrupt, wrong state, partial batches).
+//!   model (lost, resurrected, holes, corrupt, wrong state, partial batches,
+//!   torn completes, keys admitted twice).
 //! - [`workload`]: the pieces the workloads share: the clock's start, the
 //!   queue options, self-checking payloads, one call for an enqueue of one
 //!   or many messages.
+//! - [`traced`]: a `Storage` wrapper that counts and logs calls, notices
+//!   failed syncs and the calls of the queue's background thread, and can
+//!   serve reads without counting them.
 //! - [`SplitMix64`] (re-exported from `lanelog::storage`, where
 //!   `MemoryStorage::crash` draws from it): the one seeded generator.
 //! - [`kill`]: run this test binary again as a child running one named
@@ -20,6 +25,7 @@
 pub mod kill;
 pub mod model;
 pub mod oracle;
+pub mod traced;
 pub mod workload;
 
 pub use lanelog::storage::SplitMix64;

@@ -12,11 +12,13 @@
 //! - [`verify`]: `testkit::oracle`, with `check` taking a workload: open an
 //!   image (panics caught), drain it, and count lost, resurrected, holes,
 //!   corrupt and wrong-state messages.
-//! - [`traced`]: a `Storage` wrapper that logs every counted call, so a
-//!   sweep knows which call index is a sync and can name the call it broke.
+//! - [`traced`]: `testkit::traced`, a `Storage` wrapper that logs every
+//!   counted call, so a sweep knows which call index is a sync and can name
+//!   the call it broke, and watches the queue's background thread.
 #![allow(dead_code)]
 
-pub mod traced;
+#[allow(unused_imports)]
+pub use testkit::traced;
 pub mod verify;
 pub mod workload;
 
@@ -114,7 +116,10 @@ pub fn n(x: u64) -> String {
 pub fn profile(w: &workload::Workload, mode: workload::Mode) -> (u64, String) {
     let d = workload::Driver::run_logged(w, None, mode, true).expect("no panic");
     assert!(
-        d.unexpected.is_empty() && d.errors == 0 && d.model.read_error_dead == 0,
+        d.unexpected.is_empty()
+            && d.tender_stopped.is_empty()
+            && d.errors == 0
+            && d.model.read_error_dead == 0,
         "{}: the fault-free run must match the model: {:?}",
         w.name,
         d.unexpected
@@ -140,5 +145,23 @@ pub fn profile(w: &workload::Workload, mode: workload::Mode) -> (u64, String) {
         d.model.msgs.len(),
         d.model.acked_bounds(model::View::Process).0,
     );
+    let summary = if w.timed {
+        let m = &d.model;
+        let dups = m.keys.values().map(|k| k.ids.len()).sum::<usize>();
+        format!(
+            "{summary}; {} deadline misses, {} expired, {} dead letters expired, {} completed ({} results at the end), {} keys ({} admissions), {} tender runs waited for ({:.1?})",
+            m.missed.total,
+            m.expired.total,
+            m.dead_expired.total,
+            m.msgs.values().filter(|x| x.result.is_some()).count(),
+            m.completed().count(),
+            m.keys.len(),
+            dups,
+            d.settles,
+            d.settle_time
+        )
+    } else {
+        summary
+    };
     (log.len() as u64, summary)
 }

@@ -6,21 +6,34 @@
 //! state (an ack needs an outstanding receipt), so two runs with the same
 //! seed make exactly the same calls up to the first fault, and the storage
 //! call indices of a fault-free run name the same calls in a faulted one.
+//!
+//! Workloads with deadlines, keys, results and retention (`timed`) keep
+//! that determinism with the queue's background thread (the tender) at
+//! work: every clock step is an op of three parts (a pacemaker enqueue,
+//! the step, then waiting for the tender's write and a `sync()`; see
+//! `testkit::workload`), so the tender writes only inside that op; and the
+//! other ops never leave it work of its own: a dequeue that would find a
+//! message whose deadline passed takes every ready message (so it
+//! dead-letters them itself), no nack makes such a message ready, and a
+//! reopen that releases one waits for the tender like a clock step. Reads
+//! the driver makes to compare counters are not counted (`quietly`).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lanelog::storage::{Fault, MemoryStorage};
 use lanelog::{Durability, Error, ManualClock, Queue, Receipt, Timestamp};
 use testkit::model::Model;
-use testkit::workload::{self, Item};
+use testkit::traced::{quietly, Traced};
+use testkit::workload::{self, removal_totals, Item, Timers, SETTLE_LIMIT};
 use testkit::SplitMix64;
 
-use super::traced::Traced;
 use super::{options, T0, VISIBILITY_MS};
 
-/// Relative weights of the random ops.
+/// Relative weights of the random ops. The ops after `sync` are the ones
+/// of format version 2; a weight of 0 draws nothing, so older workloads
+/// make the same draws as before.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Weights {
     pub enqueue: u64,
@@ -33,6 +46,12 @@ pub struct Weights {
     pub redrive: u64,
     pub advance: u64,
     pub sync: u64,
+    /// One message with a deadline and/or a key (`enqueue_with`).
+    pub with: u64,
+    /// A batch of such messages (`enqueue_batch_with`), keys repeating.
+    pub batch_with: u64,
+    /// `complete` an outstanding delivery with a result.
+    pub complete: u64,
 }
 
 /// A workload: what to do, how often, with which options.
@@ -61,6 +80,17 @@ pub struct Workload {
     /// Start with dead letters and a long-delayed message, so they sit in
     /// the first segment while traffic flows past them (relocation).
     pub prelude: bool,
+    /// Deadlines, keys, results or retention: clock steps are multiples of
+    /// `step_ms` and wait for the tender (see the module documentation).
+    pub timed: bool,
+    pub timers: Timers,
+    /// Clock steps are multiples of this (so no message's age falls in
+    /// retention's granularity band).
+    pub step_ms: u64,
+    /// Deadlines are this far ahead at most.
+    pub deadline_max_ms: u64,
+    /// Keys are drawn from this many.
+    pub keys: u64,
 }
 
 /// One step of a workload.
@@ -71,6 +101,8 @@ pub enum Op {
     Ack(Vec<(u64, Receipt)>),
     Nack(u64, Receipt, u64),
     DeadLetter(u64, Receipt, usize),
+    /// `complete(receipt, result_payload(tag, len))`.
+    Complete(u64, Receipt, u64, usize),
     RedriveAll,
     Advance(u64),
     Sync,
@@ -101,7 +133,7 @@ pub struct Driver {
     pub stopped: bool,
     /// The run ended at `Error::Poisoned`.
     pub poisoned: bool,
-    /// Ops that returned `Error::Io`.
+    /// Ops that returned `Error::Io` (or whose background write failed).
     pub errors: u64,
     /// Divergences from the model and errors of a kind no fault explains.
     pub unexpected: Vec<String>,
@@ -113,6 +145,12 @@ pub struct Driver {
     in_error: bool,
     consecutive_errors: u32,
     pub ops_done: usize,
+    /// Runs of the tender waited for, and how long that took.
+    pub settles: u64,
+    pub settle_time: Duration,
+    /// A storage call of the tender failed and the queue was not poisoned:
+    /// the tender stopped for good (see `tender_stops_after_a_failed_journal_rotation`).
+    pub tender_stopped: Vec<String>,
 }
 
 const PRELUDE: usize = 9;
@@ -125,7 +163,10 @@ impl Driver {
             storage,
             clock,
             q: None,
-            model: Model::new(w.max_deliveries, VISIBILITY_MS, T0).reads_may_fail(),
+            model: Model::new(w.max_deliveries, VISIBILITY_MS, T0)
+                .with_timers(w.timers)
+                .with_known_bugs()
+                .reads_may_fail(),
             rng: testkit::rng(w.seed),
             next_tag: 1,
             mode,
@@ -138,6 +179,9 @@ impl Driver {
             in_error: false,
             consecutive_errors: 0,
             ops_done: 0,
+            settles: 0,
+            settle_time: Duration::ZERO,
+            tender_stopped: Vec::new(),
             w: w.clone(),
         }
     }
@@ -146,9 +190,13 @@ impl Driver {
         lanelog::Clock::now(&self.clock).0
     }
 
-    fn item(&mut self, delay_ms: u32) -> Item {
-        let tag = self.next_tag;
+    fn tag(&mut self) -> u64 {
         self.next_tag += 1;
+        self.next_tag - 1
+    }
+
+    fn item(&mut self, delay_ms: u32) -> Item {
+        let tag = self.tag();
         let priorities = self.w.priorities;
         let priority = priorities[self.rng.below(priorities.len() as u64) as usize];
         // A tenth tiny, the rest spread over 0..=len_max with a lean to the
@@ -160,11 +208,28 @@ impl Driver {
             _ => self.rng.within(max / 2, max),
         } as usize;
         Item {
-            tag,
-            priority,
-            len,
             delay_ms,
+            ..Item::plain(tag, priority, len)
         }
+    }
+
+    /// An item with options: a deadline (two thirds), a key (half; keys
+    /// repeat, so some are remembered), now and then a delay.
+    fn item_with(&mut self) -> Item {
+        let delay = if self.rng.chance(1, 6) {
+            self.rng.within(1, 8_000) as u32
+        } else {
+            0
+        };
+        let mut it = self.item(delay);
+        if self.rng.chance(2, 3) {
+            let ahead = self.rng.within(1, self.w.deadline_max_ms);
+            it.deadline = self.now() + u64::from(delay) + ahead;
+        }
+        if self.rng.chance(1, 2) || it.deadline == 0 {
+            it.key = Some(self.rng.below(self.w.keys.max(1)));
+        }
+        it
     }
 
     fn prelude(&mut self, i: usize) -> Option<Op> {
@@ -193,8 +258,19 @@ impl Driver {
         }
         let wt = self.w.weights;
         let table = [
-            wt.enqueue, wt.batch, wt.delayed, wt.dequeue, wt.ack, wt.nack, wt.dead, wt.redrive,
-            wt.advance, wt.sync,
+            wt.enqueue,
+            wt.batch,
+            wt.delayed,
+            wt.dequeue,
+            wt.ack,
+            wt.nack,
+            wt.dead,
+            wt.redrive,
+            wt.advance,
+            wt.sync,
+            wt.with,
+            wt.batch_with,
+            wt.complete,
         ];
         let total: u64 = table.iter().sum();
         loop {
@@ -215,7 +291,19 @@ impl Driver {
                     let d = self.rng.within(1, 20_000) as u32;
                     Op::Enqueue(vec![self.item(d)])
                 }
-                3 => Op::Dequeue(self.rng.within(1, self.w.dequeue_max) as usize),
+                3 => {
+                    let mut n = self.rng.within(1, self.w.dequeue_max) as usize;
+                    if self.w.timed {
+                        // Take every ready message when one missed its
+                        // deadline: the dequeue dead-letters them all, and
+                        // none is left for the tender.
+                        let (ready, doomed) = self.model.ready_after_tick(self.now());
+                        if doomed > 0 {
+                            n = n.max(ready + 1);
+                        }
+                    }
+                    Op::Dequeue(n)
+                }
                 4 if has => {
                     let n = self.model.outstanding.len() as u64;
                     let k = if self.rng.chance(2, 3) {
@@ -231,11 +319,17 @@ impl Driver {
                 }
                 5 if has => {
                     let (id, r) = self.model.receipt(self.rng.next_u64()).expect("has");
-                    let delay = if self.rng.chance(1, 2) {
+                    let mut delay = if self.rng.chance(1, 2) {
                         0
                     } else {
                         self.rng.within(1, 15_000)
                     };
+                    let deadline = self.model.msgs[&id].deadline;
+                    if delay == 0 && deadline > 0 && deadline <= self.now() {
+                        // Ready again past its deadline would be work for
+                        // the tender at a time of its choosing.
+                        delay = self.w.step_ms;
+                    }
                     Op::Nack(id, r, delay)
                 }
                 6 if has => {
@@ -244,10 +338,39 @@ impl Driver {
                     Op::DeadLetter(id, r, len)
                 }
                 7 if self.model.dead_count() > 0 => Op::RedriveAll,
-                8 => Op::Advance(self.rng.within(100, self.w.advance_max_ms)),
+                8 => {
+                    let ms = self.rng.within(100, self.w.advance_max_ms);
+                    let step = self.w.step_ms.max(1);
+                    Op::Advance(ms.div_ceil(step) * step)
+                }
                 9 => Op::Sync,
+                10 => Op::Enqueue(vec![self.item_with()]),
+                11 => {
+                    let k = self.rng.within(2, self.w.batch_max.max(2));
+                    Op::Enqueue((0..k).map(|_| self.item_with()).collect())
+                }
+                12 if has => {
+                    let (id, r) = self.model.receipt(self.rng.next_u64()).expect("has");
+                    let tag = self.model.msgs[&id].tag;
+                    let len = self.rng.below(self.w.len_max + 1) as usize;
+                    Op::Complete(id, r, tag, len)
+                }
                 _ => continue,
             };
+        }
+    }
+
+    fn opts(&self) -> lanelog::QueueOptions {
+        let o = options(
+            &self.clock,
+            self.w.durability,
+            self.w.max_deliveries,
+            self.w.checkpoint_bytes,
+        );
+        if self.w.timed {
+            self.w.timers.apply(o)
+        } else {
+            o
         }
     }
 
@@ -256,17 +379,20 @@ impl Driver {
         for _ in 0..3 {
             let now = self.now();
             self.model.begin(now);
-            let opts = options(
-                &self.clock,
-                self.w.durability,
-                self.w.max_deliveries,
-                self.w.checkpoint_bytes,
-            );
-            match opts.open_storage(Arc::new(self.traced.clone())) {
+            let mark = self.mark();
+            match self.opts().open_storage(Arc::new(self.traced.clone())) {
                 Ok(q) => {
                     self.q = Some(q);
                     self.model.reopened(now);
+                    if self.w.timed {
+                        // The tender's first look happens at once.
+                    }
                     self.failed_sync_pending = false;
+                    // Leases released past their deadline: the tender's
+                    // first look dead-letters them.
+                    if self.w.timed && self.due() {
+                        self.settle("reopen", mark);
+                    }
                     return;
                 }
                 Err(Error::Io(_)) => {
@@ -282,6 +408,110 @@ impl Driver {
             }
         }
         self.stopped = true;
+    }
+
+    /// Whether the model has a removal due now (a retention it cannot
+    /// judge stops the run).
+    fn due(&mut self) -> bool {
+        match self.model.pending(self.now()) {
+            Ok(due) => due,
+            Err(e) => {
+                self.unexpected.push(format!("{}: {e}", self.w.name));
+                self.stopped = true;
+                false
+            }
+        }
+    }
+
+    /// The tender's write and failure counts now: taken before what gives
+    /// it work (it may write before the driver looks).
+    fn mark(&self) -> (u64, u64) {
+        (self.traced.tender_writes(), self.traced.tender_failed())
+    }
+
+    /// The tender has work at the current time: wait until it wrote (or a
+    /// call of it failed) since `mark`, then `sync()` (its commit is done
+    /// when the sync returns), and compare the removal counters with the
+    /// model's.
+    fn settle(&mut self, why: &str, (w0, f0): (u64, u64)) {
+        let Some(q) = self.q.clone() else {
+            self.stopped = true;
+            return;
+        };
+        let now = self.now();
+        self.model.begin(now);
+        if let Err(e) = self.model.expire(now) {
+            self.unexpected.push(format!("{}: {e}", self.w.name));
+            self.stopped = true;
+            return;
+        }
+        self.settles += 1;
+        let start = Instant::now();
+        let wrote = loop {
+            if self.traced.tender_failed() > f0 {
+                break false;
+            }
+            if self.traced.tender_writes() > w0 {
+                break true;
+            }
+            if start.elapsed() > SETTLE_LIMIT {
+                let got = quietly(|| removal_totals(&q.stats()));
+                self.unexpected.push(format!(
+                    "{} op {} ({why}): the tender did not write within {SETTLE_LIMIT:?}; removals {got:?}, model {:?}",
+                    self.w.name,
+                    self.ops_done,
+                    self.model.removal_totals()
+                ));
+                self.stopped = true;
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        };
+        let failed0 = self.traced.failed_syncs();
+        let r = q.sync();
+        self.settle_time += start.elapsed();
+        self.after_sync_check(failed0, r.is_ok(), why);
+        let tender_failed = self.traced.tender_failed() > f0;
+        match r {
+            Ok(()) if tender_failed => {
+                // Its write failed without poisoning the queue: the tender
+                // thread has ended, and nothing will remove what falls due.
+                self.tender_stopped.push(format!(
+                    "{} op {} ({why}): a storage call of the tender failed, the queue is not poisoned, the tender is gone",
+                    self.w.name, self.ops_done
+                ));
+                self.errors += 1;
+                self.stopped = true;
+            }
+            Ok(()) => {
+                let got = quietly(|| removal_totals(&q.stats()));
+                let want = self.model.removal_totals();
+                if got != want {
+                    self.unexpected.push(format!(
+                        "{} op {} ({why}, tender wrote: {wrote}): removals (deadline missed, expired, dead expired) {got:?}, model {want:?}",
+                        self.w.name, self.ops_done
+                    ));
+                    self.stopped = true;
+                }
+                self.model.ok(!self.failed_sync_pending);
+            }
+            Err(Error::Io(_) | Error::Poisoned) if tender_failed || self.errors > 0 => {
+                self.errors += 1;
+                self.poisoned = true;
+                self.stopped = true;
+            }
+            Err(Error::Io(_)) => {
+                self.errors += 1;
+                self.stopped = true;
+            }
+            Err(e) => {
+                self.unexpected.push(format!(
+                    "{} ({why}): sync: unexpected error {e}",
+                    self.w.name
+                ));
+                self.stopped = true;
+            }
+        }
     }
 
     /// Close cleanly; returns whether the run goes on.
@@ -339,14 +569,37 @@ impl Driver {
         }
     }
 
+    /// A clock step: in a timed workload, a pacemaker first and the
+    /// tender's run after (see the module documentation).
+    fn advance(&mut self, ms: u64) {
+        if !self.w.timed || ms == 0 {
+            self.clock.advance(Duration::from_millis(ms));
+            let now = self.now();
+            self.model.forget_expiring_receipts(now);
+            return;
+        }
+        let tag = self.tag();
+        let pacer = workload::pacemaker(tag, self.w.priorities[0], self.now());
+        self.exec(Op::Enqueue(vec![pacer]));
+        if self.in_error || self.stopped {
+            // Without its pacemaker the tender would run when its nap
+            // ends: this run ends here instead.
+            self.stopped = true;
+            return;
+        }
+        let mark = self.mark();
+        self.clock.advance(Duration::from_millis(ms));
+        let now = self.now();
+        self.model.forget_expiring_receipts(now);
+        self.settle("clock step", mark);
+    }
+
     /// Run one op against the queue and the model.
     pub fn exec(&mut self, op: Op) {
         self.ops_done += 1;
         match op {
             Op::Advance(ms) => {
-                self.clock.advance(Duration::from_millis(ms));
-                let now = self.now();
-                self.model.forget_expiring_receipts(now);
+                self.advance(ms);
                 return;
             }
             Op::Reopen => {
@@ -363,28 +616,44 @@ impl Driver {
         };
         let now = self.now();
         self.model.begin(now);
+        let mark = self.mark();
         let failed0 = self.traced.failed_syncs();
         let imm = self.w.durability == Durability::Immediate;
         let what = format!("{op:?}");
         let what = &what[..what.len().min(60)];
+        // Ops that may make a message past its deadline ready (leases that
+        // expired, nacks, redrives) or one past its retention live again.
+        let may_leave_work = matches!(op, Op::Dequeue(_) | Op::Nack(..) | Op::RedriveAll);
         // Ok(true): the op wrote and, under its durability, promised it.
         let r: Result<bool, Error> = match op {
-            Op::Enqueue(items) => match workload::enqueue(&q, &items) {
-                Ok(ids) => {
-                    let batch = (items.len() > 1).then(|| self.model.new_batch());
-                    for (id, it) in ids.iter().zip(&items) {
-                        if let Err(msg) = self.model.add(u64::from(*id), *it, batch) {
-                            self.unexpected.push(format!("{}: {msg}", self.w.name));
-                            self.stopped = true;
+            Op::Enqueue(items) => {
+                let may = self.model.refusals(&items);
+                if !may.contains(&None) {
+                    self.unexpected.push(format!(
+                        "{}: the workload made a refused enqueue ({may:?})",
+                        self.w.name
+                    ));
+                    self.stopped = true;
+                    return;
+                }
+                match workload::enqueue(&q, &items) {
+                    Ok(ids) => {
+                        let ids: Vec<u64> = ids.into_iter().map(u64::from).collect();
+                        match self.model.enqueue_ok(&items, &ids) {
+                            Ok(wrote) => Ok(imm && wrote),
+                            Err(msg) => {
+                                self.unexpected.push(format!("{}: {msg}", self.w.name));
+                                self.stopped = true;
+                                Ok(false)
+                            }
                         }
                     }
-                    Ok(imm)
+                    Err(e) => {
+                        self.model.enqueue_doubt(&items);
+                        Err(e)
+                    }
                 }
-                Err(e) => {
-                    self.model.doubt_items.push(items);
-                    Err(e)
-                }
-            },
+            }
             Op::Dequeue(n) => {
                 self.model.tick(now);
                 match workload::dequeue(&q, n) {
@@ -416,6 +685,18 @@ impl Driver {
                     }
                     Err(e) => {
                         self.model.ack_doubt(&ids);
+                        Err(e)
+                    }
+                }
+            }
+            Op::Complete(id, receipt, tag, len) => {
+                match q.complete(receipt, &workload::result_payload(tag, len)) {
+                    Ok(()) => {
+                        self.model.complete_ok(id, (tag, len));
+                        Ok(imm)
+                    }
+                    Err(e) => {
+                        self.model.complete_doubt(id, (tag, len));
                         Err(e)
                     }
                 }
@@ -474,11 +755,19 @@ impl Driver {
                 self.errors += 1;
                 self.consecutive_errors += 1;
                 self.in_error = true;
-                if self.mode == Mode::StopAtFirstError || self.consecutive_errors > 20 {
+                // A timed workload stops too: what a failed call did to a
+                // message past its deadline (a dequeue dead-letters it
+                // before a read fails) the model cannot tell, and the
+                // tender may act on it when its nap ends.
+                if self.mode == Mode::StopAtFirstError
+                    || self.consecutive_errors > 20
+                    || self.w.timed
+                {
                     self.stopped = true;
                 }
             }
-            Err(Error::Poisoned) if self.errors > 0 => {
+            Err(Error::Poisoned) if self.errors > 0 || self.traced.failed() > 0 => {
+                self.errors += 1;
                 self.poisoned = true;
                 self.stopped = true;
             }
@@ -489,6 +778,11 @@ impl Driver {
                 ));
                 self.stopped = true;
             }
+        }
+        if self.w.timed && !self.stopped && may_leave_work && self.due() {
+            // The workload should never leave the tender work of its own:
+            // wait for it (up to its nap) so the run stays in step.
+            self.settle(what, mark);
         }
     }
 
