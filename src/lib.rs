@@ -171,7 +171,7 @@ mod waker;
 pub mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
-pub use codec::entry::MAX_REASON_BYTES;
+pub use codec::entry::{DEADLINE_MISSED, MAX_REASON_BYTES};
 pub use codec::record::MAX_KEY_BYTES;
 pub use config::{
     DequeueOptions, Durability, EnqueueOptions, QueueOptions, DEFAULT_DEDUP_WINDOW,
@@ -181,6 +181,7 @@ pub use config::{
 pub use error::{Error, Result};
 pub use lanes::{weighted_wait_bound, Scheduling};
 pub use message::{
-    DeadLetter, Delivery, FileRange, LaneCount, MessageId, Receipt, RecoveryReport, Stats,
+    DeadLetter, Delivery, FileRange, LaneCount, MessageId, MessageStatus, Receipt, RecoveryReport,
+    Stats,
 };
 pub use queue::Queue;

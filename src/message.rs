@@ -81,6 +81,42 @@ pub struct DeadLetter {
     pub dead_at: Timestamp,
 }
 
+/// Where one message is in its life, from [`crate::Queue::status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MessageStatus {
+    /// Ready in lane `priority`.
+    Ready {
+        /// Its lane.
+        priority: u8,
+    },
+    /// Waiting for a delay (its own or a nack's) to pass.
+    Delayed {
+        /// Its lane.
+        priority: u8,
+        /// When it becomes ready.
+        until: Timestamp,
+    },
+    /// Leased to a consumer.
+    InFlight {
+        /// Its lane.
+        priority: u8,
+        /// Which delivery holds the lease (1 on the first).
+        attempt: u32,
+    },
+    /// A dead letter, with the reason it was parked
+    /// ([`crate::DEADLINE_MISSED`] for a missed deadline).
+    Dead {
+        /// Why it was dead-lettered.
+        reason: String,
+    },
+    /// Completed with a result ([`crate::Queue::result`] reads it).
+    Completed,
+    /// Not in the queue: acked, removed by retention or a purge, or never
+    /// enqueued.
+    Gone,
+}
+
 /// One non-empty lane in [`Stats::ready_per_lane`]. A plain pair with
 /// names, so it can be built to compare against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,9 @@ use crate::codec::entry::Kind;
 use crate::config::{DequeueOptions, EnqueueOptions, QueueOptions, MAX_DELAY};
 use crate::engine::{Inner, NewMessage, Settlement};
 use crate::error::{Error, Result};
-use crate::message::{DeadLetter, Delivery, MessageId, Receipt, RecoveryReport, Stats};
+use crate::message::{
+    DeadLetter, Delivery, MessageId, MessageStatus, Receipt, RecoveryReport, Stats,
+};
 use crate::storage::{DiskStorage, Storage};
 
 /// A durable, log-structured job queue in one directory.
@@ -553,6 +555,51 @@ impl Queue {
     /// [`Error::Io`], [`Error::Closed`].
     pub fn result(&self, id: MessageId) -> Result<Option<Vec<u8>>> {
         self.inner.result(id.0)
+    }
+
+    /// Where message `id` is now: ready, delayed, in flight, a dead letter
+    /// (with its reason), completed, or gone (acked, removed, or never
+    /// enqueued).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use lanelog::MessageStatus;
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// let id = q.enqueue(b"x", 2)?;
+    /// assert_eq!(q.status(id)?, MessageStatus::Ready { priority: 2 });
+    /// let d = q.dequeue()?.unwrap();
+    /// q.dead_letter(d.receipt, "bad input")?;
+    /// assert_eq!(q.status(id)?, MessageStatus::Dead { reason: "bad input".into() });
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    pub fn status(&self, id: MessageId) -> Result<MessageStatus> {
+        self.inner.status(id.0)
+    }
+
+    /// The id that the enqueue with idempotency key `key` returned, while
+    /// the key is remembered (for `dedup_window` after that enqueue, across
+    /// reopens); `None` once forgotten or for a key never used. Writes
+    /// nothing, unlike an enqueue with the key.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lanelog::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use lanelog::EnqueueOptions;
+    /// let q = lanelog::Queue::open(dir.path())?;
+    /// let id = q.enqueue_with(b"x", &EnqueueOptions::new().key("order-17"))?;
+    /// assert_eq!(q.key_id(b"order-17")?, Some(id));
+    /// assert_eq!(q.key_id(b"order-18")?, None);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    pub fn key_id(&self, key: impl AsRef<[u8]>) -> Result<Option<MessageId>> {
+        Ok(self.inner.key_id(key.as_ref())?.map(MessageId))
     }
 
     /// Make everything written so far durable now, whatever the durability

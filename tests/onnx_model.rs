@@ -54,12 +54,12 @@ fn outputs_match_the_fixture() {
 fn bad_rows_and_files_get_clear_errors() {
     let model = OnnxModel::load(MODEL, 64, "probabilities").unwrap();
     let err = model.infer(&[vec![0.0; 63]]).unwrap_err();
-    assert!(err.0.contains("63 values"), "{err}");
+    assert!(err.message().contains("63 values"), "{err}");
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.onnx");
     std::fs::write(&junk, b"not a model").unwrap();
     let err = OnnxModel::load(&junk, 64, "probabilities").unwrap_err();
-    assert!(err.0.contains("junk.onnx"), "{err}");
+    assert!(err.message().contains("junk.onnx"), "{err}");
     assert!(OnnxModel::load(dir.path().join("missing.onnx"), 64, "probabilities").is_err());
 }
 

@@ -31,7 +31,9 @@ impl Model for Sum {
     }
     fn infer(&self, rows: &[Vec<f64>]) -> Result<Vec<f64>, ModelError> {
         match rows.iter().position(|r| r[0] < 0.0) {
-            Some(i) => Err(ModelError(format!("negative first value in row {i}"))),
+            Some(i) => Err(ModelError::permanent(format!(
+                "negative first value in row {i}"
+            ))),
             None => Ok(rows.iter().map(|r| r.iter().sum()).collect()),
         }
     }

@@ -38,11 +38,11 @@ impl Model for Square {
                 panic!("row {r} makes the model panic");
             }
             if self.fail_always.contains(r) {
-                return Err(ModelError(format!("row {r} is invalid")));
+                return Err(ModelError::permanent(format!("row {r} is invalid")));
             }
             if self.fail_first.contains(r) && !self.seen_fail.lock().contains(r) {
                 self.seen_fail.lock().push(*r);
-                return Err(ModelError(format!("row {r} failed once")));
+                return Err(ModelError::transient(format!("row {r} failed once")));
             }
             if self.stall_first.contains(r) && !self.seen_stall.lock().contains(r) {
                 self.seen_stall.lock().push(*r);
@@ -62,7 +62,7 @@ fn fast_pool() -> PoolOptions {
 fn outputs(r: &lanelog::worker::InferResult<u32, u64>) -> Vec<Result<u64, String>> {
     r.rows
         .iter()
-        .map(|row| row.output.clone().unwrap())
+        .map(|row| row.output.clone().unwrap().map_err(|e| e.message))
         .collect()
 }
 
@@ -117,8 +117,19 @@ fn failures_retry_then_dead_letter_and_the_rest_completes() {
         );
         assert_eq!(outs[5], Ok(25), "a row failing once succeeds on retry");
         assert_eq!(out.rows[5].metadata.as_ref().unwrap().attempt, 2);
+        // Row 3 fails permanently: never retried. Row 8 panics (transient):
+        // 1 try + 2 retries.
         assert_eq!(
             out.rows[3].metadata.as_ref().unwrap().attempt,
+            1,
+            "batch {batch}"
+        );
+        assert_eq!(
+            out.rows[3].output.clone().unwrap().unwrap_err().kind,
+            lanelog::worker::ErrorKind::Permanent
+        );
+        assert_eq!(
+            out.rows[8].metadata.as_ref().unwrap().attempt,
             3,
             "1 try + 2 retries (batch {batch})"
         );
@@ -136,11 +147,12 @@ fn failures_retry_then_dead_letter_and_the_rest_completes() {
             .collect();
         reasons.sort();
         assert_eq!(reasons.len(), 2, "batch {batch}: {reasons:?}");
+        // Each reason names the kind of failure, then the model's error.
+        assert_eq!(reasons[0], "permanent: row 3 is invalid");
         assert!(
-            reasons[0].contains("row 8 makes the model panic"),
+            reasons[1].starts_with("transient: model panicked: row 8 makes the model panic"),
             "{reasons:?}"
         );
-        assert!(reasons[1].contains("row 3 is invalid"), "{reasons:?}");
         assert_eq!(jobs.stats().ready + jobs.stats().in_flight, 0);
     }
 }
@@ -218,12 +230,19 @@ fn a_resumed_call_collects_stored_results_once() {
     let opts = InferOptions::new().pool(fast_pool()).dir(dir.path());
     let first = parallel_infer(Arc::new(Square::default()), &rows, &opts).unwrap();
     assert_eq!(first.resumed, 0);
-    // The same table again: a new run would recompute; the results of the
-    // first call were returned and acked, so this one computes afresh.
+    // The same table again is the same run: its stored results come back
+    // and nothing is computed again.
     let model = Arc::new(Square::default());
     let again = parallel_infer(model.clone(), &rows, &opts).unwrap();
     assert_eq!(outputs(&again), outputs(&first));
-    assert!(model.calls.load(Ordering::SeqCst) > 0);
+    assert_eq!(again.resumed, 300);
+    assert_eq!(again.run, first.run);
+    assert_eq!(model.calls.load(Ordering::SeqCst), 0);
+    // Another table is another run.
+    let other: Vec<u32> = (1..301).collect();
+    let third = parallel_infer(model.clone(), &other, &opts).unwrap();
+    assert_ne!(third.run, first.run);
+    assert_eq!(third.resumed, 0);
 }
 
 /// Sums the bytes of each row.
@@ -296,14 +315,15 @@ fn a_result_too_large_to_store_fails_its_row_and_the_rest_completes() {
         let out = parallel_infer(Arc::new(Blob), &rows, &opts).unwrap();
         let err = out.rows[1].output.clone().unwrap().err();
         let err = err.expect("row 1 failed (its 2 MB result was not stored)");
-        assert!(err.contains("too large for the results queue"), "{err}");
+        assert!(err.message.contains("too large to store"), "{err}");
+        assert_eq!(err.kind, lanelog::worker::ErrorKind::Permanent);
         for i in [0usize, 2, 3, 4, 5] {
             assert_eq!(out.rows[i].output.clone().unwrap(), Ok(vec![i as u8; 10]));
         }
         assert_eq!(out.failed, 1, "batch {batch}");
+        // Its job completed (the other rows' results are stored with it).
         let jobs = lanelog::Queue::open(dir.path().join("jobs")).unwrap();
-        let dead = jobs.dead_letters().unwrap();
-        assert_eq!(dead.len(), 1, "batch {batch}");
-        assert!(dead[0].reason.contains("row 1"), "{}", dead[0].reason);
+        assert!(jobs.dead_letters().unwrap().is_empty(), "batch {batch}");
+        assert_eq!(jobs.stats().ready + jobs.stats().in_flight, 0);
     }
 }

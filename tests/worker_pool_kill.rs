@@ -1,22 +1,19 @@
-//! Goal: a pool stopped mid-run loses no row, never acks a job without its
-//! result, and a later run collects every row's result exactly once, even
-//! when a job ran twice. Method: (1) a `WorkerPool` dropped without
-//! `shutdown` while a slow model works through its jobs, then a second
-//! pool finishing them; (2) a child process running `parallel_infer` into
-//! a directory, killed with SIGKILL mid-run, then the same call again in
-//! this process.
+//! Goal: a service stopped mid-run loses no row, never acks a job without
+//! its result, and the run found again later comes back with every row's
+//! result exactly once. Method: (1) an `InferService` dropped without
+//! `close` while a slow model works through a run, then a second service
+//! on the directory finding the run by its key and finishing it; (2) a
+//! child process running `parallel_infer` into a directory, killed with
+//! SIGKILL mid-run, then the same call again in this process.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lanelog::worker::{
-    codec, parallel_infer, InferOptions, JobRecord, Model, ModelError, PoolOptions, ResultRecord,
-    WorkerPool,
+    parallel_infer, InferOptions, Model, ModelError, PoolOptions, RunOptions, ServiceOptions,
 };
-use lanelog::{DequeueOptions, Durability, Queue, QueueOptions};
 
 const CHILD_ENV: &str = "LANELOG_POOL_KILL_CHILD";
 const TEST_NAME: &str = "a_sigkilled_run_resumes_with_every_row_once";
@@ -63,95 +60,65 @@ fn pool_opts() -> PoolOptions {
         .linger(Duration::from_millis(1))
 }
 
-fn open(dir: &Path) -> Queue {
-    QueueOptions::new()
-        .durability(Durability::Immediate)
-        .open(dir)
-        .unwrap()
-}
-
-/// Every stored result, by row: how many times it is there and its outputs.
-fn stored_results(results: &Queue) -> BTreeMap<u64, Vec<u64>> {
-    let mut by_row: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    let take = DequeueOptions::new().max(10_000);
-    loop {
-        let batch = results.dequeue_with(&take).unwrap();
-        if batch.is_empty() {
-            return by_row;
-        }
-        for d in batch {
-            match codec::decode::<ResultRecord<u64>>(&d.payload).unwrap() {
-                ResultRecord::Done { outcomes, .. } => {
-                    for o in outcomes {
-                        by_row.entry(o.row).or_default().push(o.output.unwrap());
-                    }
-                }
-                ResultRecord::Started { .. } => {}
-                other => panic!("unknown result record {other:?}"),
-            }
-            results.ack(d.receipt).unwrap();
-        }
-    }
-}
-
 #[test]
-fn dropping_a_pool_mid_run_loses_no_row_and_acks_none_without_its_result() {
+fn dropping_a_service_mid_run_loses_no_row_and_acks_none_without_its_result() {
     let dir = tempfile::tempdir().unwrap();
-    let (jobs_dir, results_dir) = (dir.path().join("jobs"), dir.path().join("results"));
-    let rows = 400u64;
-    {
-        let jobs = open(&jobs_dir);
-        let payloads: Vec<Vec<u8>> = (0..rows)
-            .map(|row| codec::encode(&JobRecord::single(1, row, 0, row)).unwrap())
-            .collect();
-        let refs: Vec<(&[u8], u8)> = payloads.iter().map(|p| (&p[..], 0)).collect();
-        jobs.enqueue_batch(&refs).unwrap();
-        let results = open(&results_dir);
+    let rows: Vec<u64> = (0..400).collect();
+    let service_opts = || ServiceOptions::new().pool(pool_opts());
+    let first_id = {
+        let service = service_opts().open(dir.path()).unwrap();
         let model = Arc::new(Slow::new(false));
-        let pool =
-            WorkerPool::start(model.clone(), jobs.clone(), results.clone(), pool_opts()).unwrap();
+        let m = service.register(model.clone());
+        let run = service
+            .submit(&m, &rows, &RunOptions::new().key("nightly"))
+            .unwrap();
         let t = Instant::now();
         while model.rows.load(Ordering::SeqCst) < 40 && t.elapsed() < Duration::from_secs(30) {
             std::thread::sleep(Duration::from_millis(1));
         }
-        drop(pool);
-        // Mid-run: some jobs done, some not.
-        let left = jobs.stats().ready + jobs.stats().in_flight;
-        assert!(left > 0 && left < rows, "{left} of {rows} jobs left");
-        // Every acked job has its result stored.
-        let done = rows - left;
-        assert!(
-            results.stats().ready >= done,
-            "{done} jobs acked, {} results",
-            results.stats().ready
-        );
+        let id = run.id();
+        drop(run);
+        drop(service);
+        id
+    };
+    // Mid-run: some jobs done, some not; every job that left the queue
+    // left it with its result (complete), none by a bare ack.
+    {
+        let jobs = lanelog::Queue::open(dir.path().join("jobs")).unwrap();
+        let s = jobs.stats();
+        assert!(s.ready + s.in_flight > 0 && s.results > 0, "{s:?}");
+        assert_eq!(s.acked_total, s.results, "{s:?}");
         jobs.close().unwrap();
-        results.close().unwrap();
     }
-    // Reopen and finish with a new pool.
-    let jobs = open(&jobs_dir);
-    let results = open(&results_dir);
-    let pool = WorkerPool::start(
-        Arc::new(Slow::new(false)),
-        jobs.clone(),
-        results.clone(),
-        pool_opts(),
-    )
-    .unwrap();
-    let t = Instant::now();
-    while jobs.stats().ready + jobs.stats().in_flight > 0 && t.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(5));
+    // A new service finds the run by its key and finishes it.
+    let service = service_opts().open(dir.path()).unwrap();
+    let model = Arc::new(Slow::new(false));
+    let m = service.register(model.clone());
+    let run = service
+        .find_run(&m, "nightly")
+        .unwrap()
+        .expect("the run is stored");
+    assert_eq!(run.id(), first_id);
+    let before = run.progress();
+    assert!(before.done > 0 && before.done < rows.len(), "{before:?}");
+    let out = run.wait_timeout(Duration::from_secs(120)).unwrap();
+    assert_eq!(out.resumed, before.done);
+    assert_eq!(out.failed, 0);
+    for (i, r) in out.rows.iter().enumerate() {
+        assert_eq!(r.output, Ok(3 * i as u64 + 1), "row {i}");
     }
-    pool.shutdown().unwrap();
-    let by_row = stored_results(&results);
-    assert_eq!(by_row.len() as u64, rows, "a result for every row");
-    for (row, outs) in &by_row {
-        // A job that ran twice has two equal results; collectors keep one.
-        assert!(
-            outs.iter().all(|&o| o == 3 * row + 1),
-            "row {row}: {outs:?}"
-        );
-    }
+    // Only the rows not done before were computed (a job in flight at the
+    // drop may run twice; its first result is kept).
+    let computed = model.rows.load(Ordering::SeqCst) as usize;
+    assert!(
+        computed + before.done >= rows.len() && computed < rows.len(),
+        "{computed} computed, {} done before",
+        before.done
+    );
+    // The same run by id gives the same table.
+    let again = service.run(&m, first_id).unwrap().wait().unwrap();
+    assert_eq!(again.rows, out.rows);
+    service.close().unwrap();
 }
 
 #[test]
@@ -193,9 +160,11 @@ fn a_sigkilled_run_resumes_with_every_row_once() {
         );
         eprintln!("cycle {cycle}: killed after {seen} model batches; {} rows resumed, {computed} computed again", out.resumed);
         resumed_somewhere |= out.resumed > 0;
-        // Collected once: nothing of this run is left to find again.
-        let again = parallel_infer(Arc::new(Slow::new(false)), &rows, &opts(dir.path())).unwrap();
-        assert_eq!(again.resumed, 0, "cycle {cycle}: results left behind");
+        // Stored: the same call again computes nothing.
+        let model = Arc::new(Slow::new(false));
+        let again = parallel_infer(model.clone(), &rows, &opts(dir.path())).unwrap();
+        assert_eq!(again.resumed, rows.len(), "cycle {cycle}");
+        assert_eq!(model.rows.load(Ordering::SeqCst), 0, "cycle {cycle}");
     }
     assert!(resumed_somewhere, "no kill landed mid-run");
 }

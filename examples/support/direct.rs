@@ -24,7 +24,7 @@ pub fn run_direct<M: Model>(
             .collect();
         running.into_iter().try_for_each(|h| {
             h.join()
-                .map_err(|_| ModelError("a direct-run thread panicked".into()))?
+                .map_err(|_| ModelError::transient("a direct-run thread panicked"))?
         })
     })?;
     Ok(t.elapsed())

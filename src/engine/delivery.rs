@@ -26,8 +26,8 @@ use crate::codec::entry::{Entry, Kind};
 use crate::codec::record::{self, RecordHeader, Seed};
 use crate::config::DequeueOptions;
 use crate::error::{Error, Result};
-use crate::index::{Candidate, Loc};
-use crate::message::{Delivery, MessageId, Receipt};
+use crate::index::{Candidate, Found, Loc};
+use crate::message::{Delivery, MessageId, MessageStatus, Receipt};
 use crate::segment::{self, ReadError};
 use crate::storage::StorageFile;
 
@@ -461,6 +461,48 @@ impl Inner {
             }
         };
         self.finish_write(written)
+    }
+
+    /// Where message `id` is now. Cheap: a few map lookups and one per
+    /// lane for a ready message, under the core lock.
+    pub(crate) fn status(&self, id: u64) -> Result<MessageStatus> {
+        let mut core = self.core.lock();
+        if core.health == Health::Closed {
+            return Err(Error::Closed);
+        }
+        // Delays that matured are ready (promotion is not journaled).
+        core.index.promote_due(self.opts.clock.now().0);
+        Ok(match core.index.find(id) {
+            None => MessageStatus::Gone,
+            Some(Found::Ready { priority, .. }) => MessageStatus::Ready { priority },
+            Some(Found::Delayed {
+                priority, ready_at, ..
+            }) => MessageStatus::Delayed {
+                priority,
+                until: Timestamp(ready_at),
+            },
+            Some(Found::InFlight(l)) => MessageStatus::InFlight {
+                priority: l.priority,
+                attempt: l.attempt,
+            },
+            Some(Found::Dead(d)) => MessageStatus::Dead {
+                reason: d.reason.clone(),
+            },
+            Some(Found::Completed(_)) => MessageStatus::Completed,
+        })
+    }
+
+    /// The id an enqueue with idempotency key `key` returned, while the key
+    /// is remembered (within `dedup_window` of that enqueue).
+    pub(crate) fn key_id(&self, key: &[u8]) -> Result<Option<u64>> {
+        let mut core = self.core.lock();
+        if core.health == Health::Closed {
+            return Err(Error::Closed);
+        }
+        let window = crate::clock::duration_ms(self.opts.dedup_window);
+        let now = self.opts.clock.now().0;
+        core.index.forget_keys(now.saturating_sub(window));
+        Ok(core.index.keys().get(key))
     }
 
     /// The stored result of message `id`, read outside the core lock.

@@ -310,7 +310,12 @@ where
         push(&output_name, M::Output::to_array(&outputs));
         push(
             "out.error",
-            strings(rows, |r| r.output.as_ref().and_then(|o| o.as_ref().err())),
+            strings(rows, |r| {
+                r.output
+                    .as_ref()
+                    .and_then(|o| o.as_ref().err())
+                    .map(ToString::to_string)
+            }),
         );
     }
     if want(Column::Anomaly) {
@@ -338,11 +343,13 @@ where
         };
         push(
             "metadata.model_name",
-            strings(rows, |r| r.metadata.as_ref().map(|m| &m.model_name)),
+            strings(rows, |r| r.metadata.as_ref().map(|m| m.model_name.clone())),
         );
         push(
             "metadata.model_version",
-            strings(rows, |r| r.metadata.as_ref().map(|m| &m.model_version)),
+            strings(rows, |r| {
+                r.metadata.as_ref().map(|m| m.model_version.clone())
+            }),
         );
         let u32s = |v: Vec<Option<u64>>| -> ArrayRef {
             Arc::new(
@@ -385,13 +392,9 @@ where
 
 fn strings<I, O>(
     rows: &[InferRow<I, O>],
-    get: impl Fn(&InferRow<I, O>) -> Option<&String>,
+    get: impl Fn(&InferRow<I, O>) -> Option<String>,
 ) -> ArrayRef {
-    Arc::new(
-        rows.iter()
-            .map(|r| get(r).map(String::as_str))
-            .collect::<StringArray>(),
-    )
+    Arc::new(rows.iter().map(get).collect::<StringArray>())
 }
 
 #[cfg(test)]

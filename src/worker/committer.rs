@@ -1,75 +1,80 @@
-//! The committer: the one thread of a pool that stores the workers' results
-//! durably and then settles their jobs (ack, nack, dead letter, or split
-//! into one-row jobs).
+//! The committer: the one thread of a pool that settles the jobs the
+//! workers ran (complete with the result, retry, dead letter, or split
+//! into one-row jobs), makes that durable, and then tells the runs.
 //!
 //! Workers hand each settled batch over a channel and go on to the next at
 //! once, so the model runs while earlier results are synced; the committer
-//! merges every batch waiting into one durable write (one sync for many
-//! batches).
+//! merges every batch waiting into one sync.
 //!
 //! Invariants:
-//! - A job is acked only after the write of its results returned, and a job
-//!   split into one-row jobs only after those jobs are enqueued and synced:
-//!   no crash leaves a job acked without its results or its rows.
-//! - Every merged write is at most [`MERGE_BYTES`], so the results queue
-//!   never refuses it as too large; a single result the queue cannot hold
-//!   is stored as a failed row instead and its job parked with the reason.
-//! - A commit that fails leaves its jobs leased: they come back when their
-//!   leases end, and results already stored are recognised as duplicates.
+//! - A job's result and its ack are one record (`complete`), so no crash
+//!   leaves a job acked without its result.
+//! - One-row jobs split off a job are enqueued and synced before the job is
+//!   completed with their ids: no crash loses a row.
+//! - A run hears of a settled job only after the sync that made it durable
+//!   (under `Immediate`), so a result a caller saw survives a crash.
+//! - A job whose settling fails stays leased: it comes back when its lease
+//!   ends. A poisoned or closed queue stops the pool (reported to every
+//!   waiting run by its health).
 
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use super::job::{Job, JobResult, RowResult};
+use super::pool::Shared;
+use super::registry::Erased;
+use super::run::DeadMeta;
+use super::{wall_ms, ErrorKind, RowError};
+use crate::{EnqueueOptions, Error, Receipt, Timestamp};
 
-use super::codec::{self, done_record};
-use super::{note, wall_ms, InferError, RowOutcome};
-use crate::{Error, Queue, Receipt};
-
-/// One settled job: its result records to store, then what to do with it.
+/// One settled job: its receipt, its run's tag and its id, and what to do.
 pub(super) struct Settled {
     pub(super) receipt: Receipt,
-    pub(super) priority: u8,
-    pub(super) results: Vec<Record>,
+    /// `None` for a payload that is not a job.
+    pub(super) run: Option<(u64, u64)>,
     pub(super) then: Then,
 }
 
-/// An encoded result record and the (run, row, attempt) of its first
-/// outcome.
-pub(super) struct Record {
-    pub(super) bytes: Vec<u8>,
-    pub(super) first: (u64, u64, u32),
-}
-
-/// What to do with a job once its results are stored.
+/// What to do with a job.
 pub(super) enum Then {
-    /// Done; ack it.
-    Ack,
-    /// Failed past its retries, with this reason (its error is also in
-    /// its stored result).
-    DeadLetter(String),
-    /// Failed; ready again after the delay (nothing stored).
+    /// Store the result and ack; first enqueue `children`, (index in the
+    /// job, the one-row job, its delay), whose rows read `Moved(0)` until
+    /// their ids are known.
+    Complete {
+        model: Arc<dyn Erased>,
+        attempt: u32,
+        queue_us: u64,
+        priority: u8,
+        rows: Vec<RowResult>,
+        children: Vec<(usize, Job, Duration)>,
+    },
+    /// A one-row job failed for good, on its `attempt`-th delivery.
+    DeadLetter {
+        error: RowError,
+        attempt: u32,
+        model: Arc<dyn Erased>,
+    },
+    /// A one-row job failed; ready again after the delay.
     Retry(Duration),
-    /// Replaced by these one-row jobs (each ready after its delay), then
-    /// acked.
-    Split(Vec<(Vec<u8>, Duration)>),
-    /// Settled by the committer already (dead-lettered).
-    Settled,
+    /// Not a job any model here takes, parked with the reason.
+    Park(String),
 }
 
-/// Most result bytes per durable write: a quarter of the smallest segment,
-/// so a merged write is never refused as too large.
-const MERGE_BYTES: usize = (crate::config::MIN_SEGMENT_SIZE / 4) as usize;
+/// How close to its deadline a split-off row may still be enqueued: a
+/// deadline this near counts as missed.
+const DEADLINE_MARGIN_MS: u64 = 50;
 
 /// Stores the workers' results and settles their jobs (see the module
 /// docs).
 pub(super) struct Committer {
-    pub(super) jobs: Queue,
-    pub(super) results: Queue,
-    pub(super) errors: Arc<Mutex<Vec<String>>>,
-    /// The model's name and version, for the failed results it writes.
-    pub(super) model: (String, String),
+    pub(super) shared: Arc<Shared>,
+}
+
+/// What a commit tells the runs: (tag, job id, what became of it).
+enum Heard {
+    Done(u64, u64, JobResult),
+    Dead(u64, u64, RowError, DeadMeta),
 }
 
 impl Committer {
@@ -81,103 +86,203 @@ impl Committer {
                 group.extend(more);
             }
             if let Err(e) = self.commit(group) {
-                // The jobs stay leased and return when their leases end;
-                // results already stored are recognised then as duplicates.
-                note(&self.errors, format!("storing results failed: {e}"));
+                self.shared
+                    .health
+                    .fail(format!("the jobs queue failed: {e}"));
             }
         }
     }
 
-    fn commit(&self, mut group: Vec<Settled>) -> Result<(), InferError> {
-        // Results first, in writes of at most MERGE_BYTES: a job is never
-        // acked without its results.
-        let records: Vec<(usize, usize)> = group
-            .iter()
-            .enumerate()
-            .flat_map(|(s, settled)| (0..settled.results.len()).map(move |r| (s, r)))
-            .collect();
-        let mut start = 0;
-        while start < records.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < records.len() {
-                let (s, r) = records[end];
-                let len = group[s].results[r].bytes.len();
-                if end > start && bytes + len > MERGE_BYTES {
-                    break;
-                }
-                bytes += len;
-                end += 1;
+    /// Settle `group`; an error returned is fatal (a poisoned or closed
+    /// queue), others are noted and leave their job leased.
+    fn commit(&self, mut group: Vec<Settled>) -> Result<(), Error> {
+        let jobs = &self.shared.jobs;
+        let now = wall_ms();
+        let mut heard = Vec::with_capacity(group.len());
+        let mut failed = vec![false; group.len()];
+        self.enqueue_children(&mut group, &mut failed, now)?;
+        for (s, settled) in group.into_iter().enumerate() {
+            if failed[s] {
+                continue;
             }
-            let refs: Vec<(&[u8], u8)> = records[start..end]
-                .iter()
-                .map(|&(s, r)| (&group[s].results[r].bytes[..], group[s].priority))
-                .collect();
-            match self.results.enqueue_batch(&refs) {
-                Ok(_) => {}
-                // One result the results queue cannot hold (a record that
-                // large holds one row): store that the row failed, and
-                // park its job with the reason.
-                Err(Error::TooLarge { .. }) if end - start == 1 => {
-                    let (s, r) = records[start];
-                    let (run, row, attempt) = group[s].results[r].first;
-                    let why =
-                        format!("its result of {bytes} bytes is too large for the results queue");
-                    let failed = RowOutcome::<()> {
-                        run,
-                        row,
-                        output: Err(why.clone()),
+            let outcome = match settled.then {
+                Then::Complete {
+                    model,
+                    attempt,
+                    queue_us,
+                    rows,
+                    ..
+                } => {
+                    let key = model.key();
+                    let mut result = JobResult::new(
+                        key.name.clone(),
+                        key.version.clone(),
                         attempt,
-                        finished_ms: wall_ms(),
-                        queue_us: 0,
-                        infer_us: 0,
-                        batch_rows: 0,
-                    };
-                    let one = codec::encode(&failed)?;
-                    let record = done_record((&self.model.0, &self.model.1), &[one]);
-                    self.results.enqueue(&record, group[s].priority)?;
-                    match group[s].then {
-                        // Its failed rows still need their one-row jobs.
-                        Then::Split(_) => note(&self.errors, format!("row {row}: {why}")),
-                        Then::Settled => {}
-                        _ => {
-                            self.jobs
-                                .dead_letter(group[s].receipt, &format!("row {row}: {why}"))?;
-                            group[s].then = Then::Settled;
-                        }
+                        now,
+                        queue_us,
+                        rows,
+                    );
+                    let done = self.complete(settled.receipt, &mut result);
+                    if let (Ok(()), Some((tag, id))) = (&done, settled.run) {
+                        heard.push(Heard::Done(tag, id, result));
                     }
+                    done
                 }
-                Err(e) => return Err(e.into()),
-            }
-            start = end;
-        }
-        // One-row jobs split off before their job is acked, made durable
-        // even when the jobs queue does not sync by itself.
-        let mut split = false;
-        for s in &group {
-            if let Then::Split(jobs) = &s.then {
-                for (bytes, delay) in jobs {
-                    self.jobs.enqueue_delayed(bytes, s.priority, *delay)?;
-                    split = true;
+                Then::DeadLetter {
+                    error,
+                    attempt,
+                    model,
+                } => {
+                    let done = jobs.dead_letter(settled.receipt, &error.reason());
+                    if let (Ok(()), Some((tag, id))) = (&done, settled.run) {
+                        let meta = DeadMeta {
+                            model_name: model.key().name.clone(),
+                            model_version: model.key().version.clone(),
+                            attempt,
+                        };
+                        heard.push(Heard::Dead(tag, id, error, meta));
+                    }
+                    done
                 }
+                Then::Retry(delay) => jobs.nack(settled.receipt, delay),
+                Then::Park(why) => jobs.dead_letter(settled.receipt, &why),
+            };
+            match outcome {
+                Ok(()) => {}
+                Err(e @ (Error::Poisoned | Error::Closed | Error::Io(_))) => return Err(e),
+                // A lease lost meanwhile: whoever has the job now settles it.
+                Err(e) => self
+                    .shared
+                    .health
+                    .note(format!("settling a job failed: {e}")),
             }
         }
-        if split {
-            self.jobs.sync()?;
+        if self.shared.sync_commits {
+            jobs.sync()?;
         }
-        let acks: Vec<Receipt> = group
-            .iter()
-            .filter(|s| matches!(s.then, Then::Ack | Then::Split(_)))
-            .map(|s| s.receipt)
-            .collect();
-        self.jobs.ack_batch(&acks)?;
-        for s in &group {
-            match s.then {
-                Then::Ack | Then::Settled | Then::Split(_) => {}
-                Then::DeadLetter(ref why) => self.jobs.dead_letter(s.receipt, why)?,
-                Then::Retry(delay) => self.jobs.nack(s.receipt, delay)?,
+        for h in heard {
+            match h {
+                Heard::Done(tag, id, result) => self.shared.tracker.job_done(tag, id, result),
+                Heard::Dead(tag, id, e, meta) => {
+                    self.shared.tracker.job_dead(tag, id, e, Some(meta))
+                }
             }
         }
         Ok(())
+    }
+
+    /// Enqueue every one-row job split off, fill in their ids, and sync;
+    /// a row whose deadline is (nearly) past fails instead. On a non-fatal
+    /// error the jobs concerned are marked `failed` and stay leased.
+    fn enqueue_children(
+        &self,
+        group: &mut [Settled],
+        failed: &mut [bool],
+        now: u64,
+    ) -> Result<(), Error> {
+        let mut items: Vec<(Vec<u8>, EnqueueOptions)> = Vec::new();
+        let mut back: Vec<(usize, usize)> = Vec::new();
+        for (s, settled) in group.iter_mut().enumerate() {
+            let Then::Complete {
+                priority,
+                rows,
+                children,
+                ..
+            } = &mut settled.then
+            else {
+                continue;
+            };
+            for (i, job, delay) in children.drain(..) {
+                let ready = now.saturating_add(delay.as_millis() as u64);
+                if job.deadline_ms != 0 && job.deadline_ms <= ready + DEADLINE_MARGIN_MS {
+                    rows[i] = RowResult::Failed(RowError::new(
+                        ErrorKind::DeadlineMissed,
+                        format!(
+                            "its deadline passed before it could be tried again (last error: {})",
+                            job.last_error
+                                .as_ref()
+                                .map_or_else(String::new, ToString::to_string)
+                        ),
+                    ));
+                    continue;
+                }
+                let bytes = match job.encode() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        rows[i] = RowResult::Failed(RowError::new(
+                            ErrorKind::Permanent,
+                            format!("cannot store its retry: {e}"),
+                        ));
+                        continue;
+                    }
+                };
+                let mut opts = EnqueueOptions::new().priority(*priority).delay(delay);
+                if job.deadline_ms != 0 {
+                    opts = opts.deadline(Timestamp(job.deadline_ms));
+                }
+                items.push((bytes, opts));
+                back.push((s, i));
+            }
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<(&[u8], EnqueueOptions)> =
+            items.iter().map(|(b, o)| (&b[..], o.clone())).collect();
+        match self.shared.jobs.enqueue_batch_with(&refs) {
+            Ok(ids) => {
+                self.shared.jobs.sync()?;
+                for ((s, i), id) in back.into_iter().zip(ids) {
+                    if let Then::Complete { rows, .. } = &mut group[s].then {
+                        rows[i] = RowResult::Moved(id.into());
+                    }
+                }
+                Ok(())
+            }
+            Err(e @ (Error::Poisoned | Error::Closed | Error::Io(_))) => Err(e),
+            Err(e) => {
+                self.shared
+                    .health
+                    .note(format!("cannot enqueue the rows split off: {e}"));
+                for (s, _) in back {
+                    failed[s] = true;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// `complete` with `result`. A result over the queue's message size
+    /// limit fails its largest outputs (permanent: no retry stores them)
+    /// until the rest fits.
+    fn complete(&self, receipt: Receipt, result: &mut JobResult) -> Result<(), Error> {
+        loop {
+            let bytes = result
+                .encode()
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            let max = match self.shared.jobs.complete(receipt, &bytes) {
+                Err(Error::TooLarge { max, .. }) => max,
+                other => return other,
+            };
+            let largest = result
+                .rows
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| match r {
+                    RowResult::Done { output, .. } => Some((output.len(), i)),
+                    _ => None,
+                })
+                .max();
+            let Some((len, i)) = largest else {
+                return Err(Error::TooLarge {
+                    size: bytes.len(),
+                    max,
+                });
+            };
+            result.rows[i] = RowResult::Failed(RowError::new(
+                ErrorKind::Permanent,
+                format!("its output of {len} bytes is too large to store (the queue takes at most {max} bytes per result)"),
+            ));
+        }
     }
 }

@@ -34,13 +34,39 @@ pub enum InferError {
     #[error(transparent)]
     Codec(#[from] CodecError),
 
-    /// `parallel_infer` stopped early: more rows failed than its failure
-    /// budget allows. The results stored so far are kept for a later call.
+    /// A run stopped early: more rows failed than its failure budget
+    /// allows. The run is cancelled; the results stored so far are kept.
     #[error("{failed} of {rows} rows failed, over the failure budget")]
     FailureBudget {
         /// Rows that failed past their retries.
         failed: usize,
         /// Rows in the table.
+        rows: usize,
+    },
+
+    /// A submission names a model not registered with the service
+    /// (name and version given).
+    #[error("no model {0} for its row type is registered with this service")]
+    UnknownModel(String),
+
+    /// No run with this id is stored (never submitted to this directory,
+    /// or removed by retention).
+    #[error("no run {0} is stored")]
+    UnknownRun(super::RunId),
+
+    /// The service cannot finish the run: its queue failed (a failed sync
+    /// poisons it), every worker is gone, or the run's model is not
+    /// registered. The message names which.
+    #[error("the run cannot make progress: {0}")]
+    Stalled(String),
+
+    /// A wait with a timeout ran out before every row was done; the run
+    /// goes on.
+    #[error("{done} of {rows} rows done when the wait timed out")]
+    WaitTimedOut {
+        /// Rows done so far.
+        done: usize,
+        /// Rows in the run.
         rows: usize,
     },
 

@@ -54,10 +54,14 @@ pub mod codec;
 mod committer;
 mod error;
 mod infer;
+mod job;
 #[cfg(feature = "onnx")]
 mod onnx;
 mod pool;
+mod registry;
+mod run;
 mod runner;
+mod service;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -66,10 +70,12 @@ use serde::{Deserialize, Serialize};
 pub use arrow::{parallel_infer_arrow, FromArrow, InferTable, ToArrow};
 pub use codec::MAX_RECORD_BYTES;
 pub use error::InferError;
-pub use infer::{parallel_infer, Column, InferOptions, InferResult, InferRow, Metadata};
+pub use infer::{parallel_infer, Column, InferOptions, InferResult, InferRow};
 #[cfg(feature = "onnx")]
 pub use onnx::OnnxModel;
-pub use pool::{PoolOptions, WorkerPool};
+pub use pool::PoolOptions;
+pub use run::{Metadata, Progress, RowOutput, Run, RunId, RunOutput};
+pub use service::{InferService, ModelRef, RunOptions, ServiceOptions, Unclaimed};
 
 /// A model that maps input rows to output rows in batches.
 pub trait Model: Send + Sync + 'static {
@@ -93,94 +99,169 @@ pub trait Model: Send + Sync + 'static {
     ///
     /// # Errors
     /// A [`ModelError`] fails the whole batch; the worker then runs the rows
-    /// one by one to find the failing ones.
+    /// one by one to find the failing ones. Its [`ErrorKind`] decides what
+    /// happens next: a [`ErrorKind::Transient`] failure is retried with
+    /// backoff, a [`ErrorKind::Permanent`] one is not.
     fn infer(&self, rows: &[Self::Input]) -> Result<Vec<Self::Output>, ModelError>;
 }
 
-/// A model failed on a batch.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ModelError(pub String);
-
-/// A job: one row, or a run of consecutive rows, of one run.
-///
-/// `parallel_infer` enqueues a table as jobs of up to `max_batch` rows, so
-/// the queue works per micro-batch rather than per row. A job of several
-/// rows runs once: rows that fail, and every row of a job whose worker
-/// died, are split off into one-row jobs (carrying the attempts and error
-/// so far), which retry and dead-letter row by row.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct JobRecord<I> {
-    /// The run (table) these rows belong to.
-    pub run: u64,
-    /// The position of `inputs[0]` in its table; the rest follow in order.
-    pub row: u64,
-    /// When the job was enqueued, ms since the Unix epoch.
-    pub enqueued_ms: u64,
-    /// Deliveries of these rows before they were split off a larger job.
-    pub prior_attempts: u32,
-    /// The error of the last failed attempt, if any.
-    pub last_error: Option<String>,
-    /// The inputs.
-    pub inputs: Vec<I>,
+/// Why a row failed, which decides whether it is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Worth retrying (a resource busy, out of memory, a lost device):
+    /// retried with backoff up to [`PoolOptions::retries`].
+    Transient,
+    /// Not worth retrying (bad input, a shape mismatch, an undecodable
+    /// row): fails at once, never retried.
+    Permanent,
+    /// The model call ran past its timeout (set by the worker, never by a
+    /// model): retried with the timeout backoff.
+    Timeout,
+    /// The row's deadline passed before it started (set by the queue).
+    DeadlineMissed,
+    /// The run was cancelled (or went over its failure budget) before the
+    /// row ran.
+    Cancelled,
+    /// The row's job left the queue without a result a run can read (its
+    /// stored result is damaged, or it was acked or removed by retention).
+    Lost,
 }
 
-impl<I> JobRecord<I> {
-    /// A job of one row, never attempted.
-    pub fn single(run: u64, row: u64, enqueued_ms: u64, input: I) -> JobRecord<I> {
-        JobRecord {
-            run,
-            row,
-            enqueued_ms,
-            prior_attempts: 0,
-            last_error: None,
-            inputs: vec![input],
+impl ErrorKind {
+    /// The kind's name, as it prefixes a dead letter's reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Transient => "transient",
+            ErrorKind::Permanent => "permanent",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::DeadlineMissed => "deadline missed",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Lost => "lost",
         }
+    }
+
+    fn from_name(name: &str) -> Option<ErrorKind> {
+        [
+            ErrorKind::Transient,
+            ErrorKind::Permanent,
+            ErrorKind::Timeout,
+            ErrorKind::DeadlineMissed,
+            ErrorKind::Cancelled,
+            ErrorKind::Lost,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
     }
 }
 
-/// What the results queue holds.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[non_exhaustive]
-pub enum ResultRecord<O> {
-    /// Every row of `run` was enqueued as a job (written after the jobs, so
-    /// a resumed run knows not to enqueue them again).
-    Started {
-        /// The run.
-        run: u64,
-        /// Its number of rows.
-        rows: u64,
-    },
-    /// Rows finished, by the model named.
-    Done {
-        /// The model's name and version.
-        model: (String, String),
-        /// The rows' outcomes.
-        outcomes: Vec<RowOutcome<O>>,
-    },
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
-/// A finished row, successful or not.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// A model failed on a batch: a [`ErrorKind::Transient`] or a
+/// [`ErrorKind::Permanent`] failure with its message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ModelError {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl ModelError {
+    /// A failure worth retrying: resource busy, out of memory.
+    pub fn transient(message: impl Into<String>) -> ModelError {
+        ModelError {
+            kind: ErrorKind::Transient,
+            message: message.into(),
+        }
+    }
+
+    /// A failure not worth retrying: bad input, a shape mismatch.
+    pub fn permanent(message: impl Into<String>) -> ModelError {
+        ModelError {
+            kind: ErrorKind::Permanent,
+            message: message.into(),
+        }
+    }
+
+    /// A call given up after `after` (the worker's timeout).
+    pub(crate) fn timed_out(after: std::time::Duration) -> ModelError {
+        ModelError {
+            kind: ErrorKind::Timeout,
+            message: format!("timed out after {after:?}"),
+        }
+    }
+
+    /// Whether it is worth retrying, and how.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// What went wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// Why one row of a run failed: the kind and the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind}: {message}")]
 #[non_exhaustive]
-pub struct RowOutcome<O> {
-    /// The run.
-    pub run: u64,
-    /// The row.
-    pub row: u64,
-    /// The output, or the error that exhausted the retries.
-    pub output: Result<O, String>,
-    /// The delivery that produced this outcome (1 on the first), counting
-    /// deliveries of the larger job it was split off.
-    pub attempt: u32,
-    /// When it finished, ms since the Unix epoch.
-    pub finished_ms: u64,
-    /// Time spent waiting in the queue, in microseconds.
-    pub queue_us: u64,
-    /// Time the model took for this row's batch, in microseconds.
-    pub infer_us: u64,
-    /// Rows in the batch this row was inferred in.
-    pub batch_rows: u32,
+pub struct RowError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// The model's message, or what the queue reported.
+    pub message: String,
+}
+
+impl RowError {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> RowError {
+        RowError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The row error a dead letter's reason stands for: `<kind>: <message>`
+    /// as the workers write it, [`crate::DEADLINE_MISSED`] from the queue,
+    /// anything else (an operator's reason) a permanent failure.
+    pub(crate) fn from_reason(reason: &str) -> RowError {
+        if reason == crate::DEADLINE_MISSED {
+            return RowError::new(
+                ErrorKind::DeadlineMissed,
+                "its deadline passed before it started",
+            );
+        }
+        match reason.split_once(": ") {
+            Some((kind, message)) if ErrorKind::from_name(kind).is_some() => RowError::new(
+                ErrorKind::from_name(kind).unwrap_or(ErrorKind::Permanent),
+                message,
+            ),
+            _ => RowError::new(ErrorKind::Permanent, reason),
+        }
+    }
+
+    /// This error as a dead letter's reason, cut to the reason's limit.
+    pub(crate) fn reason(&self) -> String {
+        let mut r = self.to_string();
+        if r.len() > crate::MAX_REASON_BYTES {
+            let mut end = crate::MAX_REASON_BYTES;
+            while !r.is_char_boundary(end) {
+                end -= 1;
+            }
+            r.truncate(end);
+        }
+        r
+    }
+}
+
+impl From<ModelError> for RowError {
+    fn from(e: ModelError) -> RowError {
+        RowError::new(e.kind, e.message)
+    }
 }
 
 /// Milliseconds since the Unix epoch, for stamps in records.

@@ -42,7 +42,7 @@ impl OnnxModel {
     ) -> Result<OnnxModel, ModelError> {
         let path = path.as_ref();
         let fail = |what: &str, e: &dyn std::fmt::Display| {
-            ModelError(format!("{}: {what}: {e}", path.display()))
+            ModelError::permanent(format!("{}: {what}: {e}", path.display()))
         };
         let bytes = std::fs::read(path).map_err(|e| fail("cannot read", &e))?;
         let mut model = tract_onnx::onnx()
@@ -104,7 +104,7 @@ impl Model for OnnxModel {
             .enumerate()
             .find(|(_, r)| r.len() != self.features)
         {
-            return Err(ModelError(format!(
+            return Err(ModelError::permanent(format!(
                 "row {i} has {} values; the model takes {}",
                 r.len(),
                 self.features
@@ -112,14 +112,14 @@ impl Model for OnnxModel {
         }
         let flat: Vec<f32> = rows.iter().flatten().copied().collect();
         let input = tract_ndarray::Array2::from_shape_vec((rows.len(), self.features), flat)
-            .map_err(|e| ModelError(format!("cannot shape the batch: {e}")))?;
+            .map_err(|e| ModelError::permanent(format!("cannot shape the batch: {e}")))?;
         let out = self
             .plan
             .run(tvec!(Tensor::from(input).into()))
-            .map_err(|e| ModelError(format!("inference failed: {e}")))?;
+            .map_err(|e| ModelError::permanent(format!("inference failed: {e}")))?;
         let view = out[0]
             .to_plain_array_view::<f32>()
-            .map_err(|e| ModelError(format!("unexpected output type: {e}")))?;
+            .map_err(|e| ModelError::permanent(format!("unexpected output type: {e}")))?;
         let k = view.len() / rows.len().max(1);
         let values = view.iter().copied().collect::<Vec<f32>>();
         Ok(values.chunks(k.max(1)).map(<[f32]>::to_vec).collect())

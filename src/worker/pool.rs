@@ -1,26 +1,32 @@
-//! The worker pool: [`PoolOptions`], the [`WorkerPool`] handle that starts
-//! and stops the threads, and the workers. Each of `num_parallel` workers
-//! leases micro-batches of jobs, runs the model on its own runner thread
-//! under a timeout (see `runner.rs`), decides each job's fate (ack, retry,
+//! The worker pool: [`PoolOptions`], the threads of a service ([`Pool`])
+//! and the workers. Each of `num_parallel` workers leases micro-batches of
+//! jobs, runs each job on its own run's model on its runner thread under a
+//! timeout (see `runner.rs`), decides each job's fate (complete, retry,
 //! dead letter, or split into one-row jobs) and hands the settled batch to
 //! the pool's one committer (see `committer.rs`), which stores the results
-//! and then settles the jobs.
+//! and then tells the runs.
 //!
 //! Invariants:
-//! - A worker never acks, nacks or dead-letters a job whose rows ran: it
-//!   only hands the job over, so no job is settled before its results are
-//!   stored. (Jobs that cannot run at all, undecodable or empty, are
-//!   dead-lettered by the worker directly: they have no results.)
+//! - A job is run only on the model registered under its exact
+//!   [`ModelKey`]; a job no registered model takes (another model, another
+//!   row type, another program's payload) is never run: it is held leased
+//!   until a model for it is registered or the service closes
+//!   ([`Unclaimed::Wait`]), or parked as a dead letter
+//!   ([`Unclaimed::DeadLetter`]). Either way it blocks no other job.
+//! - A worker never settles a job whose rows ran: it hands the job over, so
+//!   no job is acked before its result is stored.
 //! - A job's leases are renewed while the model runs on it, and a job left
 //!   unsettled (a timeout, an error, a worker that died) stays leased and
 //!   comes back when its lease ends.
 //! - Retries and dead letters are per row: a job of several rows runs once;
 //!   its failed rows, or all of them if its worker died, are split off into
 //!   one-row jobs carrying their attempts and last error.
-//! - Shutdown stops the workers first, then the committer, which exits only
-//!   after it has committed every batch the workers handed over.
+//! - A permanent failure is never retried; transient failures and timeouts
+//!   are, each with its own backoff, up to `retries`.
+//!
+//! [`ModelKey`]: super::job::ModelKey
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -28,13 +34,16 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::codec::{self, done_record};
-use super::committer::{Committer, Record, Settled, Then};
+use super::committer::{Committer, Settled, Then};
+use super::job::{Job, ModelKey, RowResult};
+use super::registry::{Erased, Registry};
+use super::run::Tracker;
 use super::runner::Runner;
-use super::{note, wall_ms, InferError, JobRecord, Model, ModelError, RowOutcome};
+use super::service::Unclaimed;
+use super::{note, wall_ms, ErrorKind, InferError, ModelError, RowError};
 use crate::{Delivery, DequeueOptions, Error, Queue, Receipt};
 
-/// How a [`WorkerPool`] runs.
+/// How a service's workers run.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
     pub(crate) num_parallel: usize,
@@ -42,10 +51,9 @@ pub struct PoolOptions {
     pub(crate) linger: Duration,
     pub(crate) timeout: Duration,
     pub(crate) retries: u32,
-    pub(crate) backoff: Duration,
-    pub(crate) max_backoff: Duration,
+    pub(crate) backoff: (Duration, Duration),
+    pub(crate) timeout_backoff: (Duration, Duration),
     pub(crate) lease: Duration,
-    pub(crate) rows_per_job: usize,
 }
 
 impl Default for PoolOptions {
@@ -55,20 +63,20 @@ impl Default for PoolOptions {
 }
 
 impl PoolOptions {
-    /// Two workers, batches of up to 64 rows with a 2 ms linger, a 30 s
-    /// timeout per batch, 2 retries with backoff from 100 ms up to 10 s,
-    /// and 30 s leases (renewed while a batch runs).
+    /// Two workers, batches of up to 64 rows with a 2 ms linger, a 15 s
+    /// timeout per row item, 2 retries with backoff from 100 ms up to 10 s
+    /// (from 1 s up to 60 s after a timeout), and 30 s leases (renewed
+    /// while a batch runs).
     pub fn new() -> Self {
         PoolOptions {
             num_parallel: 2,
             max_batch: 64,
             linger: Duration::from_millis(2),
-            timeout: Duration::from_secs(30),
+            timeout: Duration::from_secs(15),
             retries: 2,
-            backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(10),
+            backoff: (Duration::from_millis(100), Duration::from_secs(10)),
+            timeout_backoff: (Duration::from_secs(1), Duration::from_secs(60)),
             lease: Duration::from_secs(30),
-            rows_per_job: 1,
         }
     }
 
@@ -79,7 +87,8 @@ impl PoolOptions {
         self
     }
 
-    /// Most rows per model call (1..=65536). Default = 64.
+    /// Most rows per model call (1..=65536), and the rows a run puts in
+    /// one job. Default = 64.
     #[must_use]
     pub fn max_batch(mut self, n: usize) -> Self {
         self.max_batch = n;
@@ -93,28 +102,37 @@ impl PoolOptions {
         self
     }
 
-    /// Longest a model call may take; an overrun releases the jobs for a
-    /// retry and its late result is discarded. Default = 30 s.
+    /// Longest a model call may take, by default (a run may set its own,
+    /// [`RunOptions::timeout`](super::RunOptions::timeout)); an overrun
+    /// fails the call with [`ErrorKind::Timeout`], its late result is
+    /// discarded. Default = 15 s.
     #[must_use]
     pub fn timeout(mut self, d: Duration) -> Self {
         self.timeout = d;
         self
     }
 
-    /// Retries after the first failure before a job is dead-lettered.
-    /// Default = 2.
+    /// Retries after the first failure before a row is dead-lettered
+    /// (permanent failures are never retried). Default = 2.
     #[must_use]
     pub fn retries(mut self, n: u32) -> Self {
         self.retries = n;
         self
     }
 
-    /// First retry delay; doubles each retry (with jitter) up to
-    /// `max_backoff`. Default = 100 ms, up to 10 s.
+    /// First delay before retrying a transient failure; doubles each retry
+    /// (with jitter) up to `max`. Default = 100 ms, up to 10 s.
     #[must_use]
     pub fn backoff(mut self, first: Duration, max: Duration) -> Self {
-        self.backoff = first;
-        self.max_backoff = max;
+        self.backoff = (first, max);
+        self
+    }
+
+    /// As [`PoolOptions::backoff`], after a timeout. Default = 1 s, up to
+    /// 60 s.
+    #[must_use]
+    pub fn timeout_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.timeout_backoff = (first, max);
         self
     }
 
@@ -122,16 +140,6 @@ impl PoolOptions {
     #[must_use]
     pub fn lease(mut self, d: Duration) -> Self {
         self.lease = d;
-        self
-    }
-
-    /// Rows a job usually holds ([`JobRecord::inputs`]): a worker leases
-    /// `max_batch / rows_per_job` jobs at a time (at least one), so a model
-    /// call holds about `max_batch` rows. `parallel_infer` sets it to the
-    /// size of the jobs it makes. Default = 1.
-    #[must_use]
-    pub fn rows_per_job(mut self, n: usize) -> Self {
-        self.rows_per_job = n;
         self
     }
 
@@ -143,121 +151,163 @@ impl PoolOptions {
         if !(1..=65536).contains(&self.max_batch) {
             return bad("max_batch must be in 1..=65536");
         }
-        if !(1..=65536).contains(&self.rows_per_job) {
-            return bad("rows_per_job must be in 1..=65536");
-        }
         if self.timeout.is_zero() {
             return bad("timeout must be above zero");
         }
         if self.lease < Duration::from_millis(30) {
             return bad("lease must be at least 30 ms");
         }
-        if self.backoff > self.max_backoff {
-            return bad("backoff must not be above max_backoff");
+        if self.backoff.0 > self.backoff.1 || self.timeout_backoff.0 > self.timeout_backoff.1 {
+            return bad("a first backoff must not be above its maximum");
         }
         Ok(())
     }
 }
 
-/// A running pool of workers; see the module docs.
-#[derive(Debug)]
-pub struct WorkerPool {
+/// How long a job no registered model takes is held leased: until a model
+/// for it is registered or the service closes, in practice.
+const HOLD: Duration = Duration::from_secs(30 * 86_400);
+
+/// What the workers, the committer and the service share.
+pub(crate) struct Shared {
+    pub jobs: Queue,
+    pub registry: Registry,
+    pub tracker: Tracker,
+    pub health: Health,
+    pub opts: PoolOptions,
+    pub unclaimed: Unclaimed,
+    /// Whether the committer syncs each commit (`Immediate`).
+    pub sync_commits: bool,
+    /// Jobs held because no registered model takes them.
+    pub held: Mutex<Vec<(Receipt, Option<ModelKey>)>>,
+}
+
+impl Shared {
+    /// Give back the held jobs a model registered now takes (all of them
+    /// with `None`), ready at once.
+    pub fn release_held(&self, for_model: Option<&ModelKey>) {
+        let mut held = self.held.lock();
+        held.retain(|(receipt, key)| {
+            let release = match (for_model, key) {
+                (None, _) => true,
+                (Some(m), Some(k)) => m == k,
+                (Some(_), None) => false,
+            };
+            if release {
+                // A lease already lost is settled by whoever has it now.
+                let _ = self.jobs.nack(*receipt, Duration::ZERO);
+            }
+            !release
+        });
+    }
+}
+
+/// Whether the pool can make progress: the first fatal error (a poisoned
+/// or closed queue), the workers still running, the errors survived.
+#[derive(Default)]
+pub(crate) struct Health {
+    fatal: Mutex<Option<String>>,
+    workers: AtomicUsize,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Health {
+    pub fn fail(&self, why: String) {
+        let mut f = self.fatal.lock();
+        if f.is_none() {
+            *f = Some(why);
+        }
+    }
+
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().clone()
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.load(Ordering::SeqCst)
+    }
+
+    pub fn note(&self, message: String) {
+        note(&self.errors, message);
+    }
+
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.lock().clone()
+    }
+}
+
+/// Counts a worker as running for as long as it lives, panics included.
+struct Alive(Arc<Shared>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.health.workers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The threads of a service: the workers and the committer.
+pub(crate) struct Pool {
     stop: Arc<AtomicBool>,
-    /// Woken on shutdown so idle workers stop waiting for jobs at once.
-    jobs: Queue,
+    shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     /// Exits once every worker (and so every sender) is gone, after
     /// committing what they handed over.
     committer: Option<JoinHandle<()>>,
-    errors: Arc<Mutex<Vec<String>>>,
 }
 
-impl WorkerPool {
-    /// Start `num_parallel` workers taking jobs from `jobs` and storing
-    /// results in `results`.
-    ///
-    /// # Errors
-    /// [`InferError::InvalidArgument`] for options out of range;
-    /// [`InferError::Spawn`] when a thread cannot be started.
-    pub fn start<M: Model>(
-        model: Arc<M>,
-        jobs: Queue,
-        results: Queue,
-        opts: PoolOptions,
-    ) -> Result<WorkerPool, InferError> {
-        opts.validate()?;
+impl Pool {
+    /// Start the committer and `num_parallel` workers.
+    pub fn start(shared: Arc<Shared>) -> Result<Pool, InferError> {
+        let opts = shared.opts.clone();
         let stop = Arc::new(AtomicBool::new(false));
-        let errors = Arc::new(Mutex::new(Vec::new()));
         // Room for many batches per worker: while the committer syncs, the
         // workers go on, and the next commit takes all they settled.
         let (commits, inbox) =
             mpsc::sync_channel::<Vec<Settled>>(opts.num_parallel.saturating_mul(COMMIT_QUEUE));
         let committer = Committer {
-            jobs: jobs.clone(),
-            results,
-            errors: errors.clone(),
-            model: (model.name().to_string(), model.version().to_string()),
+            shared: shared.clone(),
         };
         let committer = std::thread::Builder::new()
             .name("lanelog-committer".into())
             .spawn(move || committer.run(&inbox))
             .map_err(InferError::Spawn)?;
-        let mut threads = Vec::with_capacity(opts.num_parallel);
+        let mut pool = Pool {
+            stop: stop.clone(),
+            shared: shared.clone(),
+            threads: Vec::with_capacity(opts.num_parallel),
+            committer: Some(committer),
+        };
         for i in 0..opts.num_parallel {
+            shared.health.workers.fetch_add(1, Ordering::SeqCst);
             let worker = Worker {
-                model: model.clone(),
-                jobs: jobs.clone(),
+                shared: shared.clone(),
                 commits: commits.clone(),
-                opts: opts.clone(),
                 stop: stop.clone(),
-                errors: errors.clone(),
                 seed: 0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1).wrapping_mul(wall_ms() | 1),
+                jobs_per_take: 1,
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("lanelog-worker-{i}"))
                 .spawn(move || worker.run());
             match spawned {
-                Ok(t) => threads.push(t),
+                Ok(t) => pool.threads.push(t),
                 Err(e) => {
-                    stop.store(true, Ordering::SeqCst);
+                    shared.health.workers.fetch_sub(1, Ordering::SeqCst);
                     drop(commits);
-                    for t in threads {
-                        let _ = t.join();
-                    }
-                    let _ = committer.join();
+                    let _ = pool.stop_and_join();
                     return Err(InferError::Spawn(e));
                 }
             }
         }
-        Ok(WorkerPool {
-            stop,
-            jobs,
-            threads,
-            committer: Some(committer),
-            errors,
-        })
-    }
-
-    /// Errors the workers met and survived (queue errors, model panics),
-    /// most recent last, at most 100.
-    pub fn errors(&self) -> Vec<String> {
-        self.errors.lock().clone()
+        Ok(pool)
     }
 
     /// Stop taking jobs, let each worker finish (or time out) its current
     /// batch, wait for the workers, then for the committer to store their
-    /// last results and ack their jobs.
-    ///
-    /// # Errors
-    /// [`InferError::Panicked`] counting the pool's threads that panicked
-    /// (their leased jobs return to the queue when their leases expire).
-    pub fn shutdown(mut self) -> Result<(), InferError> {
-        self.stop_and_join()
-    }
-
-    fn stop_and_join(&mut self) -> Result<(), InferError> {
+    /// last results; give back the held jobs.
+    pub fn stop_and_join(&mut self) -> Result<(), InferError> {
         self.stop.store(true, Ordering::SeqCst);
-        self.jobs.wake_waiters();
+        self.shared.jobs.wake_waiters();
         let mut panicked = 0;
         for t in self.threads.drain(..) {
             if t.join().is_err() {
@@ -270,6 +320,7 @@ impl WorkerPool {
                 panicked += 1;
             }
         }
+        self.shared.release_held(None);
         if panicked > 0 {
             return Err(InferError::Panicked { threads: panicked });
         }
@@ -277,191 +328,246 @@ impl WorkerPool {
     }
 }
 
-impl Drop for WorkerPool {
+impl Drop for Pool {
     fn drop(&mut self) {
         let _ = self.stop_and_join();
     }
 }
 
-struct Worker<M: Model> {
-    model: Arc<M>,
-    jobs: Queue,
+struct Worker {
+    shared: Arc<Shared>,
     commits: SyncSender<Vec<Settled>>,
-    opts: PoolOptions,
     stop: Arc<AtomicBool>,
-    errors: Arc<Mutex<Vec<String>>>,
     seed: u64,
+    /// Jobs to lease at once: enough for about `max_batch` rows, from the
+    /// rows per job of the last batch.
+    jobs_per_take: usize,
 }
 
-/// A leased job, decoded.
-struct Job<I> {
+/// A leased job, decoded, with the model that runs it.
+struct Leased {
     delivery: Delivery,
-    record: JobRecord<I>,
+    job: Job,
+    model: Arc<dyn Erased>,
 }
 
-impl<I> Job<I> {
+impl Leased {
     /// Deliveries of these rows so far, this one included.
     fn attempt(&self) -> u32 {
-        self.record
+        self.job
             .prior_attempts
             .saturating_add(self.delivery.attempt)
     }
 }
 
-/// What became of one row.
-enum Fate<O> {
-    Done(O),
-    Failed(String),
-}
+/// What became of one row in a model call: its output (with the call's
+/// model time in µs and rows), or its error.
+type Fate = Result<(Vec<u8>, u64, u32), RowError>;
 
-/// The fate of each row of one job, with the model time of its batch (µs)
-/// and that batch's rows.
-type Fates<O> = Vec<(Fate<O>, u64, u32)>;
-
-impl<M: Model> Worker<M> {
+impl Worker {
     fn run(mut self) {
-        let mut runner = Runner::new(self.model.clone());
-        let take = DequeueOptions::new()
-            .max((self.opts.max_batch / self.opts.rows_per_job).max(1))
-            // Short, so a shutdown is noticed quickly; the wait is not a poll:
-            // an enqueue wakes the worker at once, and so does shutdown.
-            .wait(Duration::from_millis(10))
-            .linger(self.opts.linger)
-            .visibility(self.opts.lease);
+        let _alive = Alive(self.shared.clone());
+        let mut runner = Runner::new();
         while !self.stop.load(Ordering::SeqCst) {
-            let batch = match self.jobs.dequeue_with(&take) {
+            let take = DequeueOptions::new()
+                .max(self.jobs_per_take)
+                // Short, so a shutdown is noticed quickly; the wait is not a
+                // poll: an enqueue wakes the worker at once, and so does
+                // shutdown.
+                .wait(Duration::from_millis(10))
+                .linger(self.shared.opts.linger)
+                .visibility(self.shared.opts.lease);
+            let batch = match self.shared.jobs.dequeue_with(&take) {
                 Ok(b) => b,
+                Err(e @ (Error::Closed | Error::Poisoned)) => {
+                    self.shared
+                        .health
+                        .fail(format!("the jobs queue failed: {e}"));
+                    return;
+                }
                 Err(e) => {
-                    let fatal = matches!(e, Error::Closed | Error::Poisoned);
-                    self.note(format!("dequeue failed: {e}"));
-                    if fatal {
-                        return;
-                    }
+                    self.shared.health.note(format!("dequeue failed: {e}"));
                     std::thread::sleep(Duration::from_millis(20));
                     continue;
                 }
             };
-            if !batch.is_empty() {
-                if let Err(e) = self.process(batch, &mut runner) {
-                    self.note(format!("storing results failed: {e}"));
-                }
+            if batch.is_empty() {
+                continue;
+            }
+            let settled = self.process(batch, &mut runner);
+            // The committer leaves early only by panicking.
+            if self.commits.send(settled).is_err() {
+                self.shared
+                    .health
+                    .fail("the committer thread is gone".into());
+                return;
             }
         }
     }
 
-    fn note(&self, message: String) {
-        note(&self.errors, message);
-    }
-
-    fn process(&mut self, batch: Vec<Delivery>, runner: &mut Runner<M>) -> Result<(), InferError> {
+    fn process(&mut self, batch: Vec<Delivery>, runner: &mut Runner) -> Vec<Settled> {
         let mut settled = Vec::with_capacity(batch.len());
-        let mut runnable = Vec::with_capacity(batch.len());
+        let mut runnable: Vec<Leased> = Vec::with_capacity(batch.len());
+        let mut rows = 0;
         for d in batch {
-            let job = match codec::decode::<JobRecord<M::Input>>(&d.payload) {
-                Ok(record) if !record.inputs.is_empty() => Job {
-                    delivery: d,
-                    record,
-                },
-                Ok(_) => {
-                    self.jobs.dead_letter(d.receipt, "a job with no rows")?;
-                    continue;
-                }
-                Err(e) => {
-                    self.jobs
-                        .dead_letter(d.receipt, &format!("undecodable job: {e}"))?;
-                    continue;
-                }
+            let Some(job) = Job::decode(&d.payload) else {
+                settled.extend(self.unclaimed(
+                    d,
+                    None,
+                    "a payload that is not a job of this format".into(),
+                ));
+                continue;
             };
-            if job.record.inputs.len() > 1 && job.delivery.attempt > 1 {
+            rows += job.rows.len().max(1);
+            let Some(model) = self.shared.registry.get(&job.model) else {
+                let why = format!("no model {} for its row type is registered", job.model);
+                let key = Some(job.model.clone());
+                settled.extend(self.unclaimed(d, key, why));
+                continue;
+            };
+            let leased = Leased {
+                delivery: d,
+                job,
+                model,
+            };
+            let attempt = leased.attempt();
+            let last = leased.job.last_error.clone();
+            if self.shared.tracker.is_cancelled(leased.job.run) {
+                let why = RowError::new(ErrorKind::Cancelled, "its run was cancelled");
+                let rows = vec![RowResult::Failed(why); leased.job.rows.len()];
+                settled.push(self.complete(&leased, rows, Vec::new(), 0));
+            } else if leased.job.rows.is_empty() {
+                settled.push(self.complete(&leased, Vec::new(), Vec::new(), 0));
+            } else if leased.job.rows.len() > 1 && leased.delivery.attempt > 1 {
                 // Its worker died or timed out on it: find the culprit row
-                // by row, without running the rest together again.
-                let why = job.record.last_error.clone().unwrap_or_else(|| {
-                    "its worker stopped before storing a result (lease expired)".into()
+                // by row, without running the rest together again. This
+                // delivery ran nothing: it does not count as a try.
+                let why = last.unwrap_or_else(|| {
+                    RowError::new(
+                        ErrorKind::Transient,
+                        "its worker stopped before storing a result (lease expired)",
+                    )
                 });
-                let rows = (0..job.record.inputs.len()).map(|i| (i, why.clone(), Duration::ZERO));
-                // This delivery ran nothing: it does not count as a try.
-                let tried = job.attempt() - 1;
-                settled.push(self.split(&job, tried, rows, Vec::new())?);
-            } else if job.attempt() > self.opts.retries + 1 {
-                // Delivered too often (its workers crashed): fails unrun.
-                let why = match &job.record.last_error {
-                    Some(e) => e.clone(),
-                    None => format!(
-                        "gave up after {} deliveries without a result",
-                        job.attempt() - 1
-                    ),
-                };
-                let fates = job
-                    .record
-                    .inputs
-                    .iter()
-                    .map(|_| (Fate::Failed(why.clone()), 0, 0))
+                let children = (0..leased.job.rows.len())
+                    .map(|i| (i, why.clone(), Duration::ZERO))
                     .collect();
-                settled.push(self.settle(&job, fates)?);
+                settled.push(self.split(&leased, attempt - 1, children, Vec::new(), 0));
+            } else if let Some(e) = last.filter(|e| {
+                e.kind == ErrorKind::Permanent || attempt > self.shared.opts.retries + 1
+            }) {
+                // Failed for good before this delivery: parked unrun (this
+                // delivery is not a try).
+                settled.push(self.dead(&leased, e, attempt - 1));
+            } else if attempt > self.shared.opts.retries + 1 {
+                let why = RowError::new(
+                    ErrorKind::Transient,
+                    format!("gave up after {} deliveries without a result", attempt - 1),
+                );
+                settled.push(self.dead(&leased, why, attempt - 1));
             } else {
-                runnable.push(job);
+                runnable.push(leased);
             }
         }
-        for (job, fates) in self.run_model(runner, &runnable).into_iter().enumerate() {
-            settled.push(self.settle(&runnable[job], fates)?);
+        self.jobs_per_take =
+            (self.shared.opts.max_batch * settled.len().max(runnable.len()).max(1) / rows.max(1))
+                .clamp(1, self.shared.opts.max_batch);
+        // One model at a time, in the order the queue gave the jobs.
+        while !runnable.is_empty() {
+            let key = runnable[0].job.model.clone();
+            let (group, rest): (Vec<Leased>, Vec<Leased>) =
+                runnable.into_iter().partition(|l| l.job.model == key);
+            runnable = rest;
+            let fates = self.run_model(runner, &group);
+            for (leased, fates) in group.iter().zip(fates) {
+                settled.push(self.settle(leased, fates));
+            }
         }
-        // Unsettled jobs stay leased and come back when their leases end.
-        // The committer leaves early only by panicking.
-        self.commits
-            .send(settled)
-            .map_err(|_| InferError::Panicked { threads: 1 })
+        settled
     }
 
-    /// Run the model over every row of `jobs` in calls of at most
-    /// `max_batch` rows; a failed call is retried row by row to find the
-    /// failing rows. One list of fates per job.
-    fn run_model(&self, runner: &mut Runner<M>, jobs: &[Job<M::Input>]) -> Vec<Fates<M::Output>> {
-        let mut fates: Vec<Fates<M::Output>> = jobs
+    /// A job no registered model takes: held, or parked, as configured.
+    fn unclaimed(&self, d: Delivery, key: Option<ModelKey>, why: String) -> Option<Settled> {
+        match self.shared.unclaimed {
+            Unclaimed::Wait => {
+                match self.shared.jobs.extend_lease(d.receipt, HOLD) {
+                    Ok(()) => self.shared.held.lock().push((d.receipt, key.clone())),
+                    Err(e) => self
+                        .shared
+                        .health
+                        .note(format!("cannot hold job {}: {e}", d.id)),
+                }
+                // A model registered while this one was being held.
+                if let Some(k) = &key {
+                    if self.shared.registry.has(k) {
+                        self.shared.release_held(Some(k));
+                    }
+                }
+                None
+            }
+            Unclaimed::DeadLetter => Some(Settled {
+                receipt: d.receipt,
+                run: None,
+                then: Then::Park(why),
+            }),
+        }
+    }
+
+    /// Run each job's rows on `model` in calls of at most `max_batch` rows;
+    /// a failed call is retried row by row to find the failing rows. One
+    /// list of fates per job.
+    fn run_model(&self, runner: &mut Runner, jobs: &[Leased]) -> Vec<Vec<Fate>> {
+        let model = jobs[0].model.clone();
+        let mut fates: Vec<Vec<Fate>> = jobs
             .iter()
-            .map(|j| Vec::with_capacity(j.record.inputs.len()))
+            .map(|l| Vec::with_capacity(l.job.rows.len()))
             .collect();
-        let rows: Vec<(usize, &M::Input)> = jobs
+        let rows: Vec<(usize, &Vec<u8>)> = jobs
             .iter()
             .enumerate()
-            .flat_map(|(j, job)| job.record.inputs.iter().map(move |i| (j, i)))
+            .flat_map(|(j, l)| l.job.rows.iter().map(move |r| (j, r)))
             .collect();
-        for call in rows.chunks(self.opts.max_batch) {
-            let receipts: Vec<Receipt> = {
-                let mut r: Vec<Receipt> = call
-                    .iter()
-                    .map(|(j, _)| jobs[*j].delivery.receipt)
-                    .collect();
-                r.dedup();
-                r
-            };
-            let inputs: Vec<M::Input> = call.iter().map(|(_, i)| (*i).clone()).collect();
+        for call in rows.chunks(self.shared.opts.max_batch) {
+            let mut receipts: Vec<Receipt> = call
+                .iter()
+                .map(|(j, _)| jobs[*j].delivery.receipt)
+                .collect();
+            receipts.dedup();
+            // The shortest timeout of the jobs in the call: no row waits
+            // longer than its own run allows.
+            let timeout = call
+                .iter()
+                .map(|(j, _)| Duration::from_millis(jobs[*j].job.timeout_ms.max(1)))
+                .min()
+                .unwrap_or(self.shared.opts.timeout);
+            let inputs: Vec<Vec<u8>> = call.iter().map(|(_, r)| (*r).clone()).collect();
             let n = call.len() as u32;
             let started = Instant::now();
-            let outcome = self.infer(runner, inputs, &receipts);
+            let outcome = self.infer(runner, &model, inputs, timeout, &receipts);
             let us = started.elapsed().as_micros() as u64;
             match outcome {
                 Ok(outputs) => {
                     for ((j, _), o) in call.iter().zip(outputs) {
-                        fates[*j].push((Fate::Done(o), us, n));
+                        fates[*j].push(Ok((o, us, n)));
                     }
                 }
-                Err(e) if call.len() > 1 && !e.0.starts_with("timed out") => {
+                Err(e) if call.len() > 1 && e.kind() != ErrorKind::Timeout => {
                     // Find the failing rows: run each alone.
-                    for (j, input) in call {
+                    for (j, row) in call {
                         let receipt = [jobs[*j].delivery.receipt];
                         let started = Instant::now();
-                        let one = self.infer(runner, vec![(*input).clone()], &receipt);
+                        let one =
+                            self.infer(runner, &model, vec![(*row).clone()], timeout, &receipt);
                         let us = started.elapsed().as_micros() as u64;
-                        let fate = match one {
-                            Ok(mut o) => Fate::Done(o.remove(0)),
-                            Err(e) => Fate::Failed(e.0),
-                        };
-                        fates[*j].push((fate, us, 1));
+                        fates[*j].push(match one {
+                            Ok(mut o) => Ok((o.remove(0), us, 1)),
+                            Err(e) => Err(e.into()),
+                        });
                     }
                 }
                 Err(e) => {
+                    let e = RowError::from(e);
                     for (j, _) in call {
-                        fates[*j].push((Fate::Failed(e.0.clone()), us, n));
+                        fates[*j].push(Err(e.clone()));
                     }
                 }
             }
@@ -473,185 +579,154 @@ impl<M: Model> Worker<M> {
     /// `receipts` while it runs.
     fn infer(
         &self,
-        runner: &mut Runner<M>,
-        inputs: Vec<M::Input>,
+        runner: &mut Runner,
+        model: &Arc<dyn Erased>,
+        inputs: Vec<Vec<u8>>,
+        timeout: Duration,
         receipts: &[Receipt],
-    ) -> Result<Vec<M::Output>, ModelError> {
-        let rows = inputs.len();
-        let renew_every = self.opts.lease / 3;
-        let outputs = runner.call(inputs, self.opts.timeout, renew_every, || {
+    ) -> Result<Vec<Vec<u8>>, ModelError> {
+        let lease = self.shared.opts.lease;
+        runner.call(model.clone(), inputs, timeout, lease / 3, || {
             for r in receipts {
                 // A lease already lost is settled by whoever has it now.
-                let _ = self.jobs.extend_lease(*r, self.opts.lease);
+                let _ = self.shared.jobs.extend_lease(*r, lease);
             }
-        })?;
-        if outputs.len() != rows {
-            return Err(ModelError(format!(
-                "model returned {} outputs for {rows} rows",
-                outputs.len()
-            )));
-        }
-        Ok(outputs)
+        })
     }
 
-    /// What to store for one job and what to do with it then: a one-row
-    /// job is acked, retried (nack with backoff) or dead-lettered; a job of
-    /// several rows is acked when every row succeeded, else its failed rows
-    /// are split off into one-row jobs.
-    fn settle(
-        &mut self,
-        job: &Job<M::Input>,
-        fates: Fates<M::Output>,
-    ) -> Result<Settled, InferError> {
-        let now = wall_ms();
-        let attempt = job.attempt();
-        let out_of_retries = attempt > self.opts.retries;
-        let stamp = |row: u64, output, infer_us, batch_rows| RowOutcome {
-            run: job.record.run,
-            row,
-            output,
-            attempt,
-            finished_ms: now,
-            queue_us: now.saturating_sub(job.record.enqueued_ms) * 1000,
-            infer_us,
-            batch_rows,
-        };
-        let first = job.record.row;
-        if job.record.inputs.len() == 1 {
-            let Some((fate, us, n)) = fates.into_iter().next() else {
-                return Err(InferError::InvalidArgument(
-                    "a job's row has no outcome".into(),
-                ));
-            };
-            let (output, then) = match fate {
-                Fate::Done(o) => (Ok(o), Then::Ack),
-                Fate::Failed(e) if out_of_retries => {
-                    let why = format!("failed past its retries: {e}");
-                    (Err(e), Then::DeadLetter(why))
+    /// What to do with a job that ran: complete it when every row has an
+    /// outcome; else a one-row job is retried (nack with backoff) or
+    /// dead-lettered, and a job of several rows splits its failed rows off
+    /// into one-row jobs (retried, or parked at once when out of retries or
+    /// permanent).
+    fn settle(&mut self, leased: &Leased, fates: Vec<Fate>) -> Settled {
+        let attempt = leased.attempt();
+        let queue_us = wall_ms().saturating_sub(leased.job.enqueued_ms) * 1000;
+        let out_of_retries = attempt > self.shared.opts.retries;
+        if leased.job.rows.len() == 1 {
+            return match fates.into_iter().next() {
+                Some(Ok((output, infer_us, batch_rows))) => {
+                    let row = RowResult::Done {
+                        output,
+                        infer_us,
+                        batch_rows,
+                    };
+                    self.complete(leased, vec![row], Vec::new(), queue_us)
                 }
-                Fate::Failed(e) => {
-                    let delay = self.backoff(attempt);
-                    self.note(format!("retrying in {delay:?}: {e}"));
-                    return Ok(Settled {
-                        receipt: job.delivery.receipt,
-                        priority: job.delivery.priority,
-                        results: Vec::new(),
-                        then: Then::Retry(delay),
-                    });
+                Some(Err(e)) if e.kind == ErrorKind::Permanent || out_of_retries => {
+                    self.dead(leased, e, attempt)
                 }
-            };
-            let results = self.records(vec![stamp(first, output, us, n)])?;
-            return Ok(Settled {
-                receipt: job.delivery.receipt,
-                priority: job.delivery.priority,
-                results,
-                then,
-            });
-        }
-        let mut outcomes = Vec::with_capacity(fates.len());
-        let mut failed = Vec::new();
-        for (i, (fate, us, n)) in fates.into_iter().enumerate() {
-            match fate {
-                Fate::Done(o) => outcomes.push(stamp(first + i as u64, Ok(o), us, n)),
-                Fate::Failed(e) if out_of_retries => {
-                    // Its failed result now; the one-row job split off
-                    // carries the error to the dead letters.
-                    outcomes.push(stamp(first + i as u64, Err(e.clone()), us, n));
-                    failed.push((i, e, Duration::ZERO));
-                }
-                Fate::Failed(e) => {
-                    let delay = self.backoff(attempt);
-                    self.note(format!(
-                        "retrying row {} in {delay:?}: {e}",
-                        first + i as u64
+                Some(Err(e)) => {
+                    let delay = self.backoff(e.kind, attempt);
+                    self.shared.health.note(format!(
+                        "retrying job {} in {delay:?}: {e}",
+                        leased.delivery.id
                     ));
+                    Settled {
+                        receipt: leased.delivery.receipt,
+                        run: Some((leased.job.run, leased.delivery.id.into())),
+                        then: Then::Retry(delay),
+                    }
+                }
+                None => self.dead(
+                    leased,
+                    RowError::new(ErrorKind::Permanent, "the model gave the row no outcome"),
+                    attempt,
+                ),
+            };
+        }
+        let mut rows = Vec::with_capacity(fates.len());
+        let mut failed = Vec::new();
+        for (i, fate) in fates.into_iter().enumerate() {
+            match fate {
+                Ok((output, infer_us, batch_rows)) => rows.push(RowResult::Done {
+                    output,
+                    infer_us,
+                    batch_rows,
+                }),
+                Err(e) => {
+                    let delay = if e.kind == ErrorKind::Permanent || out_of_retries {
+                        Duration::ZERO
+                    } else {
+                        self.backoff(e.kind, attempt)
+                    };
+                    // Replaced by the child's id when it is enqueued.
+                    rows.push(RowResult::Moved(0));
                     failed.push((i, e, delay));
                 }
             }
         }
         if failed.is_empty() {
-            let results = self.records(outcomes)?;
-            return Ok(Settled {
-                receipt: job.delivery.receipt,
-                priority: job.delivery.priority,
-                results,
-                then: Then::Ack,
-            });
+            return self.complete(leased, rows, Vec::new(), queue_us);
         }
-        self.split(job, attempt, failed.into_iter(), outcomes)
+        self.split(leased, attempt, failed, rows, queue_us)
     }
 
-    /// Store `outcomes`, then replace `job` by one-row jobs for `rows`
-    /// (index in the job, last error, delay before it is ready), each
-    /// carrying `tried` attempts.
+    /// Split rows of `leased` off into one-row jobs ((index, last error,
+    /// delay) each, carrying `tried` attempts); `rows` holds the outcomes
+    /// of the others (empty: every row moves).
     fn split(
         &self,
-        job: &Job<M::Input>,
+        leased: &Leased,
         tried: u32,
-        rows: impl Iterator<Item = (usize, String, Duration)>,
-        outcomes: Vec<RowOutcome<M::Output>>,
-    ) -> Result<Settled, InferError> {
+        failed: Vec<(usize, RowError, Duration)>,
+        mut rows: Vec<RowResult>,
+        queue_us: u64,
+    ) -> Settled {
+        if rows.is_empty() {
+            rows = vec![RowResult::Moved(0); leased.job.rows.len()];
+        }
         let now = wall_ms();
-        let mut jobs = Vec::new();
-        for (i, error, delay) in rows {
-            let one = JobRecord {
-                run: job.record.run,
-                row: job.record.row + i as u64,
-                enqueued_ms: now,
-                prior_attempts: tried,
-                last_error: Some(error),
-                inputs: vec![job.record.inputs[i].clone()],
-            };
-            jobs.push((codec::encode(&one)?, delay));
-        }
-        Ok(Settled {
-            receipt: job.delivery.receipt,
-            priority: job.delivery.priority,
-            results: self.records(outcomes)?,
-            then: Then::Split(jobs),
-        })
+        let children = failed
+            .into_iter()
+            .map(|(i, e, delay)| (i, leased.job.split_off(i, tried, e, now), delay))
+            .collect();
+        self.complete(leased, rows, children, queue_us)
     }
 
-    /// `outcomes` as result records of at most [`RECORD_BYTES`] each (one
-    /// outcome larger than that is a record of its own), each with the
-    /// first row it holds.
-    fn records(&self, outcomes: Vec<RowOutcome<M::Output>>) -> Result<Vec<Record>, InferError> {
-        let model = (self.model.name(), self.model.version());
-        let stamp = |o: &RowOutcome<M::Output>| (o.run, o.row, o.attempt);
-        let mut records = Vec::new();
-        let mut pending: Vec<Vec<u8>> = Vec::new();
-        let mut first = 0;
-        let mut bytes = 0;
-        for (i, o) in outcomes.iter().enumerate() {
-            let one = codec::encode(o)?;
-            if !pending.is_empty() && bytes + one.len() > RECORD_BYTES {
-                records.push(Record {
-                    bytes: done_record(model, &pending),
-                    first: stamp(&outcomes[first]),
-                });
-                pending.clear();
-                bytes = 0;
-                first = i;
-            }
-            bytes += one.len();
-            pending.push(one);
+    fn complete(
+        &self,
+        leased: &Leased,
+        rows: Vec<RowResult>,
+        children: Vec<(usize, Job, Duration)>,
+        queue_us: u64,
+    ) -> Settled {
+        Settled {
+            receipt: leased.delivery.receipt,
+            run: Some((leased.job.run, leased.delivery.id.into())),
+            then: Then::Complete {
+                model: leased.model.clone(),
+                attempt: leased.attempt(),
+                queue_us,
+                priority: leased.delivery.priority,
+                rows,
+                children,
+            },
         }
-        if !pending.is_empty() {
-            records.push(Record {
-                bytes: done_record(model, &pending),
-                first: stamp(&outcomes[first]),
-            });
-        }
-        Ok(records)
     }
 
-    /// Exponential backoff with jitter: half fixed, half random.
-    fn backoff(&mut self, attempt: u32) -> Duration {
-        let exp = self
-            .opts
-            .backoff
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        let capped = exp.min(self.opts.max_backoff);
+    /// Park a one-row job that failed for good after `attempt` tries.
+    fn dead(&self, leased: &Leased, error: RowError, attempt: u32) -> Settled {
+        Settled {
+            receipt: leased.delivery.receipt,
+            run: Some((leased.job.run, leased.delivery.id.into())),
+            then: Then::DeadLetter {
+                error,
+                attempt,
+                model: leased.model.clone(),
+            },
+        }
+    }
+
+    /// Exponential backoff with jitter (half fixed, half random), from the
+    /// kind's first delay up to its maximum.
+    fn backoff(&mut self, kind: ErrorKind, attempt: u32) -> Duration {
+        let (first, max) = match kind {
+            ErrorKind::Timeout => self.shared.opts.timeout_backoff,
+            _ => self.shared.opts.backoff,
+        };
+        let exp = first.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let capped = exp.min(max);
         self.seed ^= self.seed << 13;
         self.seed ^= self.seed >> 7;
         self.seed ^= self.seed << 17;
@@ -660,9 +735,6 @@ impl<M: Model> Worker<M> {
         half + jitter
     }
 }
-
-/// Most bytes of outcomes per result record.
-const RECORD_BYTES: usize = 64 << 10;
 
 /// Settled batches per worker the committer may have waiting.
 const COMMIT_QUEUE: usize = 32;

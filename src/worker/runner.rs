@@ -14,32 +14,40 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Model, ModelError};
+use super::registry::Erased;
+use super::ModelError;
 
-/// The reply to one call: one output per input, or why the call failed.
-pub(super) type Reply<O> = std::result::Result<Vec<O>, ModelError>;
+/// The reply to one call: one encoded output per input, or why the call
+/// failed.
+pub(super) type Reply = std::result::Result<Vec<Vec<u8>>, ModelError>;
 
-/// A thread that runs the model, so a call that hangs can be abandoned.
-pub(super) struct Runner<M: Model> {
-    model: Arc<M>,
-    tx: SyncSender<Vec<M::Input>>,
-    rx: Receiver<Reply<M::Output>>,
+/// One call: the model and its encoded rows.
+type Call = (Arc<dyn Erased>, Vec<Vec<u8>>);
+
+/// A thread that runs models, so a call that hangs can be abandoned.
+pub(super) struct Runner {
+    tx: SyncSender<Call>,
+    rx: Receiver<Reply>,
 }
 
-impl<M: Model> Runner<M> {
-    pub(super) fn new(model: Arc<M>) -> Runner<M> {
-        let (tx, inbox) = mpsc::sync_channel::<Vec<M::Input>>(1);
-        let (outbox, rx) = mpsc::sync_channel::<Reply<M::Output>>(1);
-        let m = model.clone();
+impl Runner {
+    pub(super) fn new() -> Runner {
+        let (tx, inbox) = mpsc::sync_channel::<Call>(1);
+        let (outbox, rx) = mpsc::sync_channel::<Reply>(1);
         let spawned = std::thread::Builder::new()
             .name("lanelog-runner".into())
             .spawn(move || {
-                while let Ok(inputs) = inbox.recv() {
-                    let reply =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.infer(&inputs)))
-                            .unwrap_or_else(|p| {
-                                Err(ModelError(format!("model panicked: {}", panic_text(&p))))
-                            });
+                while let Ok((model, rows)) = inbox.recv() {
+                    let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        model.infer(&rows)
+                    }))
+                    .unwrap_or_else(|p| {
+                        // A panic says nothing about whether a retry helps.
+                        Err(ModelError::transient(format!(
+                            "model panicked: {}",
+                            panic_text(&p)
+                        )))
+                    });
                     if outbox.send(reply).is_err() {
                         return;
                     }
@@ -47,21 +55,22 @@ impl<M: Model> Runner<M> {
             });
         // Without a thread the channel is closed and every call reports it.
         drop(spawned);
-        Runner { model, tx, rx }
+        Runner { tx, rx }
     }
 
-    /// Run the model on `inputs`, calling `renew` every `renew_every` while
-    /// it runs, and give up after `timeout`.
+    /// Run `model` on `rows`, calling `renew` every `renew_every` while it
+    /// runs, and give up after `timeout`.
     pub(super) fn call(
         &mut self,
-        inputs: Vec<M::Input>,
+        model: Arc<dyn Erased>,
+        rows: Vec<Vec<u8>>,
         timeout: Duration,
         renew_every: Duration,
         mut renew: impl FnMut(),
-    ) -> Reply<M::Output> {
-        if self.tx.send(inputs).is_err() {
-            *self = Runner::new(self.model.clone());
-            return Err(ModelError("the model runner thread is gone".into()));
+    ) -> Reply {
+        if self.tx.send((model, rows)).is_err() {
+            *self = Runner::new();
+            return Err(ModelError::transient("the model runner thread is gone"));
         }
         let started = Instant::now();
         loop {
@@ -70,13 +79,13 @@ impl<M: Model> Runner<M> {
                 Ok(reply) => return reply,
                 Err(RecvTimeoutError::Timeout) if left <= renew_every => {
                     // Abandon the stuck thread; its late reply goes nowhere.
-                    *self = Runner::new(self.model.clone());
-                    return Err(ModelError(format!("timed out after {timeout:?}")));
+                    *self = Runner::new();
+                    return Err(ModelError::timed_out(timeout));
                 }
                 Err(RecvTimeoutError::Timeout) => renew(),
                 Err(RecvTimeoutError::Disconnected) => {
-                    *self = Runner::new(self.model.clone());
-                    return Err(ModelError("the model runner thread died".into()));
+                    *self = Runner::new();
+                    return Err(ModelError::transient("the model runner thread died"));
                 }
             }
         }

@@ -1,0 +1,659 @@
+//! Runs: what a caller holds ([`Run`]), what it gets back ([`RunOutput`],
+//! [`RowOutput`], [`Metadata`], [`Progress`]), and how a run learns what
+//! became of its jobs ([`RunState`], [`Tracker`]).
+//!
+//! A run learns of its jobs two ways, both idempotent (a job is applied
+//! once, when it leaves the outstanding set):
+//! - the committer tells it of every job this process settled, after the
+//!   sync that made the outcome durable;
+//! - while a caller waits, the run asks the queue every [`POLL`] about its
+//!   outstanding jobs (and the jobs split off them), for what it did not
+//!   hear: jobs the queue dead-lettered for a missed deadline, jobs removed
+//!   or damaged, jobs settled before the run was registered here (a run
+//!   found again after a restart reads the results stored by `complete`).
+//!
+//! Invariant: every row of a run is either filled (done or failed) or
+//! covered by exactly one outstanding job, so a run finishes exactly when
+//! no job is outstanding.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use super::codec;
+use super::job::{JobResult, JobSpan, ModelKey, RowResult};
+use super::pool::Shared;
+use super::{ErrorKind, InferError, Model, RowError};
+use crate::{MessageId, MessageStatus, Queue, Timestamp};
+
+/// How often a waiting caller asks the queue about its run's jobs.
+const POLL: Duration = Duration::from_millis(100);
+
+/// A run's id: the id of its manifest in the service's runs queue, stable
+/// across restarts ([`InferService::run`](super::InferService::run) finds
+/// it again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RunId(pub u64);
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// How far a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Rows finished, failed ones included.
+    pub done: usize,
+    /// Rows that failed for good.
+    pub failed: usize,
+    /// Rows in the run.
+    pub total: usize,
+}
+
+/// Timings and provenance of one row.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Metadata {
+    /// The model's name.
+    pub model_name: String,
+    /// The model's version (file hash).
+    pub model_version: String,
+    /// Which delivery produced the result (1 on the first).
+    pub attempt: u32,
+    /// Time in the queue before a worker took the row.
+    pub queue_time: Duration,
+    /// Time the model took for the batch holding this row.
+    pub infer_time: Duration,
+    /// Rows in that batch.
+    pub batch_rows: u32,
+}
+
+/// One row of a run's results.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RowOutput<O> {
+    /// When the row finished.
+    pub time: Timestamp,
+    /// The output, or why the row failed.
+    pub output: Result<O, RowError>,
+    /// Timings and provenance (`None` for a row that never ran).
+    pub metadata: Option<Metadata>,
+}
+
+/// A finished run: one row per input row, in input order.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RunOutput<O> {
+    /// The run.
+    pub run: RunId,
+    /// The rows, in input order.
+    pub rows: Vec<RowOutput<O>>,
+    /// Rows that failed for good.
+    pub failed: usize,
+    /// Rows whose results were stored before this handle was made (by an
+    /// earlier process, or before a resubmission with the same key).
+    pub resumed: usize,
+}
+
+/// Who failed a row for good, for its metadata.
+pub(crate) struct DeadMeta {
+    pub model_name: String,
+    pub model_version: String,
+    pub attempt: u32,
+}
+
+/// What a job's rows share.
+struct JobMeta {
+    model_name: String,
+    model_version: String,
+    attempt: u32,
+    finished_ms: u64,
+    queue_us: u64,
+}
+
+/// A finished row, its output still encoded.
+struct Slot {
+    output: Result<Vec<u8>, RowError>,
+    meta: Option<Arc<JobMeta>>,
+    infer_us: u64,
+    batch_rows: u32,
+    finished_ms: u64,
+}
+
+#[derive(Default)]
+struct State {
+    slots: Vec<Option<Slot>>,
+    done: usize,
+    failed: usize,
+    /// Job id -> (first row, rows).
+    outstanding: BTreeMap<u64, (u64, u32)>,
+    /// Set by a cancel: the rows not done fail with it.
+    cancelled: Option<RowError>,
+    resumed: usize,
+    /// Whether every job of the run is in `outstanding` (or done).
+    sealed: bool,
+    /// News of jobs heard before they were expected (while not sealed).
+    early: Vec<(u64, Early)>,
+}
+
+/// What a run heard of a job it did not expect yet.
+enum Early {
+    Done(JobResult),
+    Dead(RowError, Option<DeadMeta>),
+}
+
+impl State {
+    fn fill(&mut self, row: u64, slot: Slot) {
+        let Some(s) = self.slots.get_mut(row as usize) else {
+            return;
+        };
+        if s.is_some() {
+            return;
+        }
+        self.done += 1;
+        if slot.output.is_err() {
+            self.failed += 1;
+        }
+        *s = Some(slot);
+    }
+
+    fn finished(&self) -> bool {
+        (self.sealed && self.outstanding.is_empty()) || self.cancelled.is_some()
+    }
+}
+
+/// The live state of one run (shared by its handles and the tracker).
+pub(crate) struct RunState {
+    pub tag: u64,
+    /// The manifest's id once written (0 before).
+    id: AtomicU64,
+    pub model: ModelKey,
+    total: usize,
+    budget: Option<usize>,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl RunState {
+    pub fn new(tag: u64, model: ModelKey, total: usize, budget: Option<f64>) -> RunState {
+        RunState {
+            tag,
+            id: AtomicU64::new(0),
+            model,
+            total,
+            budget: budget.map(|b| (b * total as f64).floor() as usize),
+            state: Mutex::new(State {
+                slots: std::iter::repeat_with(|| None).take(total).collect(),
+                ..State::default()
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    pub fn id(&self) -> RunId {
+        RunId(self.id.load(Ordering::Acquire))
+    }
+
+    pub fn set_id(&self, id: RunId) {
+        self.id.store(id.0, Ordering::Release);
+    }
+
+    /// Jobs of the run just enqueued. A worker may have settled one
+    /// already (it was ready the moment it was enqueued): what it heard
+    /// before is applied now.
+    pub fn expect(&self, jobs: &[JobSpan]) {
+        let early = {
+            let mut s = self.state.lock();
+            for j in jobs {
+                s.outstanding.insert(j.id, (j.first_row, j.rows));
+            }
+            std::mem::take(&mut s.early)
+        };
+        for (id, heard) in early {
+            match heard {
+                Early::Done(r) => self.apply_done(id, r),
+                Early::Dead(e, meta) => self.apply_dead(id, e, meta),
+            }
+        }
+    }
+
+    /// Every job is expected: from now on, news of a job not outstanding
+    /// is a duplicate.
+    pub fn seal(&self) {
+        let mut s = self.state.lock();
+        s.sealed = true;
+        s.early.clear();
+    }
+
+    /// Rows already finished count as resumed.
+    pub fn mark_resumed(&self) {
+        let mut s = self.state.lock();
+        s.resumed = s.done;
+    }
+
+    pub fn progress(&self) -> Progress {
+        let s = self.state.lock();
+        Progress {
+            done: s.done,
+            failed: s.failed,
+            total: self.total,
+        }
+    }
+
+    /// Job `id` completed with `result`.
+    pub fn apply_done(&self, id: u64, result: JobResult) {
+        let mut s = self.state.lock();
+        let Some((first, _)) = s.outstanding.remove(&id) else {
+            if !s.sealed {
+                s.early.push((id, Early::Done(result)));
+            }
+            return;
+        };
+        let meta = Arc::new(JobMeta {
+            model_name: result.model_name,
+            model_version: result.model_version,
+            attempt: result.attempt,
+            finished_ms: result.finished_ms,
+            queue_us: result.queue_us,
+        });
+        for (i, row) in result.rows.into_iter().enumerate() {
+            let at = first + i as u64;
+            let slot = |output, infer_us, batch_rows| Slot {
+                output,
+                meta: Some(meta.clone()),
+                infer_us,
+                batch_rows,
+                finished_ms: meta.finished_ms,
+            };
+            match row {
+                RowResult::Done {
+                    output,
+                    infer_us,
+                    batch_rows,
+                } => s.fill(at, slot(Ok(output), infer_us, batch_rows)),
+                RowResult::Failed(e) => s.fill(at, slot(Err(e), 0, 0)),
+                RowResult::Moved(child) => {
+                    s.outstanding.insert(child, (at, 1));
+                }
+            }
+        }
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// Job `id` left the queue without a result (a dead letter, removed):
+    /// each of its rows failed with `e`.
+    pub fn apply_dead(&self, id: u64, e: RowError, dead: Option<DeadMeta>) {
+        let mut s = self.state.lock();
+        let Some((first, rows)) = s.outstanding.remove(&id) else {
+            if !s.sealed {
+                s.early.push((id, Early::Dead(e, dead)));
+            }
+            return;
+        };
+        let now = super::wall_ms();
+        let meta = dead.map(|d| {
+            Arc::new(JobMeta {
+                model_name: d.model_name,
+                model_version: d.model_version,
+                attempt: d.attempt,
+                finished_ms: now,
+                queue_us: 0,
+            })
+        });
+        for i in 0..u64::from(rows) {
+            s.fill(
+                first + i,
+                Slot {
+                    output: Err(e.clone()),
+                    meta: meta.clone(),
+                    infer_us: 0,
+                    batch_rows: 0,
+                    finished_ms: now,
+                },
+            );
+        }
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    fn cancel(&self, why: RowError) {
+        let mut s = self.state.lock();
+        if s.cancelled.is_none() && !s.outstanding.is_empty() {
+            s.cancelled = Some(why);
+        }
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// Ask the queue about every outstanding job, and about the jobs
+    /// split off the ones it reads, until none is left to ask about: dead
+    /// letters, jobs gone and completed jobs are applied. With
+    /// `sync_first`, a completed job this run did not hear of is read only
+    /// after a sync (the committer may not have synced it yet, and a result
+    /// a caller sees must survive a crash).
+    pub fn refresh(&self, jobs: &Queue, sync_first: bool) -> crate::Result<()> {
+        let mut asked: HashSet<u64> = HashSet::new();
+        let mut synced = !sync_first;
+        loop {
+            let ids: Vec<u64> = self
+                .state
+                .lock()
+                .outstanding
+                .keys()
+                .copied()
+                .filter(|id| !asked.contains(id))
+                .collect();
+            if ids.is_empty() {
+                return Ok(());
+            }
+            for id in ids {
+                asked.insert(id);
+                match jobs.status(MessageId::from(id))? {
+                    MessageStatus::Dead { reason } => {
+                        self.apply_dead(id, RowError::from_reason(&reason), None)
+                    }
+                    MessageStatus::Gone => self.apply_dead(
+                        id,
+                        RowError::new(
+                            ErrorKind::Lost,
+                            "its job left the queue without a result (acked, or removed by retention)",
+                        ),
+                        None,
+                    ),
+                    MessageStatus::Completed => {
+                        if !synced {
+                            jobs.sync()?;
+                            synced = true;
+                        }
+                        let read = jobs
+                            .result(MessageId::from(id))
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| r.ok_or_else(|| "its result is gone".to_string()))
+                            .and_then(|b| JobResult::decode(&b).map_err(|e| e.to_string()));
+                        match read {
+                            Ok(r) => self.apply_done(id, r),
+                            Err(e) => self.apply_dead(
+                                id,
+                                RowError::new(
+                                    ErrorKind::Lost,
+                                    format!("its stored result cannot be read: {e}"),
+                                ),
+                                None,
+                            ),
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Which runs are live in this process, by tag, for the committer to tell;
+/// and which are cancelled, for the workers to skip.
+#[derive(Default)]
+pub(crate) struct Tracker {
+    runs: Mutex<HashMap<u64, Vec<Weak<RunState>>>>,
+    cancelled: RwLock<HashSet<u64>>,
+}
+
+impl Tracker {
+    pub fn add(&self, run: &Arc<RunState>) {
+        let mut runs = self.runs.lock();
+        // Forget runs nobody holds any more, now and then.
+        if runs.len() >= 64 && runs.len().is_power_of_two() {
+            runs.retain(|_, states| {
+                states.retain(|w| w.strong_count() > 0);
+                !states.is_empty()
+            });
+        }
+        runs.entry(run.tag).or_default().push(Arc::downgrade(run));
+    }
+
+    /// Every live state of run `tag` (one per handle found separately).
+    fn get(&self, tag: u64) -> Vec<Arc<RunState>> {
+        self.runs
+            .lock()
+            .get(&tag)
+            .map(|states| states.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn job_done(&self, tag: u64, id: u64, result: JobResult) {
+        let runs = self.get(tag);
+        let n = runs.len();
+        for (i, run) in runs.into_iter().enumerate() {
+            if i + 1 == n {
+                run.apply_done(id, result);
+                break;
+            }
+            run.apply_done(id, result.clone());
+        }
+    }
+
+    pub fn job_dead(&self, tag: u64, id: u64, e: RowError, meta: Option<DeadMeta>) {
+        for run in self.get(tag) {
+            let meta = meta.as_ref().map(|m| DeadMeta {
+                model_name: m.model_name.clone(),
+                model_version: m.model_version.clone(),
+                attempt: m.attempt,
+            });
+            run.apply_dead(id, e.clone(), meta);
+        }
+    }
+
+    pub fn is_cancelled(&self, tag: u64) -> bool {
+        let c = self.cancelled.read();
+        !c.is_empty() && c.contains(&tag)
+    }
+
+    pub fn cancel(&self, run: &RunState, why: RowError) {
+        self.cancelled.write().insert(run.tag);
+        run.cancel(why);
+    }
+}
+
+/// A run submitted to an [`InferService`](super::InferService), or found
+/// again: wait for it, watch its progress, cancel it.
+pub struct Run<M: Model> {
+    pub(crate) state: Arc<RunState>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) _model: PhantomData<fn() -> M>,
+}
+
+impl<M: Model> std::fmt::Debug for Run<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("id", &self.state.id())
+            .field("model", &self.state.model.to_string())
+            .field("progress", &self.state.progress())
+            .finish()
+    }
+}
+
+impl<M: Model> Run<M> {
+    /// The run's id (find it again with
+    /// [`InferService::run`](super::InferService::run)).
+    pub fn id(&self) -> RunId {
+        self.state.id()
+    }
+
+    /// Rows done, failed and in all.
+    pub fn progress(&self) -> Progress {
+        self.state.progress()
+    }
+
+    /// Whether every row is done (or the run was cancelled).
+    pub fn is_finished(&self) -> bool {
+        self.state.state.lock().finished()
+    }
+
+    /// Stop the run: its rows not started fail with
+    /// [`ErrorKind::Cancelled`] and are not computed by this service (the
+    /// workers drop its jobs as they meet them); rows done keep their
+    /// results. Waiting callers return at once.
+    pub fn cancel(&self) {
+        self.shared.tracker.cancel(
+            &self.state,
+            RowError::new(ErrorKind::Cancelled, "its run was cancelled"),
+        );
+    }
+
+    /// Wait until every row is done, then return the results in input
+    /// order.
+    ///
+    /// # Errors
+    /// As [`Run::wait_timeout`], but never [`InferError::WaitTimedOut`].
+    pub fn wait(&self) -> Result<RunOutput<M::Output>, InferError> {
+        self.wait_until(None)
+    }
+
+    /// Wait at most `timeout` for every row to be done, then return the
+    /// results in input order.
+    ///
+    /// # Errors
+    /// [`InferError::WaitTimedOut`] when rows are still pending after
+    /// `timeout` (the run goes on); [`InferError::FailureBudget`] when more
+    /// rows failed than the run's budget allows (the run is then
+    /// cancelled); [`InferError::Stalled`] when the service cannot make
+    /// progress (its queue failed, every worker is gone, or the run's model
+    /// is not registered), naming why; [`InferError::Queue`] when reading
+    /// the queue fails.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<RunOutput<M::Output>, InferError> {
+        self.wait_until(Some(Instant::now() + timeout))
+    }
+
+    fn wait_until(&self, until: Option<Instant>) -> Result<RunOutput<M::Output>, InferError> {
+        let run = &self.state;
+        let mut polled = Instant::now();
+        loop {
+            let (finished, failed) = {
+                let s = run.state.lock();
+                (s.finished(), s.failed)
+            };
+            if let Some(budget) = run.budget.filter(|&b| failed > b) {
+                let _ = budget;
+                self.shared.tracker.cancel(
+                    run,
+                    RowError::new(ErrorKind::Cancelled, "its run went over its failure budget"),
+                );
+                return Err(InferError::FailureBudget {
+                    failed,
+                    rows: run.total,
+                });
+            }
+            if finished {
+                return Ok(self.output());
+            }
+            self.check_live()?;
+            if polled.elapsed() >= POLL {
+                run.refresh(&self.shared.jobs, self.shared.sync_commits)?;
+                polled = Instant::now();
+            }
+            let mut wait = POLL;
+            if let Some(until) = until {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    let p = run.progress();
+                    return Err(InferError::WaitTimedOut {
+                        done: p.done,
+                        rows: p.total,
+                    });
+                }
+                wait = wait.min(left);
+            }
+            let mut s = run.state.lock();
+            if !s.finished() {
+                run.changed.wait_for(&mut s, wait);
+            }
+        }
+    }
+
+    /// An error naming why the service cannot finish this run, if it
+    /// cannot.
+    fn check_live(&self) -> Result<(), InferError> {
+        let health = &self.shared.health;
+        if let Some(why) = health.fatal() {
+            return Err(InferError::Stalled(why));
+        }
+        if health.workers() == 0 {
+            return Err(InferError::Stalled(
+                "every worker of the service is gone (stopped or panicked)".into(),
+            ));
+        }
+        if !self.shared.registry.has(&self.state.model) {
+            return Err(InferError::Stalled(format!(
+                "no model {} for its row type is registered",
+                self.state.model
+            )));
+        }
+        Ok(())
+    }
+
+    /// The results so far, in input order; rows not done failed with the
+    /// cancel's error.
+    fn output(&self) -> RunOutput<M::Output> {
+        let s = self.state.state.lock();
+        let unfinished = s
+            .cancelled
+            .clone()
+            .unwrap_or_else(|| RowError::new(ErrorKind::Lost, "the row has no outcome"));
+        let mut failed = 0;
+        let rows = s
+            .slots
+            .iter()
+            .map(|slot| {
+                let row = match slot {
+                    Some(slot) => decode_row::<M::Output>(slot),
+                    None => RowOutput {
+                        time: Timestamp(super::wall_ms()),
+                        output: Err(unfinished.clone()),
+                        metadata: None,
+                    },
+                };
+                if row.output.is_err() {
+                    failed += 1;
+                }
+                row
+            })
+            .collect();
+        RunOutput {
+            run: self.state.id(),
+            rows,
+            failed,
+            resumed: s.resumed,
+        }
+    }
+}
+
+fn decode_row<O: serde::de::DeserializeOwned>(slot: &Slot) -> RowOutput<O> {
+    let output = match &slot.output {
+        Ok(bytes) => codec::decode::<O>(bytes).map_err(|e| {
+            RowError::new(
+                ErrorKind::Lost,
+                format!("its stored output cannot be read: {e}"),
+            )
+        }),
+        Err(e) => Err(e.clone()),
+    };
+    RowOutput {
+        time: Timestamp(slot.finished_ms),
+        output,
+        metadata: slot.meta.as_ref().map(|m| Metadata {
+            model_name: m.model_name.clone(),
+            model_version: m.model_version.clone(),
+            attempt: m.attempt,
+            queue_time: Duration::from_micros(m.queue_us),
+            infer_time: Duration::from_micros(slot.infer_us),
+            batch_rows: slot.batch_rows,
+        }),
+    }
+}

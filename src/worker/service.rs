@@ -1,0 +1,781 @@
+//! The inference service: [`InferService`] over one directory and one
+//! worker pool, its options ([`ServiceOptions`], [`RunOptions`],
+//! [`Unclaimed`]) and typed handles to its models ([`ModelRef`]).
+//!
+//! A service directory holds two queues: `jobs` (one message per
+//! micro-batch of a run's rows, in the lane of the run's priority and with
+//! its deadline; each job's result is stored with its ack by `complete`)
+//! and `runs` (one manifest per run, naming its model and its jobs, stored
+//! as the manifest message's own result so it can be read back by id).
+//!
+//! Invariants:
+//! - A run's manifest is written only after every one of its jobs is
+//!   enqueued and synced, so a run found by id or key has all its jobs; a
+//!   crash before that leaves jobs no run names, which are computed and
+//!   then removed by retention.
+//! - Submissions are serialized (one lock), so between the check of a key
+//!   and the manifest that takes it, no other submission can take it.
+//! - Every manifest is completed (made readable) before the submission
+//!   that wrote it returns; a manifest a crash left pending is completed
+//!   when the service opens.
+
+use std::marker::PhantomData;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::codec;
+use super::job::{content_hash, Job, JobSpan, Manifest, ModelKey};
+use super::pool::{Health, Pool, PoolOptions, Shared};
+use super::registry::Registry;
+use super::run::{RowOutput, Run, RunId, RunState, Tracker};
+use super::{wall_ms, InferError, Model};
+use crate::storage::{DiskStorage, MemoryStorage, Storage};
+use crate::{
+    DequeueOptions, Durability, EnqueueOptions, Error, MessageId, Queue, QueueOptions, Timestamp,
+};
+
+/// What the workers do with a job no registered model takes (another
+/// model or version, another row type, a payload of another program).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unclaimed {
+    /// Hold it, leased, until a model for it is registered (then it runs)
+    /// or the service closes (then it is ready again for the next service
+    /// on the directory). Each service that held it counts one delivery.
+    /// The default.
+    Wait,
+    /// Park it as a dead letter naming why (redrive it once a service that
+    /// has its model runs).
+    DeadLetter,
+}
+
+/// How an [`InferService`] runs.
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    pub(crate) pool: PoolOptions,
+    pub(crate) durability: Durability,
+    pub(crate) segment_size: u64,
+    pub(crate) unclaimed: Unclaimed,
+    pub(crate) retention: Duration,
+    pub(crate) prepare_ahead: bool,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServiceOptions {
+    /// The pool's defaults ([`PoolOptions::new`]), `Immediate` durability,
+    /// 16 MiB segments, unclaimed jobs held ([`Unclaimed::Wait`]), runs and
+    /// results kept 7 days.
+    pub fn new() -> Self {
+        ServiceOptions {
+            pool: PoolOptions::new(),
+            durability: Durability::Immediate,
+            segment_size: 16 << 20,
+            unclaimed: Unclaimed::Wait,
+            retention: Duration::from_secs(7 * 86_400),
+            prepare_ahead: true,
+        }
+    }
+
+    /// Worker and batching options.
+    #[must_use]
+    pub fn pool(mut self, pool: PoolOptions) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// When submissions and results are durable. Under `Immediate` a
+    /// submission returns once its jobs and manifest are synced, and a
+    /// row's result reaches its run only once synced (one sync per commit
+    /// of the pool, shared by many jobs). Default = `Immediate`.
+    #[must_use]
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+
+    /// Segment size of the service's queues (see
+    /// [`QueueOptions::segment_size`]). Default = 16 MiB.
+    #[must_use]
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// What happens to jobs no registered model takes. Default =
+    /// [`Unclaimed::Wait`].
+    #[must_use]
+    pub fn unclaimed(mut self, u: Unclaimed) -> Self {
+        self.unclaimed = u;
+        self
+    }
+
+    /// How long runs, their jobs and their results are kept, and how long
+    /// a run's key finds it ([`InferService::find_run`]). Default = 7 days.
+    #[must_use]
+    pub fn retention(mut self, d: Duration) -> Self {
+        self.retention = d;
+        self
+    }
+
+    /// Open the service on `dir` (made if missing, not its parents) and
+    /// start its workers.
+    ///
+    /// # Errors
+    /// [`InferError::InvalidArgument`] for options out of range;
+    /// [`InferError::Queue`] when a queue cannot be opened
+    /// ([`Error::Locked`] when another process has the directory);
+    /// [`InferError::Spawn`].
+    pub fn open(self, dir: impl AsRef<Path>) -> Result<InferService, InferError> {
+        let dir = dir.as_ref();
+        DiskStorage::open(dir).map_err(|e| Error::BadDirectory {
+            path: dir.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        let jobs = self.queue_options(true).open(dir.join("jobs"))?;
+        let runs = self.queue_options(false).open(dir.join("runs"))?;
+        InferService::start(self, jobs, runs)
+    }
+
+    /// A service whose queues live in memory (nothing survives the
+    /// process).
+    ///
+    /// # Errors
+    /// As [`ServiceOptions::open`].
+    pub fn open_in_memory(self) -> Result<InferService, InferError> {
+        let mem = || -> Arc<dyn Storage> { Arc::new(MemoryStorage::new()) };
+        let jobs = self.queue_options(true).open_storage(mem())?;
+        let runs = self.queue_options(false).open_storage(mem())?;
+        InferService::start(self, jobs, runs)
+    }
+
+    fn queue_options(&self, jobs: bool) -> QueueOptions {
+        // The jobs queue is synced by the committer, once per commit, and
+        // by each submission: its own mode need not sync every call.
+        let durability = match (jobs, self.durability) {
+            (true, Durability::Immediate) => Durability::None,
+            (_, d) => d,
+        };
+        QueueOptions::new()
+            .durability(durability)
+            .max_deliveries(0)
+            .segment_size(self.segment_size)
+            .journal_file_size(256 << 10)
+            .prepare_ahead(self.prepare_ahead)
+            .retention(self.retention)
+            .dedup_window(self.retention)
+    }
+}
+
+/// Per-run options of [`InferService::submit`].
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub(crate) priority: u8,
+    pub(crate) deadline: Option<Timestamp>,
+    pub(crate) key: Option<String>,
+    pub(crate) failure_budget: Option<f64>,
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl RunOptions {
+    /// Priority 0, no deadline, no key, no failure budget, the pool's
+    /// timeout.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The lane of the run's rows: a run of higher priority is served
+    /// before the rows of lower ones still waiting. Default = 0.
+    #[must_use]
+    pub fn priority(mut self, p: u8) -> Self {
+        self.priority = p;
+        self
+    }
+
+    /// Rows not started by then are not computed: they fail with
+    /// [`ErrorKind::DeadlineMissed`](super::ErrorKind::DeadlineMissed) and
+    /// the run still completes. Rows with a deadline go ahead of those
+    /// without in their lane, earliest first.
+    #[must_use]
+    pub fn deadline(mut self, at: Timestamp) -> Self {
+        self.deadline = Some(at);
+        self
+    }
+
+    /// An idempotency key (1 to 128 bytes): a second submission with it
+    /// and the same rows returns the first run (with what it has done so
+    /// far) instead of a new one; with other rows it is refused. Found
+    /// again after a restart by [`InferService::find_run`].
+    #[must_use]
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// [`Run::wait`] stops with [`InferError::FailureBudget`] (and cancels
+    /// the run) once more than this share (0.0..=1.0) of the rows failed.
+    #[must_use]
+    pub fn failure_budget(mut self, share: f64) -> Self {
+        self.failure_budget = Some(share);
+        self
+    }
+
+    /// Longest a model call holding this run's rows may take. Default =
+    /// the pool's ([`PoolOptions::timeout`]).
+    #[must_use]
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = Some(d);
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), InferError> {
+        let bad = |s: String| Err(InferError::InvalidArgument(s));
+        if let Some(k) = &self.key {
+            if k.is_empty() || k.len() > crate::MAX_KEY_BYTES {
+                return bad(format!(
+                    "a run key must be 1 to {} bytes, not {}",
+                    crate::MAX_KEY_BYTES,
+                    k.len()
+                ));
+            }
+        }
+        if let Some(b) = self.failure_budget {
+            if !(0.0..=1.0).contains(&b) {
+                return bad(format!("failure_budget must be in 0.0..=1.0, not {b}"));
+            }
+        }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return bad("a run's timeout must be above zero".into());
+        }
+        if let Some(d) = self.deadline {
+            let now = wall_ms();
+            if d.0 <= now {
+                return bad(format!(
+                    "deadline {} is already past (now {now}, ms since the Unix epoch)",
+                    d.0
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A registered model: pass it to [`InferService::submit`]. Cheap to
+/// clone.
+pub struct ModelRef<M: Model> {
+    key: ModelKey,
+    _model: PhantomData<fn() -> M>,
+}
+
+impl<M: Model> Clone for ModelRef<M> {
+    fn clone(&self) -> Self {
+        ModelRef {
+            key: self.key.clone(),
+            _model: PhantomData,
+        }
+    }
+}
+
+impl<M: Model> std::fmt::Debug for ModelRef<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ModelRef({})", self.key)
+    }
+}
+
+impl<M: Model> ModelRef<M> {
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.key.name
+    }
+
+    /// The model's version.
+    pub fn version(&self) -> &str {
+        &self.key.version
+    }
+}
+
+/// A long-lived inference service over one directory: register models,
+/// submit runs from any thread, wait for them; see the module docs of
+/// [`crate::worker`] and `docs/service.md`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use lanelog::worker::{InferService, Model, ModelError, RunOptions, ServiceOptions};
+///
+/// struct Double;
+/// impl Model for Double {
+///     type Input = f32;
+///     type Output = f32;
+///     fn name(&self) -> &str { "double" }
+///     fn version(&self) -> &str { "1" }
+///     fn infer(&self, rows: &[f32]) -> Result<Vec<f32>, ModelError> {
+///         Ok(rows.iter().map(|x| x * 2.0).collect())
+///     }
+/// }
+///
+/// # fn main() -> Result<(), lanelog::worker::InferError> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let service = ServiceOptions::new().open(dir.path())?;
+/// let double = service.register(Arc::new(Double));
+/// let bulk = service.submit(&double, &[1.0, 2.0, 3.0], &RunOptions::new())?;
+/// let urgent = service.infer_one(&double, &10.0, &RunOptions::new().priority(9))?;
+/// assert_eq!(urgent.output.unwrap(), 20.0);
+/// let out = bulk.wait()?;
+/// let values: Vec<f32> = out.rows.into_iter().map(|r| r.output.unwrap()).collect();
+/// assert_eq!(values, vec![2.0, 4.0, 6.0]);
+/// service.close()?;
+/// # Ok(()) }
+/// ```
+pub struct InferService {
+    shared: Arc<Shared>,
+    runs: Queue,
+    /// Serializes submissions (see the module invariants).
+    submitting: Mutex<()>,
+    pool: Mutex<Option<Pool>>,
+    /// Most bytes of jobs per enqueue (a quarter segment: a batch is one
+    /// write into one segment).
+    batch_bytes: usize,
+    next_tag: AtomicU64,
+}
+
+impl std::fmt::Debug for InferService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InferService")
+            .field("models", &self.shared.registry.keys().len())
+            .field("workers", &self.shared.health.workers())
+            .finish()
+    }
+}
+
+/// Most bytes of rows per job.
+const JOB_BYTES: usize = 64 << 10;
+
+impl InferService {
+    /// [`ServiceOptions::new`] opened on `dir`.
+    ///
+    /// # Errors
+    /// As [`ServiceOptions::open`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<InferService, InferError> {
+        ServiceOptions::new().open(dir)
+    }
+
+    fn start(opts: ServiceOptions, jobs: Queue, runs: Queue) -> Result<InferService, InferError> {
+        opts.pool.validate()?;
+        let shared = Arc::new(Shared {
+            jobs,
+            registry: Registry::default(),
+            tracker: Tracker::default(),
+            health: Health::default(),
+            opts: opts.pool.clone(),
+            unclaimed: opts.unclaimed,
+            sync_commits: opts.durability == Durability::Immediate,
+            held: Mutex::new(Vec::new()),
+        });
+        let service = InferService {
+            shared: shared.clone(),
+            runs,
+            submitting: Mutex::new(()),
+            pool: Mutex::new(None),
+            batch_bytes: (opts.segment_size / 4) as usize,
+            next_tag: AtomicU64::new(wall_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        };
+        service.settle_manifests()?;
+        *service.pool.lock() = Some(Pool::start(shared)?);
+        Ok(service)
+    }
+
+    /// Register `model`: from now on the workers run the jobs that name it
+    /// (name, version and row type), including jobs of earlier processes
+    /// held or waiting for it. Registering it again replaces the instance.
+    pub fn register<M: Model>(&self, model: Arc<M>) -> ModelRef<M> {
+        let key = self.shared.registry.register(model);
+        self.shared.release_held(Some(&key));
+        ModelRef {
+            key,
+            _model: PhantomData,
+        }
+    }
+
+    /// Submit `rows` as a run of `model`; returns at once (after the jobs
+    /// and the manifest are durable, under `Immediate`) with a handle.
+    ///
+    /// # Errors
+    /// [`InferError::InvalidArgument`] for options out of range, a deadline
+    /// already past, a key reused for other rows, or a table too large for
+    /// one run; [`InferError::UnknownModel`] for a model not registered
+    /// here; [`InferError::Codec`] for a row that cannot be encoded;
+    /// [`InferError::Queue`] for queue errors. Nothing is enqueued on any
+    /// of them.
+    pub fn submit<M: Model>(
+        &self,
+        model: &ModelRef<M>,
+        rows: &[M::Input],
+        opts: &RunOptions,
+    ) -> Result<Run<M>, InferError> {
+        let encoded = rows
+            .iter()
+            .map(codec::encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.submit_encoded(model, encoded, opts)
+    }
+
+    pub(crate) fn submit_encoded<M: Model>(
+        &self,
+        model: &ModelRef<M>,
+        encoded: Vec<Vec<u8>>,
+        opts: &RunOptions,
+    ) -> Result<Run<M>, InferError> {
+        opts.validate()?;
+        self.check_registered(&model.key)?;
+        let content = content_hash(&model.key.version, &encoded);
+        let largest = encoded.iter().map(Vec::len).max().unwrap_or(0);
+        let chunk = self
+            .shared
+            .opts
+            .max_batch
+            .min(JOB_BYTES / largest.max(1))
+            .max(1);
+        let n_jobs = encoded.len().div_ceil(chunk);
+        let manifest_bytes = Manifest::size_for(n_jobs, &model.key);
+        if manifest_bytes > crate::DEFAULT_MAX_MESSAGE_SIZE {
+            return Err(InferError::InvalidArgument(format!(
+                "a table of {} rows in {n_jobs} jobs is too large for one run: submit it in parts",
+                encoded.len()
+            )));
+        }
+        let _one = self.submitting.lock();
+        if let Some(key) = &opts.key {
+            if let Some(id) = self.runs.key_id(key)? {
+                return self.resume(model, id.into(), Some(content), opts.failure_budget);
+            }
+        }
+        let tag = self.tag();
+        let now = wall_ms();
+        let total = encoded.len();
+        let state = Arc::new(RunState::new(
+            tag,
+            model.key.clone(),
+            total,
+            opts.failure_budget,
+        ));
+        self.shared.tracker.add(&state);
+        let timeout = opts.timeout.unwrap_or(self.shared.opts.timeout);
+        let deadline_ms = opts.deadline.map_or(0, |d| d.0);
+        let mut enqueue_opts = EnqueueOptions::new().priority(opts.priority);
+        if let Some(d) = opts.deadline {
+            enqueue_opts = enqueue_opts.deadline(d);
+        }
+        let mut spans = Vec::with_capacity(n_jobs);
+        let mut batch: Vec<(Vec<u8>, JobSpan)> = Vec::new();
+        let mut bytes = 0;
+        let mut rows = encoded.into_iter();
+        let mut first = 0u64;
+        while (first as usize) < total {
+            let part: Vec<Vec<u8>> = rows.by_ref().take(chunk).collect();
+            let n = part.len() as u32;
+            let job = Job::new(
+                tag,
+                first,
+                model.key.clone(),
+                now,
+                timeout.as_millis() as u64,
+                deadline_ms,
+                part,
+            )
+            .encode()?;
+            if !batch.is_empty() && (bytes + job.len() > self.batch_bytes || batch.len() >= 4096) {
+                self.enqueue_jobs(&state, &mut batch, &enqueue_opts, &mut spans)?;
+                bytes = 0;
+            }
+            bytes += job.len();
+            batch.push((
+                job,
+                JobSpan {
+                    id: 0,
+                    first_row: first,
+                    rows: n,
+                },
+            ));
+            first += u64::from(n);
+        }
+        self.enqueue_jobs(&state, &mut batch, &enqueue_opts, &mut spans)?;
+        // The manifest names the jobs: they are durable first.
+        self.shared.jobs.sync()?;
+        let manifest = Manifest::new(
+            tag,
+            model.key.clone(),
+            total as u64,
+            content,
+            opts.priority,
+            deadline_ms,
+            now,
+            spans,
+        )
+        .encode()?;
+        let mut manifest_opts = EnqueueOptions::new();
+        if let Some(key) = &opts.key {
+            manifest_opts = manifest_opts.key(key);
+        }
+        let id = self.runs.enqueue_with(&manifest, &manifest_opts)?;
+        self.settle_manifests()?;
+        state.set_id(RunId(id.into()));
+        state.seal();
+        Ok(self.handle(state))
+    }
+
+    /// Enqueue `batch` as jobs of `state`'s run; their spans (with their
+    /// ids) join `spans` and the run's outstanding jobs.
+    fn enqueue_jobs(
+        &self,
+        state: &RunState,
+        batch: &mut Vec<(Vec<u8>, JobSpan)>,
+        opts: &EnqueueOptions,
+        spans: &mut Vec<JobSpan>,
+    ) -> Result<(), InferError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let items: Vec<(&[u8], EnqueueOptions)> =
+            batch.iter().map(|(b, _)| (&b[..], opts.clone())).collect();
+        let ids = self.shared.jobs.enqueue_batch_with(&items)?;
+        let new: Vec<JobSpan> = batch
+            .drain(..)
+            .zip(ids)
+            .map(|((_, span), id)| JobSpan {
+                id: id.into(),
+                ..span
+            })
+            .collect();
+        state.expect(&new);
+        spans.extend(new);
+        Ok(())
+    }
+
+    /// Run one row at once and wait for its result: for interactive
+    /// requests. The row is a run of its own (priority, deadline and
+    /// timeout from `opts`) that is not recorded for finding again after a
+    /// restart; use [`InferService::submit`] with a key for that.
+    ///
+    /// # Errors
+    /// As [`InferService::submit`] (a key is refused) and [`Run::wait`].
+    pub fn infer_one<M: Model>(
+        &self,
+        model: &ModelRef<M>,
+        row: &M::Input,
+        opts: &RunOptions,
+    ) -> Result<RowOutput<M::Output>, InferError> {
+        opts.validate()?;
+        if opts.key.is_some() {
+            return Err(InferError::InvalidArgument(
+                "infer_one takes no key: submit a run with a key to find it again".into(),
+            ));
+        }
+        self.check_registered(&model.key)?;
+        let row = codec::encode(row)?;
+        let tag = self.tag();
+        let state = Arc::new(RunState::new(tag, model.key.clone(), 1, None));
+        self.shared.tracker.add(&state);
+        let timeout = opts.timeout.unwrap_or(self.shared.opts.timeout);
+        let deadline_ms = opts.deadline.map_or(0, |d| d.0);
+        let job = Job::new(
+            tag,
+            0,
+            model.key.clone(),
+            wall_ms(),
+            timeout.as_millis() as u64,
+            deadline_ms,
+            vec![row],
+        )
+        .encode()?;
+        let mut enqueue_opts = EnqueueOptions::new().priority(opts.priority);
+        if let Some(d) = opts.deadline {
+            enqueue_opts = enqueue_opts.deadline(d);
+        }
+        let id = self.shared.jobs.enqueue_with(&job, &enqueue_opts)?;
+        state.set_id(RunId(id.into()));
+        state.expect(&[JobSpan {
+            id: id.into(),
+            first_row: 0,
+            rows: 1,
+        }]);
+        state.seal();
+        let run: Run<M> = self.handle(state);
+        let mut out = run.wait()?;
+        out.rows
+            .pop()
+            .ok_or_else(|| InferError::InvalidArgument("the row has no result".into()))
+    }
+
+    /// The run with id `id`, as stored: rows done so far come back as
+    /// stored, the rest are computed (by this service, once `model` is
+    /// registered here).
+    ///
+    /// # Errors
+    /// [`InferError::UnknownRun`] when no run `id` is stored (never
+    /// submitted here, or removed by retention);
+    /// [`InferError::InvalidArgument`] when it is a run of another model;
+    /// [`InferError::Queue`].
+    pub fn run<M: Model>(&self, model: &ModelRef<M>, id: RunId) -> Result<Run<M>, InferError> {
+        self.resume(model, id.0, None, None)
+    }
+
+    /// The run submitted with idempotency key `key`, while the key is
+    /// remembered (the service's retention), or `None`.
+    ///
+    /// # Errors
+    /// As [`InferService::run`].
+    pub fn find_run<M: Model>(
+        &self,
+        model: &ModelRef<M>,
+        key: &str,
+    ) -> Result<Option<Run<M>>, InferError> {
+        match self.runs.key_id(key)? {
+            Some(id) => self.resume(model, id.into(), None, None).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Errors the workers met and survived (queue errors, retries, model
+    /// panics), most recent last, at most 100.
+    pub fn errors(&self) -> Vec<String> {
+        self.shared.health.errors()
+    }
+
+    /// The models registered, as (name, version).
+    pub fn models(&self) -> Vec<(String, String)> {
+        let mut m: Vec<_> = self
+            .shared
+            .registry
+            .keys()
+            .into_iter()
+            .map(|k| (k.name, k.version))
+            .collect();
+        m.sort();
+        m
+    }
+
+    /// Stop the workers (each finishes or times out its current batch, and
+    /// their results are stored), give back held jobs, and close the
+    /// queues. Waiting callers get [`InferError::Stalled`].
+    ///
+    /// # Errors
+    /// [`InferError::Panicked`] when pool threads panicked;
+    /// [`InferError::Queue`] when closing a queue fails.
+    pub fn close(self) -> Result<(), InferError> {
+        let stopped = self.stop();
+        let jobs = self.shared.jobs.clone();
+        let runs = self.runs.clone();
+        drop(self);
+        stopped?;
+        jobs.close()?;
+        runs.close()?;
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), InferError> {
+        match self.pool.lock().take() {
+            Some(mut pool) => pool.stop_and_join(),
+            None => Ok(()),
+        }
+    }
+
+    fn check_registered(&self, key: &ModelKey) -> Result<(), InferError> {
+        if self.shared.registry.has(key) {
+            return Ok(());
+        }
+        Err(InferError::UnknownModel(key.to_string()))
+    }
+
+    fn tag(&self) -> u64 {
+        // Unique per submission in this process, and across processes by
+        // the start time mixed in.
+        let n = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let mut h = n ^ (u64::from(std::process::id()) << 32);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h
+    }
+
+    fn handle<M: Model>(&self, state: Arc<RunState>) -> Run<M> {
+        Run {
+            state,
+            shared: self.shared.clone(),
+            _model: PhantomData,
+        }
+    }
+
+    /// The stored run `id`, checked against `model` (and `content`, the
+    /// rows of a resubmission).
+    fn resume<M: Model>(
+        &self,
+        model: &ModelRef<M>,
+        id: u64,
+        content: Option<u64>,
+        budget: Option<f64>,
+    ) -> Result<Run<M>, InferError> {
+        let bytes = self
+            .runs
+            .result(MessageId::from(id))?
+            .ok_or(InferError::UnknownRun(RunId(id)))?;
+        let manifest = Manifest::decode(&bytes).map_err(|e| {
+            InferError::InvalidArgument(format!("run {id}: its stored manifest is unreadable: {e}"))
+        })?;
+        if manifest.model != model.key {
+            return Err(InferError::InvalidArgument(format!(
+                "run {id} is a run of {}, not of {}",
+                manifest.model, model.key
+            )));
+        }
+        if content.is_some_and(|c| c != manifest.content) {
+            return Err(InferError::InvalidArgument(format!(
+                "the key of run {id} was used for other rows"
+            )));
+        }
+        let state = Arc::new(RunState::new(
+            manifest.tag,
+            manifest.model.clone(),
+            manifest.rows as usize,
+            budget,
+        ));
+        state.set_id(RunId(id));
+        self.shared.tracker.add(&state);
+        state.expect(&manifest.jobs);
+        state.refresh(&self.shared.jobs, self.shared.sync_commits)?;
+        state.mark_resumed();
+        state.seal();
+        Ok(self.handle(state))
+    }
+
+    /// Complete every manifest still pending (the one just enqueued, or
+    /// ones a crash left), so each can be read back by its id.
+    fn settle_manifests(&self) -> Result<(), InferError> {
+        let take = DequeueOptions::new()
+            .max(64)
+            .wait(Duration::ZERO)
+            .visibility(Duration::from_secs(3600));
+        loop {
+            let batch = self.runs.dequeue_with(&take)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for d in batch {
+                self.runs.complete(d.receipt, &d.payload)?;
+            }
+        }
+    }
+}
+
+impl Drop for InferService {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
