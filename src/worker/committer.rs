@@ -25,6 +25,7 @@ use super::job::{Job, JobResult, RowResult};
 use super::pool::Shared;
 use super::registry::Erased;
 use super::run::DeadMeta;
+use super::stats::JobRows;
 use super::{wall_ms, ErrorKind, RowError};
 use crate::{EnqueueOptions, Error, Receipt, Timestamp};
 
@@ -33,6 +34,10 @@ pub(super) struct Settled {
     pub(super) receipt: Receipt,
     /// `None` for a payload that is not a job.
     pub(super) run: Option<(u64, u64)>,
+    /// Its lane.
+    pub(super) priority: u8,
+    /// When its rows were enqueued, ms since the Unix epoch.
+    pub(super) enqueued_ms: u64,
     pub(super) then: Then,
 }
 
@@ -45,7 +50,6 @@ pub(super) enum Then {
         model: Arc<dyn Erased>,
         attempt: u32,
         queue_us: u64,
-        priority: u8,
         rows: Vec<RowResult>,
         children: Vec<(usize, Job, Duration)>,
     },
@@ -71,10 +75,22 @@ pub(super) struct Committer {
     pub(super) shared: Arc<Shared>,
 }
 
-/// What a commit tells the runs: (tag, job id, what became of it).
+/// What a commit tells the runs: (tag, job id, what became of it), with
+/// the job's lane and enqueue time for the stats.
 enum Heard {
     Done(u64, u64, JobResult),
     Dead(u64, u64, RowError, DeadMeta),
+}
+
+/// What the stats learn of one settled job.
+struct Seen {
+    model: (String, String),
+    lane: u8,
+    enqueued_ms: u64,
+    queue_us: u64,
+    done: u64,
+    failed: u64,
+    infer_us: Vec<u64>,
 }
 
 impl Committer {
@@ -99,6 +115,7 @@ impl Committer {
         let jobs = &self.shared.jobs;
         let now = wall_ms();
         let mut heard = Vec::with_capacity(group.len());
+        let mut seen = Vec::with_capacity(group.len());
         let mut failed = vec![false; group.len()];
         self.enqueue_children(&mut group, &mut failed, now)?;
         for (s, settled) in group.into_iter().enumerate() {
@@ -123,6 +140,32 @@ impl Committer {
                         rows,
                     );
                     let done = self.complete(settled.receipt, &mut result);
+                    if done.is_ok() {
+                        seen.push(Seen {
+                            model: (key.name.clone(), key.version.clone()),
+                            lane: settled.priority,
+                            enqueued_ms: settled.enqueued_ms,
+                            queue_us,
+                            done: result
+                                .rows
+                                .iter()
+                                .filter(|r| matches!(r, RowResult::Done { .. }))
+                                .count() as u64,
+                            failed: result
+                                .rows
+                                .iter()
+                                .filter(|r| matches!(r, RowResult::Failed(_)))
+                                .count() as u64,
+                            infer_us: result
+                                .rows
+                                .iter()
+                                .filter_map(|r| match r {
+                                    RowResult::Done { infer_us, .. } => Some(*infer_us),
+                                    _ => None,
+                                })
+                                .collect(),
+                        });
+                    }
                     if let (Ok(()), Some((tag, id))) = (&done, settled.run) {
                         heard.push(Heard::Done(tag, id, result));
                     }
@@ -134,6 +177,17 @@ impl Committer {
                     model,
                 } => {
                     let done = jobs.dead_letter(settled.receipt, &error.reason());
+                    if done.is_ok() {
+                        seen.push(Seen {
+                            model: (model.key().name.clone(), model.key().version.clone()),
+                            lane: settled.priority,
+                            enqueued_ms: settled.enqueued_ms,
+                            queue_us: 0,
+                            done: 0,
+                            failed: 1,
+                            infer_us: Vec::new(),
+                        });
+                    }
                     if let (Ok(()), Some((tag, id))) = (&done, settled.run) {
                         let meta = DeadMeta {
                             model_name: model.key().name.clone(),
@@ -160,6 +214,18 @@ impl Committer {
         if self.shared.sync_commits {
             jobs.sync()?;
         }
+        let stored = wall_ms();
+        for s in &seen {
+            self.shared.recorder.job(&JobRows {
+                model: (&s.model.0, &s.model.1),
+                lane: s.lane,
+                done: s.done,
+                failed: s.failed,
+                queue_us: s.queue_us,
+                infer_us: &s.infer_us,
+                end_to_end_us: stored.saturating_sub(s.enqueued_ms) * 1000,
+            });
+        }
         for h in heard {
             match h {
                 Heard::Done(tag, id, result) => self.shared.tracker.job_done(tag, id, result),
@@ -183,13 +249,8 @@ impl Committer {
         let mut items: Vec<(Vec<u8>, EnqueueOptions)> = Vec::new();
         let mut back: Vec<(usize, usize)> = Vec::new();
         for (s, settled) in group.iter_mut().enumerate() {
-            let Then::Complete {
-                priority,
-                rows,
-                children,
-                ..
-            } = &mut settled.then
-            else {
+            let priority = &settled.priority;
+            let Then::Complete { rows, children, .. } = &mut settled.then else {
                 continue;
             };
             for (i, job, delay) in children.drain(..) {

@@ -62,6 +62,7 @@ mod registry;
 mod run;
 mod runner;
 mod service;
+mod stats;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -76,6 +77,7 @@ pub use onnx::OnnxModel;
 pub use pool::PoolOptions;
 pub use run::{Metadata, Progress, RowOutput, Run, RunId, RunOutput};
 pub use service::{InferService, ModelRef, RunOptions, ServiceOptions, Unclaimed};
+pub use stats::{Latency, RowCount, ServiceStats, METRIC_NAMES};
 
 /// A model that maps input rows to output rows in batches.
 pub trait Model: Send + Sync + 'static {

@@ -40,6 +40,7 @@ use super::registry::{Erased, Registry};
 use super::run::Tracker;
 use super::runner::Runner;
 use super::service::Unclaimed;
+use super::stats::Recorder;
 use super::{note, wall_ms, ErrorKind, InferError, ModelError, RowError};
 use crate::{Delivery, DequeueOptions, Error, Queue, Receipt};
 
@@ -174,6 +175,7 @@ pub(crate) struct Shared {
     pub registry: Registry,
     pub tracker: Tracker,
     pub health: Health,
+    pub recorder: Arc<Recorder>,
     pub opts: PoolOptions,
     pub unclaimed: Unclaimed,
     /// Whether the committer syncs each commit (`Immediate`).
@@ -507,6 +509,8 @@ impl Worker {
             Unclaimed::DeadLetter => Some(Settled {
                 receipt: d.receipt,
                 run: None,
+                priority: d.priority,
+                enqueued_ms: 0,
                 then: Then::Park(why),
             }),
         }
@@ -625,6 +629,8 @@ impl Worker {
                     Settled {
                         receipt: leased.delivery.receipt,
                         run: Some((leased.job.run, leased.delivery.id.into())),
+                        priority: leased.delivery.priority,
+                        enqueued_ms: leased.job.enqueued_ms,
                         then: Then::Retry(delay),
                     }
                 }
@@ -694,11 +700,12 @@ impl Worker {
         Settled {
             receipt: leased.delivery.receipt,
             run: Some((leased.job.run, leased.delivery.id.into())),
+            priority: leased.delivery.priority,
+            enqueued_ms: leased.job.enqueued_ms,
             then: Then::Complete {
                 model: leased.model.clone(),
                 attempt: leased.attempt(),
                 queue_us,
-                priority: leased.delivery.priority,
                 rows,
                 children,
             },
@@ -710,6 +717,8 @@ impl Worker {
         Settled {
             receipt: leased.delivery.receipt,
             run: Some((leased.job.run, leased.delivery.id.into())),
+            priority: leased.delivery.priority,
+            enqueued_ms: leased.job.enqueued_ms,
             then: Then::DeadLetter {
                 error,
                 attempt,

@@ -27,6 +27,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use super::codec;
 use super::job::{JobResult, JobSpan, ModelKey, RowResult};
 use super::pool::Shared;
+use super::stats::Recorder;
 use super::{ErrorKind, InferError, Model, RowError};
 use crate::{MessageId, MessageStatus, Queue, Timestamp};
 
@@ -139,6 +140,8 @@ struct State {
     resumed: usize,
     /// Whether every job of the run is in `outstanding` (or done).
     sealed: bool,
+    /// Whether the run's end was counted in the stats.
+    counted: bool,
     /// News of jobs heard before they were expected (while not sealed).
     early: Vec<(u64, Early)>,
 }
@@ -171,6 +174,7 @@ impl State {
 
 /// The live state of one run (shared by its handles and the tracker).
 pub(crate) struct RunState {
+    recorder: Arc<Recorder>,
     pub tag: u64,
     /// The manifest's id once written (0 before).
     id: AtomicU64,
@@ -182,8 +186,15 @@ pub(crate) struct RunState {
 }
 
 impl RunState {
-    pub fn new(tag: u64, model: ModelKey, total: usize, budget: Option<f64>) -> RunState {
+    pub fn new(
+        recorder: Arc<Recorder>,
+        tag: u64,
+        model: ModelKey,
+        total: usize,
+        budget: Option<f64>,
+    ) -> RunState {
         RunState {
+            recorder,
             tag,
             id: AtomicU64::new(0),
             model,
@@ -230,12 +241,38 @@ impl RunState {
         let mut s = self.state.lock();
         s.sealed = true;
         s.early.clear();
+        self.count_end(&mut s);
     }
 
-    /// Rows already finished count as resumed.
+    /// Rows already finished count as resumed (and a run already
+    /// finished is not counted again as finishing here).
     pub fn mark_resumed(&self) {
         let mut s = self.state.lock();
         s.resumed = s.done;
+        if s.outstanding.is_empty() {
+            s.counted = true;
+        }
+    }
+
+    /// Count the run's end in the stats, once, if it just ended. Called
+    /// with the state locked, after each change.
+    fn count_end(&self, s: &mut State) {
+        if s.counted || !s.finished() {
+            return;
+        }
+        s.counted = true;
+        self.recorder
+            .run_finished(s.failed > 0 || s.cancelled.is_some());
+    }
+
+    /// Whether rows are done and rows are to go (`Some(true)`), none are
+    /// done yet (`Some(false)`), or the run is over (`None`).
+    pub fn running(&self) -> Option<bool> {
+        let s = self.state.lock();
+        if s.finished() {
+            return None;
+        }
+        Some(s.done > 0)
     }
 
     pub fn progress(&self) -> Progress {
@@ -284,6 +321,7 @@ impl RunState {
                 }
             }
         }
+        self.count_end(&mut s);
         drop(s);
         self.changed.notify_all();
     }
@@ -320,6 +358,7 @@ impl RunState {
                 },
             );
         }
+        self.count_end(&mut s);
         drop(s);
         self.changed.notify_all();
     }
@@ -329,6 +368,7 @@ impl RunState {
         if s.cancelled.is_none() && !s.outstanding.is_empty() {
             s.cancelled = Some(why);
         }
+        self.count_end(&mut s);
         drop(s);
         self.changed.notify_all();
     }
@@ -448,6 +488,23 @@ impl Tracker {
             });
             run.apply_dead(id, e.clone(), meta);
         }
+    }
+
+    /// Runs held here not started yet, and running.
+    pub fn live_counts(&self) -> (usize, usize) {
+        let runs = self.runs.lock();
+        let (mut queued, mut running) = (0, 0);
+        for states in runs.values() {
+            // One run found twice counts once: by its first live state.
+            if let Some(r) = states.iter().find_map(Weak::upgrade) {
+                match r.running() {
+                    Some(true) => running += 1,
+                    Some(false) => queued += 1,
+                    None => {}
+                }
+            }
+        }
+        (queued, running)
     }
 
     pub fn is_cancelled(&self, tag: u64) -> bool {

@@ -32,6 +32,7 @@ use super::job::{content_hash, Job, JobSpan, Manifest, ModelKey};
 use super::pool::{Health, Pool, PoolOptions, Shared};
 use super::registry::Registry;
 use super::run::{RowOutput, Run, RunId, RunState, Tracker};
+use super::stats::ServiceStats;
 use super::{wall_ms, InferError, Model};
 use crate::storage::{DiskStorage, MemoryStorage, Storage};
 use crate::{
@@ -374,6 +375,7 @@ impl InferService {
             registry: Registry::default(),
             tracker: Tracker::default(),
             health: Health::default(),
+            recorder: Arc::default(),
             opts: opts.pool.clone(),
             unclaimed: opts.unclaimed,
             sync_commits: opts.durability == Durability::Immediate,
@@ -461,6 +463,7 @@ impl InferService {
         let now = wall_ms();
         let total = encoded.len();
         let state = Arc::new(RunState::new(
+            self.shared.recorder.clone(),
             tag,
             model.key.clone(),
             total,
@@ -581,7 +584,13 @@ impl InferService {
         self.check_registered(&model.key)?;
         let row = codec::encode(row)?;
         let tag = self.tag();
-        let state = Arc::new(RunState::new(tag, model.key.clone(), 1, None));
+        let state = Arc::new(RunState::new(
+            self.shared.recorder.clone(),
+            tag,
+            model.key.clone(),
+            1,
+            None,
+        ));
         self.shared.tracker.add(&state);
         let timeout = opts.timeout.unwrap_or(self.shared.opts.timeout);
         let deadline_ms = opts.deadline.map_or(0, |d| d.0);
@@ -647,6 +656,20 @@ impl InferService {
     /// panics), most recent last, at most 100.
     pub fn errors(&self) -> Vec<String> {
         self.shared.health.errors()
+    }
+
+    /// Runs by state, rows per model and lane, and latency percentiles
+    /// (queue wait, inference, end to end) since the service opened. With
+    /// the `metrics` feature the same figures go to the `metrics` facade
+    /// ([`METRIC_NAMES`](super::METRIC_NAMES)).
+    pub fn stats(&self) -> ServiceStats {
+        let (queued, running) = self.shared.tracker.live_counts();
+        self.shared.recorder.snapshot(
+            queued,
+            running,
+            self.shared.held.lock().len(),
+            self.shared.health.workers(),
+        )
     }
 
     /// The models registered, as (name, version).
@@ -741,6 +764,7 @@ impl InferService {
             )));
         }
         let state = Arc::new(RunState::new(
+            self.shared.recorder.clone(),
             manifest.tag,
             manifest.model.clone(),
             manifest.rows as usize,
