@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lanelog::worker::{parallel_infer, InferOptions, Model, OnnxModel, PoolOptions};
+use lanelog::worker::{parallel_infer, Column, InferOptions, Model, OnnxModel, PoolOptions};
 
 #[path = "support/direct.rs"]
 mod direct;
@@ -69,7 +69,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .validation("low_confidence", |p: &Vec<f32>| {
             p.iter().copied().fold(0.0, f32::max) < 0.6
-        });
+        })
+        .dataset_include(&[Column::Metadata]);
     // LANELOG_INFER_IN_MEMORY=1 keeps the queues in memory, to show what
     // the durable queues cost.
     let in_memory = std::env::var_os("LANELOG_INFER_IN_MEMORY").is_some();
@@ -136,8 +137,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             r.time.0,
             labels[i],
             r.anomaly_count.unwrap_or(0),
-            ms(m.queue_time),
-            ms(m.infer_time),
+            ms(m.elapsed.queue_wait),
+            ms(m.elapsed.inference),
             m.batch_rows,
             m.attempt
         );
@@ -176,8 +177,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "per-step timings (mean per row): waiting in the queue {:.2} ms, model call for its batch {:.2} ms, batch size {:.1}",
-        avg(&|m| m.queue_time),
-        avg(&|m| m.infer_time),
+        avg(&|m| m.elapsed.queue_wait),
+        avg(&|m| m.elapsed.inference),
         metas.iter().map(|m| f64::from(m.batch_rows)).sum::<f64>() / metas.len() as f64
     );
     Ok(())

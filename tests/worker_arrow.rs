@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    DurationMicrosecondType, Float64Type, TimestampMillisecondType, UInt32Type,
+    DurationNanosecondType, Float64Type, TimestampMillisecondType, UInt32Type,
 };
 use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use lanelog::worker::{parallel_infer_arrow, Column, InferOptions, Model, ModelError, PoolOptions};
@@ -55,6 +55,7 @@ fn opts() -> InferOptions<f64> {
     InferOptions::new()
         .pool(PoolOptions::new().num_parallel(3).max_batch(16).retries(0))
         .validation("big", |x: &f64| *x > 500.0)
+        .dataset_include(&[Column::Metadata])
 }
 
 #[test]
@@ -80,11 +81,16 @@ fn results_come_back_in_input_order_with_every_column() {
             "out.error",
             "anomaly.count",
             "anomaly.big",
-            "metadata.model_name",
+            "metadata.last_model.model_name",
+            "metadata.last_model.model_sha",
             "metadata.model_version",
+            "metadata.pipeline_version",
+            "metadata.partition",
             "metadata.attempt",
-            "metadata.queue_time",
-            "metadata.infer_time",
+            "metadata.elapsed.decode",
+            "metadata.elapsed.queue_wait",
+            "metadata.elapsed.inference",
+            "metadata.elapsed.store",
             "metadata.batch_rows",
         ]
     );
@@ -126,18 +132,23 @@ fn results_come_back_in_input_order_with_every_column() {
         .as_primitive::<TimestampMillisecondType>();
     assert_eq!(time.null_count(), 0);
     assert!(time.values().iter().all(|&ms| ms > 1_700_000_000_000));
-    let model = t.column_by_name("metadata.model_name").unwrap();
+    let model = t.column_by_name("metadata.last_model.model_name").unwrap();
     assert_eq!(model.as_string::<i32>().value(0), "sum");
     let attempt = t
         .column_by_name("metadata.attempt")
         .unwrap()
         .as_primitive::<UInt32Type>();
     assert!(attempt.values().iter().all(|&a| a >= 1));
-    let infer = t.column_by_name("metadata.infer_time").unwrap();
+    let infer = t.column_by_name("metadata.elapsed.inference").unwrap();
     assert_eq!(
-        infer.as_primitive::<DurationMicrosecondType>().null_count(),
+        infer.as_primitive::<DurationNanosecondType>().null_count(),
         0
     );
+    // A model without a file has no SHA; every row has its partition.
+    let sha = t.column_by_name("metadata.last_model.model_sha").unwrap();
+    assert_eq!(sha.null_count(), n);
+    let partition = t.column_by_name("metadata.partition").unwrap();
+    assert!(partition.as_string::<i32>().value(0).starts_with("worker-"));
 }
 
 #[test]

@@ -74,7 +74,9 @@ fn results_come_back_in_input_order_for_any_pool_shape() {
         .map(|&x| Ok(u64::from(x) * u64::from(x)))
         .collect();
     for (workers, batch) in [(1, 1), (2, 7), (4, 64), (3, 1000)] {
-        let opts = InferOptions::new().pool(fast_pool().num_parallel(workers).max_batch(batch));
+        let opts = InferOptions::new()
+            .pool(fast_pool().num_parallel(workers).max_batch(batch))
+            .dataset_include(&[Column::Metadata]);
         let out = parallel_infer(Arc::new(Square::default()), &rows, &opts).unwrap();
         assert_eq!(outputs(&out), want, "{workers} workers, batches of {batch}");
         assert_eq!(out.failed, 0);
@@ -105,6 +107,7 @@ fn failures_retry_then_dead_letter_and_the_rest_completes() {
         let rows: Vec<u32> = (0..20).collect();
         let dir = tempfile::tempdir().unwrap();
         let opts = InferOptions::new()
+            .dataset_include(&[Column::Metadata])
             .pool(fast_pool().max_batch(batch).retries(2))
             .dir(dir.path());
         let out = parallel_infer(Arc::new(model), &rows, &opts).unwrap();
@@ -165,12 +168,14 @@ fn a_stalled_batch_times_out_and_is_retried() {
             ..Square::default()
         };
         let rows: Vec<u32> = (0..6).collect();
-        let opts = InferOptions::new().pool(
-            fast_pool()
-                .max_batch(batch)
-                .timeout(Duration::from_millis(200))
-                .lease(Duration::from_millis(90)),
-        );
+        let opts = InferOptions::new()
+            .dataset_include(&[Column::Metadata])
+            .pool(
+                fast_pool()
+                    .max_batch(batch)
+                    .timeout(Duration::from_millis(200))
+                    .lease(Duration::from_millis(90)),
+            );
         let out = parallel_infer(Arc::new(model), &rows, &opts).unwrap();
         let want: Vec<Result<u64, String>> = (0..6u64).map(|x| Ok(x * x)).collect();
         assert_eq!(outputs(&out), want, "batch {batch}");
@@ -214,6 +219,29 @@ fn columns_validations_and_bad_options() {
     let only_time = InferOptions::new().pool(fast_pool()).dataset(&[]);
     let out = parallel_infer(Arc::new(Square::default()), &rows, &only_time).unwrap();
     assert!(out.rows.iter().all(|r| r.output.is_none() && r.time.0 > 0));
+    // The default dataset is Wallaroo's "*": time, in, out, anomaly;
+    // metadata only when asked for.
+    let default = InferOptions::new().pool(fast_pool());
+    let out = parallel_infer(Arc::new(Square::default()), &rows, &default).unwrap();
+    let r = &out.rows[3];
+    assert!(r.input.is_some() && r.output.is_some() && r.anomaly_count.is_some());
+    assert!(r.metadata.is_none());
+    let with_meta = default.clone().dataset_include(&[Column::Metadata]);
+    let out = parallel_infer(Arc::new(Square::default()), &rows, &with_meta).unwrap();
+    let m = out.rows[3].metadata.clone().unwrap();
+    assert_eq!(
+        (m.model_name.as_str(), m.model_sha.as_deref()),
+        ("square", None)
+    );
+    assert!(m.partition.starts_with("worker-") && m.pipeline_version.starts_with("lanelog-"));
+    // Excluding time is an error, as in Wallaroo.
+    let no_time = InferOptions::new()
+        .pool(fast_pool())
+        .dataset_exclude(&[Column::Time]);
+    match parallel_infer(Arc::new(Square::default()), &rows, &no_time) {
+        Err(InferError::InvalidArgument(m)) => assert!(m.contains("time"), "{m}"),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
     for bad in [fast_pool().num_parallel(0), fast_pool().max_batch(0)] {
         let opts = InferOptions::new().pool(bad);
         assert!(matches!(

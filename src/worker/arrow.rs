@@ -14,9 +14,9 @@
 //! | `out.error` | `Utf8`, the error of a failed row, else null | [`Column::Output`] |
 //! | `anomaly.count` | `UInt32` | [`Column::Anomaly`] |
 //! | `anomaly.<validation>` | `Boolean`, one per validation | [`Column::Anomaly`] |
-//! | `metadata.model_name`, `metadata.model_version` | `Utf8` | [`Column::Metadata`] |
+//! | `metadata.last_model.model_name`, `metadata.last_model.model_sha` (null without a file), `metadata.model_version`, `metadata.pipeline_version`, `metadata.partition` | `Utf8` | [`Column::Metadata`] |
 //! | `metadata.attempt`, `metadata.batch_rows` | `UInt32` | [`Column::Metadata`] |
-//! | `metadata.queue_time`, `metadata.infer_time` | `Duration(µs)` | [`Column::Metadata`] |
+//! | `metadata.elapsed.decode`, `.queue_wait`, `.inference`, `.store` | `Duration(ns)` | [`Column::Metadata`] |
 //!
 //! `<output>` is [`Model::output_name`]. Queue payloads stay bincode'd rows
 //! (an Arrow IPC message per row would be ~3x larger and slower); the
@@ -32,8 +32,8 @@ use arrow_array::types::{
     UInt64Type, UInt8Type,
 };
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, DurationMicrosecondArray, Float32Array, Float64Array,
-    Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array,
+    Array, ArrayRef, BooleanArray, DurationNanosecondArray, Float32Array, Float64Array, Int64Array,
+    RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array,
 };
 use arrow_schema::{Field, Schema};
 
@@ -341,16 +341,26 @@ where
                 .map(|r| r.metadata.as_ref().map(f))
                 .collect::<Vec<_>>()
         };
+        let text = |f: fn(&super::Metadata) -> Option<String>| {
+            strings(rows, |r| r.metadata.as_ref().and_then(f))
+        };
         push(
-            "metadata.model_name",
-            strings(rows, |r| r.metadata.as_ref().map(|m| m.model_name.clone())),
+            "metadata.last_model.model_name",
+            text(|m| Some(m.model_name.clone())),
+        );
+        push(
+            "metadata.last_model.model_sha",
+            text(|m| m.model_sha.clone()),
         );
         push(
             "metadata.model_version",
-            strings(rows, |r| {
-                r.metadata.as_ref().map(|m| m.model_version.clone())
-            }),
+            text(|m| Some(m.model_version.clone())),
         );
+        push(
+            "metadata.pipeline_version",
+            text(|m| Some(m.pipeline_version.clone())),
+        );
+        push("metadata.partition", text(|m| Some(m.partition.clone())));
         let u32s = |v: Vec<Option<u64>>| -> ArrayRef {
             Arc::new(
                 v.into_iter()
@@ -358,21 +368,29 @@ where
                     .collect::<UInt32Array>(),
             )
         };
-        let micros = |v: Vec<Option<u64>>| -> ArrayRef {
+        let nanos = |v: Vec<Option<u64>>| -> ArrayRef {
             Arc::new(
                 v.into_iter()
                     .map(|x| x.map(|x| x as i64))
-                    .collect::<DurationMicrosecondArray>(),
+                    .collect::<DurationNanosecondArray>(),
             )
         };
         push("metadata.attempt", u32s(meta(|m| u64::from(m.attempt))));
         push(
-            "metadata.queue_time",
-            micros(meta(|m| m.queue_time.as_micros() as u64)),
+            "metadata.elapsed.decode",
+            nanos(meta(|m| m.elapsed.decode.as_nanos() as u64)),
         );
         push(
-            "metadata.infer_time",
-            micros(meta(|m| m.infer_time.as_micros() as u64)),
+            "metadata.elapsed.queue_wait",
+            nanos(meta(|m| m.elapsed.queue_wait.as_nanos() as u64)),
+        );
+        push(
+            "metadata.elapsed.inference",
+            nanos(meta(|m| m.elapsed.inference.as_nanos() as u64)),
+        );
+        push(
+            "metadata.elapsed.store",
+            nanos(meta(|m| m.elapsed.store.as_nanos() as u64)),
         );
         push(
             "metadata.batch_rows",

@@ -19,9 +19,9 @@
 
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::job::{Job, JobResult, RowResult};
+use super::job::{Job, JobResult, Provenance, RowResult};
 use super::pool::Shared;
 use super::registry::Erased;
 use super::run::DeadMeta;
@@ -50,6 +50,8 @@ pub(super) enum Then {
         model: Arc<dyn Erased>,
         attempt: u32,
         queue_us: u64,
+        decode_ns: u64,
+        partition: Arc<str>,
         rows: Vec<RowResult>,
         children: Vec<(usize, Job, Duration)>,
     },
@@ -113,6 +115,7 @@ impl Committer {
     /// queue), others are noted and leave their job leased.
     fn commit(&self, mut group: Vec<Settled>) -> Result<(), Error> {
         let jobs = &self.shared.jobs;
+        let started = Instant::now();
         let now = wall_ms();
         let mut heard = Vec::with_capacity(group.len());
         let mut seen = Vec::with_capacity(group.len());
@@ -127,18 +130,24 @@ impl Committer {
                     model,
                     attempt,
                     queue_us,
+                    decode_ns,
+                    partition,
                     rows,
                     ..
                 } => {
                     let key = model.key();
-                    let mut result = JobResult::new(
-                        key.name.clone(),
-                        key.version.clone(),
+                    let provenance = Provenance {
+                        model_name: key.name.clone(),
+                        model_version: key.version.clone(),
+                        model_sha: model.sha256().to_string(),
+                        pipeline_version: self.shared.pipeline_version.clone(),
+                        partition: partition.to_string(),
                         attempt,
-                        now,
+                        finished_ms: now,
                         queue_us,
-                        rows,
-                    );
+                        decode_ns,
+                    };
+                    let mut result = JobResult::new(provenance, rows);
                     let done = self.complete(settled.receipt, &mut result);
                     if done.is_ok() {
                         seen.push(Seen {
@@ -215,6 +224,7 @@ impl Committer {
             jobs.sync()?;
         }
         let stored = wall_ms();
+        let store_ns = started.elapsed().as_nanos() as u64;
         for s in &seen {
             self.shared.recorder.job(&JobRows {
                 model: (&s.model.0, &s.model.1),
@@ -228,7 +238,9 @@ impl Committer {
         }
         for h in heard {
             match h {
-                Heard::Done(tag, id, result) => self.shared.tracker.job_done(tag, id, result),
+                Heard::Done(tag, id, result) => {
+                    self.shared.tracker.job_done(tag, id, result, store_ns)
+                }
                 Heard::Dead(tag, id, e, meta) => {
                     self.shared.tracker.job_dead(tag, id, e, Some(meta))
                 }

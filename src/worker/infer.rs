@@ -53,6 +53,8 @@ pub struct InferOptions<O> {
     pub(crate) columns: Vec<Column>,
     pub(crate) validations: Vec<Validation<O>>,
     pub(crate) failure_budget: Option<f64>,
+    /// `dataset_exclude` named `time`: refused when the call starts.
+    pub(crate) time_excluded: bool,
 }
 
 impl<O> std::fmt::Debug for InferOptions<O> {
@@ -78,22 +80,18 @@ impl<O> Default for InferOptions<O> {
 }
 
 impl<O> InferOptions<O> {
-    /// The pool's defaults ([`PoolOptions::new`]), queues in memory, every
-    /// column, no validations, no failure budget.
+    /// The pool's defaults ([`PoolOptions::new`]), queues in memory, the
+    /// dataset `["*"]` (time, in, out and anomaly; metadata is opt-in, as
+    /// in Wallaroo), no validations, no failure budget.
     pub fn new() -> Self {
         InferOptions {
             pool: PoolOptions::new(),
             dir: None,
             durability: Durability::Immediate,
-            columns: vec![
-                Column::Time,
-                Column::Input,
-                Column::Output,
-                Column::Anomaly,
-                Column::Metadata,
-            ],
+            columns: vec![Column::Time, Column::Input, Column::Output, Column::Anomaly],
             validations: Vec::new(),
             failure_budget: None,
+            time_excluded: false,
         }
     }
 
@@ -104,9 +102,9 @@ impl<O> InferOptions<O> {
         self
     }
 
-    /// Keep the job and result queues in `dir` (subdirectories `jobs` and
-    /// `results`) so that a caller that crashed can call again with the
-    /// same rows and collect what was already computed. Default = in memory.
+    /// Run on an [`InferService`](super::InferService) in `dir` (its
+    /// `jobs` and `runs` queues) so that a caller that crashed, or calls
+    /// again, collects what was already computed. Default = in memory.
     #[must_use]
     pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.dir = Some(dir.into());
@@ -124,13 +122,29 @@ impl<O> InferOptions<O> {
     #[must_use]
     pub fn dataset(mut self, columns: &[Column]) -> Self {
         self.columns = columns.to_vec();
+        self.time_excluded = false;
         self
     }
 
-    /// Return every column except these (`time` is always returned).
+    /// Return these columns too (`dataset_include(&[Column::Metadata])` is
+    /// Wallaroo's `dataset=["*", "metadata"]`).
+    #[must_use]
+    pub fn dataset_include(mut self, columns: &[Column]) -> Self {
+        for c in columns {
+            if !self.columns.contains(c) {
+                self.columns.push(*c);
+            }
+        }
+        self
+    }
+
+    /// Return every column except these. Excluding [`Column::Time`] is an
+    /// error ([`InferError::InvalidArgument`] when the call starts), as in
+    /// Wallaroo.
     #[must_use]
     pub fn dataset_exclude(mut self, columns: &[Column]) -> Self {
         self.columns.retain(|c| !columns.contains(c));
+        self.time_excluded |= columns.contains(&Column::Time);
         self
     }
 
@@ -227,6 +241,11 @@ pub fn parallel_infer<M: Model>(
     opts: &InferOptions<M::Output>,
 ) -> Result<InferResult<M::Input, M::Output>, InferError> {
     opts.pool.validate()?;
+    if opts.time_excluded {
+        return Err(InferError::InvalidArgument(
+            "the dataset cannot exclude `time`: every result row has it".into(),
+        ));
+    }
     let started = Instant::now();
     let encoded: Vec<Vec<u8>> = rows
         .iter()

@@ -140,35 +140,54 @@ pub(crate) enum RowResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct JobResult {
     magic: u32,
-    /// The model that computed it (name and version, once per job).
+    /// The model that computed it (name, version and the SHA-256 of its
+    /// file, empty if none; once per job).
     pub model_name: String,
     pub model_version: String,
+    pub model_sha: String,
+    /// The service's pipeline version and the worker that ran it.
+    pub pipeline_version: String,
+    pub partition: String,
     /// Deliveries of these rows, this one included.
     pub attempt: u32,
     /// When the job was settled, ms since the Unix epoch.
     pub finished_ms: u64,
     /// From enqueue to the model call, µs.
     pub queue_us: u64,
+    /// Decoding the job, ns.
+    pub decode_ns: u64,
     /// One entry per row of the job, in order.
     pub rows: Vec<RowResult>,
 }
 
+/// Who computed a job and when: what a [`JobResult`] says besides its
+/// rows.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Provenance {
+    pub model_name: String,
+    pub model_version: String,
+    pub model_sha: String,
+    pub pipeline_version: String,
+    pub partition: String,
+    pub attempt: u32,
+    pub finished_ms: u64,
+    pub queue_us: u64,
+    pub decode_ns: u64,
+}
+
 impl JobResult {
-    pub fn new(
-        model_name: String,
-        model_version: String,
-        attempt: u32,
-        finished_ms: u64,
-        queue_us: u64,
-        rows: Vec<RowResult>,
-    ) -> JobResult {
+    pub fn new(p: Provenance, rows: Vec<RowResult>) -> JobResult {
         JobResult {
             magic: RESULT_MAGIC,
-            model_name,
-            model_version,
-            attempt,
-            finished_ms,
-            queue_us,
+            model_name: p.model_name,
+            model_version: p.model_version,
+            model_sha: p.model_sha,
+            pipeline_version: p.pipeline_version,
+            partition: p.partition,
+            attempt: p.attempt,
+            finished_ms: p.finished_ms,
+            queue_us: p.queue_us,
+            decode_ns: p.decode_ns,
             rows,
         }
     }
@@ -322,7 +341,18 @@ mod tests {
         let job = Job::new(1, 10, key(), 5, 1000, 0, vec![vec![1, 2], vec![3]]);
         let jb = job.encode().unwrap();
         assert_eq!(Job::decode(&jb), Some(job.clone()));
-        let r = JobResult::new("m".into(), "1".into(), 1, 9, 3, vec![RowResult::Moved(4)]);
+        let p = Provenance {
+            model_name: "m".into(),
+            model_version: "1".into(),
+            model_sha: "ab".into(),
+            pipeline_version: "p".into(),
+            partition: "worker-0".into(),
+            attempt: 1,
+            finished_ms: 9,
+            queue_us: 3,
+            decode_ns: 2,
+        };
+        let r = JobResult::new(p, vec![RowResult::Moved(4)]);
         let rb = r.encode().unwrap();
         assert_eq!(JobResult::decode(&rb).unwrap(), r);
         let m = Manifest::new(

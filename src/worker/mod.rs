@@ -75,7 +75,7 @@ pub use infer::{parallel_infer, Column, InferOptions, InferResult, InferRow};
 #[cfg(feature = "onnx")]
 pub use onnx::OnnxModel;
 pub use pool::PoolOptions;
-pub use run::{Metadata, Progress, RowOutput, Run, RunId, RunOutput};
+pub use run::{Elapsed, Metadata, Progress, RowOutput, Run, RunId, RunOutput};
 pub use service::{InferService, ModelRef, RunOptions, ServiceOptions, Unclaimed};
 pub use stats::{Latency, RowCount, ServiceStats, METRIC_NAMES};
 
@@ -95,6 +95,12 @@ pub trait Model: Send + Sync + 'static {
     /// The name of the output, for result tables (`out.<name>`).
     fn output_name(&self) -> &str {
         "output"
+    }
+
+    /// The SHA-256 of the model file, in hex, for a row's metadata
+    /// (`last_model.model_sha`); `None` for a model without a file.
+    fn sha256(&self) -> Option<&str> {
+        None
     }
 
     /// Run the model on a batch; one output per input, in order.

@@ -13,6 +13,7 @@ pub struct OnnxModel {
     plan: std::sync::Arc<TypedRunnableModel>,
     name: String,
     version: String,
+    sha256: String,
     output: String,
     features: usize,
 }
@@ -61,9 +62,15 @@ impl OnnxModel {
         let name = path
             .file_stem()
             .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
+        let sha256 = {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(&bytes);
+            digest.iter().map(|b| format!("{b:02x}")).collect()
+        };
         Ok(OnnxModel {
             plan,
             name,
+            sha256,
             version: format!("fnv64:{:016x}", fnv64(&bytes)),
             output: output.to_string(),
             features,
@@ -96,6 +103,10 @@ impl Model for OnnxModel {
 
     fn output_name(&self) -> &str {
         &self.output
+    }
+
+    fn sha256(&self) -> Option<&str> {
+        Some(&self.sha256)
     }
 
     fn infer(&self, rows: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, ModelError> {

@@ -177,6 +177,8 @@ pub(crate) struct Shared {
     pub health: Health,
     pub recorder: Arc<Recorder>,
     pub opts: PoolOptions,
+    /// Stamped on every result (the service's pipeline version).
+    pub pipeline_version: String,
     pub unclaimed: Unclaimed,
     /// Whether the committer syncs each commit (`Immediate`).
     pub sync_commits: bool,
@@ -287,6 +289,7 @@ impl Pool {
                 stop: stop.clone(),
                 seed: 0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1).wrapping_mul(wall_ms() | 1),
                 jobs_per_take: 1,
+                partition: Arc::from(format!("worker-{i}")),
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("lanelog-worker-{i}"))
@@ -344,6 +347,8 @@ struct Worker {
     /// Jobs to lease at once: enough for about `max_batch` rows, from the
     /// rows per job of the last batch.
     jobs_per_take: usize,
+    /// This worker's name in results' metadata.
+    partition: Arc<str>,
 }
 
 /// A leased job, decoded, with the model that runs it.
@@ -351,6 +356,8 @@ struct Leased {
     delivery: Delivery,
     job: Job,
     model: Arc<dyn Erased>,
+    /// Time to decode the job.
+    decode_ns: u64,
 }
 
 impl Leased {
@@ -412,7 +419,10 @@ impl Worker {
         let mut runnable: Vec<Leased> = Vec::with_capacity(batch.len());
         let mut rows = 0;
         for d in batch {
-            let Some(job) = Job::decode(&d.payload) else {
+            let decoding = Instant::now();
+            let decoded = Job::decode(&d.payload);
+            let decode_ns = decoding.elapsed().as_nanos() as u64;
+            let Some(job) = decoded else {
                 settled.extend(self.unclaimed(
                     d,
                     None,
@@ -431,6 +441,7 @@ impl Worker {
                 delivery: d,
                 job,
                 model,
+                decode_ns,
             };
             let attempt = leased.attempt();
             let last = leased.job.last_error.clone();
@@ -706,6 +717,8 @@ impl Worker {
                 model: leased.model.clone(),
                 attempt: leased.attempt(),
                 queue_us,
+                decode_ns: leased.decode_ns,
+                partition: self.partition.clone(),
                 rows,
                 children,
             },

@@ -19,6 +19,9 @@ use super::{Model, ModelError};
 pub(crate) trait Erased: Send + Sync {
     fn key(&self) -> &ModelKey;
 
+    /// The model file's SHA-256 (hex), empty when it has none.
+    fn sha256(&self) -> &str;
+
     /// Decode `rows`, run the model, encode its outputs: one per row, in
     /// order. A row or output the codec refuses is a permanent failure.
     fn infer(&self, rows: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, ModelError>;
@@ -27,11 +30,16 @@ pub(crate) trait Erased: Send + Sync {
 struct Typed<M: Model> {
     model: Arc<M>,
     key: ModelKey,
+    sha256: String,
 }
 
 impl<M: Model> Erased for Typed<M> {
     fn key(&self) -> &ModelKey {
         &self.key
+    }
+
+    fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     fn infer(&self, rows: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, ModelError> {
@@ -83,9 +91,11 @@ impl Registry {
     /// Register `model` (again: the newer instance replaces the older).
     pub fn register<M: Model>(&self, model: Arc<M>) -> ModelKey {
         let key = key_of(&*model);
+        let sha256 = model.sha256().unwrap_or_default().to_string();
         let typed: Arc<dyn Erased> = Arc::new(Typed {
             model,
             key: key.clone(),
+            sha256,
         });
         self.models.write().insert(key.clone(), typed);
         key

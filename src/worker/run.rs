@@ -58,21 +58,42 @@ pub struct Progress {
     pub total: usize,
 }
 
+/// Time a row spent in each step, as Wallaroo's `metadata.elapsed`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Elapsed {
+    /// Decoding the job that held the row.
+    pub decode: Duration,
+    /// From the row's enqueue to its model call.
+    pub queue_wait: Duration,
+    /// The model call holding the row (decoding its rows included).
+    pub inference: Duration,
+    /// Storing the result durably (zero for a result read back from the
+    /// directory rather than stored by this process).
+    pub store: Duration,
+}
+
 /// Timings and provenance of one row.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Metadata {
-    /// The model's name.
+    /// The model's name (`last_model.model_name`).
     pub model_name: String,
-    /// The model's version (file hash).
+    /// The model's version (the hash it is registered under).
     pub model_version: String,
+    /// The SHA-256 of the model file in hex (`last_model.model_sha`), when
+    /// the model has a file.
+    pub model_sha: Option<String>,
+    /// The service's pipeline version
+    /// ([`ServiceOptions::pipeline_version`](super::ServiceOptions::pipeline_version)).
+    pub pipeline_version: String,
+    /// The worker that computed the row (`worker-<n>`).
+    pub partition: String,
     /// Which delivery produced the result (1 on the first).
     pub attempt: u32,
-    /// Time in the queue before a worker took the row.
-    pub queue_time: Duration,
-    /// Time the model took for the batch holding this row.
-    pub infer_time: Duration,
-    /// Rows in that batch.
+    /// Time per step.
+    pub elapsed: Elapsed,
+    /// Rows in the model call that held this row.
     pub batch_rows: u32,
 }
 
@@ -114,9 +135,14 @@ pub(crate) struct DeadMeta {
 struct JobMeta {
     model_name: String,
     model_version: String,
+    model_sha: String,
+    pipeline_version: String,
+    partition: String,
     attempt: u32,
     finished_ms: u64,
     queue_us: u64,
+    decode_ns: u64,
+    store_ns: u64,
 }
 
 /// A finished row, its output still encoded.
@@ -148,7 +174,7 @@ struct State {
 
 /// What a run heard of a job it did not expect yet.
 enum Early {
-    Done(JobResult),
+    Done(JobResult, u64),
     Dead(RowError, Option<DeadMeta>),
 }
 
@@ -229,7 +255,7 @@ impl RunState {
         };
         for (id, heard) in early {
             match heard {
-                Early::Done(r) => self.apply_done(id, r),
+                Early::Done(r, store_ns) => self.apply_done(id, r, store_ns),
                 Early::Dead(e, meta) => self.apply_dead(id, e, meta),
             }
         }
@@ -285,20 +311,27 @@ impl RunState {
     }
 
     /// Job `id` completed with `result`.
-    pub fn apply_done(&self, id: u64, result: JobResult) {
+    /// Job `id` completed with `result`, stored in `store_ns` (0 when read
+    /// back).
+    pub fn apply_done(&self, id: u64, result: JobResult, store_ns: u64) {
         let mut s = self.state.lock();
         let Some((first, _)) = s.outstanding.remove(&id) else {
             if !s.sealed {
-                s.early.push((id, Early::Done(result)));
+                s.early.push((id, Early::Done(result, store_ns)));
             }
             return;
         };
         let meta = Arc::new(JobMeta {
             model_name: result.model_name,
             model_version: result.model_version,
+            model_sha: result.model_sha,
+            pipeline_version: result.pipeline_version,
+            partition: result.partition,
             attempt: result.attempt,
             finished_ms: result.finished_ms,
             queue_us: result.queue_us,
+            decode_ns: result.decode_ns,
+            store_ns,
         });
         for (i, row) in result.rows.into_iter().enumerate() {
             let at = first + i as u64;
@@ -341,9 +374,14 @@ impl RunState {
             Arc::new(JobMeta {
                 model_name: d.model_name,
                 model_version: d.model_version,
+                model_sha: String::new(),
+                pipeline_version: String::new(),
+                partition: String::new(),
                 attempt: d.attempt,
                 finished_ms: now,
                 queue_us: 0,
+                decode_ns: 0,
+                store_ns: 0,
             })
         });
         for i in 0..u64::from(rows) {
@@ -419,7 +457,7 @@ impl RunState {
                             .and_then(|r| r.ok_or_else(|| "its result is gone".to_string()))
                             .and_then(|b| JobResult::decode(&b).map_err(|e| e.to_string()));
                         match read {
-                            Ok(r) => self.apply_done(id, r),
+                            Ok(r) => self.apply_done(id, r, 0),
                             Err(e) => self.apply_dead(
                                 id,
                                 RowError::new(
@@ -467,15 +505,15 @@ impl Tracker {
             .unwrap_or_default()
     }
 
-    pub fn job_done(&self, tag: u64, id: u64, result: JobResult) {
+    pub fn job_done(&self, tag: u64, id: u64, result: JobResult, store_ns: u64) {
         let runs = self.get(tag);
         let n = runs.len();
         for (i, run) in runs.into_iter().enumerate() {
             if i + 1 == n {
-                run.apply_done(id, result);
+                run.apply_done(id, result, store_ns);
                 break;
             }
-            run.apply_done(id, result.clone());
+            run.apply_done(id, result.clone(), store_ns);
         }
     }
 
@@ -707,9 +745,16 @@ fn decode_row<O: serde::de::DeserializeOwned>(slot: &Slot) -> RowOutput<O> {
         metadata: slot.meta.as_ref().map(|m| Metadata {
             model_name: m.model_name.clone(),
             model_version: m.model_version.clone(),
+            model_sha: (!m.model_sha.is_empty()).then(|| m.model_sha.clone()),
+            pipeline_version: m.pipeline_version.clone(),
+            partition: m.partition.clone(),
             attempt: m.attempt,
-            queue_time: Duration::from_micros(m.queue_us),
-            infer_time: Duration::from_micros(slot.infer_us),
+            elapsed: Elapsed {
+                decode: Duration::from_nanos(m.decode_ns),
+                queue_wait: Duration::from_micros(m.queue_us),
+                inference: Duration::from_micros(slot.infer_us),
+                store: Duration::from_nanos(m.store_ns),
+            },
             batch_rows: slot.batch_rows,
         }),
     }

@@ -63,6 +63,7 @@ pub struct ServiceOptions {
     pub(crate) unclaimed: Unclaimed,
     pub(crate) retention: Duration,
     pub(crate) prepare_ahead: bool,
+    pub(crate) pipeline_version: String,
 }
 
 impl Default for ServiceOptions {
@@ -83,6 +84,7 @@ impl ServiceOptions {
             unclaimed: Unclaimed::Wait,
             retention: Duration::from_secs(7 * 86_400),
             prepare_ahead: true,
+            pipeline_version: concat!("lanelog-", env!("CARGO_PKG_VERSION")).to_string(),
         }
     }
 
@@ -124,6 +126,15 @@ impl ServiceOptions {
     #[must_use]
     pub fn retention(mut self, d: Duration) -> Self {
         self.retention = d;
+        self
+    }
+
+    /// The version stamped on every result's metadata
+    /// (`pipeline_version`), to tell results of one deployment from
+    /// another's. Default = `lanelog-<crate version>`.
+    #[must_use]
+    pub fn pipeline_version(mut self, v: impl Into<String>) -> Self {
+        self.pipeline_version = v.into();
         self
     }
 
@@ -377,6 +388,7 @@ impl InferService {
             health: Health::default(),
             recorder: Arc::default(),
             opts: opts.pool.clone(),
+            pipeline_version: opts.pipeline_version.clone(),
             unclaimed: opts.unclaimed,
             sync_commits: opts.durability == Durability::Immediate,
             held: Mutex::new(Vec::new()),
