@@ -1,23 +1,23 @@
-//! The worker layer's error type, kept apart from the queue's
+//! The inference layer's error type, kept apart from the queue's
 //! [`crate::Error`]: a queue error reaches the caller wrapped, unchanged, in
-//! [`InferError::Queue`]; everything else here is about the pool and its
-//! runs.
+//! [`InferError::Queue`]; everything else here is about the service, its
+//! pool and its runs.
 
 use super::codec::CodecError;
 
-/// What can go wrong starting or stopping a [`WorkerPool`] or in a
-/// [`parallel_infer`] call.
+/// What can go wrong opening or closing an
+/// [`InferService`](super::InferService), submitting or waiting for a run,
+/// or in a [`parallel_infer`] call.
 ///
 /// A row the model fails on is not an error: it comes back as a failed row
-/// (its output is `Err` with the model's error), unless more rows fail than
-/// the failure budget allows.
+/// (its output is `Err` with a [`RowError`](super::RowError)), unless more
+/// rows fail than the failure budget allows.
 ///
-/// [`WorkerPool`]: super::WorkerPool
 /// [`parallel_infer`]: super::parallel_infer
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum InferError {
-    /// An operation on the job or result queue failed; the queue's error,
+    /// An operation on the jobs or runs queue failed; the queue's error,
     /// unchanged (its message too).
     #[error(transparent)]
     Queue(#[from] crate::Error),

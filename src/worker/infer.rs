@@ -204,8 +204,9 @@ pub struct InferResult<I, O> {
     pub run: u64,
 }
 
-/// Run `model` over every row of `rows` through durable job and result
-/// queues and a pool of workers; return the results in input order.
+/// Run `model` over every row of `rows` on an
+/// [`InferService`](super::InferService) opened for the call (in memory,
+/// or in [`InferOptions::dir`]) and return the results in input order.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -230,10 +231,12 @@ pub struct InferResult<I, O> {
 /// ```
 ///
 /// # Errors
-/// [`InferError::InvalidArgument`] for options out of range;
-/// [`InferError::Codec`] for a row too large to encode;
-/// [`InferError::FailureBudget`] when too many rows failed;
-/// [`InferError::Queue`] for queue errors ([`Error::Io`], [`Error::Locked`],
+/// [`InferError::InvalidArgument`] for options out of range (and a
+/// dataset without `time`); [`InferError::Codec`] for a row too large to
+/// encode; [`InferError::FailureBudget`] when too many rows failed;
+/// [`InferError::Stalled`] when the pool cannot go on (its queue failed);
+/// [`InferError::Queue`] for queue errors
+/// ([`Error::Io`](crate::Error::Io), [`Error::Locked`](crate::Error::Locked),
 /// ...); [`InferError::Spawn`] and [`InferError::Panicked`] from the pool.
 pub fn parallel_infer<M: Model>(
     model: Arc<M>,

@@ -1,48 +1,61 @@
-//! The inference worker loop on top of the queue: a [`Model`] trait, a
-//! [`WorkerPool`] that runs a model over jobs in micro-batches, and
-//! [`parallel_infer`], which takes a whole table in and gives the results
-//! back in input order.
+//! The inference layer on top of the queue: a [`Model`] trait, an
+//! [`InferService`] that runs registered models over submitted runs with a
+//! pool of workers, and [`parallel_infer`], a whole table in and its
+//! results back in input order (a submit and a wait on a service opened for
+//! the call). `docs/service.md` is the guide.
 //!
 //! This module uses only the public [`Queue`](crate::Queue) API, so it could
 //! live in its own crate.
 //!
-//! # How a job flows
+//! # How a run flows
 //!
-//! 1. A job is a message in the *jobs* queue whose payload is a
-//!    [`JobRecord`]: a run id and one row, or a run of consecutive rows,
-//!    with their typed inputs, encoded by the one codec in this module
-//!    (bincode 1.3, fixed-width integers, size-limited). `parallel_infer`
-//!    makes jobs of `max_batch` rows (fewer if rows are large), so the
-//!    queue works per micro-batch, not per row.
+//! 1. [`InferService::submit`] encodes the rows (the one codec here,
+//!    bincode 1.3) and enqueues them as *jobs* of up to `max_batch`
+//!    consecutive rows (fewer if rows are large) in the service's `jobs`
+//!    queue: in the lane of the run's priority, with its deadline. Each job
+//!    names its model by name, version and row type. Once they are synced
+//!    it writes the run's manifest (its model and its jobs' ids) to the
+//!    `runs` queue, keyed by the run's idempotency key if it has one.
 //! 2. A worker leases jobs for up to `max_batch` rows (waiting at most
-//!    `linger` for them), runs the model on them on a runner thread, renews
-//!    the leases while it runs, and gives up on a call after `timeout`. A
-//!    failed call is run again row by row to find the failing rows.
-//! 3. The worker hands the batch to the committer, which stores each
-//!    result durably in the *results* queue **before** it acks the job. A
-//!    crash in between redelivers the job and computes it again; the
-//!    duplicate result carries the same run and row, and the collector
-//!    keeps the first one it sees. So a job is never acked without its
-//!    results, and a duplicate is always recognised.
-//! 4. A failed row is retried with exponential backoff and jitter; past
-//!    `retries` it gets a failed result carrying the error and goes to the
-//!    dead letters with the same error. A one-row job is retried with
-//!    `nack`; a job of several rows runs once: its failed rows (or all its
-//!    rows, if its worker died or timed out) are split off into one-row
-//!    jobs carrying their attempts and last error, stored before the job
-//!    is acked. So retries and dead letters are per row either way.
+//!    `linger` for them), runs each job only on the model registered under
+//!    its exact key, on a runner thread under the run's timeout, and renews
+//!    the leases while it runs. A failed call is run again row by row to
+//!    find the failing rows. A job no registered model takes is held (or
+//!    parked, see [`Unclaimed`]), never run.
+//! 3. The worker hands the batch to the committer, which completes each job
+//!    with its result (`complete`: result and ack in one record), syncs once
+//!    for all of them, and then tells the runs waiting here. A crash before
+//!    the complete redelivers the job and computes it again.
+//! 4. A row that fails with a [`ErrorKind::Transient`] error or a timeout
+//!    is retried with backoff and jitter; past `retries`, or at once for a
+//!    [`ErrorKind::Permanent`] error, it becomes a dead letter whose reason
+//!    is its error. A one-row job is retried with `nack`; a job of several
+//!    rows runs once: its failed rows (or all of them, if its worker died)
+//!    are split off into one-row jobs, enqueued and synced before the job
+//!    is completed naming them. So retries and dead letters are per row.
+//! 5. A run learns what became of its jobs from the committer, and by
+//!    asking the queue ([`Queue::status`](crate::Queue::status)) while its
+//!    caller waits: dead letters (a missed deadline is one, dead-lettered
+//!    by the queue itself), and results stored before it was found again.
 //!
 //! # Files
 //!
-//! - `mod.rs`: the [`Model`] trait, [`ModelError`], and the records the
-//!   queues carry ([`JobRecord`], [`ResultRecord`], [`RowOutcome`]).
-//! - `codec.rs`: the one encoding of those records ([`codec`]), with the
-//!   fast paths that write its layout around rows already encoded.
-//! - `error.rs`: [`InferError`], what the worker layer returns.
-//! - `pool.rs`: [`PoolOptions`], [`WorkerPool`] and the workers (lease,
-//!   run, settle each job's rows).
-//! - `committer.rs`: the committer thread (store results, then settle jobs).
+//! - `mod.rs`: the [`Model`] trait, [`ModelError`], [`ErrorKind`],
+//!   [`RowError`].
+//! - `codec.rs`: the one encoding of rows, outputs and records ([`codec`]).
+//! - `job.rs`: the records stored: a job, its result, a run's manifest.
+//! - `registry.rs`: the registered models behind one object-safe face.
+//! - `error.rs`: [`InferError`], what the inference layer returns.
+//! - `service.rs`: [`InferService`], [`ServiceOptions`], [`RunOptions`],
+//!   [`ModelRef`], [`Unclaimed`]: submitting and finding runs.
+//! - `run.rs`: [`Run`] and what it returns; how a run tracks its jobs.
+//! - `pool.rs`: [`PoolOptions`], the workers (lease, run, settle each
+//!   job's rows) and the pool's health.
+//! - `committer.rs`: the committer thread (complete, retry, dead-letter or
+//!   split jobs; sync; tell the runs).
 //! - `runner.rs`: the model's thread, under a timeout, catching panics.
+//! - `stats.rs`: [`ServiceStats`] and, with the `metrics` feature, their
+//!   export through the `metrics` facade.
 //! - `infer.rs`: [`parallel_infer`], its options and its result table.
 //! - `arrow.rs` (feature `arrow`): `parallel_infer_arrow`, Arrow tables in
 //!   and out.
