@@ -6,18 +6,23 @@
 //!
 //! It loads the bundled scikit-learn digits model (models/digits_mlp.onnx),
 //! takes the digits table twice over (3,594 real rows of 64 features), and
-//! runs it three ways: one row per model call (sequential), the model called
-//! directly on micro-batches from the same number of threads (the floor for
-//! any queue), and `parallel_infer` through durable lanelog queues: once in
-//! a fresh directory (which makes the queues' files) and once more in the
-//! same directory (queues already there, as in a long-running service). It
-//! prints the times, the speed-up, a sample of the result table and the
-//! per-step timings.
+//! runs it: one row per model call (sequential), the model called directly
+//! on micro-batches from the same number of threads (the floor for any
+//! queue), `parallel_infer` through durable lanelog queues in a fresh
+//! directory (which makes the queues' files), and then as a service would:
+//! an `InferService` on that directory running the table as a bulk run,
+//! alone and then with a stream of single high-priority requests
+//! (`infer_one`, priority 9) beside it. It prints the times, the bulk rows/s
+//! with and without the interactive traffic, the interactive latency
+//! (p50/p99), a sample of the result table and the per-step timings.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lanelog::worker::{parallel_infer, Column, InferOptions, Model, OnnxModel, PoolOptions};
+use lanelog::worker::{
+    parallel_infer, Column, InferOptions, InferService, Model, OnnxModel, PoolOptions, RunOptions,
+    ServiceOptions,
+};
 
 #[path = "support/direct.rs"]
 mod direct;
@@ -79,9 +84,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         opts.dir(dir.path())
     };
-    let first = parallel_infer(model.clone(), &rows, &opts)?;
     let out = parallel_infer(model.clone(), &rows, &opts)?;
-    let (cold, parallel) = (first.elapsed, out.elapsed);
+    let cold = out.elapsed;
+
+    // 4. The same table as a service runs it: a bulk run on queues already
+    // made, alone, then with interactive requests beside it.
+    let pool = PoolOptions::new()
+        .num_parallel(threads)
+        .max_batch(BATCH)
+        .linger(Duration::from_millis(1));
+    let service = if in_memory {
+        ServiceOptions::new().pool(pool).open_in_memory()?
+    } else {
+        ServiceOptions::new().pool(pool).open(dir.path())?
+    };
+    let m = service.register(model.clone());
+    // Long enough for a stream of interactive requests beside it: the
+    // table ten times over.
+    let bulk_rows: Vec<Vec<f32>> = (0..10).flat_map(|_| rows.iter().cloned()).collect();
+    let t = Instant::now();
+    service.submit(&m, &bulk_rows, &RunOptions::new())?.wait()?;
+    let bulk_alone = t.elapsed();
+    let (bulk_mixed, latencies) = with_interactive(&service, &m, &bulk_rows)?;
+    service.close()?;
+    let parallel = bulk_alone.div_f64(10.0);
 
     let rate = |d: Duration| rows.len() as f64 / d.as_secs_f64();
     println!(
@@ -105,14 +131,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ms(cold),
         rate(cold)
     );
+    let bulk_rate = |d: Duration| bulk_rows.len() as f64 / d.as_secs_f64();
     println!(
-        "parallel_infer ({how}, {:>10}) {:>6.1} ms  {:>9.0} rows/s",
-        "again",
-        ms(parallel),
-        rate(parallel)
+        "service, {} rows ({how}), alone     {:>6.1} ms  {:>9.0} rows/s",
+        bulk_rows.len(),
+        ms(bulk_alone),
+        bulk_rate(bulk_alone)
     );
     println!(
-        "speed-up over sequential: {:.1}x; parallel_infer / direct: {:.2}x\n",
+        "service, {} rows, with interactive {:>6.1} ms  {:>9.0} rows/s",
+        bulk_rows.len(),
+        ms(bulk_mixed),
+        bulk_rate(bulk_mixed)
+    );
+    let pct = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "interactive requests (priority 9) during the bulk run: {}, latency p50 {:.2} ms, p99 {:.2} ms",
+        latencies.len(),
+        ms(pct(0.5)),
+        ms(pct(0.99))
+    );
+    println!(
+        "speed-up over sequential: {:.1}x; service bulk run (per table) / direct: {:.2}x\n",
         sequential.as_secs_f64() / parallel.as_secs_f64(),
         parallel.as_secs_f64() / direct.as_secs_f64()
     );
@@ -182,6 +222,52 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         metas.iter().map(|m| f64::from(m.batch_rows)).sum::<f64>() / metas.len() as f64
     );
     Ok(())
+}
+
+/// Run `rows` as a bulk run while another thread sends one row at a time
+/// at priority 9 (`infer_one`, a new request as soon as the last is
+/// answered, 1 ms apart); the bulk run's time and every request's latency,
+/// sorted.
+fn with_interactive(
+    service: &InferService,
+    m: &lanelog::worker::ModelRef<OnnxModel>,
+    rows: &[Vec<f32>],
+) -> Result<(Duration, Vec<Duration>), Box<dyn std::error::Error>> {
+    let t = Instant::now();
+    let bulk = service.submit(m, rows, &RunOptions::new())?;
+    let latencies = std::thread::scope(|s| {
+        let asker = s.spawn(|| -> Result<Vec<Duration>, String> {
+            let urgent = RunOptions::new().priority(9);
+            let mut latencies = Vec::new();
+            let mut i = 0;
+            while !bulk.is_finished() {
+                let asked = Instant::now();
+                let one = service.infer_one(m, &rows[i % rows.len()], &urgent);
+                one.map_err(|e| e.to_string())?
+                    .output
+                    .map_err(|e| e.to_string())?;
+                latencies.push(asked.elapsed());
+                i += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(latencies)
+        });
+        bulk.wait()?;
+        asker
+            .join()
+            .map_err(|_| "the interactive thread panicked")?
+            .map_err(Box::<dyn std::error::Error>::from)
+    });
+    let bulk_time = t.elapsed();
+    let mut latencies = latencies?;
+    if latencies.is_empty() {
+        // The bulk run was done before the first request: one more, alone.
+        let asked = Instant::now();
+        service.infer_one(m, &rows[0], &RunOptions::new().priority(9))?;
+        latencies.push(asked.elapsed());
+    }
+    latencies.sort();
+    Ok((bulk_time, latencies))
 }
 
 /// `--copies N` (1..=1000): how many times over to take the table.
