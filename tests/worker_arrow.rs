@@ -281,3 +281,45 @@ fn the_onnx_model_over_a_tensor_column_matches_the_fixture() {
     );
     assert_eq!(out.failed, 0);
 }
+
+#[test]
+fn a_table_of_several_batches_comes_back_as_as_many_batches() {
+    let whole = table(300);
+    let parts = [
+        whole.slice(0, 120),
+        whole.slice(120, 0),
+        whole.slice(120, 180),
+    ];
+    let out =
+        lanelog::worker::parallel_infer_arrow_batches(Arc::new(Sum), &parts, &opts()).unwrap();
+    assert_eq!(out.tables.len(), 3);
+    let sizes: Vec<usize> = out.tables.iter().map(|t| t.num_rows()).collect();
+    assert_eq!(sizes, vec![120, 0, 180]);
+    // The same rows, the same results as one batch gives.
+    let one = parallel_infer_arrow(Arc::new(Sum), &whole, &opts()).unwrap();
+    let totals = |t: &RecordBatch| -> Vec<Option<f64>> {
+        t.column_by_name("out.total")
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .iter()
+            .collect()
+    };
+    let joined: Vec<Option<f64>> = out.tables.iter().flat_map(totals).collect();
+    assert_eq!(joined, totals(&one.table));
+    assert_eq!(out.failed, one.failed);
+    // Each result batch carries its own input batch's columns.
+    assert_eq!(
+        out.tables[2].column_by_name("in.a").unwrap(),
+        parts[2].column(0)
+    );
+    // Batches of different schemas are refused, by index.
+    let other =
+        RecordBatch::try_from_iter([("z", Arc::new(Float64Array::from(vec![1.0])) as ArrayRef)])
+            .unwrap();
+    match lanelog::worker::parallel_infer_arrow_batches(Arc::new(Sum), &[whole, other], &opts()) {
+        Err(lanelog::worker::InferError::InvalidArgument(m)) => {
+            assert!(m.contains("batch 1"), "{m}")
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}

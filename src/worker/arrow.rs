@@ -275,13 +275,93 @@ where
     M::Output: ToArrow,
 {
     let rows = M::Input::rows_from(batch)?;
-    let want = |c: Column| opts.columns.contains(&c);
     let output_name = format!("out.{}", model.output_name());
     // The input columns come back from `batch` itself, not as row copies.
     let inner = opts.clone().dataset_exclude(&[Column::Input]);
     let result = parallel_infer(model, &rows, &inner)?;
-    let rows = &result.rows;
+    Ok(InferTable {
+        table: result_table(batch, &result.rows, opts, &output_name)?,
+        failed: result.failed,
+        resumed: result.resumed,
+        elapsed: result.elapsed,
+        run: result.run,
+    })
+}
 
+/// The result tables of [`parallel_infer_arrow_batches`] and the run's
+/// totals.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct InferTables {
+    /// One result batch per input batch, each with its input batch's rows
+    /// in order (columns: the module docs).
+    pub tables: Vec<RecordBatch>,
+    /// Rows that failed past their retries.
+    pub failed: usize,
+    /// Rows whose results were already stored by an earlier call.
+    pub resumed: usize,
+    /// Wall time of the call.
+    pub elapsed: Duration,
+    /// The run's id.
+    pub run: u64,
+}
+
+/// [`parallel_infer_arrow`] over a table of several record batches (as an
+/// Arrow IPC file or stream holds it): one run over all their rows, and one
+/// result batch per input batch, as Wallaroo returns a table of the type it
+/// was given.
+///
+/// # Errors
+/// [`InferError::InvalidArgument`] for batches of different schemas or a
+/// batch the input type cannot read (naming the column), then everything
+/// [`parallel_infer`] returns.
+pub fn parallel_infer_arrow_batches<M: Model>(
+    model: Arc<M>,
+    batches: &[RecordBatch],
+    opts: &InferOptions<M::Output>,
+) -> Result<InferTables>
+where
+    M::Input: FromArrow,
+    M::Output: ToArrow,
+{
+    if let Some(first) = batches.first() {
+        if let Some(i) = batches.iter().position(|b| b.schema() != first.schema()) {
+            return Err(InferError::InvalidArgument(format!(
+                "record batch {i} has another schema than batch 0"
+            )));
+        }
+    }
+    let mut rows = Vec::new();
+    for b in batches {
+        rows.extend(M::Input::rows_from(b)?);
+    }
+    let output_name = format!("out.{}", model.output_name());
+    let inner = opts.clone().dataset_exclude(&[Column::Input]);
+    let result = parallel_infer(model, &rows, &inner)?;
+    let mut tables = Vec::with_capacity(batches.len());
+    let mut at = 0;
+    for b in batches {
+        let part = &result.rows[at..at + b.num_rows()];
+        tables.push(result_table(b, part, opts, &output_name)?);
+        at += b.num_rows();
+    }
+    Ok(InferTables {
+        tables,
+        failed: result.failed,
+        resumed: result.resumed,
+        elapsed: result.elapsed,
+        run: result.run,
+    })
+}
+
+/// The result batch for `batch`, whose rows came back as `rows`.
+fn result_table<I, O: ToArrow>(
+    batch: &RecordBatch,
+    rows: &[InferRow<I, O>],
+    opts: &InferOptions<O>,
+    output_name: &str,
+) -> Result<RecordBatch> {
+    let want = |c: Column| opts.columns.contains(&c);
     let mut fields = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
     let mut push = |name: &str, array: ArrayRef| {
@@ -303,11 +383,11 @@ where
         }
     }
     if want(Column::Output) {
-        let outputs: Vec<Option<&M::Output>> = rows
+        let outputs: Vec<Option<&O>> = rows
             .iter()
             .map(|r| r.output.as_ref().and_then(|o| o.as_ref().ok()))
             .collect();
-        push(&output_name, M::Output::to_array(&outputs));
+        push(output_name, O::to_array(&outputs));
         push(
             "out.error",
             strings(rows, |r| {
@@ -397,15 +477,8 @@ where
             u32s(meta(|m| u64::from(m.batch_rows))),
         );
     }
-    let table = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-        .map_err(|e| InferError::InvalidArgument(format!("cannot build the result table: {e}")))?;
-    Ok(InferTable {
-        table,
-        failed: result.failed,
-        resumed: result.resumed,
-        elapsed: result.elapsed,
-        run: result.run,
-    })
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| InferError::InvalidArgument(format!("cannot build the result table: {e}")))
 }
 
 fn strings<I, O>(

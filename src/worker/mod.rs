@@ -81,7 +81,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "arrow")]
-pub use arrow::{parallel_infer_arrow, FromArrow, InferTable, ToArrow};
+pub use arrow::{
+    parallel_infer_arrow, parallel_infer_arrow_batches, FromArrow, InferTable, InferTables, ToArrow,
+};
 pub use codec::MAX_RECORD_BYTES;
 pub use error::InferError;
 pub use infer::{parallel_infer, Column, InferOptions, InferResult, InferRow};
