@@ -280,6 +280,37 @@ fn the_onnx_model_over_a_tensor_column_matches_the_fixture() {
         input.column(0)
     );
     assert_eq!(out.failed, 0);
+
+    // The same model with both its outputs: one `out.<name>` column each,
+    // the label (int64 in the file) cast to f32.
+    let both = lanelog::worker::OnnxOutputs::load(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/models/digits_mlp.onnx"),
+        64,
+        &["label", "probabilities"],
+    )
+    .unwrap();
+    let labels: Vec<f32> = f["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    let o = InferOptions::new().pool(PoolOptions::new().num_parallel(2).max_batch(4));
+    let out = parallel_infer_arrow(Arc::new(both), &input, &o).unwrap();
+    let label = out.table.column_by_name("out.label").unwrap();
+    let label = label.as_fixed_size_list();
+    assert_eq!(label.value_length(), 1);
+    let probs2 = out.table.column_by_name("out.probabilities").unwrap();
+    assert_eq!(probs2.as_fixed_size_list().value_length(), 10);
+    for (i, l) in labels.iter().enumerate() {
+        let got = label.value(i);
+        assert_eq!(got.as_primitive::<Float32Type>().value(0), *l, "row {i}");
+        assert_eq!(
+            probs2.as_fixed_size_list().value(i).as_ref(),
+            probs.value(i).as_ref(),
+            "row {i}"
+        );
+    }
 }
 
 #[test]

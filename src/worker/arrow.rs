@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | `time` | `Timestamp(ms, "UTC")` | always |
 //! | `in.<name>` | the input column, unchanged | [`Column::Input`] |
-//! | `out.<output>` | from [`ToArrow`], null for a failed row | [`Column::Output`] |
+//! | `out.<name>`, one per name of [`Model::output_names`] | from [`ToArrow`], null for a failed row | [`Column::Output`] |
 //! | `out.error` | `Utf8`, the error of a failed row, else null | [`Column::Output`] |
 //! | `anomaly.count` | `UInt32` | [`Column::Anomaly`] |
 //! | `anomaly.<validation>` | `Boolean`, one per validation | [`Column::Anomaly`] |
@@ -51,10 +51,19 @@ pub trait FromArrow: Sized {
     fn rows_from(batch: &RecordBatch) -> Result<Vec<Self>>;
 }
 
-/// A model output that can be written as one Arrow column.
+/// A model output that can be written as Arrow columns: one, or one per
+/// output of a model of several ([`Model::output_names`]).
 pub trait ToArrow: Sized {
     /// One array holding `values` in order; `None` (a failed row) is null.
     fn to_array(values: &[Option<&Self>]) -> ArrayRef;
+
+    /// One array per output, `outputs` of them, each holding that output
+    /// of `values` in order. Default: the one array of
+    /// [`ToArrow::to_array`] (a value of one output).
+    fn to_arrays(values: &[Option<&Self>], outputs: usize) -> Vec<ArrayRef> {
+        let _ = outputs;
+        vec![Self::to_array(values)]
+    }
 }
 
 /// Feature vectors: either the batch has **one list column** (`List`,
@@ -214,6 +223,35 @@ macro_rules! to_arrow_vec {
 }
 to_arrow_vec!(f32 => Float32Builder, f64 => Float64Builder);
 
+/// The outputs of a model of several (one vector per output, as
+/// [`OnnxOutputs`](super::OnnxOutputs) gives them): as one column, a list
+/// of the outputs' lists; as columns, one per output.
+impl ToArrow for Vec<Vec<f32>> {
+    fn to_array(values: &[Option<&Self>]) -> ArrayRef {
+        let mut b = ListBuilder::new(ListBuilder::new(Float32Builder::new()));
+        for v in values {
+            if let Some(outputs) = v {
+                for o in outputs.iter() {
+                    b.values().values().append_slice(o);
+                    b.values().append(true);
+                }
+            }
+            b.append(v.is_some());
+        }
+        Arc::new(b.finish())
+    }
+
+    fn to_arrays(values: &[Option<&Self>], outputs: usize) -> Vec<ArrayRef> {
+        (0..outputs)
+            .map(|k| {
+                let column: Vec<Option<&Vec<f32>>> =
+                    values.iter().map(|v| v.and_then(|o| o.get(k))).collect();
+                Vec::<f32>::to_array(&column)
+            })
+            .collect()
+    }
+}
+
 /// The result table of [`parallel_infer_arrow`] and the run's totals.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -275,12 +313,12 @@ where
     M::Output: ToArrow,
 {
     let rows = M::Input::rows_from(batch)?;
-    let output_name = format!("out.{}", model.output_name());
+    let outputs = model.output_names();
     // The input columns come back from `batch` itself, not as row copies.
     let inner = opts.clone().dataset_exclude(&[Column::Input]);
     let result = parallel_infer(model, &rows, &inner)?;
     Ok(InferTable {
-        table: result_table(batch, &result.rows, opts, &output_name)?,
+        table: result_table(batch, &result.rows, opts, &outputs)?,
         failed: result.failed,
         resumed: result.resumed,
         elapsed: result.elapsed,
@@ -335,14 +373,14 @@ where
     for b in batches {
         rows.extend(M::Input::rows_from(b)?);
     }
-    let output_name = format!("out.{}", model.output_name());
+    let outputs = model.output_names();
     let inner = opts.clone().dataset_exclude(&[Column::Input]);
     let result = parallel_infer(model, &rows, &inner)?;
     let mut tables = Vec::with_capacity(batches.len());
     let mut at = 0;
     for b in batches {
         let part = &result.rows[at..at + b.num_rows()];
-        tables.push(result_table(b, part, opts, &output_name)?);
+        tables.push(result_table(b, part, opts, &outputs)?);
         at += b.num_rows();
     }
     Ok(InferTables {
@@ -354,12 +392,13 @@ where
     })
 }
 
-/// The result batch for `batch`, whose rows came back as `rows`.
+/// The result batch for `batch`, whose rows came back as `rows` from a
+/// model with these outputs.
 fn result_table<I, O: ToArrow>(
     batch: &RecordBatch,
     rows: &[InferRow<I, O>],
     opts: &InferOptions<O>,
-    output_name: &str,
+    outputs: &[String],
 ) -> Result<RecordBatch> {
     let want = |c: Column| opts.columns.contains(&c);
     let mut fields = Vec::new();
@@ -383,11 +422,24 @@ fn result_table<I, O: ToArrow>(
         }
     }
     if want(Column::Output) {
-        let outputs: Vec<Option<&O>> = rows
+        let values: Vec<Option<&O>> = rows
             .iter()
             .map(|r| r.output.as_ref().and_then(|o| o.as_ref().ok()))
             .collect();
-        push(output_name, O::to_array(&outputs));
+        let columns = match outputs {
+            [_] => vec![O::to_array(&values)],
+            _ => O::to_arrays(&values, outputs.len()),
+        };
+        if columns.len() != outputs.len() {
+            return Err(InferError::InvalidArgument(format!(
+                "the model names {} outputs but its output type gives {} columns",
+                outputs.len(),
+                columns.len()
+            )));
+        }
+        for (name, column) in outputs.iter().zip(columns) {
+            push(&format!("out.{name}"), column);
+        }
         push(
             "out.error",
             strings(rows, |r| {

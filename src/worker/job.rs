@@ -37,7 +37,11 @@ pub(crate) struct ModelKey {
 
 impl std::fmt::Display for ModelKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} version {}", self.name, self.version)
+        write!(
+            f,
+            "{} version {} (row type {:016x})",
+            self.name, self.version, self.input_type
+        )
     }
 }
 

@@ -88,7 +88,7 @@ pub use codec::MAX_RECORD_BYTES;
 pub use error::InferError;
 pub use infer::{parallel_infer, Column, InferOptions, InferResult, InferRow};
 #[cfg(feature = "onnx")]
-pub use onnx::OnnxModel;
+pub use onnx::{OnnxModel, OnnxOutputs};
 pub use pool::PoolOptions;
 pub use run::{Elapsed, Metadata, Progress, RowOutput, Run, RunId, RunOutput};
 pub use service::{InferService, ModelRef, RunOptions, ServiceOptions, Unclaimed};
@@ -110,6 +110,14 @@ pub trait Model: Send + Sync + 'static {
     /// The name of the output, for result tables (`out.<name>`).
     fn output_name(&self) -> &str {
         "output"
+    }
+
+    /// The names of the model's outputs, for result tables: one
+    /// `out.<name>` column each. A model of several outputs returns them
+    /// together as one [`Model::Output`] (for example one vector per
+    /// output, [`OnnxOutputs`]). Default = `[output_name()]`.
+    fn output_names(&self) -> Vec<String> {
+        vec![self.output_name().to_string()]
     }
 
     /// The SHA-256 of the model file, in hex, for a row's metadata

@@ -1,5 +1,7 @@
 //! A real model: an ONNX file run by `tract` (pure Rust), behind the `onnx`
-//! cargo feature.
+//! cargo feature. [`OnnxModel`] gives one output tensor per row;
+//! [`OnnxOutputs`] gives several (one vector per output, each cast to
+//! f32), for models that return, say, a label and its probabilities.
 
 use std::path::Path;
 
@@ -7,41 +9,18 @@ use tract_onnx::prelude::*;
 
 use super::{Model, ModelError};
 
-/// An ONNX model with one input of shape `[N, features]` (f32) whose chosen
-/// output has shape `[N, k]` (f32).
-pub struct OnnxModel {
+/// What both model types hold: the runnable plan of a file and its names.
+struct Loaded {
     plan: std::sync::Arc<TypedRunnableModel>,
     name: String,
     version: String,
     sha256: String,
-    output: String,
     features: usize,
 }
 
-impl std::fmt::Debug for OnnxModel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OnnxModel")
-            .field("name", &self.name)
-            .field("version", &self.version)
-            .field("output", &self.output)
-            .field("features", &self.features)
-            .finish_non_exhaustive()
-    }
-}
-
-impl OnnxModel {
-    /// Load `path`, taking rows of `features` values and returning the
-    /// output tensor named `output` (for scikit-learn classifiers exported
-    /// with `zipmap: False`, `"probabilities"`).
-    ///
-    /// # Errors
-    /// A [`ModelError`] naming the file and what tract could not do.
-    pub fn load(
-        path: impl AsRef<Path>,
-        features: usize,
-        output: &str,
-    ) -> Result<OnnxModel, ModelError> {
-        let path = path.as_ref();
+impl Loaded {
+    /// Load `path` with an input of `[N, features]` f32 and these outputs.
+    fn load(path: &Path, features: usize, outputs: &[&str]) -> Result<Loaded, ModelError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             ModelError::permanent(format!("{}: {what}: {e}", path.display()))
         };
@@ -55,7 +34,7 @@ impl OnnxModel {
             .set_input_fact(0, fact.into())
             .map_err(|e| fail("cannot set the input shape", &e))?;
         let plan = model
-            .with_outputs_by_name([output])
+            .with_outputs_by_name(outputs.iter().copied())
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map_err(|e| fail("cannot prepare the model", &e))?;
@@ -67,49 +46,17 @@ impl OnnxModel {
             let digest = sha2::Sha256::digest(&bytes);
             digest.iter().map(|b| format!("{b:02x}")).collect()
         };
-        Ok(OnnxModel {
+        Ok(Loaded {
             plan,
             name,
             sha256,
             version: format!("fnv64:{:016x}", fnv64(&bytes)),
-            output: output.to_string(),
             features,
         })
     }
 
-    /// Values per input row.
-    pub fn features(&self) -> usize {
-        self.features
-    }
-}
-
-fn fnv64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-impl Model for OnnxModel {
-    type Input = Vec<f32>;
-    type Output = Vec<f32>;
-
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn version(&self) -> &str {
-        &self.version
-    }
-
-    fn output_name(&self) -> &str {
-        &self.output
-    }
-
-    fn sha256(&self) -> Option<&str> {
-        Some(&self.sha256)
-    }
-
-    fn infer(&self, rows: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, ModelError> {
+    /// Run the model on `rows`; each output as one f32 vector per row.
+    fn run(&self, rows: &[Vec<f32>]) -> Result<Vec<Vec<Vec<f32>>>, ModelError> {
         if let Some((i, r)) = rows
             .iter()
             .enumerate()
@@ -128,11 +75,188 @@ impl Model for OnnxModel {
             .plan
             .run(tvec!(Tensor::from(input).into()))
             .map_err(|e| ModelError::permanent(format!("inference failed: {e}")))?;
-        let view = out[0]
-            .to_plain_array_view::<f32>()
-            .map_err(|e| ModelError::permanent(format!("unexpected output type: {e}")))?;
-        let k = view.len() / rows.len().max(1);
-        let values = view.iter().copied().collect::<Vec<f32>>();
-        Ok(values.chunks(k.max(1)).map(<[f32]>::to_vec).collect())
+        out.iter()
+            .map(|tensor| {
+                let tensor = tensor
+                    .cast_to::<f32>()
+                    .map_err(|e| ModelError::permanent(format!("unexpected output type: {e}")))?;
+                let view = tensor
+                    .to_plain_array_view::<f32>()
+                    .map_err(|e| ModelError::permanent(format!("unexpected output type: {e}")))?;
+                let k = view.len() / rows.len().max(1);
+                let values = view.iter().copied().collect::<Vec<f32>>();
+                Ok(values.chunks(k.max(1)).map(<[f32]>::to_vec).collect())
+            })
+            .collect()
+    }
+}
+
+fn fnv64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// An ONNX model with one input of shape `[N, features]` (f32) whose chosen
+/// output has shape `[N, k]` (f32).
+pub struct OnnxModel {
+    loaded: Loaded,
+    output: String,
+}
+
+impl std::fmt::Debug for OnnxModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxModel")
+            .field("name", &self.loaded.name)
+            .field("version", &self.loaded.version)
+            .field("output", &self.output)
+            .field("features", &self.loaded.features)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OnnxModel {
+    /// Load `path`, taking rows of `features` values and returning the
+    /// output tensor named `output` (for scikit-learn classifiers exported
+    /// with `zipmap: False`, `"probabilities"`).
+    ///
+    /// # Errors
+    /// A [`ModelError`] naming the file and what tract could not do.
+    pub fn load(
+        path: impl AsRef<Path>,
+        features: usize,
+        output: &str,
+    ) -> Result<OnnxModel, ModelError> {
+        Ok(OnnxModel {
+            loaded: Loaded::load(path.as_ref(), features, &[output])?,
+            output: output.to_string(),
+        })
+    }
+
+    /// Values per input row.
+    pub fn features(&self) -> usize {
+        self.loaded.features
+    }
+}
+
+impl Model for OnnxModel {
+    type Input = Vec<f32>;
+    type Output = Vec<f32>;
+
+    fn name(&self) -> &str {
+        &self.loaded.name
+    }
+
+    fn version(&self) -> &str {
+        &self.loaded.version
+    }
+
+    fn output_name(&self) -> &str {
+        &self.output
+    }
+
+    fn sha256(&self) -> Option<&str> {
+        Some(&self.loaded.sha256)
+    }
+
+    fn infer(&self, rows: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut outputs = self.loaded.run(rows)?;
+        outputs
+            .pop()
+            .ok_or_else(|| ModelError::permanent("the model gave no output"))
+    }
+}
+
+/// An ONNX model with one input of shape `[N, features]` (f32) and several
+/// named outputs, each of shape `[N]` or `[N, k]` and any numeric type
+/// (cast to f32): one vector per output per row, in the order named. In a
+/// result table each output is a column `out.<name>`.
+pub struct OnnxOutputs {
+    loaded: Loaded,
+    outputs: Vec<String>,
+}
+
+impl std::fmt::Debug for OnnxOutputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxOutputs")
+            .field("name", &self.loaded.name)
+            .field("version", &self.loaded.version)
+            .field("outputs", &self.outputs)
+            .field("features", &self.loaded.features)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OnnxOutputs {
+    /// Load `path`, taking rows of `features` values and returning the
+    /// output tensors named in `outputs` (for a scikit-learn classifier,
+    /// `["label", "probabilities"]`).
+    ///
+    /// # Errors
+    /// A [`ModelError`] naming the file and what tract could not do, or
+    /// for an empty list of outputs.
+    pub fn load(
+        path: impl AsRef<Path>,
+        features: usize,
+        outputs: &[&str],
+    ) -> Result<OnnxOutputs, ModelError> {
+        if outputs.is_empty() {
+            return Err(ModelError::permanent("name at least one output"));
+        }
+        Ok(OnnxOutputs {
+            loaded: Loaded::load(path.as_ref(), features, outputs)?,
+            outputs: outputs.iter().map(ToString::to_string).collect(),
+        })
+    }
+
+    /// Values per input row.
+    pub fn features(&self) -> usize {
+        self.loaded.features
+    }
+}
+
+impl Model for OnnxOutputs {
+    type Input = Vec<f32>;
+    type Output = Vec<Vec<f32>>;
+
+    fn name(&self) -> &str {
+        &self.loaded.name
+    }
+
+    fn version(&self) -> &str {
+        &self.loaded.version
+    }
+
+    fn output_name(&self) -> &str {
+        &self.outputs[0]
+    }
+
+    fn output_names(&self) -> Vec<String> {
+        self.outputs.clone()
+    }
+
+    fn sha256(&self) -> Option<&str> {
+        Some(&self.loaded.sha256)
+    }
+
+    fn infer(&self, rows: &[Vec<f32>]) -> Result<Vec<Vec<Vec<f32>>>, ModelError> {
+        let per_output = self.loaded.run(rows)?;
+        // Output-major to row-major: each row its vector of each output.
+        let mut per_row: Vec<Vec<Vec<f32>>> = (0..rows.len())
+            .map(|_| Vec::with_capacity(per_output.len()))
+            .collect();
+        for output in per_output {
+            if output.len() != rows.len() {
+                return Err(ModelError::permanent(format!(
+                    "an output has {} rows for {} inputs",
+                    output.len(),
+                    rows.len()
+                )));
+            }
+            for (row, values) in per_row.iter_mut().zip(output) {
+                row.push(values);
+            }
+        }
+        Ok(per_row)
     }
 }

@@ -414,10 +414,16 @@ impl RunState {
     /// Ask the queue about every outstanding job, and about the jobs
     /// split off the ones it reads, until none is left to ask about: dead
     /// letters, jobs gone and completed jobs are applied. With
-    /// `sync_first`, a completed job this run did not hear of is read only
-    /// after a sync (the committer may not have synced it yet, and a result
-    /// a caller sees must survive a crash).
-    pub fn refresh(&self, jobs: &Queue, sync_first: bool) -> crate::Result<()> {
+    /// `sync_first`, a dead letter or completed job this run did not hear
+    /// of is applied only after a sync (the committer may not have synced
+    /// it yet, and an outcome a caller sees must survive a crash).
+    ///
+    /// While a caller waits (`waiting`), dead letters written by a worker
+    /// are left to the committer, which tells the run after its sync and
+    /// with the row's metadata; only the queue's own (a missed deadline)
+    /// are applied here. A run found again (`!waiting`) applies them all:
+    /// they were written before it was registered.
+    pub fn refresh(&self, jobs: &Queue, sync_first: bool, waiting: bool) -> crate::Result<()> {
         let mut asked: HashSet<u64> = HashSet::new();
         let mut synced = !sync_first;
         loop {
@@ -435,7 +441,13 @@ impl RunState {
             for id in ids {
                 asked.insert(id);
                 match jobs.status(MessageId::from(id))? {
-                    MessageStatus::Dead { reason } => {
+                    MessageStatus::Dead { reason }
+                        if !waiting || reason == crate::DEADLINE_MISSED =>
+                    {
+                        if !synced {
+                            jobs.sync()?;
+                            synced = true;
+                        }
                         self.apply_dead(id, RowError::from_reason(&reason), None)
                     }
                     MessageStatus::Gone => self.apply_dead(
@@ -650,7 +662,7 @@ impl<M: Model> Run<M> {
             }
             self.check_live()?;
             if polled.elapsed() >= POLL {
-                run.refresh(&self.shared.jobs, self.shared.sync_commits)?;
+                run.refresh(&self.shared.jobs, self.shared.sync_commits, true)?;
                 polled = Instant::now();
             }
             let mut wait = POLL;

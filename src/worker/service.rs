@@ -427,7 +427,9 @@ impl InferService {
     /// one run; [`InferError::UnknownModel`] for a model not registered
     /// here; [`InferError::Codec`] for a row that cannot be encoded;
     /// [`InferError::Queue`] for queue errors. Nothing is enqueued on any
-    /// of them.
+    /// of them. (A queue error part-way through a large table's enqueues
+    /// leaves the jobs already enqueued with no run naming them: they are
+    /// computed and then removed by retention.)
     pub fn submit<M: Model>(
         &self,
         model: &ModelRef<M>,
@@ -560,7 +562,11 @@ impl InferService {
         }
         let items: Vec<(&[u8], EnqueueOptions)> =
             batch.iter().map(|(b, _)| (&b[..], opts.clone())).collect();
-        let ids = self.shared.jobs.enqueue_batch_with(&items)?;
+        let ids = self
+            .shared
+            .jobs
+            .enqueue_batch_with(&items)
+            .map_err(refused)?;
         let new: Vec<JobSpan> = batch
             .drain(..)
             .zip(ids)
@@ -620,7 +626,11 @@ impl InferService {
         if let Some(d) = opts.deadline {
             enqueue_opts = enqueue_opts.deadline(d);
         }
-        let id = self.shared.jobs.enqueue_with(&job, &enqueue_opts)?;
+        let id = self
+            .shared
+            .jobs
+            .enqueue_with(&job, &enqueue_opts)
+            .map_err(refused)?;
         state.set_id(RunId(id.into()));
         state.expect(&[JobSpan {
             id: id.into(),
@@ -705,21 +715,24 @@ impl InferService {
     /// [`InferError::Panicked`] when pool threads panicked;
     /// [`InferError::Queue`] when closing a queue fails.
     pub fn close(self) -> Result<(), InferError> {
-        let stopped = self.stop();
-        let jobs = self.shared.jobs.clone();
-        let runs = self.runs.clone();
-        drop(self);
-        stopped?;
-        jobs.close()?;
-        runs.close()?;
-        Ok(())
+        self.shut_down()
     }
 
-    fn stop(&self) -> Result<(), InferError> {
-        match self.pool.lock().take() {
-            Some(mut pool) => pool.stop_and_join(),
-            None => Ok(()),
-        }
+    /// Stop the pool, then close both queues (other handles, such as the
+    /// queue a `Run` holds, get `Closed` after, and the directory is free).
+    /// The first call does it all; later ones do nothing.
+    fn shut_down(&self) -> Result<(), InferError> {
+        let Some(mut pool) = self.pool.lock().take() else {
+            return Ok(());
+        };
+        let stopped = pool.stop_and_join();
+        drop(pool);
+        let jobs = self.shared.jobs.clone().close();
+        let runs = self.runs.clone().close();
+        stopped?;
+        jobs?;
+        runs?;
+        Ok(())
     }
 
     fn check_registered(&self, key: &ModelKey) -> Result<(), InferError> {
@@ -785,7 +798,7 @@ impl InferService {
         state.set_id(RunId(id));
         self.shared.tracker.add(&state);
         state.expect(&manifest.jobs);
-        state.refresh(&self.shared.jobs, self.shared.sync_commits)?;
+        state.refresh(&self.shared.jobs, self.shared.sync_commits, false)?;
         state.mark_resumed();
         state.seal();
         Ok(self.handle(state))
@@ -810,8 +823,17 @@ impl InferService {
     }
 }
 
+/// A queue's refusal of an argument (a deadline that passed between the
+/// check and the enqueue) as the service's own.
+fn refused(e: Error) -> InferError {
+    match e {
+        Error::InvalidArgument(m) => InferError::InvalidArgument(m),
+        e => InferError::Queue(e),
+    }
+}
+
 impl Drop for InferService {
     fn drop(&mut self) {
-        let _ = self.stop();
+        let _ = self.shut_down();
     }
 }
