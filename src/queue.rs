@@ -421,6 +421,106 @@ impl Queue {
         }
     }
 
+    /// [`Queue::enqueue`] for async callers: the write is made at once, and
+    /// its sync (under `Immediate`) is awaited, not made on this thread:
+    /// the queue's syncer thread syncs for every async writer waiting (one
+    /// group commit), and blocking writers' syncs wake them too. A
+    /// current-thread runtime keeps running other tasks meanwhile.
+    ///
+    /// Dropping the future after its first poll leaves the message written
+    /// but perhaps not yet durable, as a crash before a sync would.
+    ///
+    /// # Errors
+    /// As [`Queue::enqueue`].
+    #[cfg(feature = "tokio")]
+    pub async fn enqueue_async(&self, payload: &[u8], priority: u8) -> Result<MessageId> {
+        let (ids, written) = self
+            .inner
+            .enqueue_unsynced(&[NewMessage::new(payload, priority)])?;
+        if let Some(w) = written {
+            self.inner.finish_write_async(w).await?;
+        }
+        Ok(MessageId(ids[0]))
+    }
+
+    /// [`Queue::enqueue_with`] for async callers (see
+    /// [`Queue::enqueue_async`]).
+    ///
+    /// # Errors
+    /// As [`Queue::enqueue_with`].
+    #[cfg(feature = "tokio")]
+    pub async fn enqueue_with_async(
+        &self,
+        payload: &[u8],
+        opts: &EnqueueOptions,
+    ) -> Result<MessageId> {
+        let (ids, written) = self
+            .inner
+            .enqueue_unsynced(&[NewMessage::with(payload, opts)?])?;
+        if let Some(w) = written {
+            self.inner.finish_write_async(w).await?;
+        }
+        Ok(MessageId(ids[0]))
+    }
+
+    /// [`Queue::enqueue_batch_with`] for async callers (see
+    /// [`Queue::enqueue_async`]): one write, all or none, one awaited sync.
+    ///
+    /// # Errors
+    /// As [`Queue::enqueue_batch_with`].
+    #[cfg(feature = "tokio")]
+    pub async fn enqueue_batch_with_async<P: AsRef<[u8]>>(
+        &self,
+        items: &[(P, EnqueueOptions)],
+    ) -> Result<Vec<MessageId>> {
+        let (ids, written) = {
+            let items = items
+                .iter()
+                .map(|(payload, opts)| NewMessage::with(payload.as_ref(), opts))
+                .collect::<Result<Vec<_>>>()?;
+            self.inner.enqueue_unsynced(&items)?
+        };
+        if let Some(w) = written {
+            self.inner.finish_write_async(w).await?;
+        }
+        Ok(ids.into_iter().map(MessageId).collect())
+    }
+
+    /// [`Queue::ack_batch`] for async callers: the acks are written at once,
+    /// their sync awaited (see [`Queue::enqueue_async`]).
+    ///
+    /// # Errors
+    /// As [`Queue::ack`].
+    #[cfg(feature = "tokio")]
+    pub async fn ack_async(&self, receipts: &[Receipt]) -> Result<()> {
+        if let Some(w) = self.inner.settle_unsynced(receipts, &Settlement::Ack)? {
+            self.inner.finish_write_async(w).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Queue::complete`] for async callers: the result and the ack are
+    /// written at once as one record, their sync awaited (see
+    /// [`Queue::enqueue_async`]).
+    ///
+    /// # Errors
+    /// As [`Queue::complete`].
+    #[cfg(feature = "tokio")]
+    pub async fn complete_async(&self, receipt: Receipt, result: &[u8]) -> Result<()> {
+        let written = self.inner.complete_unsynced(receipt, result)?;
+        self.inner.finish_write_async(written).await
+    }
+
+    /// [`Queue::sync`] for async callers: awaits a sync of everything
+    /// written so far, made by the queue's syncer thread.
+    ///
+    /// # Errors
+    /// As [`Queue::sync`].
+    #[cfg(feature = "tokio")]
+    pub async fn sync_async(&self) -> Result<()> {
+        self.inner.sync_async().await
+    }
+
     /// Acknowledge a delivery: the message is done and never delivered again.
     ///
     /// # Errors

@@ -78,3 +78,96 @@ async fn async_batch_takes_what_is_ready() {
         .unwrap();
     assert!((1..=3).contains(&waiter.await.unwrap()));
 }
+
+/// Durable async writes on a current-thread runtime: while one task awaits
+/// the syncs of its enqueues, completes and acks, another task on the same
+/// thread keeps running (a write that synced on the runtime thread would
+/// finish every call without yielding, and the other task would not run
+/// until the writer was done); and what the async calls returned for is on
+/// the disk image a power loss leaves.
+#[tokio::test(flavor = "current_thread")]
+async fn durable_async_writes_never_block_the_runtime_thread() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use lanelog::storage::{CrashPolicy, MemoryStorage, Storage};
+    use lanelog::{Durability, EnqueueOptions, QueueOptions};
+
+    // On disk, so each sync takes real time.
+    let dir = tempfile::tempdir().unwrap();
+    let q = QueueOptions::new()
+        .durability(Durability::Immediate)
+        .open(dir.path())
+        .unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let beats = Arc::new(AtomicU64::new(0));
+    let heartbeat = {
+        let (done, beats) = (done.clone(), beats.clone());
+        async move {
+            while !done.load(Ordering::SeqCst) {
+                beats.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let writer = {
+        let (q, done, beats) = (q.clone(), done.clone(), beats.clone());
+        async move {
+            let before = beats.load(Ordering::SeqCst);
+            for i in 0..100u32 {
+                q.enqueue_async(&i.to_le_bytes(), 0).await.unwrap();
+            }
+            let keyed = EnqueueOptions::new().key("async-key");
+            let a = q.enqueue_with_async(b"k", &keyed).await.unwrap();
+            let b = q.enqueue_with_async(b"k", &keyed).await.unwrap();
+            assert_eq!(a, b);
+            for _ in 0..50 {
+                let d = q.dequeue().unwrap().unwrap();
+                q.complete_async(d.receipt, b"result").await.unwrap();
+            }
+            let receipts: Vec<_> = q
+                .dequeue_up_to(20)
+                .unwrap()
+                .iter()
+                .map(|d| d.receipt)
+                .collect();
+            q.ack_async(&receipts).await.unwrap();
+            q.sync_async().await.unwrap();
+            let during = beats.load(Ordering::SeqCst) - before;
+            done.store(true, Ordering::SeqCst);
+            during
+        }
+    };
+    let (during, ()) = tokio::join!(writer, heartbeat);
+    assert!(
+        during > 0,
+        "the other task never ran while the writes awaited their syncs"
+    );
+    let s = q.stats();
+    assert_eq!((s.acked_total, s.results, s.ready), (70, 50, 31), "{s:?}");
+    q.close().unwrap();
+
+    // What the async calls returned for is durable: a power loss that
+    // drops every unsynced write keeps it all.
+    let mem = MemoryStorage::new();
+    let open = |s: &MemoryStorage| {
+        QueueOptions::new()
+            .durability(Durability::Immediate)
+            .open_storage(Arc::new(s.clone()) as Arc<dyn Storage>)
+            .unwrap()
+    };
+    let q = open(&mem);
+    for i in 0..30u32 {
+        q.enqueue_async(&i.to_le_bytes(), (i % 4) as u8)
+            .await
+            .unwrap();
+    }
+    let d = q.dequeue().unwrap().unwrap();
+    q.complete_async(d.receipt, b"kept").await.unwrap();
+    let image = mem.crash(CrashPolicy::DropUnsynced);
+    drop(q);
+    let q = open(&image);
+    let s = q.stats();
+    assert_eq!((s.ready, s.results, s.acked_total), (29, 1, 1), "{s:?}");
+    assert_eq!(q.result(d.id).unwrap().as_deref(), Some(&b"kept"[..]));
+}

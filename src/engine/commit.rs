@@ -67,7 +67,7 @@ pub(super) enum Target {
 }
 
 /// What a write under the lock asks of the caller once the lock is gone.
-pub(super) struct Written {
+pub(crate) struct Written {
     pub seq: u64,
     pub maintenance: bool,
 }
@@ -91,6 +91,65 @@ impl Inner {
             self.commit(w.seq)?;
         }
         Ok(())
+    }
+
+    /// As [`Inner::finish_write`], awaiting the sync instead of making it
+    /// on the caller's thread.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn finish_write_async(self: &Arc<Inner>, w: Written) -> Result<()> {
+        if self.opts.durability == Durability::Immediate || w.maintenance {
+            self.commit_async(w.seq).await?;
+        }
+        Ok(())
+    }
+
+    /// As [`Inner::sync`], awaiting the sync.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn sync_async(self: &Arc<Inner>) -> Result<()> {
+        let seq = {
+            let mut core = self.core.lock();
+            self.writable(&core)?;
+            core.write_seq += 1;
+            core.write_seq
+        };
+        self.commit_async(seq).await
+    }
+
+    /// Group commit for async callers: return once writes up to `seq` are
+    /// durable, having asked the syncer thread for the sync and awaited its
+    /// signal (or a blocking leader's), never syncing on this thread.
+    #[cfg(feature = "tokio")]
+    async fn commit_async(self: &Arc<Inner>, seq: u64) -> Result<()> {
+        let waker = self.async_waker()?;
+        loop {
+            let mut synced = std::pin::pin!(waker.synced.notified());
+            // Register before looking, so a sync that ends between the look
+            // and the await still wakes this future.
+            synced.as_mut().enable();
+            {
+                let s = self.sync.lock();
+                if self.poison.is_set() {
+                    return Err(Error::Poisoned);
+                }
+                if s.synced_seq >= seq {
+                    return Ok(());
+                }
+            }
+            if self.core.lock().health == Health::Closed {
+                return Err(Error::Closed);
+            }
+            waker.want_sync(seq);
+            synced.await;
+        }
+    }
+
+    /// The syncer thread's sync: writes up to `seq` made durable (an error
+    /// poisons the queue, which its waiters see); `false` once the queue is
+    /// closed.
+    #[cfg(feature = "tokio")]
+    pub(super) fn sync_for_async(&self, seq: u64) -> bool {
+        let _ = self.commit(seq);
+        self.core.lock().health != Health::Closed
     }
 
     /// Make everything written so far durable now.
@@ -132,6 +191,10 @@ impl Inner {
                 s.synced_seq = s.synced_seq.max(*upto);
             }
             self.synced.notify_all();
+            #[cfg(feature = "tokio")]
+            if let Some(w) = self.waker.get() {
+                w.synced.notify_waiters();
+            }
             result?;
         }
     }

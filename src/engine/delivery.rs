@@ -353,8 +353,21 @@ impl Inner {
 
     /// Settle deliveries by receipt, all or none (invariant C).
     pub(crate) fn settle(&self, receipts: &[Receipt], how: &Settlement) -> Result<()> {
+        match self.settle_unsynced(receipts, how)? {
+            Some(written) => self.finish_write(written),
+            None => Ok(()),
+        }
+    }
+
+    /// As [`Inner::settle`] without the sync: what the caller must make
+    /// durable (`None` when nothing was written).
+    pub(crate) fn settle_unsynced(
+        &self,
+        receipts: &[Receipt],
+        how: &Settlement,
+    ) -> Result<Option<Written>> {
         if receipts.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let written = {
             let mut core = self.core.lock();
@@ -398,7 +411,7 @@ impl Inner {
             }
             written
         };
-        self.finish_write(written)
+        Ok(Some(written))
     }
 }
 
@@ -407,6 +420,13 @@ impl Inner {
     /// record (a result record, `FLAG_RESULT`): replay finds the result and
     /// the ack together or neither.
     pub(crate) fn complete(&self, receipt: Receipt, result: &[u8]) -> Result<()> {
+        let written = self.complete_unsynced(receipt, result)?;
+        self.finish_write(written)
+    }
+
+    /// As [`Inner::complete`] without the sync: what the caller must make
+    /// durable.
+    pub(crate) fn complete_unsynced(&self, receipt: Receipt, result: &[u8]) -> Result<Written> {
         let max = self.opts.max_message_bytes();
         if result.len() > max {
             return Err(Error::TooLarge {
@@ -460,7 +480,7 @@ impl Inner {
                 maintenance: maintenance || core.maintenance_due,
             }
         };
-        self.finish_write(written)
+        Ok(written)
     }
 
     /// Where message `id` is now. Cheap: a few map lookups and one per

@@ -363,6 +363,19 @@ impl Inner {
     /// one sync; returns their ids (for a key seen within the dedup window,
     /// the first enqueue's id, and nothing is written for it).
     pub(crate) fn enqueue(&self, items: &[NewMessage<'_>]) -> Result<Vec<u64>> {
+        let (ids, written) = self.enqueue_unsynced(items)?;
+        if let Some(w) = written {
+            self.finish_write(w)?;
+        }
+        Ok(ids)
+    }
+
+    /// As [`Inner::enqueue`] without the sync: the write, and what the
+    /// caller must make durable (`None` when nothing was written).
+    pub(crate) fn enqueue_unsynced(
+        &self,
+        items: &[NewMessage<'_>],
+    ) -> Result<(Vec<u64>, Option<Written>)> {
         let max = self.opts.max_message_bytes();
         if let Some(big) = items.iter().find(|i| i.payload.len() > max) {
             return Err(Error::TooLarge {
@@ -371,7 +384,7 @@ impl Inner {
             });
         }
         if items.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
         // A batch is one write into one segment, so it is all or none.
         let total: usize = items.iter().map(NewMessage::frame_len).sum();
@@ -429,10 +442,7 @@ impl Inner {
             };
             (ids, written)
         };
-        if let Some(w) = written {
-            self.finish_write(w)?;
-        }
-        Ok(ids)
+        Ok((ids, written))
     }
 
     /// Check deadlines against the queue's clock, fill in the default
@@ -684,7 +694,9 @@ impl Inner {
         let waker = self.waker.get_or_init(|| {
             let w = crate::waker::AsyncWaker::default();
             let owner = Arc::downgrade(self);
-            started = w.start(owner, self.opts.clock.clone(), Inner::fire_timers);
+            started = w
+                .start(owner.clone(), self.opts.clock.clone(), Inner::fire_timers)
+                .and_then(|()| w.start_syncer(owner, Inner::sync_for_async));
             w
         });
         started?;
