@@ -171,3 +171,86 @@ async fn durable_async_writes_never_block_the_runtime_thread() {
     assert_eq!((s.ready, s.results, s.acked_total), (29, 1, 1), "{s:?}");
     assert_eq!(q.result(d.id).unwrap().as_deref(), Some(&b"kept"[..]));
 }
+
+/// The inference service from async code on a current-thread runtime:
+/// `submit_async`, `wait_async` and `infer_one_async` await the pool and
+/// the syncs instead of blocking the one runtime thread (a blocked thread
+/// would stall the other task here, and the waits would never end), and a
+/// run found again by its key comes back the same.
+#[tokio::test(flavor = "current_thread")]
+async fn the_service_from_async_code_never_blocks_the_runtime_thread() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use lanelog::worker::{Model, ModelError, PoolOptions, RunOptions, ServiceOptions};
+
+    struct Triple;
+    impl Model for Triple {
+        type Input = u32;
+        type Output = u32;
+        fn name(&self) -> &str {
+            "triple"
+        }
+        fn version(&self) -> &str {
+            "1"
+        }
+        fn infer(&self, rows: &[u32]) -> Result<Vec<u32>, ModelError> {
+            std::thread::sleep(Duration::from_millis(1));
+            Ok(rows.iter().map(|x| x * 3).collect())
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let pool = PoolOptions::new()
+        .max_batch(8)
+        .linger(Duration::from_millis(1));
+    let service = ServiceOptions::new().pool(pool).open(dir.path()).unwrap();
+    let m = service.register(Arc::new(Triple));
+    let done = Arc::new(AtomicBool::new(false));
+    let beats = Arc::new(AtomicU64::new(0));
+    let heartbeat = {
+        let (done, beats) = (done.clone(), beats.clone());
+        async move {
+            while !done.load(Ordering::SeqCst) {
+                beats.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let rows: Vec<u32> = (0..200).collect();
+    let work = async {
+        let run = service
+            .submit_async(&m, &rows, &RunOptions::new().key("async-run"))
+            .await
+            .unwrap();
+        let one = service
+            .infer_one_async(&m, &7, &RunOptions::new().priority(9))
+            .await
+            .unwrap();
+        assert_eq!(one.output, Ok(21));
+        let before = beats.load(Ordering::SeqCst);
+        let out = tokio::time::timeout(Duration::from_secs(60), run.wait_async())
+            .await
+            .expect("the run finishes")
+            .unwrap();
+        let during = beats.load(Ordering::SeqCst) - before;
+        for (i, r) in out.rows.iter().enumerate() {
+            assert_eq!(r.output, Ok(3 * i as u32), "row {i}");
+        }
+        // The same key and rows: the same run, its stored results.
+        let again = service
+            .submit_async(&m, &rows, &RunOptions::new().key("async-run"))
+            .await
+            .unwrap();
+        assert_eq!(again.id(), run.id());
+        assert_eq!(again.wait_async().await.unwrap().resumed, rows.len());
+        done.store(true, Ordering::SeqCst);
+        during
+    };
+    let (during, ()) = tokio::join!(work, heartbeat);
+    assert!(
+        during > 0,
+        "the other task never ran while the run was awaited"
+    );
+    service.close().unwrap();
+}

@@ -37,7 +37,7 @@ use parking_lot::Mutex;
 use super::committer::{Committer, Settled, Then};
 use super::job::{Job, ModelKey, RowResult};
 use super::registry::{Erased, Registry};
-use super::run::Tracker;
+use super::run::{Tracker, POLL};
 use super::runner::Runner;
 use super::service::Unclaimed;
 use super::stats::Recorder;
@@ -257,6 +257,8 @@ pub(crate) struct Pool {
     /// Exits once every worker (and so every sender) is gone, after
     /// committing what they handed over.
     committer: Option<JoinHandle<()>>,
+    /// Asks the queue about the jobs of runs waited for (see `run.rs`).
+    watcher: Option<JoinHandle<()>>,
 }
 
 impl Pool {
@@ -275,12 +277,27 @@ impl Pool {
             .name("lanelog-committer".into())
             .spawn(move || committer.run(&inbox))
             .map_err(InferError::Spawn)?;
+        let watcher = {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("lanelog-watcher".into())
+                .spawn(move || watch(&shared, &stop))
+        };
         let mut pool = Pool {
             stop: stop.clone(),
             shared: shared.clone(),
             threads: Vec::with_capacity(opts.num_parallel),
             committer: Some(committer),
+            watcher: None,
         };
+        match watcher {
+            Ok(w) => pool.watcher = Some(w),
+            Err(e) => {
+                drop(commits);
+                let _ = pool.stop_and_join();
+                return Err(InferError::Spawn(e));
+            }
+        }
         for i in 0..opts.num_parallel {
             shared.health.workers.fetch_add(1, Ordering::SeqCst);
             let worker = Worker {
@@ -325,7 +342,17 @@ impl Pool {
                 panicked += 1;
             }
         }
+        if let Some(w) = self.watcher.take() {
+            w.thread().unpark();
+            if w.join().is_err() {
+                panicked += 1;
+            }
+        }
         self.shared.release_held(None);
+        // Waiters look again, and find the workers gone.
+        for run in self.shared.tracker.live() {
+            run.notify();
+        }
         if panicked > 0 {
             return Err(InferError::Panicked { threads: panicked });
         }
@@ -336,6 +363,34 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         let _ = self.stop_and_join();
+    }
+}
+
+/// The watcher thread: every [`POLL`], for each run a caller waits for,
+/// ask the queue about its jobs (what no worker here reports: a missed
+/// deadline, results of an earlier process), then wake its waiters to check
+/// the service's health too.
+fn watch(shared: &Shared, stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::park_timeout(POLL);
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let healthy = shared.health.fatal().is_none() && shared.health.workers() > 0;
+        for run in shared.tracker.live() {
+            if !run.watched() {
+                continue;
+            }
+            if healthy {
+                if let Err(e) = run.refresh(&shared.jobs, shared.sync_commits, true) {
+                    shared.health.note(format!(
+                        "asking about the jobs of run {} failed: {e}",
+                        run.id()
+                    ));
+                }
+            }
+            run.notify();
+        }
     }
 }
 

@@ -6,9 +6,10 @@
 //! once, when it leaves the outstanding set):
 //! - the committer tells it of every job this process settled, after the
 //!   sync that made the outcome durable;
-//! - while a caller waits, the run asks the queue every [`POLL`] about its
-//!   outstanding jobs (and the jobs split off them), for what it did not
-//!   hear: jobs the queue dead-lettered for a missed deadline, jobs removed
+//! - while a caller waits, the pool's watcher thread asks the queue every
+//!   [`POLL`] about the run's outstanding jobs (and the jobs split off
+//!   them), for what it did not hear, and wakes the waiters (blocking and
+//!   async) to check the service's health: jobs the queue dead-lettered for a missed deadline, jobs removed
 //!   or damaged, jobs settled before the run was registered here (a run
 //!   found again after a restart reads the results stored by `complete`).
 //!
@@ -18,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -31,8 +32,9 @@ use super::stats::Recorder;
 use super::{ErrorKind, InferError, Model, RowError};
 use crate::{MessageId, MessageStatus, Queue, Timestamp};
 
-/// How often a waiting caller asks the queue about its run's jobs.
-const POLL: Duration = Duration::from_millis(100);
+/// How often the watcher asks the queue about the jobs of runs waited for,
+/// and waiters check the service's health.
+pub(crate) const POLL: Duration = Duration::from_millis(100);
 
 /// A run's id: the id of its manifest in the service's runs queue, stable
 /// across restarts ([`InferService::run`](super::InferService::run) finds
@@ -209,6 +211,11 @@ pub(crate) struct RunState {
     budget: Option<usize>,
     state: Mutex<State>,
     changed: Condvar,
+    /// Async waiters' wake-up, signalled with `changed`.
+    #[cfg(feature = "tokio")]
+    changed_async: tokio::sync::Notify,
+    /// Callers waiting now (the watcher looks only at runs waited for).
+    waiters: AtomicUsize,
 }
 
 impl RunState {
@@ -231,7 +238,22 @@ impl RunState {
                 ..State::default()
             }),
             changed: Condvar::new(),
+            #[cfg(feature = "tokio")]
+            changed_async: tokio::sync::Notify::new(),
+            waiters: AtomicUsize::new(0),
         }
+    }
+
+    /// Wake every waiter, blocking and async, to look again.
+    pub fn notify(&self) {
+        self.changed.notify_all();
+        #[cfg(feature = "tokio")]
+        self.changed_async.notify_waiters();
+    }
+
+    /// Whether a caller waits for it and it has jobs to hear of.
+    pub fn watched(&self) -> bool {
+        self.waiters.load(Ordering::SeqCst) > 0 && !self.state.lock().finished()
     }
 
     pub fn id(&self) -> RunId {
@@ -356,7 +378,7 @@ impl RunState {
         }
         self.count_end(&mut s);
         drop(s);
-        self.changed.notify_all();
+        self.notify();
     }
 
     /// Job `id` left the queue without a result (a dead letter, removed):
@@ -398,7 +420,7 @@ impl RunState {
         }
         self.count_end(&mut s);
         drop(s);
-        self.changed.notify_all();
+        self.notify();
     }
 
     fn cancel(&self, why: RowError) {
@@ -408,7 +430,7 @@ impl RunState {
         }
         self.count_end(&mut s);
         drop(s);
-        self.changed.notify_all();
+        self.notify();
     }
 
     /// Ask the queue about every outstanding job, and about the jobs
@@ -540,6 +562,15 @@ impl Tracker {
         }
     }
 
+    /// Every live state of every run.
+    pub fn live(&self) -> Vec<Arc<RunState>> {
+        self.runs
+            .lock()
+            .values()
+            .flat_map(|states| states.iter().filter_map(Weak::upgrade))
+            .collect()
+    }
+
     /// Runs held here not started yet, and running.
     pub fn live_counts(&self) -> (usize, usize) {
         let runs = self.runs.lock();
@@ -638,32 +669,60 @@ impl<M: Model> Run<M> {
         self.wait_until(Some(Instant::now() + timeout))
     }
 
+    /// Wait for every row to be done, asynchronously: the same as
+    /// [`Run::wait`], but the task awaits instead of blocking its thread
+    /// (the pool's threads and its watcher wake it). Bound it with
+    /// `tokio::time::timeout` if you need a limit; dropping the future only
+    /// stops the wait (the run goes on).
+    ///
+    /// # Errors
+    /// As [`Run::wait`].
+    #[cfg(feature = "tokio")]
+    pub async fn wait_async(&self) -> Result<RunOutput<M::Output>, InferError> {
+        let _waiting = Waiting::new(&self.state);
+        loop {
+            let mut changed = std::pin::pin!(self.state.changed_async.notified());
+            // Register before looking, so a change between the look and the
+            // await still wakes this future.
+            changed.as_mut().enable();
+            if let Some(done) = self.settled()? {
+                return Ok(done);
+            }
+            changed.await;
+        }
+    }
+
+    /// The run's output if it is over; an error if it cannot go on or went
+    /// over its failure budget (cancelling it); `None` to wait more.
+    fn settled(&self) -> Result<Option<RunOutput<M::Output>>, InferError> {
+        let run = &self.state;
+        let (finished, failed) = {
+            let s = run.state.lock();
+            (s.finished(), s.failed)
+        };
+        if run.budget.is_some_and(|b| failed > b) {
+            self.shared.tracker.cancel(
+                run,
+                RowError::new(ErrorKind::Cancelled, "its run went over its failure budget"),
+            );
+            return Err(InferError::FailureBudget {
+                failed,
+                rows: run.total,
+            });
+        }
+        if finished {
+            return Ok(Some(self.output()));
+        }
+        self.check_live()?;
+        Ok(None)
+    }
+
     fn wait_until(&self, until: Option<Instant>) -> Result<RunOutput<M::Output>, InferError> {
         let run = &self.state;
-        let mut polled = Instant::now();
+        let _waiting = Waiting::new(run);
         loop {
-            let (finished, failed) = {
-                let s = run.state.lock();
-                (s.finished(), s.failed)
-            };
-            if let Some(budget) = run.budget.filter(|&b| failed > b) {
-                let _ = budget;
-                self.shared.tracker.cancel(
-                    run,
-                    RowError::new(ErrorKind::Cancelled, "its run went over its failure budget"),
-                );
-                return Err(InferError::FailureBudget {
-                    failed,
-                    rows: run.total,
-                });
-            }
-            if finished {
-                return Ok(self.output());
-            }
-            self.check_live()?;
-            if polled.elapsed() >= POLL {
-                run.refresh(&self.shared.jobs, self.shared.sync_commits, true)?;
-                polled = Instant::now();
+            if let Some(done) = self.settled()? {
+                return Ok(done);
             }
             let mut wait = POLL;
             if let Some(until) = until {
@@ -738,6 +797,22 @@ impl<M: Model> Run<M> {
             failed,
             resumed: s.resumed,
         }
+    }
+}
+
+/// Counts a caller as waiting for a run while it lives.
+struct Waiting<'a>(&'a RunState);
+
+impl<'a> Waiting<'a> {
+    fn new(run: &'a RunState) -> Waiting<'a> {
+        run.waiters.fetch_add(1, Ordering::SeqCst);
+        Waiting(run)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -350,7 +350,7 @@ pub struct InferService {
     shared: Arc<Shared>,
     runs: Queue,
     /// Serializes submissions (see the module invariants).
-    submitting: Mutex<()>,
+    submitting: OneAtATime,
     pool: Mutex<Option<Pool>>,
     /// Most bytes of jobs per enqueue (a quarter segment: a batch is one
     /// write into one segment).
@@ -396,7 +396,7 @@ impl InferService {
         let service = InferService {
             shared: shared.clone(),
             runs,
-            submitting: Mutex::new(()),
+            submitting: OneAtATime::default(),
             pool: Mutex::new(None),
             batch_bytes: (opts.segment_size / 4) as usize,
             next_tag: AtomicU64::new(wall_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15)),
@@ -449,9 +449,109 @@ impl InferService {
         encoded: Vec<Vec<u8>>,
         opts: &RunOptions,
     ) -> Result<Run<M>, InferError> {
+        let checked = self.check(model, &encoded, opts)?;
+        let _turn = self.submitting.lock();
+        if let Some(key) = &opts.key {
+            if let Some(id) = self.runs.key_id(key)? {
+                return self.resume(
+                    model,
+                    id.into(),
+                    Some(checked.content),
+                    opts.failure_budget,
+                    self.shared.sync_commits,
+                );
+            }
+        }
+        let mut plan = self.plan(model, encoded, opts, checked)?;
+        for batch in std::mem::take(&mut plan.batches) {
+            let ids = self
+                .shared
+                .jobs
+                .enqueue_batch_with(&plan.items(&batch))
+                .map_err(refused)?;
+            plan.enqueued(batch, ids);
+        }
+        // The manifest names the jobs: they are durable first.
+        self.shared.jobs.sync()?;
+        let id = self
+            .runs
+            .enqueue_with(&plan.manifest()?, &plan.manifest_opts)?;
+        self.settle_manifests()?;
+        Ok(self.handle(plan.finish(id)))
+    }
+
+    /// [`InferService::submit`] for async callers: the same submission,
+    /// whose syncs are awaited (made by the queues' syncer threads), never
+    /// made on the caller's thread; submissions still go one at a time.
+    ///
+    /// # Errors
+    /// As [`InferService::submit`].
+    #[cfg(feature = "tokio")]
+    pub async fn submit_async<M: Model>(
+        &self,
+        model: &ModelRef<M>,
+        rows: &[M::Input],
+        opts: &RunOptions,
+    ) -> Result<Run<M>, InferError> {
+        let encoded = rows
+            .iter()
+            .map(codec::encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        let checked = self.check(model, &encoded, opts)?;
+        let _turn = self.submitting.lock_async().await;
+        if let Some(key) = &opts.key {
+            if let Some(id) = self.runs.key_id(key)? {
+                // What the run reads of its jobs is durable first.
+                if self.shared.sync_commits {
+                    self.shared.jobs.sync_async().await?;
+                }
+                return self.resume(
+                    model,
+                    id.into(),
+                    Some(checked.content),
+                    opts.failure_budget,
+                    false,
+                );
+            }
+        }
+        let mut plan = self.plan(model, encoded, opts, checked)?;
+        for batch in std::mem::take(&mut plan.batches) {
+            let ids = self
+                .shared
+                .jobs
+                .enqueue_batch_with_async(&plan.items(&batch))
+                .await
+                .map_err(refused)?;
+            plan.enqueued(batch, ids);
+        }
+        self.shared.jobs.sync_async().await?;
+        let id = self
+            .runs
+            .enqueue_with_async(&plan.manifest()?, &plan.manifest_opts)
+            .await?;
+        let take = manifests_to_settle();
+        loop {
+            let pending = self.runs.dequeue_with(&take)?;
+            if pending.is_empty() {
+                break;
+            }
+            for d in pending {
+                self.runs.complete_async(d.receipt, &d.payload).await?;
+            }
+        }
+        Ok(self.handle(plan.finish(id)))
+    }
+
+    /// Check a submission before anything is written: options, the model,
+    /// the size of its manifest.
+    fn check<M: Model>(
+        &self,
+        model: &ModelRef<M>,
+        encoded: &[Vec<u8>],
+        opts: &RunOptions,
+    ) -> Result<Checked, InferError> {
         opts.validate()?;
         self.check_registered(&model.key)?;
-        let content = content_hash(&model.key.version, &encoded);
         let largest = encoded.iter().map(Vec::len).max().unwrap_or(0);
         let chunk = self
             .shared
@@ -460,19 +560,28 @@ impl InferService {
             .min(JOB_BYTES / largest.max(1))
             .max(1);
         let n_jobs = encoded.len().div_ceil(chunk);
-        let manifest_bytes = Manifest::size_for(n_jobs, &model.key);
-        if manifest_bytes > crate::DEFAULT_MAX_MESSAGE_SIZE {
+        if Manifest::size_for(n_jobs, &model.key) > crate::DEFAULT_MAX_MESSAGE_SIZE {
             return Err(InferError::InvalidArgument(format!(
                 "a table of {} rows in {n_jobs} jobs is too large for one run: submit it in parts",
                 encoded.len()
             )));
         }
-        let _one = self.submitting.lock();
-        if let Some(key) = &opts.key {
-            if let Some(id) = self.runs.key_id(key)? {
-                return self.resume(model, id.into(), Some(content), opts.failure_budget);
-            }
-        }
+        Ok(Checked {
+            content: content_hash(&model.key.version, encoded),
+            chunk,
+        })
+    }
+
+    /// The run's state (registered, so no news of its jobs is missed) and
+    /// its jobs, encoded, in batches of at most a quarter segment (a batch
+    /// is one write into one segment).
+    fn plan<M: Model>(
+        &self,
+        model: &ModelRef<M>,
+        encoded: Vec<Vec<u8>>,
+        opts: &RunOptions,
+        checked: Checked,
+    ) -> Result<Plan, InferError> {
         let tag = self.tag();
         let now = wall_ms();
         let total = encoded.len();
@@ -486,17 +595,17 @@ impl InferService {
         self.shared.tracker.add(&state);
         let timeout = opts.timeout.unwrap_or(self.shared.opts.timeout);
         let deadline_ms = opts.deadline.map_or(0, |d| d.0);
-        let mut enqueue_opts = EnqueueOptions::new().priority(opts.priority);
+        let mut enqueue = EnqueueOptions::new().priority(opts.priority);
         if let Some(d) = opts.deadline {
-            enqueue_opts = enqueue_opts.deadline(d);
+            enqueue = enqueue.deadline(d);
         }
-        let mut spans = Vec::with_capacity(n_jobs);
+        let mut batches = Vec::new();
         let mut batch: Vec<(Vec<u8>, JobSpan)> = Vec::new();
         let mut bytes = 0;
         let mut rows = encoded.into_iter();
         let mut first = 0u64;
         while (first as usize) < total {
-            let part: Vec<Vec<u8>> = rows.by_ref().take(chunk).collect();
+            let part: Vec<Vec<u8>> = rows.by_ref().take(checked.chunk).collect();
             let n = part.len() as u32;
             let job = Job::new(
                 tag,
@@ -509,75 +618,41 @@ impl InferService {
             )
             .encode()?;
             if !batch.is_empty() && (bytes + job.len() > self.batch_bytes || batch.len() >= 4096) {
-                self.enqueue_jobs(&state, &mut batch, &enqueue_opts, &mut spans)?;
+                batches.push(std::mem::take(&mut batch));
                 bytes = 0;
             }
             bytes += job.len();
-            batch.push((
-                job,
-                JobSpan {
-                    id: 0,
-                    first_row: first,
-                    rows: n,
-                },
-            ));
+            let span = JobSpan {
+                id: 0,
+                first_row: first,
+                rows: n,
+            };
+            batch.push((job, span));
             first += u64::from(n);
         }
-        self.enqueue_jobs(&state, &mut batch, &enqueue_opts, &mut spans)?;
-        // The manifest names the jobs: they are durable first.
-        self.shared.jobs.sync()?;
-        let manifest = Manifest::new(
-            tag,
-            model.key.clone(),
-            total as u64,
-            content,
-            opts.priority,
-            deadline_ms,
-            now,
-            spans,
-        )
-        .encode()?;
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
         let mut manifest_opts = EnqueueOptions::new();
         if let Some(key) = &opts.key {
             manifest_opts = manifest_opts.key(key);
         }
-        let id = self.runs.enqueue_with(&manifest, &manifest_opts)?;
-        self.settle_manifests()?;
-        state.set_id(RunId(id.into()));
-        state.seal();
-        Ok(self.handle(state))
-    }
-
-    /// Enqueue `batch` as jobs of `state`'s run; their spans (with their
-    /// ids) join `spans` and the run's outstanding jobs.
-    fn enqueue_jobs(
-        &self,
-        state: &RunState,
-        batch: &mut Vec<(Vec<u8>, JobSpan)>,
-        opts: &EnqueueOptions,
-        spans: &mut Vec<JobSpan>,
-    ) -> Result<(), InferError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let items: Vec<(&[u8], EnqueueOptions)> =
-            batch.iter().map(|(b, _)| (&b[..], opts.clone())).collect();
-        let ids = self
-            .shared
-            .jobs
-            .enqueue_batch_with(&items)
-            .map_err(refused)?;
-        let new: Vec<JobSpan> = batch
-            .drain(..)
-            .zip(ids)
-            .map(|((_, span), id)| JobSpan {
-                id: id.into(),
-                ..span
-            })
-            .collect();
-        state.expect(&new);
-        spans.extend(new);
-        Ok(())
+        Ok(Plan {
+            manifest: Manifest::new(
+                tag,
+                model.key.clone(),
+                total as u64,
+                checked.content,
+                opts.priority,
+                deadline_ms,
+                now,
+                Vec::new(),
+            ),
+            state,
+            batches,
+            enqueue,
+            manifest_opts,
+        })
     }
 
     /// Run one row at once and wait for its result: for interactive
@@ -593,6 +668,58 @@ impl InferService {
         row: &M::Input,
         opts: &RunOptions,
     ) -> Result<RowOutput<M::Output>, InferError> {
+        opts.validate()?;
+        if opts.key.is_some() {
+            return Err(InferError::InvalidArgument(
+                "infer_one takes no key: submit a run with a key to find it again".into(),
+            ));
+        }
+        let (job, enqueue_opts, state) = self.one(model, row, opts)?;
+        let id = self
+            .shared
+            .jobs
+            .enqueue_with(&job, &enqueue_opts)
+            .map_err(refused)?;
+        let run: Run<M> = self.handle(one_enqueued(state, id));
+        let mut out = run.wait()?;
+        out.rows
+            .pop()
+            .ok_or_else(|| InferError::InvalidArgument("the row has no result".into()))
+    }
+
+    /// [`InferService::infer_one`] for async callers: the enqueue and the
+    /// wait are awaited, never blocking the caller's thread.
+    ///
+    /// # Errors
+    /// As [`InferService::infer_one`].
+    #[cfg(feature = "tokio")]
+    pub async fn infer_one_async<M: Model>(
+        &self,
+        model: &ModelRef<M>,
+        row: &M::Input,
+        opts: &RunOptions,
+    ) -> Result<RowOutput<M::Output>, InferError> {
+        let (job, enqueue_opts, state) = self.one(model, row, opts)?;
+        let id = self
+            .shared
+            .jobs
+            .enqueue_with_async(&job, &enqueue_opts)
+            .await
+            .map_err(refused)?;
+        let run: Run<M> = self.handle(one_enqueued(state, id));
+        let mut out = run.wait_async().await?;
+        out.rows
+            .pop()
+            .ok_or_else(|| InferError::InvalidArgument("the row has no result".into()))
+    }
+
+    /// A one-row run: its job, how to enqueue it, its state (registered).
+    fn one<M: Model>(
+        &self,
+        model: &ModelRef<M>,
+        row: &M::Input,
+        opts: &RunOptions,
+    ) -> Result<(Vec<u8>, EnqueueOptions, Arc<RunState>), InferError> {
         opts.validate()?;
         if opts.key.is_some() {
             return Err(InferError::InvalidArgument(
@@ -626,23 +753,7 @@ impl InferService {
         if let Some(d) = opts.deadline {
             enqueue_opts = enqueue_opts.deadline(d);
         }
-        let id = self
-            .shared
-            .jobs
-            .enqueue_with(&job, &enqueue_opts)
-            .map_err(refused)?;
-        state.set_id(RunId(id.into()));
-        state.expect(&[JobSpan {
-            id: id.into(),
-            first_row: 0,
-            rows: 1,
-        }]);
-        state.seal();
-        let run: Run<M> = self.handle(state);
-        let mut out = run.wait()?;
-        out.rows
-            .pop()
-            .ok_or_else(|| InferError::InvalidArgument("the row has no result".into()))
+        Ok((job, enqueue_opts, state))
     }
 
     /// The run with id `id`, as stored: rows done so far come back as
@@ -655,7 +766,7 @@ impl InferService {
     /// [`InferError::InvalidArgument`] when it is a run of another model;
     /// [`InferError::Queue`].
     pub fn run<M: Model>(&self, model: &ModelRef<M>, id: RunId) -> Result<Run<M>, InferError> {
-        self.resume(model, id.0, None, None)
+        self.resume(model, id.0, None, None, self.shared.sync_commits)
     }
 
     /// The run submitted with idempotency key `key`, while the key is
@@ -669,7 +780,9 @@ impl InferService {
         key: &str,
     ) -> Result<Option<Run<M>>, InferError> {
         match self.runs.key_id(key)? {
-            Some(id) => self.resume(model, id.into(), None, None).map(Some),
+            Some(id) => self
+                .resume(model, id.into(), None, None, self.shared.sync_commits)
+                .map(Some),
             None => Ok(None),
         }
     }
@@ -762,13 +875,15 @@ impl InferService {
     }
 
     /// The stored run `id`, checked against `model` (and `content`, the
-    /// rows of a resubmission).
+    /// rows of a resubmission); with `sync_first`, what it reads of its
+    /// jobs is synced first.
     fn resume<M: Model>(
         &self,
         model: &ModelRef<M>,
         id: u64,
         content: Option<u64>,
         budget: Option<f64>,
+        sync_first: bool,
     ) -> Result<Run<M>, InferError> {
         let bytes = self
             .runs
@@ -798,7 +913,7 @@ impl InferService {
         state.set_id(RunId(id));
         self.shared.tracker.add(&state);
         state.expect(&manifest.jobs);
-        state.refresh(&self.shared.jobs, self.shared.sync_commits, false)?;
+        state.refresh(&self.shared.jobs, sync_first, false)?;
         state.mark_resumed();
         state.seal();
         Ok(self.handle(state))
@@ -807,10 +922,7 @@ impl InferService {
     /// Complete every manifest still pending (the one just enqueued, or
     /// ones a crash left), so each can be read back by its id.
     fn settle_manifests(&self) -> Result<(), InferError> {
-        let take = DequeueOptions::new()
-            .max(64)
-            .wait(Duration::ZERO)
-            .visibility(Duration::from_secs(3600));
+        let take = manifests_to_settle();
         loop {
             let batch = self.runs.dequeue_with(&take)?;
             if batch.is_empty() {
@@ -821,6 +933,131 @@ impl InferService {
             }
         }
     }
+}
+
+/// One submission at a time, for threads and async tasks alike: an async
+/// submission holds its turn across its awaits, which a mutex guard cannot.
+#[derive(Default)]
+struct OneAtATime {
+    busy: Mutex<bool>,
+    freed: parking_lot::Condvar,
+    #[cfg(feature = "tokio")]
+    freed_async: tokio::sync::Notify,
+}
+
+/// A turn of [`OneAtATime`], given back when dropped.
+struct Turn<'a>(&'a OneAtATime);
+
+impl OneAtATime {
+    fn lock(&self) -> Turn<'_> {
+        let mut busy = self.busy.lock();
+        while *busy {
+            self.freed.wait(&mut busy);
+        }
+        *busy = true;
+        Turn(self)
+    }
+
+    #[cfg(feature = "tokio")]
+    async fn lock_async(&self) -> Turn<'_> {
+        loop {
+            let mut freed = std::pin::pin!(self.freed_async.notified());
+            // Register before looking, so a turn given back between the
+            // look and the await still wakes this task.
+            freed.as_mut().enable();
+            {
+                let mut busy = self.busy.lock();
+                if !*busy {
+                    *busy = true;
+                    return Turn(self);
+                }
+            }
+            freed.await;
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        *self.0.busy.lock() = false;
+        self.0.freed.notify_one();
+        #[cfg(feature = "tokio")]
+        self.0.freed_async.notify_waiters();
+    }
+}
+
+/// What [`InferService::check`] found: the rows' content hash and the rows
+/// per job.
+struct Checked {
+    content: u64,
+    chunk: usize,
+}
+
+/// A submission under way (see [`InferService::plan`]).
+struct Plan {
+    state: Arc<RunState>,
+    /// Jobs not enqueued yet, in enqueue batches.
+    batches: Vec<Vec<(Vec<u8>, JobSpan)>>,
+    enqueue: EnqueueOptions,
+    /// The manifest, its jobs filled in as they are enqueued.
+    manifest: Manifest,
+    manifest_opts: EnqueueOptions,
+}
+
+impl Plan {
+    /// A batch's jobs as enqueue items.
+    fn items<'a>(&self, batch: &'a [(Vec<u8>, JobSpan)]) -> Vec<(&'a [u8], EnqueueOptions)> {
+        batch
+            .iter()
+            .map(|(b, _)| (&b[..], self.enqueue.clone()))
+            .collect()
+    }
+
+    /// A batch was enqueued as `ids`: the run expects those jobs.
+    fn enqueued(&mut self, batch: Vec<(Vec<u8>, JobSpan)>, ids: Vec<MessageId>) {
+        let spans: Vec<JobSpan> = batch
+            .into_iter()
+            .zip(ids)
+            .map(|((_, span), id)| JobSpan {
+                id: id.into(),
+                ..span
+            })
+            .collect();
+        self.state.expect(&spans);
+        self.manifest.jobs.extend(spans);
+    }
+
+    fn manifest(&self) -> Result<Vec<u8>, InferError> {
+        Ok(self.manifest.encode()?)
+    }
+
+    /// The manifest is stored as run `id`: the run is whole.
+    fn finish(self, id: MessageId) -> Arc<RunState> {
+        self.state.set_id(RunId(id.into()));
+        self.state.seal();
+        self.state
+    }
+}
+
+/// A one-row run's job was enqueued as `id` (also the run's id): the run
+/// is whole.
+fn one_enqueued(state: Arc<RunState>, id: MessageId) -> Arc<RunState> {
+    state.set_id(RunId(id.into()));
+    state.expect(&[JobSpan {
+        id: id.into(),
+        first_row: 0,
+        rows: 1,
+    }]);
+    state.seal();
+    state
+}
+
+/// How pending manifests are taken to be completed.
+fn manifests_to_settle() -> DequeueOptions {
+    DequeueOptions::new()
+        .max(64)
+        .wait(Duration::ZERO)
+        .visibility(Duration::from_secs(3600))
 }
 
 /// A queue's refusal of an argument (a deadline that passed between the

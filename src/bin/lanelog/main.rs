@@ -1,5 +1,6 @@
-//! `lanelog`: look into, check and tend a lanelog queue directory, and
-//! measure the queue on this machine.
+//! `lanelog`: look into, check and tend a lanelog queue directory, measure
+//! the queue on this machine, and run an ONNX model over a table file
+//! (`infer`, feature `infer-cli`).
 //!
 //! Read-only commands (`stats`, `peek`, `verify`, `explain`,
 //! `dead-letters`) go through [`lanelog::inspect`]: they take no lock, so
@@ -24,6 +25,8 @@ mod bench;
 mod dead_letters;
 mod explain;
 mod format;
+#[cfg(feature = "infer-cli")]
+mod infer;
 mod peek;
 mod stats;
 mod tend;
@@ -61,8 +64,12 @@ Exit status:
   2  usage error (also: a destructive command without --yes)
   3  the path does not exist or is not a lanelog queue directory
   4  unknown message id or lane
-  5  the queue is open in another process (redrive, purge-dead)
-  6  i/o error, or a queue file that cannot be read
+  5  the queue is open in another process (redrive, purge-dead; infer: --dir)
+  6  i/o error, or a queue file that cannot be read (infer: also a missing
+     or unreadable model or input file)
+  7  infer: the model or the input cannot be used (not ONNX, CSV or Arrow;
+     a missing or non-numeric column; rows of the wrong width)
+  8  infer: the output was written, but some rows failed (see out.error)
 
 Read-only commands (stats, peek, verify, explain, dead-letters) take no lock
 and change nothing: they work while another process has the queue open, and
@@ -76,7 +83,8 @@ then say so on stderr (what they show may be a moment old).";
     long_about = "Inspect, check and tend lanelog queue directories.\n\n\
                   Counters, the next messages, one message's history, a full check of \
                   every file, and the dead letters, read without taking the queue's \
-                  lock; redrive and purge dead letters; measure the queue on this machine.",
+                  lock; redrive and purge dead letters; measure the queue on this machine; \
+                  run an ONNX model over a CSV or Arrow file (infer).",
     after_help = EXIT_STATUS,
     propagate_version = true
 )]
@@ -195,6 +203,27 @@ enum Command {
     /// batches of 256. The directory is removed afterwards.
     #[command(after_help = EXIT_STATUS)]
     Bench(BenchArgs),
+    /// Run an ONNX model over every row of a CSV or Arrow IPC file; resumable with --dir
+    ///
+    /// Reads --input, runs the model through an inference service (on --dir,
+    /// or on a temporary directory removed at the end) and writes --output:
+    /// `time`, the input columns as `in.<name>`, the prediction as
+    /// `out.<output>` (a list column in Arrow, `out.<output>.<i>` columns in
+    /// CSV) and `out.error` (null, or why the row failed), in input order.
+    /// With --dir, the same command run again after a kill or Ctrl-C finds
+    /// its run (by the model's and the input's hashes) and computes only the
+    /// rows not stored yet; the priority and deadline of the first try stay.
+    /// Nothing is written to --output unless the whole table is done.
+    #[cfg(feature = "infer-cli")]
+    #[command(after_help = EXIT_STATUS)]
+    Infer(infer::InferArgs),
+    /// Run an ONNX model over a CSV or Arrow file (not in this build: needs the `infer-cli` feature)
+    #[cfg(not(feature = "infer-cli"))]
+    #[command(disable_help_flag = true)]
+    Infer {
+        #[arg(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// A failure: its exit status and its one line.
@@ -293,6 +322,14 @@ fn run(command: Command) -> Result<Output, Failure> {
         Command::Redrive { dir, id, all } => tend::redrive(&dir, id, all),
         Command::PurgeDead { dir, yes } => tend::purge_dead(&dir, yes),
         Command::Bench(args) => bench::bench(&args),
+        #[cfg(feature = "infer-cli")]
+        Command::Infer(args) => infer::infer(&args),
+        #[cfg(not(feature = "infer-cli"))]
+        Command::Infer { .. } => Err(fail(
+            USAGE,
+            "infer is not in this build of lanelog: build it with the `infer-cli` feature \
+             (cargo install --path . --features infer-cli)",
+        )),
     }
 }
 
