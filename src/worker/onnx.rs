@@ -50,7 +50,10 @@ impl Loaded {
             plan,
             name,
             sha256,
-            version: format!("fnv64:{:016x}", fnv64(&bytes)),
+            // The outputs too: a service tells models apart by name,
+            // version and row type, and one file read for another output
+            // is another model (its jobs must not be computed by this one).
+            version: format!("fnv64:{:016x}/{}", fnv64(&bytes), outputs.join(",")),
             features,
         })
     }

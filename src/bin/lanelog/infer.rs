@@ -27,8 +27,8 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lanelog::worker::{
-    FromArrow, InferError, Model, ModelError, OnnxModel, PoolOptions, RowOutput, Run, RunOptions,
-    RunOutput, ServiceOptions, ToArrow,
+    FromArrow, InferError, Model, OnnxModel, PoolOptions, RowOutput, Run, RunOptions, RunOutput,
+    ServiceOptions, ToArrow,
 };
 use lanelog::{Durability, Timestamp};
 
@@ -191,49 +191,8 @@ struct Prepared {
     out_format: FileFormat,
     table: RecordBatch,
     features: Features,
-    model: Arc<OutputModel>,
+    model: Arc<OnnxModel>,
     key: String,
-}
-
-/// The ONNX model under a version naming its output too. A service tells
-/// models apart by name, version and row type, and `OnnxModel`'s version
-/// is the file's hash alone: without this, jobs left in a `--dir` by a run
-/// of one output would be computed by a later command's model of another.
-struct OutputModel {
-    onnx: OnnxModel,
-    version: String,
-}
-
-impl OutputModel {
-    fn new(onnx: OnnxModel) -> OutputModel {
-        let version = format!("{}/{}", onnx.version(), onnx.output_name());
-        OutputModel { onnx, version }
-    }
-}
-
-impl Model for OutputModel {
-    type Input = Vec<f32>;
-    type Output = Vec<f32>;
-
-    fn name(&self) -> &str {
-        self.onnx.name()
-    }
-
-    fn version(&self) -> &str {
-        &self.version
-    }
-
-    fn output_name(&self) -> &str {
-        self.onnx.output_name()
-    }
-
-    fn sha256(&self) -> Option<&str> {
-        self.onnx.sha256()
-    }
-
-    fn infer(&self, rows: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, ModelError> {
-        self.onnx.infer(rows)
-    }
 }
 
 pub(crate) fn infer(a: &InferArgs) -> Result<Output, Failure> {
@@ -311,7 +270,7 @@ fn prepare(a: &InferArgs) -> Result<Prepared, Failure> {
         out_format,
         table,
         features,
-        model: Arc::new(OutputModel::new(model)),
+        model: Arc::new(model),
         key,
     })
 }
@@ -320,7 +279,7 @@ fn prepare(a: &InferArgs) -> Result<Prepared, Failure> {
 fn summary(a: &InferArgs, p: &Prepared, done: &Done, elapsed: Duration) -> Output {
     let failed = done.rows.iter().filter(|r| r.output.is_err()).count();
     let n = done.rows.len();
-    let model = &p.model.onnx;
+    let model = &*p.model;
     let mut text = format!(
         "{}: {n} row{} ({}), {failed} failed{}, {} from an earlier run\n",
         a.output.display(),
@@ -865,7 +824,7 @@ fn service_error(dir: &Path, e: InferError) -> Failure {
 /// done since `since`, when `before` were done) on stderr when it is a
 /// terminal.
 fn follow(
-    run: &Run<OutputModel>,
+    run: &Run<OnnxModel>,
     before: usize,
     since: Instant,
 ) -> Result<RunOutput<Vec<f32>>, InferError> {
