@@ -87,7 +87,7 @@ async fn async_batch_takes_what_is_ready() {
 /// the disk image a power loss leaves.
 #[tokio::test(flavor = "current_thread")]
 async fn durable_async_writes_never_block_the_runtime_thread() {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
     use lanelog::storage::{CrashPolicy, MemoryStorage, Storage};
@@ -99,17 +99,7 @@ async fn durable_async_writes_never_block_the_runtime_thread() {
         .durability(Durability::Immediate)
         .open(dir.path())
         .unwrap();
-    let done = Arc::new(AtomicBool::new(false));
-    let beats = Arc::new(AtomicU64::new(0));
-    let heartbeat = {
-        let (done, beats) = (done.clone(), beats.clone());
-        async move {
-            while !done.load(Ordering::SeqCst) {
-                beats.fetch_add(1, Ordering::SeqCst);
-                tokio::task::yield_now().await;
-            }
-        }
-    };
+    let (done, beats, heartbeat) = Heartbeat::start();
     let writer = {
         let (q, done, beats) = (q.clone(), done.clone(), beats.clone());
         async move {
@@ -179,7 +169,7 @@ async fn durable_async_writes_never_block_the_runtime_thread() {
 /// run found again by its key comes back the same.
 #[tokio::test(flavor = "current_thread")]
 async fn the_service_from_async_code_never_blocks_the_runtime_thread() {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
     use lanelog::worker::{Model, ModelError, PoolOptions, RunOptions, ServiceOptions};
@@ -206,17 +196,7 @@ async fn the_service_from_async_code_never_blocks_the_runtime_thread() {
         .linger(Duration::from_millis(1));
     let service = ServiceOptions::new().pool(pool).open(dir.path()).unwrap();
     let m = service.register(Arc::new(Triple));
-    let done = Arc::new(AtomicBool::new(false));
-    let beats = Arc::new(AtomicU64::new(0));
-    let heartbeat = {
-        let (done, beats) = (done.clone(), beats.clone());
-        async move {
-            while !done.load(Ordering::SeqCst) {
-                beats.fetch_add(1, Ordering::SeqCst);
-                tokio::task::yield_now().await;
-            }
-        }
-    };
+    let (done, beats, heartbeat) = Heartbeat::start();
     let rows: Vec<u32> = (0..200).collect();
     let work = async {
         let run = service
@@ -253,4 +233,32 @@ async fn the_service_from_async_code_never_blocks_the_runtime_thread() {
         "the other task never ran while the run was awaited"
     );
     service.close().unwrap();
+}
+
+/// A task that counts its turns on the runtime until told to stop: if it
+/// counts while another task awaits, that task did not block the thread.
+struct Heartbeat;
+
+impl Heartbeat {
+    #[allow(clippy::type_complexity)]
+    fn start() -> (
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::sync::Arc<std::sync::atomic::AtomicU64>,
+        impl std::future::Future<Output = ()>,
+    ) {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let done = Arc::new(AtomicBool::new(false));
+        let beats = Arc::new(AtomicU64::new(0));
+        let beat = {
+            let (done, beats) = (done.clone(), beats.clone());
+            async move {
+                while !done.load(Ordering::SeqCst) {
+                    beats.fetch_add(1, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        (done, beats, beat)
+    }
 }
