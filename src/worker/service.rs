@@ -164,8 +164,22 @@ impl ServiceOptions {
     /// As [`ServiceOptions::open`].
     pub fn open_in_memory(self) -> Result<InferService, InferError> {
         let mem = || -> Arc<dyn Storage> { Arc::new(MemoryStorage::new()) };
-        let jobs = self.queue_options(true).open_storage(mem())?;
-        let runs = self.queue_options(false).open_storage(mem())?;
+        self.open_storage(mem(), mem())
+    }
+
+    /// A service whose `jobs` and `runs` queues live on the storages given
+    /// (for tests that inject faults with
+    /// [`MemoryStorage`](crate::storage::MemoryStorage)).
+    ///
+    /// # Errors
+    /// As [`ServiceOptions::open`].
+    pub fn open_storage(
+        self,
+        jobs: Arc<dyn Storage>,
+        runs: Arc<dyn Storage>,
+    ) -> Result<InferService, InferError> {
+        let jobs = self.queue_options(true).open_storage(jobs)?;
+        let runs = self.queue_options(false).open_storage(runs)?;
         InferService::start(self, jobs, runs)
     }
 
