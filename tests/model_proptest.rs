@@ -962,14 +962,12 @@ fn eventually(mut pred: impl FnMut() -> bool) -> bool {
 
 /// Found by the proptest (minimal case: enqueue with key k, 15 s pass,
 /// enqueue with k again, crash). A key admitted again after its window
-/// passed is forgotten by a reopen that replays its records: replay keeps
-/// the key's first record (`Keys::insert`: "the first enqueue wins", from
-/// `Index::place_record`), which is past its window, so open forgets the
-/// key, and a third enqueue with it within the window is admitted as a new
-/// message (under `Immediate`, after the second enqueue returned `Ok`).
-/// Tolerated by `Model::readmitted_keys_may_be_forgotten`.
+/// passed is remembered by a reopen that replays its records: replay keeps
+/// the key's record with the highest id (its latest admission), not the
+/// first one met, which is past its window; otherwise a third enqueue with
+/// it within the window would be admitted as a new message (under
+/// `Immediate`, after the second enqueue returned `Ok`).
 #[test]
-#[ignore = "known bug: a re-admitted idempotency key is forgotten by a crash (src/keys.rs Keys::insert via src/index.rs Index::place_record)"]
 fn readmitted_key_survives_a_crash() {
     use lanelog::EnqueueOptions;
     let clock = ManualClock::new(Timestamp(battery::T0));

@@ -909,7 +909,7 @@ pub fn judge(model: &Model, view: View, o: &Observed, ctx: &str, f: &mut Finding
             KeyExpect::Must(id) if got != id => {
                 f.keys_readmitted += 1;
                 f.note(format!(
-                    "KEY-READMITTED {ctx}: key {k}, durably first enqueued as {id}, answered {got}"
+                    "KEY-READMITTED {ctx}: key {k}, durably admitted as {id}, answered {got}"
                 ));
             }
             KeyExpect::Any(ids) if !ids.contains(&got) && !fresh => {
@@ -922,7 +922,7 @@ pub fn judge(model: &Model, view: View, o: &Observed, ctx: &str, f: &mut Finding
         }
         let within = model.now.saturating_sub(rec.at) < model.timers.dedup_window_ms;
         let admitted = fresh && !known_ids.contains(&got);
-        if admitted && within && rec.ids.len() == 1 && seen.contains_key(&rec.id) {
+        if admitted && within && seen.contains_key(&rec.id) {
             f.keys_readmitted += 1;
             f.note(format!(
                 "KEY-READMITTED {ctx}: key {k}: its message {} is back but the key was admitted again as {got}",
