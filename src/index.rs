@@ -16,6 +16,13 @@
 //! C. Within a lane, messages with a deadline leave first, earliest
 //!    deadline first (ties by id); then the others, lowest id first, so
 //!    never-delivered messages leave in enqueue order.
+//! D. The lifetime counters count each journal entry and result record
+//!    once: an `Acked`, `DeadlineMissed` or `DeadExpired` entry counts
+//!    whether or not the message is found (its segment may be gone, or a
+//!    result record replayed first finished it), and a result record counts
+//!    unless it is a copy of one already held. A retention cut counts what
+//!    it finds, so the engine keeps the segments it cut from until a
+//!    checkpoint holds the counters ([`Index::take_cut_segments`]).
 //!
 //! Memory: a ready message without a deadline costs one 16-byte slot (id,
 //! segment, offset) in its lane; everything else about it (payload, times)
@@ -26,7 +33,8 @@
 //! time, so a short list of marks (end id, time) maps a retention cutoff
 //! to an id bound ([`Marks`]).
 //! `apply` is lenient: an entry about a message the index does not hold (its
-//! record was never durable, or it is already finished) changes nothing.
+//! record was never durable, or it is already finished) changes no message
+//! (but counts, invariant D).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -365,6 +373,9 @@ pub(crate) struct Index {
     totals: Totals,
     /// Ids below this were removed by retention.
     cut_below: u64,
+    /// Segments that retention cuts removed records from, since the owner
+    /// last took them ([`Index::take_cut_segments`]).
+    cut_from: BTreeSet<u32>,
     marks: Marks,
     keys: Keys,
 }
@@ -386,6 +397,7 @@ impl Index {
             live: BTreeMap::new(),
             totals,
             cut_below: 0,
+            cut_from: BTreeSet::new(),
             marks: Marks::new(granularity),
             keys: Keys::default(),
         }
@@ -494,6 +506,15 @@ impl Index {
     /// Ids below this were removed by retention.
     pub fn cut_below(&self) -> u64 {
         self.cut_below
+    }
+
+    /// The segments retention cuts removed records from since the last
+    /// call. A cut is counted in `expired_total` (and a result it removes
+    /// was counted in `acked_total`) over the records replay finds, so a
+    /// segment whose records a checkpoint does not hold must outlive the
+    /// next checkpoint, or a crash would forget them in the counters.
+    pub fn take_cut_segments(&mut self) -> BTreeSet<u32> {
+        std::mem::take(&mut self.cut_from)
     }
 
     /// The retention marks.
@@ -660,6 +681,13 @@ impl Index {
                 }
             }
             Kind::DeadLettered | Kind::DeadlineMissed => {
+                if e.kind == Kind::DeadlineMissed {
+                    // Counted even when the message is not found (replay
+                    // met its result record first, or its segment was
+                    // deleted): the live queue writes one such entry per
+                    // message it dead-letters so, and none for another.
+                    self.totals.deadline_missed = self.totals.deadline_missed.saturating_add(1);
+                }
                 let (loc, attempt) = match self.take_lease(e.id) {
                     Some(l) => (l.loc, l.attempt),
                     None => match self.take_waiting(e.id, e.priority) {
@@ -671,7 +699,6 @@ impl Index {
                 // served as one without.
                 self.forget_deadline(e.id);
                 let reason = if e.kind == Kind::DeadlineMissed {
-                    self.totals.deadline_missed = self.totals.deadline_missed.saturating_add(1);
                     DEADLINE_MISSED.to_string()
                 } else {
                     e.reason.clone()
@@ -692,12 +719,14 @@ impl Index {
                 self.ready.insert(d.priority, e.id, d.loc, 0);
             }
             Kind::Purged | Kind::DeadExpired => {
+                if e.kind == Kind::DeadExpired {
+                    // Counted even when the dead letter is not found, as
+                    // `DeadlineMissed` is.
+                    self.totals.dead_expired = self.totals.dead_expired.saturating_add(1);
+                }
                 let Some(d) = self.take_dead(e.id) else {
                     return;
                 };
-                if e.kind == Kind::DeadExpired {
-                    self.totals.dead_expired = self.totals.dead_expired.saturating_add(1);
-                }
                 self.finish(d.loc, drained);
             }
             Kind::RetentionCut => self.cut(e.id, drained),
@@ -761,6 +790,7 @@ impl Index {
             self.forget_deadline(id);
         }
         for loc in gone {
+            self.cut_from.insert(loc.segment);
             self.finish(loc, drained);
         }
         self.totals.expired = self.totals.expired.saturating_add(n);

@@ -45,8 +45,11 @@ pub(crate) struct Recovered {
     pub next_id: u64,
     pub checkpoint_number: u64,
     pub checkpoint_bytes: u64,
-    /// Segments holding keyed records no checkpoint has seen yet.
-    pub keyed_segments: Vec<u32>,
+    /// Segments holding what replay needs and no checkpoint holds yet:
+    /// keyed records, records a replayed retention cut removed.
+    pub unsaved_segments: Vec<u32>,
+    /// The head segment of the checkpoint loaded (0 without one).
+    pub checkpoint_head: u32,
     pub report: RecoveryReport,
 }
 
@@ -63,7 +66,8 @@ pub(crate) struct Scanned {
     pub next_id: u64,
     pub checkpoint_number: u64,
     pub checkpoint_bytes: u64,
-    pub keyed_segments: Vec<u32>,
+    pub unsaved_segments: Vec<u32>,
+    pub checkpoint_head: u32,
     pub report: RecoveryReport,
     /// Live messages whose segment file is gone (id, segment); the report
     /// counts them in `missing_messages`.
@@ -282,7 +286,8 @@ pub(crate) fn recover(
         next_id: s.next_id,
         checkpoint_number: s.checkpoint_number,
         checkpoint_bytes: s.checkpoint_bytes,
-        keyed_segments: s.keyed_segments,
+        unsaved_segments: s.unsaved_segments,
+        checkpoint_head: s.checkpoint_head,
         report: s.report,
     })
 }
@@ -379,7 +384,7 @@ pub(crate) fn scan_directory(
 
     // Segments: open all, scan those newer than the checkpoint's head.
     let mut segments = BTreeMap::new();
-    let mut keyed_segments = Vec::new();
+    let mut unsaved_segments = Vec::new();
     // Results are applied before the journal entries that came before them
     // (which then find nothing): the segments freed show in the live counts.
     let mut drained = Vec::new();
@@ -424,7 +429,7 @@ pub(crate) fn scan_directory(
             judge(&name, &file, &s, &mut report, &mut fixes);
             report.records_scanned += s.frames.len() as u64;
             if !keys.is_empty() {
-                keyed_segments.push(id);
+                unsaved_segments.push(id);
             }
             let mut added = 0;
             for (offset, h) in &s.frames {
@@ -502,6 +507,19 @@ pub(crate) fn scan_directory(
             version,
         });
     }
+    // A segment a replayed cut removed records from that the checkpoint
+    // does not hold: the counters count them from it (invariant D of
+    // `index`), so it outlives the next checkpoint.
+    let checkpoint_head = if has_checkpoint {
+        meta.head_segment.min(u64::from(u32::MAX)) as u32
+    } else {
+        0
+    };
+    for id in index.take_cut_segments() {
+        if id >= checkpoint_head && segments.contains_key(&id) && !unsaved_segments.contains(&id) {
+            unsaved_segments.push(id);
+        }
+    }
     if release_in_flight {
         report.in_flight_released = index.release_all_in_flight();
     }
@@ -521,14 +539,16 @@ pub(crate) fn scan_directory(
     }
 
     // Segments with nothing live are finished, except the newest, which
-    // takes the next appends, and those holding idempotency keys that no
+    // takes the next appends, and those holding what replay needs that no
     // checkpoint holds yet: the open queue deletes those after its next
     // checkpoint (invariant D of `engine::space`).
     let newest = segments.keys().next_back().copied();
     let finished: Vec<u32> = segments
         .keys()
         .copied()
-        .filter(|&id| Some(id) != newest && index.live_in(id) == 0 && !keyed_segments.contains(&id))
+        .filter(|&id| {
+            Some(id) != newest && index.live_in(id) == 0 && !unsaved_segments.contains(&id)
+        })
         .collect();
     for id in finished {
         segments.remove(&id);
@@ -545,7 +565,8 @@ pub(crate) fn scan_directory(
         next_id: next_id.max(1),
         checkpoint_number: report.checkpoint.unwrap_or(0),
         checkpoint_bytes,
-        keyed_segments,
+        unsaved_segments,
+        checkpoint_head,
         report,
         missing,
         fixes,

@@ -642,9 +642,6 @@ impl Harness<'_> {
                 for mut live in variants {
                     live.begin(now);
                     live.reopened(now);
-                    if !matches!(how, Op::CleanReopen) {
-                        live.crashed();
-                    }
                     let cand = Cand {
                         since_sync: vec![live.clone()],
                         live,
@@ -688,20 +685,6 @@ impl Harness<'_> {
             .collect();
         let actual = ModelCounts::of(&s);
         let keys = s.keys;
-        let mut why = None;
-        self.cands.retain_mut(|c| match c.live.take_totals(&s) {
-            Ok(()) => true,
-            Err(e) => {
-                why.get_or_insert(e);
-                false
-            }
-        });
-        if self.cands.is_empty() {
-            return Err(fail(
-                self,
-                format!("after a crash: {}", why.unwrap_or_default()),
-            ));
-        }
         // Results of every message some candidate completed.
         let completed: BTreeSet<u64> = self
             .cands
@@ -840,9 +823,7 @@ fn run_case(
     let clock = ManualClock::new(Timestamp(battery::T0));
     let storage = MemoryStorage::new();
     let timers = timers(retention);
-    let model = Model::new(MAX_DELIVERIES, VISIBILITY_MS, battery::T0)
-        .with_timers(timers)
-        .with_known_bugs();
+    let model = Model::new(MAX_DELIVERIES, VISIBILITY_MS, battery::T0).with_timers(timers);
     let mut h = Harness {
         durability,
         timers,
@@ -992,16 +973,11 @@ fn readmitted_key_survives_a_crash() {
 }
 
 /// Found by the proptest (after a crash `expired_total` went from 8 to 0).
-/// A reopen that replays a `RetentionCut` counts only the messages it still
-/// finds; the segments of messages the cut removed are deleted once
-/// drained, so after a crash before the next checkpoint the lifetime
-/// counter goes down. The same holds for `DeadExpired` and
-/// `DeadlineMissed` entries (`Index::apply` returns before counting when it
-/// does not find the message): `dead_expired_total` and
-/// `deadline_missed_total` go down too. Tolerated by
-/// `Model::totals_may_drop`.
+/// A reopen that replays a `RetentionCut` counts the messages it still
+/// finds, so a segment the cut removed records from, once drained, is
+/// deleted only after a checkpoint holds the counter; otherwise a crash
+/// before the next checkpoint would bring the lifetime counter back lower.
 #[test]
-#[ignore = "known bug: expired_total goes down after a crash once the segments of removed messages are deleted (src/index.rs Index::apply: RetentionCut/DeadExpired/DeadlineMissed count only messages replay finds)"]
 fn expired_total_survives_a_crash_after_segments_are_deleted() {
     let clock = ManualClock::new(Timestamp(battery::T0));
     let m = MemoryStorage::new();
@@ -1027,12 +1003,11 @@ fn expired_total_survives_a_crash_after_segments_are_deleted() {
 
 /// Found by the fuzzer (`acked_total 0 below the 1 durable acks` after a
 /// power loss). `acked_total` counts a complete when replay finds its
-/// result record; once retention removed the result and its segment was
-/// deleted, a crash forgets the complete (an ack is a journal entry and
-/// always counts, see `io_error_sweep::acked_total_survives_a_crash_after_a_segment_is_deleted`).
-/// Tolerated by `Model::totals_may_drop`.
+/// result record; once retention removed the result, its segment is
+/// deleted only after a checkpoint holds the counter, or a crash would
+/// forget the complete (an ack is a journal entry and always counts, see
+/// `io_error_sweep::acked_total_survives_a_crash_after_a_segment_is_deleted`).
 #[test]
-#[ignore = "known bug: acked_total forgets a complete after a crash once its result's segment is deleted (src/index.rs Index::add_result counts only records replay finds)"]
 fn acked_total_counts_a_complete_after_its_segment_is_deleted() {
     let clock = ManualClock::new(Timestamp(battery::T0));
     let m = MemoryStorage::new();
@@ -1061,11 +1036,10 @@ fn acked_total_counts_a_complete_after_its_segment_is_deleted() {
 /// Found by the proptest (minimal case: a message with a deadline 1 ms
 /// away, 1 ms passes, redrive it, dequeue, complete, crash). Replay applies
 /// the result record found by the segment scan before the journal's
-/// `DeadlineMissed` entry, which then finds no message and is not counted:
-/// `deadline_missed_total` goes from 1 to 0. Tolerated by
-/// `Model::totals_may_drop`.
+/// `DeadlineMissed` entry, which then finds no message: the entry counts
+/// all the same (one per message the live queue dead-lettered so), or
+/// `deadline_missed_total` would go from 1 to 0.
 #[test]
-#[ignore = "known bug: deadline_missed_total goes down after a crash when the message was redriven and completed (src/index.rs Index::apply, DeadlineMissed counted only when the message is found)"]
 fn deadline_missed_total_survives_a_crash_after_a_redriven_message_is_completed() {
     use lanelog::EnqueueOptions;
     let clock = ManualClock::new(Timestamp(battery::T0));

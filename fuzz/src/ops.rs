@@ -483,8 +483,7 @@ pub fn run(data: &[u8]) {
         timers,
         q: None,
         model: Model::new(0, VISIBILITY_MS, T0)
-            .with_timers(timers)
-            .with_known_bugs(),
+            .with_timers(timers),
         next_tag: 0,
         ids: Vec::new(),
         step: 0,

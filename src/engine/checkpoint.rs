@@ -67,6 +67,7 @@ impl Inner {
         let cutoff = now.saturating_sub(crate::clock::duration_ms(self.opts.dedup_window));
         core.index.forget_keys(cutoff);
         let active = &core.segments[&core.active];
+        let active_id = active.id();
         let meta = CheckpointMeta {
             number,
             created_ms: now,
@@ -137,8 +138,9 @@ impl Inner {
         core.journal.forget_files_before(current);
         self.storage.sync_dir()?;
         core.checkpoint_number = number;
-        // Every key is in this checkpoint: their segments may go.
-        core.keyed.clear();
+        core.checkpoint_head = active_id;
+        // Every key and counter is in this checkpoint: their segments may go.
+        core.unsaved.clear();
         core.checkpoint_file_bytes = bytes.len() as u64;
         core.journal_bytes_since_checkpoint = 0;
         Ok(())

@@ -207,9 +207,14 @@ struct Core {
     /// must be durable before they may go: the journal entry or result
     /// record that finished their last live record.
     drained: Vec<(u32, u64)>,
-    /// Segments holding idempotency keys no checkpoint holds yet: deleting
-    /// one waits for a checkpoint, or a reopen would forget its keys.
-    keyed: std::collections::BTreeSet<u32>,
+    /// Segments holding records replay needs that no checkpoint holds yet:
+    /// idempotency keys, and records a retention cut removed (replay counts
+    /// those in the lifetime counters). Deleting one waits for a checkpoint,
+    /// or a reopen would forget its keys or count less than the live queue.
+    unsaved: std::collections::BTreeSet<u32>,
+    /// The head segment of the newest checkpoint (0 without one): records
+    /// in older segments are all held by it.
+    checkpoint_head: u32,
     /// Work for the next sync's maintenance: drained segments or a
     /// checkpoint due.
     maintenance_due: bool,
@@ -301,7 +306,8 @@ impl Inner {
             dirty: Vec::new(),
             write_seq: 0,
             durable_seq: 0,
-            keyed: rec.keyed_segments.into_iter().collect(),
+            unsaved: rec.unsaved_segments.into_iter().collect(),
+            checkpoint_head: rec.checkpoint_head,
             maintenance_due: !idle.is_empty(),
             drained: idle,
             journal_bytes_since_checkpoint: 0,
@@ -609,7 +615,7 @@ impl Inner {
             if keyed {
                 // Its keys live only in this segment until a checkpoint
                 // holds them (see `space`).
-                core.keyed.insert(seg_id);
+                core.unsaved.insert(seg_id);
             }
         }
         Ok(rotated)
@@ -848,6 +854,14 @@ impl Inner {
         let mut drained = Vec::new();
         for e in entries {
             core.index.apply(e, &mut drained);
+        }
+        // Records a retention cut removed that the newest checkpoint does
+        // not hold: replay counts them from their segment (invariant D of
+        // `index`), which must therefore outlive the next checkpoint.
+        for seg in core.index.take_cut_segments() {
+            if seg >= core.checkpoint_head && core.segments.contains_key(&seg) {
+                core.unsaved.insert(seg);
+            }
         }
         core.note_drained(drained);
         if self.checkpoint_due(core) {

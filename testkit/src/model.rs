@@ -399,23 +399,6 @@ pub struct Model {
     /// Keys first seen at or before this are surely forgotten by the live
     /// queue (the cutoff of the last forgetting the model knows of).
     keys_forgot: u64,
-    /// KNOWN BUG (`model_proptest::expired_total_survives_a_crash_after_segments_are_deleted`,
-    /// `model_proptest::acked_total_counts_a_complete_after_its_segment_is_deleted`,
-    /// `model_proptest::deadline_missed_total_survives_a_crash_after_a_redriven_message_is_completed`):
-    /// a reopen that replays counts a complete, a missed deadline, a
-    /// retention removal or an expired dead letter only if it still finds
-    /// the message or its result (its segment may be gone, or a result
-    /// record replayed first may have finished it), so `acked_total` (by at
-    /// most the completes), `deadline_missed_total`, `expired_total` and
-    /// `dead_expired_total` may go down after a crash. When set, the
-    /// oracles do not hold these to their lower bounds, and
-    /// [`Model::take_totals`] accepts lower values after a crash.
-    pub totals_may_drop: bool,
-    /// Completes that returned `Ok`.
-    pub completes: u64,
-    /// A crash reopen happened since the lifetime counters were last
-    /// compared (see `totals_may_drop`).
-    removals_after_crash: bool,
     /// Whether a read of a record may fail (a fault plan is set): then a
     /// dequeue may skip a message and dead-letter it. Without faults a skip
     /// is a divergence.
@@ -449,58 +432,6 @@ impl Model {
     pub fn with_timers(mut self, timers: Timers) -> Model {
         self.timers = timers;
         self
-    }
-
-    /// The same model, tolerating the queue's known bugs (see the fields
-    /// they name): what the randomized suites run with until those are
-    /// fixed.
-    pub fn with_known_bugs(mut self) -> Model {
-        self.totals_may_drop = true;
-        self
-    }
-
-    /// The queue was reopened after a crash (it replayed what the last
-    /// checkpoint does not cover; see `totals_may_drop`).
-    pub fn crashed(&mut self) {
-        self.removals_after_crash = true;
-    }
-
-    /// The lifetime counters `stats()` reported: with `totals_may_drop`,
-    /// after a crash, lower values than the model's are taken (and become
-    /// the model's; `acked_total` at most the completes lower); `Err` if
-    /// any is higher or lower than that. Otherwise nothing changes (the
-    /// caller compares).
-    pub fn take_totals(&mut self, s: &lanelog::Stats) -> Result<(), String> {
-        if !(self.totals_may_drop && self.removals_after_crash) {
-            return Ok(());
-        }
-        let got = [
-            s.acked_total,
-            s.deadline_missed_total,
-            s.expired_total,
-            s.dead_expired_total,
-        ];
-        let seq = self.seq;
-        let completes = self.completes;
-        let tallies = [
-            &mut self.acked,
-            &mut self.missed,
-            &mut self.expired,
-            &mut self.dead_expired,
-        ];
-        let want: Vec<u64> = tallies.iter().map(|t| t.total).collect();
-        if got.iter().zip(&want).any(|(g, w)| g > w) || want[0] - got[0] > completes {
-            return Err(format!(
-                "after a crash: (acked, deadline missed, expired, dead expired) {got:?}, model {want:?} ({completes} completes)"
-            ));
-        }
-        for (t, g) in tallies.into_iter().zip(got) {
-            if g < t.total {
-                t.rebase(g, seq);
-            }
-        }
-        self.removals_after_crash = false;
-        Ok(())
     }
 
     /// The same model, for a run with a fault plan: a read of a record may
@@ -1110,7 +1041,6 @@ impl Model {
     /// `complete` of message `id` (current receipt) with the result
     /// `(tag, len)` returned `Ok`.
     pub fn complete_ok(&mut self, id: u64, result: (u64, usize)) {
-        self.completes += 1;
         self.acked.add(self.seq);
         self.place(id, At::Done);
         self.msgs.get_mut(&id).expect("known").result = Some(result);

@@ -643,11 +643,7 @@ pub fn judge(model: &Model, view: View, o: &Observed, ctx: &str, f: &mut Finding
             ),
         );
     }
-    let (mut lo, hi) = model.acked_bounds(view);
-    if model.totals_may_drop {
-        // A known bug: replay may not count a complete (see the model).
-        lo = lo.saturating_sub(model.completes);
-    }
+    let (lo, hi) = model.acked_bounds(view);
     if s.acked_total < lo {
         f.acked_total_undercounts += 1;
         f.note(format!(
@@ -681,11 +677,7 @@ pub fn judge(model: &Model, view: View, o: &Observed, ctx: &str, f: &mut Finding
             (s.dead_expired_total, s.dead_expired_total),
         ),
     ] {
-        let (mut lo, hi) = model.bounds(c, view);
-        if model.totals_may_drop {
-            // A known bug: replay undercounts these (see the model).
-            lo = 0;
-        }
+        let (lo, hi) = model.bounds(c, view);
         if b < lo || a > hi {
             wrong(
                 f,

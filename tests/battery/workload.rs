@@ -165,7 +165,6 @@ impl Driver {
             q: None,
             model: Model::new(w.max_deliveries, VISIBILITY_MS, T0)
                 .with_timers(w.timers)
-                .with_known_bugs()
                 .reads_may_fail(),
             rng: testkit::rng(w.seed),
             next_tag: 1,
