@@ -641,7 +641,16 @@ impl Index {
                     Some(l) => l.loc,
                     None => match self.take_waiting(e.id, e.priority) {
                         Some((loc, _)) => loc,
-                        None => return,
+                        None => {
+                            // Replay meets a completed message's deliveries
+                            // after its result record (segments are scanned
+                            // first); the last one names the attempt it was
+                            // completed on, which the record does not store.
+                            if let Some(c) = self.completed.get_mut(&e.id) {
+                                c.attempt = e.attempt;
+                            }
+                            return;
+                        }
                     },
                 };
                 self.put_lease(e.id, loc, e.priority, e.attempt, e.time_ms);
@@ -1558,5 +1567,13 @@ mod tests {
         assert_eq!(ix.counts().results, 3);
         assert!(ix.peek().is_none());
         assert_eq!(ix.completed(2).map(|c| c.attempt), Some(1));
+        // But a delivery replayed after the result (written before it)
+        // gives the attempt the message was completed on; the last wins.
+        assert_eq!(ix.completed(1).map(|c| c.attempt), Some(0));
+        ix.apply_one(&Entry::new(Kind::Delivered, 1, 2, 100, 3));
+        ix.apply_one(&Entry::new(Kind::Delivered, 1, 2, 100, 1));
+        assert_eq!(ix.completed(1).map(|c| c.attempt), Some(1));
+        assert!(ix.lease(1).is_none());
+        assert_eq!(ix.counts().in_flight, 0);
     }
 }
