@@ -29,9 +29,10 @@
 //! stays on disk. Only messages that were delivered before keep an attempt
 //! count in a side map. A message with a deadline costs a B-tree entry in
 //! its lane's deadline order and one in the deadline side map instead
-//! (about 64 bytes). Retention needs no per-message memory: ids grow with
-//! time, so a short list of marks (end id, time) maps a retention cutoff
-//! to an id bound ([`Marks`]).
+//! (about 64 bytes), and one more B-tree entry while it is delayed.
+//! Retention needs no per-message memory: ids grow with time, so a short
+//! list of marks (end id, time) maps a retention cutoff to an id bound
+//! ([`Marks`]).
 //! `apply` is lenient: an entry about a message the index does not hold (its
 //! record was never durable, or it is already finished) changes no message
 //! (but counts, invariant D).
@@ -361,6 +362,10 @@ pub(crate) struct Index {
     /// Delayed messages in ready-at order, and each one's ready-at time.
     delayed: BTreeMap<(u64, u64), Delayed>,
     delayed_at: IdMap<u64>,
+    /// Delayed messages that have a deadline, by when it will have passed
+    /// with the message ready (the later of its deadline and its ready-at),
+    /// then id: the tender's next look at deadlines may be for one of them.
+    delayed_due: BTreeSet<(u64, u64)>,
     in_flight: IdMap<Lease>,
     /// In-flight messages in lease-deadline order.
     lease_order: BTreeSet<(u64, u64)>,
@@ -389,6 +394,7 @@ impl Index {
             deadlines_of: IdMap::default(),
             delayed: BTreeMap::new(),
             delayed_at: IdMap::default(),
+            delayed_due: BTreeSet::new(),
             in_flight: IdMap::default(),
             lease_order: BTreeSet::new(),
             dead: BTreeMap::new(),
@@ -487,6 +493,9 @@ impl Index {
             self.delayed
                 .insert((ready_at, id), Delayed { loc, priority });
             self.delayed_at.insert(id, ready_at);
+            if deadline > 0 {
+                self.delayed_due.insert((ready_at.max(deadline), id));
+            }
         } else {
             self.ready.insert(priority, id, loc, deadline);
         }
@@ -773,6 +782,7 @@ impl Index {
             .collect();
         for (id, at) in delayed {
             self.delayed_at.remove(&id);
+            self.forget_delayed_due(id, at);
             if let Some(d) = self.delayed.remove(&(at, id)) {
                 ids.push(id);
                 gone.push(d.loc);
@@ -840,10 +850,19 @@ impl Index {
             Some(loc) => loc,
             None => {
                 let at = self.delayed_at.remove(&id)?;
+                self.forget_delayed_due(id, at);
                 self.delayed.remove(&(at, id))?.loc
             }
         };
         Some((loc, self.attempts.remove(&id).unwrap_or(0)))
+    }
+
+    /// A delayed message ready at `at` leaves the delayed set.
+    fn forget_delayed_due(&mut self, id: u64, at: u64) {
+        let deadline = self.deadline_of(id);
+        if deadline > 0 {
+            self.delayed_due.remove(&(at.max(deadline), id));
+        }
     }
 
     /// Remove an unfinished message (ready, delayed or in flight) for good;
@@ -878,6 +897,7 @@ impl Index {
             }
             if let Some(d) = self.delayed.remove(&(at, id)) {
                 self.delayed_at.remove(&id);
+                self.forget_delayed_due(id, at);
                 let deadline = self.deadline_of(id);
                 self.ready.insert(d.priority, id, d.loc, deadline);
             }
@@ -895,16 +915,16 @@ impl Index {
         }
     }
 
-    /// The earliest message deadline among ready messages (one look per
-    /// non-empty lane).
+    /// When the next missed deadline is due: the earliest deadline among
+    /// ready messages (one look per non-empty lane), or a delayed message's
+    /// deadline once it has matured (the later of the two), if earlier.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.ready
-            .nonempty_lanes()
-            .filter_map(|p| {
-                let lane = &self.ready.lanes[usize::from(p)];
-                lane.urgent.first_key_value().map(|(&(d, _), _)| d)
-            })
-            .min()
+        let ready = self.ready.nonempty_lanes().filter_map(|p| {
+            let lane = &self.ready.lanes[usize::from(p)];
+            lane.urgent.first_key_value().map(|(&(d, _), _)| d)
+        });
+        let delayed = self.delayed_due.first().map(|&(at, _)| at);
+        ready.chain(delayed).min()
     }
 
     /// Ready messages whose deadline is at or before `now`: (id, priority,
@@ -1501,6 +1521,25 @@ mod tests {
         assert_eq!(ix.peek().map(|c| c.id), Some(2));
         assert_eq!(ix.missed_deadlines(899), vec![]);
         assert_eq!(ix.missed_deadlines(900), vec![(2, 5, 1)]);
+        assert_eq!(ix.next_deadline(), Some(900));
+        // A delayed message's deadline is due once it has matured too.
+        ix.place(8, 5, loc(8), 600, 0, 800);
+        ix.place(9, 5, loc(9), 700, 0, 650);
+        ix.count_live(1, 2);
+        assert_eq!(ix.next_deadline(), Some(700));
+        ix.promote_due(700);
+        assert_eq!(
+            ix.next_deadline(),
+            Some(650),
+            "9 is ready, past its deadline"
+        );
+        assert_eq!(ix.missed_deadlines(700), vec![(9, 5, 0)]);
+        // One taken from the delayed set otherwise leaves no trace.
+        ix.place(10, 5, loc(10), 2_000, 0, 500);
+        ix.count_live(1, 1);
+        ix.apply_one(&Entry::new(Kind::DeadLettered, 10, 5, 700, 0));
+        ix.apply_one(&Entry::new(Kind::DeadLettered, 9, 5, 700, 0));
+        ix.apply_one(&Entry::new(Kind::DeadLettered, 8, 5, 700, 0));
         assert_eq!(ix.next_deadline(), Some(900));
     }
 

@@ -1100,15 +1100,13 @@ fn redriven_dead_letter_outlives_its_retention() {
     assert_eq!(q.stats().expired_total, 1);
 }
 
-/// A delayed message whose deadline passes is dead-lettered only once
-/// something promotes it (a dequeue, `stats()`): the background thread
-/// looks only at ready messages' deadlines (`next_expiry` uses
-/// `Index::next_deadline`, which skips the delayed set), so with nothing
-/// else due it never looks, and `dead_letters()` (which does not promote)
-/// never shows it. The harnesses step the clock with a pacemaker, which
-/// makes the thread run (and promote) at every step.
+/// A delayed message whose deadline passes is dead-lettered by the
+/// background thread once it matures, with nothing else due and nobody
+/// promoting it (a dequeue, `stats()`; `dead_letters()` does not): the
+/// thread's next look counts delayed messages' deadlines too
+/// (`Index::next_deadline`). The harnesses step the clock with a
+/// pacemaker, which makes the thread run (and promote) at every step.
 #[test]
-#[ignore = "known bug: the background thread ignores delayed messages whose deadline passed until something promotes them (src/engine/expiry.rs next_expiry, src/index.rs next_deadline)"]
 fn delayed_message_past_its_deadline_is_dead_lettered_without_a_look() {
     use lanelog::EnqueueOptions;
     let clock = ManualClock::new(Timestamp(battery::T0));

@@ -130,8 +130,8 @@ impl Inner {
 
     /// When the next removal falls due (queue clock ms), if any is known.
     fn next_expiry(&self, core: &Core) -> Option<u64> {
-        // A delayed message with a deadline is checked once it matures:
-        // within a nap of it.
+        // Delayed messages count too: one whose deadline passes while it
+        // waits is due once it matures.
         let deadline = core.index.next_deadline();
         let retention = self.opts.retention.and_then(|r| {
             core.index
