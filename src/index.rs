@@ -203,11 +203,19 @@ impl Ready {
 /// one; until then the last mark grows. So a retention cutoff maps to an id
 /// bound with one search, at the cost of keeping a message up to
 /// `granularity` past its retention.
+///
+/// Marks are forgotten once no message a cut could remove needs them, but
+/// a mark whose group holds a dead letter is kept: dead letters are exempt
+/// from retention, yet a redriven one is removed by its own mark, within
+/// the granularity, not by a later one. So at most one mark per dead letter
+/// outlives the cuts.
 #[derive(Debug, Default)]
 pub(crate) struct Marks {
     marks: VecDeque<(u64, u64)>,
-    /// When the last mark's group started.
-    last_start: u64,
+    /// When the last mark's group started; `None` when the last mark is
+    /// one kept for a dead letter after its group's successors went (a new
+    /// enqueue must not stretch its time).
+    last_start: Option<u64>,
     granularity: u64,
 }
 
@@ -216,7 +224,7 @@ impl Marks {
     pub fn new(granularity: u64) -> Marks {
         Marks {
             marks: VecDeque::new(),
-            last_start: 0,
+            last_start: None,
             granularity,
         }
     }
@@ -227,15 +235,17 @@ impl Marks {
     /// by binary search.
     pub fn note(&mut self, end: u64, at: u64) {
         let at = at.max(self.marks.back().map_or(0, |m| m.1));
-        let start = self.last_start;
+        let within = self
+            .last_start
+            .is_some_and(|start| at < start.saturating_add(self.granularity));
         match self.marks.back_mut() {
-            Some(last) if at < start.saturating_add(self.granularity) || end <= last.0 => {
+            Some(last) if within || end <= last.0 => {
                 last.0 = last.0.max(end);
                 last.1 = last.1.max(at);
             }
             _ => {
                 self.marks.push_back((end, at));
-                self.last_start = at;
+                self.last_start = Some(at);
             }
         }
     }
@@ -249,7 +259,7 @@ impl Marks {
             return;
         }
         self.marks.push_back((end, at));
-        self.last_start = at;
+        self.last_start = Some(at);
     }
 
     /// The id bound below which every message was enqueued at or before
@@ -271,10 +281,28 @@ impl Marks {
             .map(|&(_, at)| at.saturating_add(retention))
     }
 
-    /// Forget marks no live message needs (all below `bound`).
-    fn forget_below(&mut self, bound: u64) {
-        while self.marks.front().is_some_and(|m| m.0 <= bound) {
+    /// Forget the marks ending at or below `bound`, but those whose group
+    /// holds an id `dead` names (a dead letter: see the type's docs). A
+    /// group is the ids from the previous mark's end to its own.
+    fn forget_below(&mut self, bound: u64, dead: impl Fn(std::ops::Range<u64>) -> bool) {
+        let mut kept = Vec::new();
+        let mut from = 0;
+        let last = self.marks.back().copied();
+        while let Some(&(end, at)) = self.marks.front() {
+            if end > bound {
+                break;
+            }
             self.marks.pop_front();
+            if dead(from..end) {
+                kept.push((end, at));
+            }
+            from = end;
+        }
+        for m in kept.into_iter().rev() {
+            self.marks.push_front(m);
+        }
+        if self.marks.back().copied() != last {
+            self.last_start = None;
         }
     }
 
@@ -376,7 +404,9 @@ pub(crate) struct Index {
     /// Live records per segment.
     live: BTreeMap<u32, u64>,
     totals: Totals,
-    /// Ids below this were removed by retention.
+    /// No message or result a retention cut could remove has an id below
+    /// this: the bound of the last cut applied, lowered by a redrive below
+    /// it (the next cut is due with the redriven message's mark).
     cut_below: u64,
     /// Segments that retention cuts removed records from, since the owner
     /// last took them ([`Index::take_cut_segments`]).
@@ -512,9 +542,34 @@ impl Index {
         self.totals
     }
 
-    /// Ids below this were removed by retention.
+    /// No message or result a retention cut could remove has an id below
+    /// this.
     pub fn cut_below(&self) -> u64 {
         self.cut_below
+    }
+
+    /// Raise the cut bound to the lowest id a retention cut could remove
+    /// (or `next_id` when none), after recovery rebuilt the index: replay
+    /// knows only the cuts after the checkpoint, and marks kept for dead
+    /// letters or finished messages below that id are no cut's business.
+    pub fn settle_cut_below(&mut self, next_id: u64) {
+        let lowest = self.lowest_cuttable().unwrap_or(next_id);
+        self.cut_below = self.cut_below.max(lowest);
+    }
+
+    /// The lowest id of a ready, delayed or in-flight message or a stored
+    /// result. Walks the sets not in id order: recovery only.
+    fn lowest_cuttable(&self) -> Option<u64> {
+        let ready = self.ready.lanes.iter().flat_map(|l| {
+            let urgent = l.urgent.keys().map(|&(_, id)| id).min();
+            let fresh = l.fresh.front().map(|s| s.id);
+            let others = l.others.keys().next().copied();
+            [urgent, fresh, others].into_iter().flatten()
+        });
+        let delayed = self.delayed_at.keys().copied();
+        let leased = self.in_flight.keys().copied();
+        let done = self.completed.keys().next().copied();
+        ready.chain(delayed).chain(leased).chain(done).min()
     }
 
     /// The segments retention cuts removed records from since the last
@@ -531,10 +586,13 @@ impl Index {
         &self.marks
     }
 
-    /// Forget retention marks that only cover ids below `bound`: no
-    /// message or result a retention cut could remove has such an id.
+    /// Forget retention marks that only cover ids below `bound` (no message
+    /// or result a retention cut could remove has such an id), but those a
+    /// dead letter's group needs (see [`Marks`]).
     pub fn forget_marks_below(&mut self, bound: u64) {
-        self.marks.forget_below(bound);
+        let dead = &self.dead;
+        self.marks
+            .forget_below(bound, |ids| dead.range(ids).next().is_some());
     }
 
     /// A retention mark from a checkpoint.
@@ -735,6 +793,9 @@ impl Index {
                     return;
                 };
                 self.ready.insert(d.priority, e.id, d.loc, 0);
+                // A cut passed over it as a dead letter; as a ready message
+                // it is cut by its own mark, kept for it (see `Marks`).
+                self.cut_below = self.cut_below.min(e.id);
             }
             Kind::Purged | Kind::DeadExpired => {
                 if e.kind == Kind::DeadExpired {
@@ -813,7 +874,7 @@ impl Index {
             self.finish(loc, drained);
         }
         self.totals.expired = self.totals.expired.saturating_add(n);
-        self.marks.forget_below(below);
+        self.forget_marks_below(below);
     }
 
     fn put_lease(&mut self, id: u64, loc: Loc, priority: u8, attempt: u32, deadline: u64) {
@@ -1573,6 +1634,67 @@ mod tests {
         // A cut below one already applied changes nothing.
         ix.apply(&Entry::new(Kind::RetentionCut, 5, 0, 80, 0), &mut drained);
         assert_eq!(ix.totals().expired, 6);
+    }
+
+    #[test]
+    fn a_redriven_dead_letter_is_cut_by_its_own_mark() {
+        let mut ix = Index::new(Totals::default(), 1_000);
+        for (id, at) in [(1, 0), (2, 5_000), (3, 9_000)] {
+            let h = RecordHeader {
+                id,
+                enqueued_ms: at,
+                ..RecordHeader::default()
+            };
+            assert!(ix.place_record(&h, &[], loc(id as u32)));
+            ix.count_live(1, 1);
+        }
+        ix.apply_one(&Entry::new(Kind::DeadLettered, 1, 0, 100, 0));
+        assert_eq!(ix.marks().bound(5_000), 3);
+        ix.apply_one(&Entry::new(Kind::RetentionCut, 3, 0, 200, 0));
+        assert_eq!(ix.totals().expired, 1, "2; the dead letter stays");
+        // The dead letter's mark outlives the cut; 2's goes.
+        assert_eq!(ix.marks().iter().collect::<Vec<_>>(), [(2, 0), (4, 9_000)]);
+        // Redriven, it is cut when its own mark is due, not 3's.
+        ix.apply_one(&Entry::new(Kind::Redriven, 1, 0, 300, 0));
+        assert_eq!(ix.cut_below(), 1);
+        assert_eq!(ix.marks().next_due(ix.cut_below(), 10_000), Some(10_000));
+        assert_eq!(ix.marks().bound(0), 2);
+        ix.apply_one(&Entry::new(Kind::RetentionCut, 2, 0, 400, 0));
+        assert_eq!((ix.totals().expired, ix.counts().ready), (2, 1));
+        assert_eq!(ix.marks().iter().collect::<Vec<_>>(), [(4, 9_000)]);
+        // A checkpoint's forgetting keeps a dead letter's mark too.
+        ix.apply_one(&Entry::new(Kind::DeadLettered, 3, 0, 500, 0));
+        ix.forget_marks_below(10);
+        assert_eq!(ix.marks().iter().collect::<Vec<_>>(), [(4, 9_000)]);
+        ix.apply_one(&Entry::new(Kind::Purged, 3, 0, 600, 0));
+        ix.forget_marks_below(10);
+        assert_eq!(ix.marks().iter().count(), 0);
+    }
+
+    #[test]
+    fn after_recovery_the_cut_bound_is_the_lowest_cuttable_id() {
+        let mut ix = Index::new(Totals::default(), 1_000);
+        ix.settle_cut_below(9);
+        assert_eq!(ix.cut_below(), 9, "nothing to cut: next_id");
+        let mut ix = Index::new(Totals::default(), 1_000);
+        for id in [3, 4, 5, 6] {
+            ix.add(id, 0, loc(id as u32), 0, 0);
+        }
+        ix.place(2, 7, loc(2), 0, 0, 900);
+        ix.count_live(1, 1);
+        ix.apply_one(&Entry::new(Kind::DeadLettered, 3, 0, 100, 0));
+        ix.apply_one(&Entry::new(Kind::Delivered, 4, 0, 100, 1));
+        ix.settle_cut_below(9);
+        assert_eq!(ix.cut_below(), 2, "2 has a deadline");
+        ix.apply_one(&Entry::new(Kind::DeadLettered, 2, 7, 100, 0));
+        let mut drained = Vec::new();
+        ix.add_result(5, 0, loc(50), 100, &mut drained);
+        ix.settle_cut_below(9);
+        assert_eq!(
+            ix.cut_below(),
+            4,
+            "in flight; the dead letters below no cut's business"
+        );
     }
 
     #[test]

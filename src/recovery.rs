@@ -538,6 +538,10 @@ pub(crate) fn scan_directory(
         report.missing_messages += index.drop_segment(id);
     }
 
+    // Marks kept for dead letters, or left by finished messages, below the
+    // lowest message a cut could remove call for no cut now.
+    index.settle_cut_below(next_id);
+
     // Segments with nothing live are finished, except the newest, which
     // takes the next appends, and those holding what replay needs that no
     // checkpoint holds yet: the open queue deletes those after its next

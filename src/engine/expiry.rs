@@ -129,7 +129,7 @@ impl Inner {
     }
 
     /// When the next removal falls due (queue clock ms), if any is known.
-    fn next_expiry(&self, core: &Core) -> Option<u64> {
+    pub(super) fn next_expiry(&self, core: &Core) -> Option<u64> {
         // Delayed messages count too: one whose deadline passes while it
         // waits is due once it matures.
         let deadline = core.index.next_deadline();

@@ -927,6 +927,11 @@ impl Inner {
             let written = self.write_entries(&mut core, &entries, now)?;
             if kind == Kind::Redriven {
                 self.wake(&core, entries.len());
+                // A redriven message older than the retention is due for a
+                // cut now: no nap of the tender may delay it.
+                if let Some(at) = self.next_expiry(&core) {
+                    self.tender.deadline_at(at);
+                }
             }
             (entries.len() as u64, written)
         };
