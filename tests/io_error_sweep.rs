@@ -557,16 +557,13 @@ fn tender_stops_after_a_failed_journal_rotation() {
 }
 
 /// The same failed write as `tender_stops_after_a_failed_journal_rotation`
-/// left the entries that fit in the current journal file written but not
-/// applied: the queue, not poisoned, shows none of them (and its call
-/// failed, so it promised nothing), yet a crash brings them back (here
-/// thousands of messages dead-lettered). `append_entry_chunks` writes
-/// chunk after chunk and returns the rotation's unpoisoned error after
-/// some are written (src/engine/mod.rs); `write_entries` then skips
-/// applying them. Any multi-chunk journal write (an `ack_batch` too) can
-/// do this on a full disk.
+/// must leave nothing behind: the queue, not poisoned, shows none of its
+/// entries (and its call failed, so it promised nothing), so a crash must
+/// not bring back the ones that fit in the current journal file (it did:
+/// thousands of messages dead-lettered). A journal write makes every file
+/// it needs before it writes any of its frames, so a full disk fails it
+/// whole; any multi-file journal write (an `ack_batch` too) is covered.
 #[test]
-#[ignore = "known bug: a journal write that fails at a rotation without poisoning leaves its first chunks durable but unapplied (src/engine/mod.rs append_entry_chunks / write_entries)"]
 fn failed_journal_rotation_leaves_no_entries_behind() {
     let (m, _clock, q) = tender_on_a_full_disk();
     let live = q.stats().deadline_missed_total;
@@ -583,4 +580,45 @@ fn failed_journal_rotation_leaves_no_entries_behind() {
         live,
         "dead-lettered by a write that failed (the live queue shows {live})"
     );
+}
+
+/// A consumer's journal write that needs more than the current journal file
+/// (an `ack_batch` of 20,000 receipts, 64 KiB files) on a full disk fails
+/// whole, without poisoning the queue: nothing is acked, live or after a
+/// crash, and with room again the same batch goes through.
+#[test]
+fn an_ack_batch_spanning_journal_files_is_all_or_nothing_on_a_full_disk() {
+    let m = MemoryStorage::new();
+    let clock = ManualClock::new(Timestamp(battery::T0));
+    let q = battery::options(&clock, Durability::Immediate, 0, 64 << 20)
+        .open_storage(Arc::new(m.clone()))
+        .expect("open");
+    let items: Vec<(&[u8], u8)> = (0..20_000).map(|_| (&b""[..], 0)).collect();
+    q.enqueue_batch(&items).expect("enqueue");
+    let leased = q.dequeue_up_to(20_000).expect("dequeue");
+    assert_eq!(leased.len(), 20_000);
+    let receipts: Vec<_> = leased.iter().map(|d| d.receipt).collect();
+    q.sync().expect("sync");
+    m.set_capacity(Some(m.used_bytes()));
+    assert!(
+        q.ack_batch(&receipts).is_err(),
+        "no journal file can be made"
+    );
+    assert!(q.sync().is_ok(), "a full disk does not poison the queue");
+    let s = q.stats();
+    assert_eq!((s.acked_total, s.in_flight), (0, 20_000));
+    let img = m.crash(CrashPolicy::ProcessCrash);
+    let reopened = battery::options(&clock, Durability::Immediate, 0, 64 << 20)
+        .open_storage(Arc::new(img))
+        .expect("open the crash image");
+    let s = reopened.stats();
+    assert_eq!(
+        (s.acked_total, s.ready),
+        (0, 20_000),
+        "a crash brings back acks of a write that failed"
+    );
+    drop(reopened);
+    m.set_capacity(None);
+    q.ack_batch(&receipts).expect("room again");
+    assert_eq!(q.stats().acked_total, 20_000);
 }
