@@ -966,10 +966,9 @@ fn queue_matches_the_model() {
     }
 }
 
-// Bugs the model found, each minimized to a deterministic test. They fail
-// until the bug is fixed (hence `#[ignore]`, so the suite stays green); the
-// model tolerates each through a flag of `Model::with_known_bugs` or the
-// harness avoids it, as their comments say.
+// Bugs the model found, each minimized to a deterministic test that failed
+// until the bug was fixed (see docs/testing.md, "Open bugs", for how an open
+// one is kept).
 
 /// A queue on a fresh memory storage, the clock at `T0`, with `opts` on
 /// top of the battery's options (`Immediate`).
