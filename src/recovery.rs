@@ -45,9 +45,11 @@ pub(crate) struct Recovered {
     pub next_id: u64,
     pub checkpoint_number: u64,
     pub checkpoint_bytes: u64,
-    /// Segments holding what replay needs and no checkpoint holds yet:
-    /// keyed records, records a replayed retention cut removed.
-    pub unsaved_segments: Vec<u32>,
+    /// Segments holding keyed records no checkpoint has seen yet.
+    pub keyed_segments: Vec<u32>,
+    /// Segments holding records a replayed retention cut removed that the
+    /// checkpoint does not hold.
+    pub cut_segments: Vec<u32>,
     /// The head segment of the checkpoint loaded (0 without one).
     pub checkpoint_head: u32,
     pub report: RecoveryReport,
@@ -66,7 +68,8 @@ pub(crate) struct Scanned {
     pub next_id: u64,
     pub checkpoint_number: u64,
     pub checkpoint_bytes: u64,
-    pub unsaved_segments: Vec<u32>,
+    pub keyed_segments: Vec<u32>,
+    pub cut_segments: Vec<u32>,
     pub checkpoint_head: u32,
     pub report: RecoveryReport,
     /// Live messages whose segment file is gone (id, segment); the report
@@ -286,7 +289,8 @@ pub(crate) fn recover(
         next_id: s.next_id,
         checkpoint_number: s.checkpoint_number,
         checkpoint_bytes: s.checkpoint_bytes,
-        unsaved_segments: s.unsaved_segments,
+        keyed_segments: s.keyed_segments,
+        cut_segments: s.cut_segments,
         checkpoint_head: s.checkpoint_head,
         report: s.report,
     })
@@ -384,7 +388,7 @@ pub(crate) fn scan_directory(
 
     // Segments: open all, scan those newer than the checkpoint's head.
     let mut segments = BTreeMap::new();
-    let mut unsaved_segments = Vec::new();
+    let mut keyed_segments = Vec::new();
     // Results are applied before the journal entries that came before them
     // (which then find nothing): the segments freed show in the live counts.
     let mut drained = Vec::new();
@@ -429,7 +433,7 @@ pub(crate) fn scan_directory(
             judge(&name, &file, &s, &mut report, &mut fixes);
             report.records_scanned += s.frames.len() as u64;
             if !keys.is_empty() {
-                unsaved_segments.push(id);
+                keyed_segments.push(id);
             }
             let mut added = 0;
             for (offset, h) in &s.frames {
@@ -515,11 +519,11 @@ pub(crate) fn scan_directory(
     } else {
         0
     };
-    for id in index.take_cut_segments() {
-        if id >= checkpoint_head && segments.contains_key(&id) && !unsaved_segments.contains(&id) {
-            unsaved_segments.push(id);
-        }
-    }
+    let cut_segments: Vec<u32> = index
+        .take_cut_segments()
+        .into_iter()
+        .filter(|&id| id >= checkpoint_head && segments.contains_key(&id))
+        .collect();
     if release_in_flight {
         report.in_flight_released = index.release_all_in_flight();
     }
@@ -551,7 +555,10 @@ pub(crate) fn scan_directory(
         .keys()
         .copied()
         .filter(|&id| {
-            Some(id) != newest && index.live_in(id) == 0 && !unsaved_segments.contains(&id)
+            Some(id) != newest
+                && index.live_in(id) == 0
+                && !keyed_segments.contains(&id)
+                && !cut_segments.contains(&id)
         })
         .collect();
     for id in finished {
@@ -569,7 +576,8 @@ pub(crate) fn scan_directory(
         next_id: next_id.max(1),
         checkpoint_number: report.checkpoint.unwrap_or(0),
         checkpoint_bytes,
-        unsaved_segments,
+        keyed_segments,
+        cut_segments,
         checkpoint_head,
         report,
         missing,

@@ -114,7 +114,12 @@ impl Inner {
         drop(keys);
         // Invariant B.
         let tmp = layout::checkpoint_temp_name(number);
-        let file = self.storage.create(&tmp, bytes.len() as u64)?;
+        let file = match self.storage.create(&tmp, bytes.len() as u64) {
+            Ok(file) => file,
+            // Not made (a full disk): no checkpoint now, as when the journal
+            // file could not be made; the next maintenance tries again.
+            Err(_) => return Ok(()),
+        };
         file.write_at(0, &bytes)?;
         file.sync_data()?;
         self.storage
@@ -140,7 +145,8 @@ impl Inner {
         core.checkpoint_number = number;
         core.checkpoint_head = active_id;
         // Every key and counter is in this checkpoint: their segments may go.
-        core.unsaved.clear();
+        core.unsaved_keys.clear();
+        core.unsaved_cuts.clear();
         core.checkpoint_file_bytes = bytes.len() as u64;
         core.journal_bytes_since_checkpoint = 0;
         Ok(())

@@ -211,11 +211,14 @@ struct Core {
     /// must be durable before they may go: the journal entry or result
     /// record that finished their last live record.
     drained: Vec<(u32, u64)>,
-    /// Segments holding records replay needs that no checkpoint holds yet:
-    /// idempotency keys, and records a retention cut removed (replay counts
-    /// those in the lifetime counters). Deleting one waits for a checkpoint,
-    /// or a reopen would forget its keys or count less than the live queue.
-    unsaved: std::collections::BTreeSet<u32>,
+    /// Segments holding idempotency keys no checkpoint holds yet: deleting
+    /// one waits for a checkpoint, or a reopen would forget its keys.
+    unsaved_keys: std::collections::BTreeSet<u32>,
+    /// Segments holding records a retention cut removed that no checkpoint
+    /// holds (replay counts them in the lifetime counters): deleting one
+    /// takes a checkpoint first, or a reopen would count less than the
+    /// live queue showed (see `space::Inner::saved` for a full disk).
+    unsaved_cuts: std::collections::BTreeSet<u32>,
     /// The head segment of the newest checkpoint (0 without one): records
     /// in older segments are all held by it.
     checkpoint_head: u32,
@@ -310,7 +313,8 @@ impl Inner {
             dirty: Vec::new(),
             write_seq: 0,
             durable_seq: 0,
-            unsaved: rec.unsaved_segments.into_iter().collect(),
+            unsaved_keys: rec.keyed_segments.into_iter().collect(),
+            unsaved_cuts: rec.cut_segments.into_iter().collect(),
             checkpoint_head: rec.checkpoint_head,
             maintenance_due: !idle.is_empty(),
             drained: idle,
@@ -619,7 +623,7 @@ impl Inner {
             if keyed {
                 // Its keys live only in this segment until a checkpoint
                 // holds them (see `space`).
-                core.unsaved.insert(seg_id);
+                core.unsaved_keys.insert(seg_id);
             }
         }
         Ok(rotated)
@@ -923,7 +927,7 @@ impl Inner {
         // `index`), which must therefore outlive the next checkpoint.
         for seg in core.index.take_cut_segments() {
             if seg >= core.checkpoint_head && core.segments.contains_key(&seg) {
-                core.unsaved.insert(seg);
+                core.unsaved_cuts.insert(seg);
             }
         }
         core.note_drained(drained);

@@ -16,7 +16,9 @@
 //!    uncheckpointed segment would be forgotten before its window ends.
 //!    The same holds for a segment a retention cut removed records from
 //!    that no checkpoint holds: replay counts a cut over the records it
-//!    finds, so the lifetime counters would go down.
+//!    finds, so the lifetime counters would go down; but on a full disk,
+//!    where no checkpoint can be written, such a segment is deleted all
+//!    the same (space before counters).
 
 use std::collections::HashSet;
 
@@ -198,14 +200,20 @@ impl Inner {
 
     /// Whether segment `id` may be deleted without forgetting what replay
     /// needs from it (invariant D): a segment holding keys or cut records
-    /// no checkpoint holds yet gets a checkpoint first. `false` when none
-    /// could be written (a full disk); the caller keeps the segment for a
-    /// later pass.
+    /// no checkpoint holds yet gets a checkpoint first. When none could be
+    /// written (a full disk), one holding keys is kept for a later pass
+    /// (`false`), but one holding only cut records goes: freeing space
+    /// comes first, and only a crash before the next checkpoint could then
+    /// count those removals lower.
     fn saved(&self, core: &mut Core, id: u32) -> Result<bool> {
-        if core.unsaved.contains(&id) {
+        if core.unsaved_keys.contains(&id) || core.unsaved_cuts.contains(&id) {
             self.checkpoint(core)?;
         }
-        Ok(!core.unsaved.contains(&id))
+        if core.unsaved_keys.contains(&id) {
+            return Ok(false);
+        }
+        core.unsaved_cuts.remove(&id);
+        Ok(true)
     }
 }
 
