@@ -16,17 +16,26 @@
 //! C. Within a lane, messages with a deadline leave first, earliest
 //!    deadline first (ties by id); then the others, lowest id first, so
 //!    never-delivered messages leave in enqueue order.
+//! D. The lifetime counters count each journal entry and result record
+//!    once: an `Acked`, `DeadlineMissed` or `DeadExpired` entry counts
+//!    whether or not the message is found (its segment may be gone, or a
+//!    result record replayed first finished it), and a result record counts
+//!    unless it is a copy of one already held. A retention cut counts what
+//!    it finds, so the engine keeps the segments it cut from until a
+//!    checkpoint holds the counters ([`Index::take_cut_segments`]).
 //!
 //! Memory: a ready message without a deadline costs one 16-byte slot (id,
 //! segment, offset) in its lane; everything else about it (payload, times)
 //! stays on disk. Only messages that were delivered before keep an attempt
 //! count in a side map. A message with a deadline costs a B-tree entry in
 //! its lane's deadline order and one in the deadline side map instead
-//! (about 64 bytes). Retention needs no per-message memory: ids grow with
-//! time, so a short list of marks (end id, time) maps a retention cutoff
-//! to an id bound ([`Marks`]).
+//! (about 64 bytes), and one more B-tree entry while it is delayed.
+//! Retention needs no per-message memory: ids grow with time, so a short
+//! list of marks (end id, time) maps a retention cutoff to an id bound
+//! ([`Marks`]).
 //! `apply` is lenient: an entry about a message the index does not hold (its
-//! record was never durable, or it is already finished) changes nothing.
+//! record was never durable, or it is already finished) changes no message
+//! (but counts, invariant D).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -194,11 +203,19 @@ impl Ready {
 /// one; until then the last mark grows. So a retention cutoff maps to an id
 /// bound with one search, at the cost of keeping a message up to
 /// `granularity` past its retention.
+///
+/// Marks are forgotten once no message a cut could remove needs them, but
+/// a mark whose group holds a dead letter is kept: dead letters are exempt
+/// from retention, yet a redriven one is removed by its own mark, within
+/// the granularity, not by a later one. So at most one mark per dead letter
+/// outlives the cuts.
 #[derive(Debug, Default)]
 pub(crate) struct Marks {
     marks: VecDeque<(u64, u64)>,
-    /// When the last mark's group started.
-    last_start: u64,
+    /// When the last mark's group started; `None` when the last mark is
+    /// one kept for a dead letter after its group's successors went (a new
+    /// enqueue must not stretch its time).
+    last_start: Option<u64>,
     granularity: u64,
 }
 
@@ -207,7 +224,7 @@ impl Marks {
     pub fn new(granularity: u64) -> Marks {
         Marks {
             marks: VecDeque::new(),
-            last_start: 0,
+            last_start: None,
             granularity,
         }
     }
@@ -218,15 +235,17 @@ impl Marks {
     /// by binary search.
     pub fn note(&mut self, end: u64, at: u64) {
         let at = at.max(self.marks.back().map_or(0, |m| m.1));
-        let start = self.last_start;
+        let within = self
+            .last_start
+            .is_some_and(|start| at < start.saturating_add(self.granularity));
         match self.marks.back_mut() {
-            Some(last) if at < start.saturating_add(self.granularity) || end <= last.0 => {
+            Some(last) if within || end <= last.0 => {
                 last.0 = last.0.max(end);
                 last.1 = last.1.max(at);
             }
             _ => {
                 self.marks.push_back((end, at));
-                self.last_start = at;
+                self.last_start = Some(at);
             }
         }
     }
@@ -240,7 +259,7 @@ impl Marks {
             return;
         }
         self.marks.push_back((end, at));
-        self.last_start = at;
+        self.last_start = Some(at);
     }
 
     /// The id bound below which every message was enqueued at or before
@@ -262,10 +281,28 @@ impl Marks {
             .map(|&(_, at)| at.saturating_add(retention))
     }
 
-    /// Forget marks no live message needs (all below `bound`).
-    fn forget_below(&mut self, bound: u64) {
-        while self.marks.front().is_some_and(|m| m.0 <= bound) {
+    /// Forget the marks ending at or below `bound`, but those whose group
+    /// holds an id `dead` names (a dead letter: see the type's docs). A
+    /// group is the ids from the previous mark's end to its own.
+    fn forget_below(&mut self, bound: u64, dead: impl Fn(std::ops::Range<u64>) -> bool) {
+        let mut kept = Vec::new();
+        let mut from = 0;
+        let last = self.marks.back().copied();
+        while let Some(&(end, at)) = self.marks.front() {
+            if end > bound {
+                break;
+            }
             self.marks.pop_front();
+            if dead(from..end) {
+                kept.push((end, at));
+            }
+            from = end;
+        }
+        for m in kept.into_iter().rev() {
+            self.marks.push_front(m);
+        }
+        if self.marks.back().copied() != last {
+            self.last_start = None;
         }
     }
 
@@ -353,6 +390,10 @@ pub(crate) struct Index {
     /// Delayed messages in ready-at order, and each one's ready-at time.
     delayed: BTreeMap<(u64, u64), Delayed>,
     delayed_at: IdMap<u64>,
+    /// Delayed messages that have a deadline, by when it will have passed
+    /// with the message ready (the later of its deadline and its ready-at),
+    /// then id: the tender's next look at deadlines may be for one of them.
+    delayed_due: BTreeSet<(u64, u64)>,
     in_flight: IdMap<Lease>,
     /// In-flight messages in lease-deadline order.
     lease_order: BTreeSet<(u64, u64)>,
@@ -363,8 +404,13 @@ pub(crate) struct Index {
     /// Live records per segment.
     live: BTreeMap<u32, u64>,
     totals: Totals,
-    /// Ids below this were removed by retention.
+    /// No message or result a retention cut could remove has an id below
+    /// this: the bound of the last cut applied, lowered by a redrive below
+    /// it (the next cut is due with the redriven message's mark).
     cut_below: u64,
+    /// Segments that retention cuts removed records from, since the owner
+    /// last took them ([`Index::take_cut_segments`]).
+    cut_from: BTreeSet<u32>,
     marks: Marks,
     keys: Keys,
 }
@@ -378,6 +424,7 @@ impl Index {
             deadlines_of: IdMap::default(),
             delayed: BTreeMap::new(),
             delayed_at: IdMap::default(),
+            delayed_due: BTreeSet::new(),
             in_flight: IdMap::default(),
             lease_order: BTreeSet::new(),
             dead: BTreeMap::new(),
@@ -386,6 +433,7 @@ impl Index {
             live: BTreeMap::new(),
             totals,
             cut_below: 0,
+            cut_from: BTreeSet::new(),
             marks: Marks::new(granularity),
             keys: Keys::default(),
         }
@@ -475,6 +523,9 @@ impl Index {
             self.delayed
                 .insert((ready_at, id), Delayed { loc, priority });
             self.delayed_at.insert(id, ready_at);
+            if deadline > 0 {
+                self.delayed_due.insert((ready_at.max(deadline), id));
+            }
         } else {
             self.ready.insert(priority, id, loc, deadline);
         }
@@ -491,9 +542,43 @@ impl Index {
         self.totals
     }
 
-    /// Ids below this were removed by retention.
+    /// No message or result a retention cut could remove has an id below
+    /// this.
     pub fn cut_below(&self) -> u64 {
         self.cut_below
+    }
+
+    /// Raise the cut bound to the lowest id a retention cut could remove
+    /// (or `next_id` when none), after recovery rebuilt the index: replay
+    /// knows only the cuts after the checkpoint, and marks kept for dead
+    /// letters or finished messages below that id are no cut's business.
+    pub fn settle_cut_below(&mut self, next_id: u64) {
+        let lowest = self.lowest_cuttable().unwrap_or(next_id);
+        self.cut_below = self.cut_below.max(lowest);
+    }
+
+    /// The lowest id of a ready, delayed or in-flight message or a stored
+    /// result. Walks the sets not in id order: recovery only.
+    fn lowest_cuttable(&self) -> Option<u64> {
+        let ready = self.ready.lanes.iter().flat_map(|l| {
+            let urgent = l.urgent.keys().map(|&(_, id)| id).min();
+            let fresh = l.fresh.front().map(|s| s.id);
+            let others = l.others.keys().next().copied();
+            [urgent, fresh, others].into_iter().flatten()
+        });
+        let delayed = self.delayed_at.keys().copied();
+        let leased = self.in_flight.keys().copied();
+        let done = self.completed.keys().next().copied();
+        ready.chain(delayed).chain(leased).chain(done).min()
+    }
+
+    /// The segments retention cuts removed records from since the last
+    /// call. A cut is counted in `expired_total` (and a result it removes
+    /// was counted in `acked_total`) over the records replay finds, so a
+    /// segment whose records a checkpoint does not hold must outlive the
+    /// next checkpoint, or a crash would forget them in the counters.
+    pub fn take_cut_segments(&mut self) -> BTreeSet<u32> {
+        std::mem::take(&mut self.cut_from)
     }
 
     /// The retention marks.
@@ -501,10 +586,13 @@ impl Index {
         &self.marks
     }
 
-    /// Forget retention marks that only cover ids below `bound`: no
-    /// message or result a retention cut could remove has such an id.
+    /// Forget retention marks that only cover ids below `bound` (no message
+    /// or result a retention cut could remove has such an id), but those a
+    /// dead letter's group needs (see [`Marks`]).
     pub fn forget_marks_below(&mut self, bound: u64) {
-        self.marks.forget_below(bound);
+        let dead = &self.dead;
+        self.marks
+            .forget_below(bound, |ids| dead.range(ids).next().is_some());
     }
 
     /// A retention mark from a checkpoint.
@@ -620,7 +708,16 @@ impl Index {
                     Some(l) => l.loc,
                     None => match self.take_waiting(e.id, e.priority) {
                         Some((loc, _)) => loc,
-                        None => return,
+                        None => {
+                            // Replay meets a completed message's deliveries
+                            // after its result record (segments are scanned
+                            // first); the last one names the attempt it was
+                            // completed on, which the record does not store.
+                            if let Some(c) = self.completed.get_mut(&e.id) {
+                                c.attempt = e.attempt;
+                            }
+                            return;
+                        }
                     },
                 };
                 self.put_lease(e.id, loc, e.priority, e.attempt, e.time_ms);
@@ -660,6 +757,13 @@ impl Index {
                 }
             }
             Kind::DeadLettered | Kind::DeadlineMissed => {
+                if e.kind == Kind::DeadlineMissed {
+                    // Counted even when the message is not found (replay
+                    // met its result record first, or its segment was
+                    // deleted): the live queue writes one such entry per
+                    // message it dead-letters so, and none for another.
+                    self.totals.deadline_missed = self.totals.deadline_missed.saturating_add(1);
+                }
                 let (loc, attempt) = match self.take_lease(e.id) {
                     Some(l) => (l.loc, l.attempt),
                     None => match self.take_waiting(e.id, e.priority) {
@@ -671,7 +775,6 @@ impl Index {
                 // served as one without.
                 self.forget_deadline(e.id);
                 let reason = if e.kind == Kind::DeadlineMissed {
-                    self.totals.deadline_missed = self.totals.deadline_missed.saturating_add(1);
                     DEADLINE_MISSED.to_string()
                 } else {
                     e.reason.clone()
@@ -690,14 +793,19 @@ impl Index {
                     return;
                 };
                 self.ready.insert(d.priority, e.id, d.loc, 0);
+                // A cut passed over it as a dead letter; as a ready message
+                // it is cut by its own mark, kept for it (see `Marks`).
+                self.cut_below = self.cut_below.min(e.id);
             }
             Kind::Purged | Kind::DeadExpired => {
+                if e.kind == Kind::DeadExpired {
+                    // Counted even when the dead letter is not found, as
+                    // `DeadlineMissed` is.
+                    self.totals.dead_expired = self.totals.dead_expired.saturating_add(1);
+                }
                 let Some(d) = self.take_dead(e.id) else {
                     return;
                 };
-                if e.kind == Kind::DeadExpired {
-                    self.totals.dead_expired = self.totals.dead_expired.saturating_add(1);
-                }
                 self.finish(d.loc, drained);
             }
             Kind::RetentionCut => self.cut(e.id, drained),
@@ -735,6 +843,7 @@ impl Index {
             .collect();
         for (id, at) in delayed {
             self.delayed_at.remove(&id);
+            self.forget_delayed_due(id, at);
             if let Some(d) = self.delayed.remove(&(at, id)) {
                 ids.push(id);
                 gone.push(d.loc);
@@ -761,10 +870,11 @@ impl Index {
             self.forget_deadline(id);
         }
         for loc in gone {
+            self.cut_from.insert(loc.segment);
             self.finish(loc, drained);
         }
         self.totals.expired = self.totals.expired.saturating_add(n);
-        self.marks.forget_below(below);
+        self.forget_marks_below(below);
     }
 
     fn put_lease(&mut self, id: u64, loc: Loc, priority: u8, attempt: u32, deadline: u64) {
@@ -801,10 +911,19 @@ impl Index {
             Some(loc) => loc,
             None => {
                 let at = self.delayed_at.remove(&id)?;
+                self.forget_delayed_due(id, at);
                 self.delayed.remove(&(at, id))?.loc
             }
         };
         Some((loc, self.attempts.remove(&id).unwrap_or(0)))
+    }
+
+    /// A delayed message ready at `at` leaves the delayed set.
+    fn forget_delayed_due(&mut self, id: u64, at: u64) {
+        let deadline = self.deadline_of(id);
+        if deadline > 0 {
+            self.delayed_due.remove(&(at.max(deadline), id));
+        }
     }
 
     /// Remove an unfinished message (ready, delayed or in flight) for good;
@@ -839,6 +958,7 @@ impl Index {
             }
             if let Some(d) = self.delayed.remove(&(at, id)) {
                 self.delayed_at.remove(&id);
+                self.forget_delayed_due(id, at);
                 let deadline = self.deadline_of(id);
                 self.ready.insert(d.priority, id, d.loc, deadline);
             }
@@ -856,16 +976,16 @@ impl Index {
         }
     }
 
-    /// The earliest message deadline among ready messages (one look per
-    /// non-empty lane).
+    /// When the next missed deadline is due: the earliest deadline among
+    /// ready messages (one look per non-empty lane), or a delayed message's
+    /// deadline once it has matured (the later of the two), if earlier.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.ready
-            .nonempty_lanes()
-            .filter_map(|p| {
-                let lane = &self.ready.lanes[usize::from(p)];
-                lane.urgent.first_key_value().map(|(&(d, _), _)| d)
-            })
-            .min()
+        let ready = self.ready.nonempty_lanes().filter_map(|p| {
+            let lane = &self.ready.lanes[usize::from(p)];
+            lane.urgent.first_key_value().map(|(&(d, _), _)| d)
+        });
+        let delayed = self.delayed_due.first().map(|&(at, _)| at);
+        ready.chain(delayed).min()
     }
 
     /// Ready messages whose deadline is at or before `now`: (id, priority,
@@ -1463,6 +1583,25 @@ mod tests {
         assert_eq!(ix.missed_deadlines(899), vec![]);
         assert_eq!(ix.missed_deadlines(900), vec![(2, 5, 1)]);
         assert_eq!(ix.next_deadline(), Some(900));
+        // A delayed message's deadline is due once it has matured too.
+        ix.place(8, 5, loc(8), 600, 0, 800);
+        ix.place(9, 5, loc(9), 700, 0, 650);
+        ix.count_live(1, 2);
+        assert_eq!(ix.next_deadline(), Some(700));
+        ix.promote_due(700);
+        assert_eq!(
+            ix.next_deadline(),
+            Some(650),
+            "9 is ready, past its deadline"
+        );
+        assert_eq!(ix.missed_deadlines(700), vec![(9, 5, 0)]);
+        // One taken from the delayed set otherwise leaves no trace.
+        ix.place(10, 5, loc(10), 2_000, 0, 500);
+        ix.count_live(1, 1);
+        ix.apply_one(&Entry::new(Kind::DeadLettered, 10, 5, 700, 0));
+        ix.apply_one(&Entry::new(Kind::DeadLettered, 9, 5, 700, 0));
+        ix.apply_one(&Entry::new(Kind::DeadLettered, 8, 5, 700, 0));
+        assert_eq!(ix.next_deadline(), Some(900));
     }
 
     #[test]
@@ -1498,6 +1637,67 @@ mod tests {
     }
 
     #[test]
+    fn a_redriven_dead_letter_is_cut_by_its_own_mark() {
+        let mut ix = Index::new(Totals::default(), 1_000);
+        for (id, at) in [(1, 0), (2, 5_000), (3, 9_000)] {
+            let h = RecordHeader {
+                id,
+                enqueued_ms: at,
+                ..RecordHeader::default()
+            };
+            assert!(ix.place_record(&h, &[], loc(id as u32)));
+            ix.count_live(1, 1);
+        }
+        ix.apply_one(&Entry::new(Kind::DeadLettered, 1, 0, 100, 0));
+        assert_eq!(ix.marks().bound(5_000), 3);
+        ix.apply_one(&Entry::new(Kind::RetentionCut, 3, 0, 200, 0));
+        assert_eq!(ix.totals().expired, 1, "2; the dead letter stays");
+        // The dead letter's mark outlives the cut; 2's goes.
+        assert_eq!(ix.marks().iter().collect::<Vec<_>>(), [(2, 0), (4, 9_000)]);
+        // Redriven, it is cut when its own mark is due, not 3's.
+        ix.apply_one(&Entry::new(Kind::Redriven, 1, 0, 300, 0));
+        assert_eq!(ix.cut_below(), 1);
+        assert_eq!(ix.marks().next_due(ix.cut_below(), 10_000), Some(10_000));
+        assert_eq!(ix.marks().bound(0), 2);
+        ix.apply_one(&Entry::new(Kind::RetentionCut, 2, 0, 400, 0));
+        assert_eq!((ix.totals().expired, ix.counts().ready), (2, 1));
+        assert_eq!(ix.marks().iter().collect::<Vec<_>>(), [(4, 9_000)]);
+        // A checkpoint's forgetting keeps a dead letter's mark too.
+        ix.apply_one(&Entry::new(Kind::DeadLettered, 3, 0, 500, 0));
+        ix.forget_marks_below(10);
+        assert_eq!(ix.marks().iter().collect::<Vec<_>>(), [(4, 9_000)]);
+        ix.apply_one(&Entry::new(Kind::Purged, 3, 0, 600, 0));
+        ix.forget_marks_below(10);
+        assert_eq!(ix.marks().iter().count(), 0);
+    }
+
+    #[test]
+    fn after_recovery_the_cut_bound_is_the_lowest_cuttable_id() {
+        let mut ix = Index::new(Totals::default(), 1_000);
+        ix.settle_cut_below(9);
+        assert_eq!(ix.cut_below(), 9, "nothing to cut: next_id");
+        let mut ix = Index::new(Totals::default(), 1_000);
+        for id in [3, 4, 5, 6] {
+            ix.add(id, 0, loc(id as u32), 0, 0);
+        }
+        ix.place(2, 7, loc(2), 0, 0, 900);
+        ix.count_live(1, 1);
+        ix.apply_one(&Entry::new(Kind::DeadLettered, 3, 0, 100, 0));
+        ix.apply_one(&Entry::new(Kind::Delivered, 4, 0, 100, 1));
+        ix.settle_cut_below(9);
+        assert_eq!(ix.cut_below(), 2, "2 has a deadline");
+        ix.apply_one(&Entry::new(Kind::DeadLettered, 2, 7, 100, 0));
+        let mut drained = Vec::new();
+        ix.add_result(5, 0, loc(50), 100, &mut drained);
+        ix.settle_cut_below(9);
+        assert_eq!(
+            ix.cut_below(),
+            4,
+            "in flight; the dead letters below no cut's business"
+        );
+    }
+
+    #[test]
     fn a_result_completes_its_message_wherever_it_is() {
         let mut ix = Index::new(Totals::default(), 60_000);
         for id in 1..=3 {
@@ -1528,5 +1728,13 @@ mod tests {
         assert_eq!(ix.counts().results, 3);
         assert!(ix.peek().is_none());
         assert_eq!(ix.completed(2).map(|c| c.attempt), Some(1));
+        // But a delivery replayed after the result (written before it)
+        // gives the attempt the message was completed on; the last wins.
+        assert_eq!(ix.completed(1).map(|c| c.attempt), Some(0));
+        ix.apply_one(&Entry::new(Kind::Delivered, 1, 2, 100, 3));
+        ix.apply_one(&Entry::new(Kind::Delivered, 1, 2, 100, 1));
+        assert_eq!(ix.completed(1).map(|c| c.attempt), Some(1));
+        assert!(ix.lease(1).is_none());
+        assert_eq!(ix.counts().in_flight, 0);
     }
 }

@@ -47,6 +47,11 @@ pub(crate) struct Recovered {
     pub checkpoint_bytes: u64,
     /// Segments holding keyed records no checkpoint has seen yet.
     pub keyed_segments: Vec<u32>,
+    /// Segments holding records a replayed retention cut removed that the
+    /// checkpoint does not hold.
+    pub cut_segments: Vec<u32>,
+    /// The head segment of the checkpoint loaded (0 without one).
+    pub checkpoint_head: u32,
     pub report: RecoveryReport,
 }
 
@@ -64,6 +69,8 @@ pub(crate) struct Scanned {
     pub checkpoint_number: u64,
     pub checkpoint_bytes: u64,
     pub keyed_segments: Vec<u32>,
+    pub cut_segments: Vec<u32>,
+    pub checkpoint_head: u32,
     pub report: RecoveryReport,
     /// Live messages whose segment file is gone (id, segment); the report
     /// counts them in `missing_messages`.
@@ -283,6 +290,8 @@ pub(crate) fn recover(
         checkpoint_number: s.checkpoint_number,
         checkpoint_bytes: s.checkpoint_bytes,
         keyed_segments: s.keyed_segments,
+        cut_segments: s.cut_segments,
+        checkpoint_head: s.checkpoint_head,
         report: s.report,
     })
 }
@@ -502,6 +511,19 @@ pub(crate) fn scan_directory(
             version,
         });
     }
+    // A segment a replayed cut removed records from that the checkpoint
+    // does not hold: the counters count them from it (invariant D of
+    // `index`), so it outlives the next checkpoint.
+    let checkpoint_head = if has_checkpoint {
+        meta.head_segment.min(u64::from(u32::MAX)) as u32
+    } else {
+        0
+    };
+    let cut_segments: Vec<u32> = index
+        .take_cut_segments()
+        .into_iter()
+        .filter(|&id| id >= checkpoint_head && segments.contains_key(&id))
+        .collect();
     if release_in_flight {
         report.in_flight_released = index.release_all_in_flight();
     }
@@ -520,15 +542,24 @@ pub(crate) fn scan_directory(
         report.missing_messages += index.drop_segment(id);
     }
 
+    // Marks kept for dead letters, or left by finished messages, below the
+    // lowest message a cut could remove call for no cut now.
+    index.settle_cut_below(next_id);
+
     // Segments with nothing live are finished, except the newest, which
-    // takes the next appends, and those holding idempotency keys that no
+    // takes the next appends, and those holding what replay needs that no
     // checkpoint holds yet: the open queue deletes those after its next
     // checkpoint (invariant D of `engine::space`).
     let newest = segments.keys().next_back().copied();
     let finished: Vec<u32> = segments
         .keys()
         .copied()
-        .filter(|&id| Some(id) != newest && index.live_in(id) == 0 && !keyed_segments.contains(&id))
+        .filter(|&id| {
+            Some(id) != newest
+                && index.live_in(id) == 0
+                && !keyed_segments.contains(&id)
+                && !cut_segments.contains(&id)
+        })
         .collect();
     for id in finished {
         segments.remove(&id);
@@ -546,6 +577,8 @@ pub(crate) fn scan_directory(
         checkpoint_number: report.checkpoint.unwrap_or(0),
         checkpoint_bytes,
         keyed_segments,
+        cut_segments,
+        checkpoint_head,
         report,
         missing,
         fixes,

@@ -67,6 +67,7 @@ impl Inner {
         let cutoff = now.saturating_sub(crate::clock::duration_ms(self.opts.dedup_window));
         core.index.forget_keys(cutoff);
         let active = &core.segments[&core.active];
+        let active_id = active.id();
         let meta = CheckpointMeta {
             number,
             created_ms: now,
@@ -113,7 +114,12 @@ impl Inner {
         drop(keys);
         // Invariant B.
         let tmp = layout::checkpoint_temp_name(number);
-        let file = self.storage.create(&tmp, bytes.len() as u64)?;
+        let file = match self.storage.create(&tmp, bytes.len() as u64) {
+            Ok(file) => file,
+            // Not made (a full disk): no checkpoint now, as when the journal
+            // file could not be made; the next maintenance tries again.
+            Err(_) => return Ok(()),
+        };
         file.write_at(0, &bytes)?;
         file.sync_data()?;
         self.storage
@@ -137,8 +143,10 @@ impl Inner {
         core.journal.forget_files_before(current);
         self.storage.sync_dir()?;
         core.checkpoint_number = number;
-        // Every key is in this checkpoint: their segments may go.
-        core.keyed.clear();
+        core.checkpoint_head = active_id;
+        // Every key and counter is in this checkpoint: their segments may go.
+        core.unsaved_keys.clear();
+        core.unsaved_cuts.clear();
         core.checkpoint_file_bytes = bytes.len() as u64;
         core.journal_bytes_since_checkpoint = 0;
         Ok(())

@@ -13,6 +13,11 @@
 //! B. The tender commits what it wrote, so the segments it drained are
 //!    deleted without any other call.
 //! C. Expiry never runs under a poisoned or closed queue.
+//! D. The tender ends only when the queue closes or is poisoned. A failed
+//!    pass that left the queue healthy (a journal file that could not be
+//!    made on a full disk) wrote nothing (invariant F of `engine`); the
+//!    tender tries again after a backoff that doubles up to its longest
+//!    nap, so what falls due is removed once there is room again.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -29,6 +34,10 @@ use crate::error::Result;
 /// removal runs when its due time was not known when the tender went to
 /// sleep (a clock stepped by hand, an option changed at reopen).
 const MAX_NAP: Duration = Duration::from_secs(1);
+
+/// The tender's first wait after a failed pass; each further failure in a
+/// row doubles it, up to [`MAX_NAP`].
+const FIRST_RETRY: Duration = Duration::from_millis(10);
 
 /// The tender's shared state.
 #[derive(Debug)]
@@ -129,9 +138,9 @@ impl Inner {
     }
 
     /// When the next removal falls due (queue clock ms), if any is known.
-    fn next_expiry(&self, core: &Core) -> Option<u64> {
-        // A delayed message with a deadline is checked once it matures:
-        // within a nap of it.
+    pub(super) fn next_expiry(&self, core: &Core) -> Option<u64> {
+        // Delayed messages count too: one whose deadline passes while it
+        // waits is due once it matures.
         let deadline = core.index.next_deadline();
         let retention = self.opts.retention.and_then(|r| {
             core.index
@@ -158,6 +167,8 @@ pub(super) fn start_tender(inner: &Arc<Inner>) -> std::io::Result<()> {
             // cut that only passed finished ids): the next nap is a full
             // one, so no state can make this thread spin.
             let mut idle_pass = false;
+            // Failed passes in a row (invariant D).
+            let mut failures: u32 = 0;
             loop {
                 let Some(inner) = weak.upgrade() else { return };
                 let core = inner.core.lock();
@@ -166,9 +177,28 @@ pub(super) fn start_tender(inner: &Arc<Inner>) -> std::io::Result<()> {
                 if !idle_pass && due.is_some_and(|at| at <= now) {
                     drop(core);
                     match inner.expire_due() {
-                        Ok(removed) => idle_pass = removed == 0,
-                        // A failure poisons the queue; the next call reports it.
-                        Err(_) => return,
+                        Ok(removed) => {
+                            idle_pass = removed == 0;
+                            failures = 0;
+                            continue;
+                        }
+                        // Poisoned or closed: the next call reports it.
+                        Err(_) if inner.writable(&inner.core.lock()).is_err() => return,
+                        Err(_) => failures = failures.saturating_add(1),
+                    }
+                    let backoff = FIRST_RETRY
+                        .saturating_mul(1 << (failures - 1).min(16))
+                        .min(MAX_NAP);
+                    // No deadline wakes it early: a full disk would turn
+                    // every enqueue with a deadline into another try.
+                    inner.tender.next_look.store(0, Ordering::Release);
+                    drop(inner);
+                    let mut stop = tender.stop.lock();
+                    if !*stop {
+                        tender.wake.wait_for(&mut stop, backoff);
+                    }
+                    if *stop {
+                        return;
                     }
                     continue;
                 }

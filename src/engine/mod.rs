@@ -22,6 +22,10 @@
 //!    file it describes has just been synced.
 //! E. Ids are reserved in blocks by a durable journal entry before any id
 //!    of the block is handed out, so no id is reused after a crash.
+//! F. A write of journal entries that fails without poisoning the queue
+//!    wrote nothing: every journal file it needs is made before any of it
+//!    is written, so a full disk never leaves entries durable that the
+//!    index never applied (a crash would bring them back).
 //!
 //! Lock order: `core`, then `sync`; the preparer's state after both.
 
@@ -209,7 +213,15 @@ struct Core {
     drained: Vec<(u32, u64)>,
     /// Segments holding idempotency keys no checkpoint holds yet: deleting
     /// one waits for a checkpoint, or a reopen would forget its keys.
-    keyed: std::collections::BTreeSet<u32>,
+    unsaved_keys: std::collections::BTreeSet<u32>,
+    /// Segments holding records a retention cut removed that no checkpoint
+    /// holds (replay counts them in the lifetime counters): deleting one
+    /// takes a checkpoint first, or a reopen would count less than the
+    /// live queue showed (see `space::Inner::saved` for a full disk).
+    unsaved_cuts: std::collections::BTreeSet<u32>,
+    /// The head segment of the newest checkpoint (0 without one): records
+    /// in older segments are all held by it.
+    checkpoint_head: u32,
     /// Work for the next sync's maintenance: drained segments or a
     /// checkpoint due.
     maintenance_due: bool,
@@ -301,7 +313,9 @@ impl Inner {
             dirty: Vec::new(),
             write_seq: 0,
             durable_seq: 0,
-            keyed: rec.keyed_segments.into_iter().collect(),
+            unsaved_keys: rec.keyed_segments.into_iter().collect(),
+            unsaved_cuts: rec.cut_segments.into_iter().collect(),
+            checkpoint_head: rec.checkpoint_head,
             maintenance_due: !idle.is_empty(),
             drained: idle,
             journal_bytes_since_checkpoint: 0,
@@ -619,7 +633,7 @@ impl Inner {
             if keyed {
                 // Its keys live only in this segment until a checkpoint
                 // holds them (see `space`).
-                core.keyed.insert(seg_id);
+                core.unsaved_keys.insert(seg_id);
             }
         }
         Ok(rotated)
@@ -785,7 +799,8 @@ impl Inner {
 
     /// The body of `append_entries`: one batch frame per run of entries
     /// that fits in the current journal file, rotating to a new file when
-    /// the current one is full or of an older format version.
+    /// the current one is full or of an older format version. Every file
+    /// the write needs is made before any of it is written (invariant F).
     fn append_entry_chunks(
         &self,
         core: &mut Core,
@@ -793,54 +808,112 @@ impl Inner {
         now: u64,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
-        let mut rest = entries;
-        let mut fresh_file = false;
-        while !rest.is_empty() {
+        buf.clear();
+        let first = if core.journal.appendable() {
+            core.journal.encode(entries, core.journal.room(), buf)
+        } else {
+            0
+        };
+        let mut rest = &entries[first..];
+        let ahead = if rest.is_empty() {
+            Vec::new()
+        } else {
+            self.make_journal_files(core, rest, now)?
+        };
+        if first > 0 {
+            self.write_frame(core, buf, now)?;
+        }
+        for file in ahead {
+            let old = self.created(core.journal.rotate(&*self.storage, now, Some(file)))?;
+            let old_number = core.journal.number() - 1;
+            core.mark_dirty(&old, Target::Journal(old_number), 0);
+            core.maintenance_due = true;
             buf.clear();
-            let take = if core.journal.appendable() {
-                core.journal.encode(rest, core.journal.room(), buf)
-            } else {
-                0
-            };
-            if take == 0 {
-                if fresh_file {
-                    // Entries are at most batch::MAX_ENTRY_BYTES and a
-                    // journal file at least MIN_JOURNAL_FILE_SIZE:
-                    // unreachable unless those limits change, but never a
-                    // silent spin.
-                    return Err(Error::InvalidArgument(format!(
-                        "a journal entry of {} bytes is larger than a journal file",
-                        rest[0].frame_len()
-                    )));
-                }
-                let next = Want::Journal(core.journal.number() + 1);
-                let ahead = match &self.prep {
-                    Some(p) => self.created(p.take(next))?,
-                    None => None,
-                };
-                let rotated = core.journal.rotate(&*self.storage, now, ahead);
-                let old = self.created(rotated)?;
-                let old_number = core.journal.number() - 1;
-                core.mark_dirty(&old, Target::Journal(old_number), 0);
-                core.maintenance_due = true;
-                fresh_file = true;
-                continue;
-            }
-            fresh_file = false;
-            core.journal.write(buf).map_err(|e| self.poison(e))?;
-            core.journal_bytes_since_checkpoint += buf.len() as u64;
-            let (file, number, end) = (
-                core.journal.file().clone(),
-                core.journal.number(),
-                core.journal.end(),
-            );
-            core.mark_dirty(&file, Target::Journal(number), end);
-            if let Some(p) = &self.prep {
-                if end > core.journal.new_size() / 8 {
-                    p.ask(Want::Journal(number + 1), core.journal.new_size(), now);
-                }
-            }
+            let take = core.journal.encode(rest, core.journal.room(), buf);
+            debug_assert!(take > 0, "make_journal_files counted the frames");
+            self.write_frame(core, buf, now)?;
             rest = &rest[take..];
+        }
+        debug_assert!(rest.is_empty());
+        Ok(())
+    }
+
+    /// Make the journal files that `rest` (the entries not fitting in the
+    /// current file) will fill, numbered after the current one. On a
+    /// failure the files already made are removed (a later rotation makes
+    /// them again) and nothing was written: a full disk fails the write
+    /// without poisoning the queue.
+    fn make_journal_files(
+        &self,
+        core: &mut Core,
+        mut rest: &[Entry],
+        now: u64,
+    ) -> Result<Vec<Arc<dyn crate::storage::StorageFile>>> {
+        // Frame lengths do not depend on the file's number or synced end:
+        // encoding against the current file counts the fresh ones.
+        let room = (core.journal.new_size() as usize).saturating_sub(header::SIZE);
+        let mut scratch = Vec::new();
+        let mut needed = 0u64;
+        while !rest.is_empty() {
+            scratch.clear();
+            let take = core.journal.encode(rest, room, &mut scratch);
+            if take == 0 {
+                // Entries are at most batch::MAX_ENTRY_BYTES and a journal
+                // file at least MIN_JOURNAL_FILE_SIZE: unreachable unless
+                // those limits change, but never a silent spin.
+                return Err(Error::InvalidArgument(format!(
+                    "a journal entry of {} bytes is larger than a journal file",
+                    rest[0].frame_len()
+                )));
+            }
+            needed += 1;
+            rest = &rest[take..];
+        }
+        let size = core.journal.new_size();
+        let mut made = Vec::new();
+        for k in 1..=needed {
+            let number = core.journal.number() + k;
+            let ahead = match &self.prep {
+                Some(p) if k == 1 => p.take(Want::Journal(number)),
+                _ => Ok(None),
+            };
+            let file = ahead.and_then(|ahead| match ahead {
+                Some(file) => Ok(file),
+                None => Journal::create(&*self.storage, number, size, now),
+            });
+            match file {
+                Ok(file) => made.push(file),
+                Err(e) => {
+                    let first = core.journal.number() + 1;
+                    let removed = (first..number)
+                        .try_for_each(|n| self.storage.remove(&layout::journal_name(n)))
+                        .and_then(|()| self.storage.sync_dir());
+                    if let Err(gone) = removed {
+                        // A made file left behind would block the rotation
+                        // that makes it again.
+                        return Err(self.poison(gone));
+                    }
+                    return self.created(Err(e));
+                }
+            }
+        }
+        Ok(made)
+    }
+
+    /// Write one encoded frame at the end of the current journal file.
+    fn write_frame(&self, core: &mut Core, frame: &[u8], now: u64) -> Result<()> {
+        core.journal.write(frame).map_err(|e| self.poison(e))?;
+        core.journal_bytes_since_checkpoint += frame.len() as u64;
+        let (file, number, end) = (
+            core.journal.file().clone(),
+            core.journal.number(),
+            core.journal.end(),
+        );
+        core.mark_dirty(&file, Target::Journal(number), end);
+        if let Some(p) = &self.prep {
+            if end > core.journal.new_size() / 8 {
+                p.ask(Want::Journal(number + 1), core.journal.new_size(), now);
+            }
         }
         Ok(())
     }
@@ -860,6 +933,14 @@ impl Inner {
         let mut drained = Vec::new();
         for e in entries {
             core.index.apply(e, &mut drained);
+        }
+        // Records a retention cut removed that the newest checkpoint does
+        // not hold: replay counts them from their segment (invariant D of
+        // `index`), which must therefore outlive the next checkpoint.
+        for seg in core.index.take_cut_segments() {
+            if seg >= core.checkpoint_head && core.segments.contains_key(&seg) {
+                core.unsaved_cuts.insert(seg);
+            }
         }
         core.note_drained(drained);
         if self.checkpoint_due(core) {
@@ -925,6 +1006,11 @@ impl Inner {
             let written = self.write_entries(&mut core, &entries, now)?;
             if kind == Kind::Redriven {
                 self.wake(&core, entries.len());
+                // A redriven message older than the retention is due for a
+                // cut now: no nap of the tender may delay it.
+                if let Some(at) = self.next_expiry(&core) {
+                    self.tender.deadline_at(at);
+                }
             }
             (entries.len() as u64, written)
         };

@@ -14,6 +14,11 @@
 //!    deleted only after a checkpoint: recovery finds keys in the
 //!    checkpoint and in the segments it scans, so a key in a deleted,
 //!    uncheckpointed segment would be forgotten before its window ends.
+//!    The same holds for a segment a retention cut removed records from
+//!    that no checkpoint holds: replay counts a cut over the records it
+//!    finds, so the lifetime counters would go down; but on a full disk,
+//!    where no checkpoint can be written, such a segment is deleted all
+//!    the same (space before counters).
 
 use std::collections::HashSet;
 
@@ -76,7 +81,7 @@ impl Inner {
             if id == core.active || core.index.live_in(id) > 0 {
                 continue;
             }
-            if !self.keys_saved(core, id)? {
+            if !self.saved(core, id)? {
                 core.drained.push((id, seq));
                 core.maintenance_due = true;
                 continue;
@@ -180,7 +185,7 @@ impl Inner {
             core.unmovable.insert(from);
             return Ok(false);
         }
-        if !self.keys_saved(core, from)? {
+        if !self.saved(core, from)? {
             // Everything was copied; the next drained pass deletes it.
             core.drained.push((from, core.write_seq));
             core.maintenance_due = true;
@@ -193,15 +198,22 @@ impl Inner {
         Ok(true)
     }
 
-    /// Whether segment `id` may be deleted without forgetting idempotency
-    /// keys (invariant D): a segment whose keys no checkpoint holds yet
-    /// gets a checkpoint first. `false` when none could be written (a full
-    /// disk); the caller keeps the segment for a later pass.
-    fn keys_saved(&self, core: &mut Core, id: u32) -> Result<bool> {
-        if core.keyed.contains(&id) {
+    /// Whether segment `id` may be deleted without forgetting what replay
+    /// needs from it (invariant D): a segment holding keys or cut records
+    /// no checkpoint holds yet gets a checkpoint first. When none could be
+    /// written (a full disk), one holding keys is kept for a later pass
+    /// (`false`), but one holding only cut records goes: freeing space
+    /// comes first, and only a crash before the next checkpoint could then
+    /// count those removals lower.
+    fn saved(&self, core: &mut Core, id: u32) -> Result<bool> {
+        if core.unsaved_keys.contains(&id) || core.unsaved_cuts.contains(&id) {
             self.checkpoint(core)?;
         }
-        Ok(!core.keyed.contains(&id))
+        if core.unsaved_keys.contains(&id) {
+            return Ok(false);
+        }
+        core.unsaved_cuts.remove(&id);
+        Ok(true)
     }
 }
 

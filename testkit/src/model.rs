@@ -31,7 +31,7 @@
 //! more than `max_keys` keys remembered is refused ([`Refusal::TooManyKeys`]).
 //! Nothing is written on a refusal. Keys are remembered whatever happens to
 //! their message (acked, expired), until their window passes, across
-//! reopens (see `readmitted_keys_may_be_forgotten` for a known bug).
+//! reopens.
 //!
 //! *Complete.* `complete(receipt, result)` with a current receipt stores
 //! the result and finishes the message in one step (counted in
@@ -81,9 +81,9 @@
 //! [`Seen::Done`]: its result present and the message gone, never one
 //! without the other. The lifetime counters stay between what the durable
 //! ops add up to and what all ops (and doubtful ones) add up to
-//! ([`Model::bounds`]). A key whose enqueue is durable in the view is
-//! remembered with its first id ([`Model::key_expect`]); one whose enqueue
-//! was not may be admitted again. [`Model::recovered`] rebases the model on
+//! ([`Model::bounds`]). A key whose (latest) admission is durable in the
+//! view is remembered with that admission's id ([`Model::key_expect`]); one
+//! whose admission was not may be admitted again. [`Model::recovered`] rebases the model on
 //! what a reopen showed, so a run can go on after a crash.
 //!
 //! A harness drives the model op by op: [`Model::begin`], the queue call,
@@ -399,29 +399,6 @@ pub struct Model {
     /// Keys first seen at or before this are surely forgotten by the live
     /// queue (the cutoff of the last forgetting the model knows of).
     keys_forgot: u64,
-    /// KNOWN BUG (`model_proptest::readmitted_key_survives_a_crash`): a key
-    /// admitted again after its window passed may be forgotten by a reopen
-    /// (recovery keeps the key's oldest record, which is past its window).
-    /// When set, such keys become uncertain at every reopen instead of
-    /// staying remembered. Harnesses set it until the bug is fixed.
-    pub readmitted_keys_may_be_forgotten: bool,
-    /// KNOWN BUG (`model_proptest::expired_total_survives_a_crash_after_segments_are_deleted`,
-    /// `model_proptest::acked_total_counts_a_complete_after_its_segment_is_deleted`,
-    /// `model_proptest::deadline_missed_total_survives_a_crash_after_a_redriven_message_is_completed`):
-    /// a reopen that replays counts a complete, a missed deadline, a
-    /// retention removal or an expired dead letter only if it still finds
-    /// the message or its result (its segment may be gone, or a result
-    /// record replayed first may have finished it), so `acked_total` (by at
-    /// most the completes), `deadline_missed_total`, `expired_total` and
-    /// `dead_expired_total` may go down after a crash. When set, the
-    /// oracles do not hold these to their lower bounds, and
-    /// [`Model::take_totals`] accepts lower values after a crash.
-    pub totals_may_drop: bool,
-    /// Completes that returned `Ok`.
-    pub completes: u64,
-    /// A crash reopen happened since the lifetime counters were last
-    /// compared (see `totals_may_drop`).
-    removals_after_crash: bool,
     /// Whether a read of a record may fail (a fault plan is set): then a
     /// dequeue may skip a message and dead-letter it. Without faults a skip
     /// is a divergence.
@@ -455,59 +432,6 @@ impl Model {
     pub fn with_timers(mut self, timers: Timers) -> Model {
         self.timers = timers;
         self
-    }
-
-    /// The same model, tolerating the queue's known bugs (see the fields
-    /// they name): what the randomized suites run with until those are
-    /// fixed.
-    pub fn with_known_bugs(mut self) -> Model {
-        self.readmitted_keys_may_be_forgotten = true;
-        self.totals_may_drop = true;
-        self
-    }
-
-    /// The queue was reopened after a crash (it replayed what the last
-    /// checkpoint does not cover; see `totals_may_drop`).
-    pub fn crashed(&mut self) {
-        self.removals_after_crash = true;
-    }
-
-    /// The lifetime counters `stats()` reported: with `totals_may_drop`,
-    /// after a crash, lower values than the model's are taken (and become
-    /// the model's; `acked_total` at most the completes lower); `Err` if
-    /// any is higher or lower than that. Otherwise nothing changes (the
-    /// caller compares).
-    pub fn take_totals(&mut self, s: &lanelog::Stats) -> Result<(), String> {
-        if !(self.totals_may_drop && self.removals_after_crash) {
-            return Ok(());
-        }
-        let got = [
-            s.acked_total,
-            s.deadline_missed_total,
-            s.expired_total,
-            s.dead_expired_total,
-        ];
-        let seq = self.seq;
-        let completes = self.completes;
-        let tallies = [
-            &mut self.acked,
-            &mut self.missed,
-            &mut self.expired,
-            &mut self.dead_expired,
-        ];
-        let want: Vec<u64> = tallies.iter().map(|t| t.total).collect();
-        if got.iter().zip(&want).any(|(g, w)| g > w) || want[0] - got[0] > completes {
-            return Err(format!(
-                "after a crash: (acked, deadline missed, expired, dead expired) {got:?}, model {want:?} ({completes} completes)"
-            ));
-        }
-        for (t, g) in tallies.into_iter().zip(got) {
-            if g < t.total {
-                t.rebase(g, seq);
-            }
-        }
-        self.removals_after_crash = false;
-        Ok(())
     }
 
     /// The same model, for a run with a fault plan: a read of a record may
@@ -1117,7 +1041,6 @@ impl Model {
     /// `complete` of message `id` (current receipt) with the result
     /// `(tag, len)` returned `Ok`.
     pub fn complete_ok(&mut self, id: u64, result: (u64, usize)) {
-        self.completes += 1;
         self.acked.add(self.seq);
         self.place(id, At::Done);
         self.msgs.get_mut(&id).expect("known").result = Some(result);
@@ -1387,13 +1310,6 @@ impl Model {
         }
         self.outstanding.clear();
         self.forget_keys(now);
-        if self.readmitted_keys_may_be_forgotten {
-            for r in self.keys.values_mut() {
-                if r.ids.len() > 1 {
-                    r.certain = false;
-                }
-            }
-        }
         self.tick(now);
     }
 
@@ -1516,13 +1432,13 @@ impl Model {
 
     /// What an enqueue with key `k` must return after a reopen under `view`
     /// with a dedup window longer than the run (the oracles' reopen): the
-    /// id of its first enqueue when that enqueue is durable in the view,
-    /// was the key's only admission and is within the window now;
-    /// otherwise any admission's id, or a new one.
+    /// id of its latest admission when that enqueue is durable in the view
+    /// and within the window now; otherwise any admission's id, or a new
+    /// one.
     pub fn key_expect(&self, k: u64, view: View) -> KeyExpect {
         let r = &self.keys[&k];
         let within = self.now.saturating_sub(r.at) < self.timers.dedup_window_ms;
-        if r.seq <= self.durable(view) && r.ids.len() == 1 && r.certain && within {
+        if r.seq <= self.durable(view) && r.certain && within {
             KeyExpect::Must(r.id)
         } else {
             KeyExpect::Any(r.ids.clone())

@@ -643,11 +643,7 @@ pub fn judge(model: &Model, view: View, o: &Observed, ctx: &str, f: &mut Finding
             ),
         );
     }
-    let (mut lo, hi) = model.acked_bounds(view);
-    if model.totals_may_drop {
-        // A known bug: replay may not count a complete (see the model).
-        lo = lo.saturating_sub(model.completes);
-    }
+    let (lo, hi) = model.acked_bounds(view);
     if s.acked_total < lo {
         f.acked_total_undercounts += 1;
         f.note(format!(
@@ -681,11 +677,7 @@ pub fn judge(model: &Model, view: View, o: &Observed, ctx: &str, f: &mut Finding
             (s.dead_expired_total, s.dead_expired_total),
         ),
     ] {
-        let (mut lo, hi) = model.bounds(c, view);
-        if model.totals_may_drop {
-            // A known bug: replay undercounts these (see the model).
-            lo = 0;
-        }
+        let (lo, hi) = model.bounds(c, view);
         if b < lo || a > hi {
             wrong(
                 f,
@@ -909,7 +901,7 @@ pub fn judge(model: &Model, view: View, o: &Observed, ctx: &str, f: &mut Finding
             KeyExpect::Must(id) if got != id => {
                 f.keys_readmitted += 1;
                 f.note(format!(
-                    "KEY-READMITTED {ctx}: key {k}, durably first enqueued as {id}, answered {got}"
+                    "KEY-READMITTED {ctx}: key {k}, durably admitted as {id}, answered {got}"
                 ));
             }
             KeyExpect::Any(ids) if !ids.contains(&got) && !fresh => {
@@ -922,7 +914,7 @@ pub fn judge(model: &Model, view: View, o: &Observed, ctx: &str, f: &mut Finding
         }
         let within = model.now.saturating_sub(rec.at) < model.timers.dedup_window_ms;
         let admitted = fresh && !known_ids.contains(&got);
-        if admitted && within && rec.ids.len() == 1 && seen.contains_key(&rec.id) {
+        if admitted && within && seen.contains_key(&rec.id) {
             f.keys_readmitted += 1;
             f.note(format!(
                 "KEY-READMITTED {ctx}: key {k}: its message {} is back but the key was admitted again as {got}",

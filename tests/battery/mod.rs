@@ -117,7 +117,7 @@ pub fn profile(w: &workload::Workload, mode: workload::Mode) -> (u64, String) {
     let d = workload::Driver::run_logged(w, None, mode, true).expect("no panic");
     assert!(
         d.unexpected.is_empty()
-            && d.tender_stopped.is_empty()
+            && d.tender_stuck.is_empty()
             && d.errors == 0
             && d.model.read_error_dead == 0,
         "{}: the fault-free run must match the model: {:?}",
