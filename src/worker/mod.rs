@@ -115,7 +115,7 @@ pub trait Model: Send + Sync + 'static {
     /// The names of the model's outputs, for result tables: one
     /// `out.<name>` column each. A model of several outputs returns them
     /// together as one [`Model::Output`] (for example one vector per
-    /// output, [`OnnxOutputs`]). Default = `[output_name()]`.
+    /// output, `OnnxOutputs` with the `onnx` feature). Default = `[output_name()]`.
     fn output_names(&self) -> Vec<String> {
         vec![self.output_name().to_string()]
     }
