@@ -486,8 +486,7 @@ pub fn run(data: &[u8]) {
         },
         timers,
         q: None,
-        model: Model::new(0, VISIBILITY_MS, T0)
-            .with_timers(timers),
+        model: Model::new(0, VISIBILITY_MS, T0).with_timers(timers),
         next_tag: 0,
         ids: Vec::new(),
         step: 0,
