@@ -21,7 +21,7 @@ use super::codec;
 use super::job::content_hash;
 use super::pool::PoolOptions;
 use super::run::{Metadata, RowOutput};
-use super::service::{RunOptions, ServiceOptions};
+use super::service::{rows_per_job, RunOptions, ServiceOptions};
 use super::{InferError, Model, RowError};
 use crate::{Durability, Timestamp};
 
@@ -261,7 +261,7 @@ pub fn parallel_infer<M: Model>(
     }
     run_opts.validate()?;
     let largest = encoded.iter().map(Vec::len).max().unwrap_or(0);
-    let chunk = opts.pool.max_batch.min(JOB_BYTES / largest.max(1)).max(1);
+    let chunk = rows_per_job(opts.pool.max_batch, largest);
     let total = encoded.iter().map(|r| r.len() + 8).sum::<usize>();
     let segment = segment_size_for(chunk * (largest + 8) + 256, total);
     let mut service_opts = ServiceOptions::new()
@@ -296,9 +296,6 @@ pub fn parallel_infer<M: Model>(
         run: out.run.0,
     })
 }
-
-/// Most bytes of inputs per job (as the service makes them).
-const JOB_BYTES: usize = 64 << 10;
 
 /// Segments of a run's queues: eight of the largest job at least, and a
 /// quarter of the table's bytes (fewer segments to make while the jobs are

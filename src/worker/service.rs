@@ -384,6 +384,12 @@ impl std::fmt::Debug for InferService {
 /// Most bytes of rows per job.
 const JOB_BYTES: usize = 64 << 10;
 
+/// Rows per job: a micro-batch (`max_batch`), fewer if rows are large
+/// (the largest `largest` bytes encoded).
+pub(crate) fn rows_per_job(max_batch: usize, largest: usize) -> usize {
+    max_batch.min(JOB_BYTES / largest.max(1)).max(1)
+}
+
 impl InferService {
     /// [`ServiceOptions::new`] opened on `dir`.
     ///
@@ -567,12 +573,7 @@ impl InferService {
         opts.validate()?;
         self.check_registered(&model.key)?;
         let largest = encoded.iter().map(Vec::len).max().unwrap_or(0);
-        let chunk = self
-            .shared
-            .opts
-            .max_batch
-            .min(JOB_BYTES / largest.max(1))
-            .max(1);
+        let chunk = rows_per_job(self.shared.opts.max_batch, largest);
         let n_jobs = encoded.len().div_ceil(chunk);
         if Manifest::size_for(n_jobs, &model.key) > crate::DEFAULT_MAX_MESSAGE_SIZE {
             return Err(InferError::InvalidArgument(format!(
