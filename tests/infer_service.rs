@@ -253,8 +253,8 @@ fn stored(rows: &[RowOutput<u64>]) -> Vec<Stored> {
         .map(|r| {
             let meta = r.metadata.as_ref().map(|m| {
                 (
-                    m.model_name.clone(),
-                    m.model_version.clone(),
+                    m.model_name.to_string(),
+                    m.model_version.to_string(),
                     m.attempt,
                     m.batch_rows,
                 )
@@ -1176,7 +1176,7 @@ fn infer_one_is_served_while_a_bulk_run_is_under_way() {
         .unwrap();
     assert_eq!(one.output, Ok(model.out(500)));
     let meta = one.metadata.unwrap();
-    assert_eq!((meta.model_name.as_str(), meta.attempt), ("m", 1));
+    assert_eq!((&*meta.model_name, meta.attempt), ("m", 1));
     // A row that fails comes back as a failed row, not an error.
     let bad = service.infer_one(&m, &666, &RunOptions::new()).unwrap();
     assert_eq!(bad.output.unwrap_err().kind, ErrorKind::Permanent);

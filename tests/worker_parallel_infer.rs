@@ -82,11 +82,7 @@ fn results_come_back_in_input_order_for_any_pool_shape() {
         assert_eq!(out.failed, 0);
         let meta = out.rows[0].metadata.as_ref().unwrap();
         assert_eq!(
-            (
-                meta.model_name.as_str(),
-                meta.model_version.as_str(),
-                meta.attempt
-            ),
+            (&*meta.model_name, &*meta.model_version, meta.attempt),
             ("square", "v1", 1)
         );
         assert!(meta.batch_rows as usize <= batch);
@@ -229,10 +225,7 @@ fn columns_validations_and_bad_options() {
     let with_meta = default.clone().dataset_include(&[Column::Metadata]);
     let out = parallel_infer(Arc::new(Square::default()), &rows, &with_meta).unwrap();
     let m = out.rows[3].metadata.clone().unwrap();
-    assert_eq!(
-        (m.model_name.as_str(), m.model_sha.as_deref()),
-        ("square", None)
-    );
+    assert_eq!((&*m.model_name, m.model_sha.as_deref()), ("square", None));
     assert!(m.partition.starts_with("worker-") && m.pipeline_version.starts_with("lanelog-"));
     // Excluding time is an error, as in Wallaroo.
     let no_time = InferOptions::new()

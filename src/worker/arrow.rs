@@ -478,21 +478,24 @@ fn result_table<I, O: ToArrow>(
         };
         push(
             "metadata.last_model.model_name",
-            text(|m| Some(m.model_name.clone())),
+            text(|m| Some(m.model_name.to_string())),
         );
         push(
             "metadata.last_model.model_sha",
-            text(|m| m.model_sha.clone()),
+            text(|m| m.model_sha.as_deref().map(str::to_string)),
         );
         push(
             "metadata.model_version",
-            text(|m| Some(m.model_version.clone())),
+            text(|m| Some(m.model_version.to_string())),
         );
         push(
             "metadata.pipeline_version",
-            text(|m| Some(m.pipeline_version.clone())),
+            text(|m| Some(m.pipeline_version.to_string())),
         );
-        push("metadata.partition", text(|m| Some(m.partition.clone())));
+        push(
+            "metadata.partition",
+            text(|m| Some(m.partition.to_string())),
+        );
         let u32s = |v: Vec<Option<u64>>| -> ArrayRef {
             Arc::new(
                 v.into_iter()

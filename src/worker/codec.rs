@@ -44,6 +44,16 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
         .map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// Encode `value` onto the end of `out`.
+///
+/// # Errors
+/// As [`encode`].
+pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    options()
+        .serialize_into(out, value)
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
 /// Decode a record; bounded, never panics.
 ///
 /// # Errors

@@ -21,7 +21,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::job::{Job, JobResult, Provenance, RowResult};
+use super::job::{Computed, Job, JobResult, Provenance, RowNote};
 use super::pool::Shared;
 use super::registry::Erased;
 use super::run::DeadMeta;
@@ -52,7 +52,7 @@ pub(super) enum Then {
         queue_us: u64,
         decode_ns: u64,
         partition: Arc<str>,
-        rows: Vec<RowResult>,
+        computed: Computed,
         children: Vec<(usize, Job, Duration)>,
     },
     /// A one-row job failed for good, on its `attempt`-th delivery.
@@ -92,7 +92,7 @@ struct Seen {
     queue_us: u64,
     done: u64,
     failed: u64,
-    infer_us: Vec<u64>,
+    infer_us: Vec<(u64, u64)>,
 }
 
 impl Committer {
@@ -132,7 +132,7 @@ impl Committer {
                     queue_us,
                     decode_ns,
                     partition,
-                    rows,
+                    computed,
                     ..
                 } => {
                     let key = model.key();
@@ -147,32 +147,18 @@ impl Committer {
                         queue_us,
                         decode_ns,
                     };
-                    let mut result = JobResult::new(provenance, rows);
+                    let mut result = JobResult::new(provenance, computed);
                     let done = self.complete(settled.receipt, &mut result);
                     if done.is_ok() {
+                        let (done, failed) = result.counts();
                         seen.push(Seen {
                             model: (key.name.clone(), key.version.clone()),
                             lane: settled.priority,
                             enqueued_ms: settled.enqueued_ms,
                             queue_us,
-                            done: result
-                                .rows
-                                .iter()
-                                .filter(|r| matches!(r, RowResult::Done { .. }))
-                                .count() as u64,
-                            failed: result
-                                .rows
-                                .iter()
-                                .filter(|r| matches!(r, RowResult::Failed(_)))
-                                .count() as u64,
-                            infer_us: result
-                                .rows
-                                .iter()
-                                .filter_map(|r| match r {
-                                    RowResult::Done { infer_us, .. } => Some(*infer_us),
-                                    _ => None,
-                                })
-                                .collect(),
+                            done,
+                            failed,
+                            infer_us: result.infer_times(),
                         });
                     }
                     if let (Ok(()), Some((tag, id))) = (&done, settled.run) {
@@ -239,7 +225,9 @@ impl Committer {
         for h in heard {
             match h {
                 Heard::Done(tag, id, result) => {
-                    self.shared.tracker.job_done(tag, id, result, store_ns)
+                    self.shared
+                        .tracker
+                        .job_done(tag, id, Arc::new(result), store_ns)
                 }
                 Heard::Dead(tag, id, e, meta) => {
                     self.shared.tracker.job_dead(tag, id, e, Some(meta))
@@ -262,30 +250,39 @@ impl Committer {
         let mut back: Vec<(usize, usize)> = Vec::new();
         for (s, settled) in group.iter_mut().enumerate() {
             let priority = &settled.priority;
-            let Then::Complete { rows, children, .. } = &mut settled.then else {
+            let Then::Complete {
+                computed, children, ..
+            } = &mut settled.then
+            else {
                 continue;
             };
             for (i, job, delay) in children.drain(..) {
                 let ready = now.saturating_add(delay.as_millis() as u64);
                 if job.deadline_ms != 0 && job.deadline_ms <= ready + DEADLINE_MARGIN_MS {
-                    rows[i] = RowResult::Failed(RowError::new(
-                        ErrorKind::DeadlineMissed,
-                        format!(
+                    computed.note(
+                        i,
+                        RowNote::Failed(RowError::new(
+                            ErrorKind::DeadlineMissed,
+                            format!(
                             "its deadline passed before it could be tried again (last error: {})",
                             job.last_error
                                 .as_ref()
                                 .map_or_else(String::new, ToString::to_string)
                         ),
-                    ));
+                        )),
+                    );
                     continue;
                 }
                 let bytes = match job.encode() {
                     Ok(b) => b,
                     Err(e) => {
-                        rows[i] = RowResult::Failed(RowError::new(
-                            ErrorKind::Permanent,
-                            format!("cannot store its retry: {e}"),
-                        ));
+                        computed.note(
+                            i,
+                            RowNote::Failed(RowError::new(
+                                ErrorKind::Permanent,
+                                format!("cannot store its retry: {e}"),
+                            )),
+                        );
                         continue;
                     }
                 };
@@ -306,8 +303,8 @@ impl Committer {
             Ok(ids) => {
                 self.shared.jobs.sync()?;
                 for ((s, i), id) in back.into_iter().zip(ids) {
-                    if let Then::Complete { rows, .. } = &mut group[s].then {
-                        rows[i] = RowResult::Moved(id.into());
+                    if let Then::Complete { computed, .. } = &mut group[s].then {
+                        computed.note(i, RowNote::Moved(id.into()));
                     }
                 }
                 Ok(())
@@ -337,25 +334,12 @@ impl Committer {
                 Err(Error::TooLarge { max, .. }) => max,
                 other => return other,
             };
-            let largest = result
-                .rows
-                .iter()
-                .enumerate()
-                .filter_map(|(i, r)| match r {
-                    RowResult::Done { output, .. } => Some((output.len(), i)),
-                    _ => None,
-                })
-                .max();
-            let Some((len, i)) = largest else {
+            if !result.fail_largest(max) {
                 return Err(Error::TooLarge {
                     size: bytes.len(),
                     max,
                 });
-            };
-            result.rows[i] = RowResult::Failed(RowError::new(
-                ErrorKind::Permanent,
-                format!("its output of {len} bytes is too large to store (the queue takes at most {max} bytes per result)"),
-            ));
+            }
         }
     }
 }

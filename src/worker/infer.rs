@@ -17,9 +17,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::codec;
 use super::job::content_hash;
 use super::pool::PoolOptions;
+use super::rows::RowBlock;
 use super::run::{Metadata, RowOutput};
 use super::service::{rows_per_job, RunOptions, ServiceOptions};
 use super::{InferError, Model, RowError};
@@ -250,19 +250,16 @@ pub fn parallel_infer<M: Model>(
         ));
     }
     let started = Instant::now();
-    let encoded: Vec<Vec<u8>> = rows
-        .iter()
-        .map(codec::encode)
-        .collect::<std::result::Result<_, _>>()?;
-    let content = content_hash(model.version(), &encoded);
+    let block = RowBlock::encode(rows)?;
+    let content = content_hash(model.version(), &block);
     let mut run_opts = RunOptions::new().key(format!("parallel_infer-{content:016x}"));
     if let Some(b) = opts.failure_budget {
         run_opts = run_opts.failure_budget(b);
     }
     run_opts.validate()?;
-    let largest = encoded.iter().map(Vec::len).max().unwrap_or(0);
+    let largest = block.largest_row();
     let chunk = rows_per_job(opts.pool.max_batch, largest);
-    let total = encoded.iter().map(|r| r.len() + 8).sum::<usize>();
+    let total = block.byte_len() + block.len() * 8;
     let segment = segment_size_for(chunk * (largest + 8) + 256, total);
     let mut service_opts = ServiceOptions::new()
         .pool(opts.pool.clone())
@@ -277,7 +274,7 @@ pub fn parallel_infer<M: Model>(
     };
     let m = service.register(model);
     let waited = service
-        .submit_encoded(&m, encoded, &run_opts)
+        .submit_block(&m, block, Some(content), &run_opts)
         .and_then(|run| run.wait());
     let closed = service.close();
     let out = waited?;

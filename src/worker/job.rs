@@ -4,6 +4,10 @@
 //! a run's [`Manifest`] (in the runs queue). All are encoded by the one
 //! codec ([`super::codec`]).
 //!
+//! A job's rows and a result's outputs are each one [`RowBlock`] (a
+//! tensor for rows of numbers), so a job costs one allocation whatever its
+//! rows, and a result names its model once.
+//!
 //! Invariants:
 //! - Each record starts with its own magic, so a payload of another
 //!   program, of another record kind or of the first worker format (which
@@ -11,17 +15,22 @@
 //! - A job names its model by name, version and input type
 //!   ([`ModelKey`]): a worker runs it only on a model registered under that
 //!   exact key, so a row is only ever computed by its own run's model.
-//! - A job's result has one entry per row of the job, in order; a row
-//!   split off into a job of its own is [`RowResult::Moved`] to that job.
+//! - A job's result covers every row of the job: each row is computed (its
+//!   output in `outputs`, in row order) unless a note says it failed or
+//!   was split off into a job of its own ([`RowNote::Moved`]).
+//! - Blocks read back are checked ([`RowBlock::check`]) before use.
 
 use serde::{Deserialize, Serialize};
 
 use super::codec::{self, CodecError};
+use super::rows::RowBlock;
 use super::RowError;
 
-/// "LLJ2", "LLR2", "LLM2" read as little-endian u32s.
-const JOB_MAGIC: u32 = u32::from_le_bytes(*b"LLJ2");
-const RESULT_MAGIC: u32 = u32::from_le_bytes(*b"LLR2");
+/// "LLJ3", "LLR3", "LLM2" read as little-endian u32s. Version 3 of jobs
+/// and results holds rows as blocks (version 2, one encoding per row, is
+/// read as foreign: held or parked, see `Unclaimed`).
+const JOB_MAGIC: u32 = u32::from_le_bytes(*b"LLJ3");
+const RESULT_MAGIC: u32 = u32::from_le_bytes(*b"LLR3");
 const MANIFEST_MAGIC: u32 = u32::from_le_bytes(*b"LLM2");
 
 /// Which model a job needs: a registered model computes it only if all
@@ -65,8 +74,8 @@ pub(crate) struct Job {
     pub prior_attempts: u32,
     /// The error of the last failed attempt, if any.
     pub last_error: Option<RowError>,
-    /// Each row encoded by the codec as the model's input type.
-    pub rows: Vec<Vec<u8>>,
+    /// The rows, as the model's input type.
+    pub rows: RowBlock,
 }
 
 impl Job {
@@ -78,7 +87,7 @@ impl Job {
         enqueued_ms: u64,
         timeout_ms: u64,
         deadline_ms: u64,
-        rows: Vec<Vec<u8>>,
+        rows: RowBlock,
     ) -> Job {
         Job {
             magic: JOB_MAGIC,
@@ -94,9 +103,16 @@ impl Job {
         }
     }
 
-    /// Row `i` of this job alone, after `tried` deliveries that ended in
-    /// `error`.
-    pub fn split_off(&self, i: usize, tried: u32, error: RowError, now_ms: u64) -> Job {
+    /// Row `i` of this job (`row`, a block of that row alone) as a job of
+    /// its own, after `tried` deliveries that ended in `error`.
+    pub fn split_off(
+        &self,
+        row: RowBlock,
+        i: usize,
+        tried: u32,
+        error: RowError,
+        now_ms: u64,
+    ) -> Job {
         Job {
             magic: JOB_MAGIC,
             run: self.run,
@@ -107,7 +123,7 @@ impl Job {
             deadline_ms: self.deadline_ms,
             prior_attempts: tried,
             last_error: Some(error),
-            rows: vec![self.rows[i].clone()],
+            rows: row,
         }
     }
 
@@ -116,28 +132,24 @@ impl Job {
     }
 
     /// The job in `bytes`, or `None` for a payload that is not one (another
-    /// program's, or the first worker format's).
+    /// program's, or an earlier worker format's) or whose rows are damaged.
     pub fn decode(bytes: &[u8]) -> Option<Job> {
         codec::decode::<Job>(bytes)
             .ok()
-            .filter(|j| j.magic == JOB_MAGIC)
+            .filter(|j| j.magic == JOB_MAGIC && j.rows.check().is_ok())
     }
 }
 
-/// What became of one row of a job.
+/// A row of a job not computed by the job's model call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) enum RowResult {
-    /// Computed: the output encoded as the model's output type, the model
-    /// time of the call that held it (µs) and that call's rows.
-    Done {
-        output: Vec<u8>,
-        infer_us: u64,
-        batch_rows: u32,
-    },
+pub(crate) enum RowNote {
     /// Failed for good.
     Failed(RowError),
     /// Split off into a job of its own, with this id.
     Moved(u64),
+    /// Computed alone (its batch's call failed): its output is in
+    /// `outputs` as the others', its model time (µs) is its own.
+    Alone { infer_us: u64 },
 }
 
 /// A job's outcome, stored with its ack by `complete`.
@@ -160,8 +172,30 @@ pub(crate) struct JobResult {
     pub queue_us: u64,
     /// Decoding the job, ns.
     pub decode_ns: u64,
-    /// One entry per row of the job, in order.
-    pub rows: Vec<RowResult>,
+    /// Rows of the job.
+    pub rows: u32,
+    /// The model time of the call that computed the rows (µs) and that
+    /// call's rows.
+    pub infer_us: u64,
+    pub batch_rows: u32,
+    /// The outputs of the rows computed, in row order.
+    pub outputs: RowBlock,
+    /// The rows not computed by that call, by row, ascending.
+    pub notes: Vec<(u32, RowNote)>,
+}
+
+/// What a job's result says of one row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum RowFate<'a> {
+    /// Output `index` of `outputs`, computed in `infer_us` by a call of
+    /// `batch_rows` rows.
+    Done {
+        index: usize,
+        infer_us: u64,
+        batch_rows: u32,
+    },
+    Failed(&'a RowError),
+    Moved(u64),
 }
 
 /// Who computed a job and when: what a [`JobResult`] says besides its
@@ -179,8 +213,31 @@ pub(crate) struct Provenance {
     pub decode_ns: u64,
 }
 
+/// A job's rows as computed: the outputs of the rows done, and notes for
+/// the others (see [`JobResult`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Computed {
+    pub rows: u32,
+    pub infer_us: u64,
+    pub batch_rows: u32,
+    pub outputs: RowBlock,
+    pub notes: Vec<(u32, RowNote)>,
+}
+
+impl Computed {
+    /// Set the note of row `row` (a row split off: its child's id, or why
+    /// it failed after all).
+    pub fn note(&mut self, row: usize, note: RowNote) {
+        let row = row as u32;
+        match self.notes.binary_search_by_key(&row, |(at, _)| *at) {
+            Ok(i) => self.notes[i].1 = note,
+            Err(i) => self.notes.insert(i, (row, note)),
+        }
+    }
+}
+
 impl JobResult {
-    pub fn new(p: Provenance, rows: Vec<RowResult>) -> JobResult {
+    pub fn new(p: Provenance, c: Computed) -> JobResult {
         JobResult {
             magic: RESULT_MAGIC,
             model_name: p.model_name,
@@ -192,8 +249,96 @@ impl JobResult {
             finished_ms: p.finished_ms,
             queue_us: p.queue_us,
             decode_ns: p.decode_ns,
-            rows,
+            rows: c.rows,
+            infer_us: c.infer_us,
+            batch_rows: c.batch_rows,
+            outputs: c.outputs,
+            notes: c.notes,
         }
+    }
+
+    /// What became of each row, in order.
+    pub fn fates(&self) -> impl Iterator<Item = RowFate<'_>> + '_ {
+        let mut notes = self.notes.iter().peekable();
+        let mut next_output = 0;
+        (0..self.rows).map(move |row| {
+            let note = notes.next_if(|(at, _)| *at == row).map(|(_, n)| n);
+            match note {
+                Some(RowNote::Failed(e)) => RowFate::Failed(e),
+                Some(RowNote::Moved(id)) => RowFate::Moved(*id),
+                alone => {
+                    let index = next_output;
+                    next_output += 1;
+                    match alone {
+                        Some(RowNote::Alone { infer_us }) => RowFate::Done {
+                            index,
+                            infer_us: *infer_us,
+                            batch_rows: 1,
+                        },
+                        _ => RowFate::Done {
+                            index,
+                            infer_us: self.infer_us,
+                            batch_rows: self.batch_rows,
+                        },
+                    }
+                }
+            }
+        })
+    }
+
+    /// The model times of the calls that computed the rows, as (µs, rows).
+    pub fn infer_times(&self) -> Vec<(u64, u64)> {
+        let alone: Vec<(u64, u64)> = self
+            .notes
+            .iter()
+            .filter_map(|(_, n)| match n {
+                RowNote::Alone { infer_us } => Some((*infer_us, 1)),
+                _ => None,
+            })
+            .collect();
+        let batched = self.outputs.len() as u64 - alone.len() as u64;
+        let mut times = alone;
+        if batched > 0 {
+            times.push((self.infer_us, batched));
+        }
+        times
+    }
+
+    /// Rows done and rows failed.
+    pub fn counts(&self) -> (u64, u64) {
+        let failed = self
+            .notes
+            .iter()
+            .filter(|(_, n)| matches!(n, RowNote::Failed(_)))
+            .count() as u64;
+        (self.outputs.len() as u64, failed)
+    }
+
+    /// Fail the row of the largest output (it cannot be stored: the
+    /// result went over `max` bytes); `false` when no output is left.
+    pub fn fail_largest(&mut self, max: usize) -> bool {
+        let Some((len, largest)) = (0..self.outputs.len())
+            .map(|i| (self.outputs.row_bytes(i).len(), i))
+            .max()
+        else {
+            return false;
+        };
+        let Some(row) = self.fates().enumerate().find_map(|(row, f)| match f {
+            RowFate::Done { index, .. } if index == largest => Some(row as u32),
+            _ => None,
+        }) else {
+            return false;
+        };
+        let keep: Vec<bool> = (0..self.outputs.len()).map(|i| i != largest).collect();
+        self.outputs = self.outputs.select(&keep);
+        let error = RowError::new(
+            super::ErrorKind::Permanent,
+            format!("its output of {len} bytes is too large to store (the queue takes at most {max} bytes per result)"),
+        );
+        self.notes.retain(|(at, _)| *at != row);
+        let at = self.notes.partition_point(|(at, _)| *at < row);
+        self.notes.insert(at, (row, RowNote::Failed(error)));
+        true
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
@@ -204,6 +349,21 @@ impl JobResult {
         let r = codec::decode::<JobResult>(bytes)?;
         if r.magic != RESULT_MAGIC {
             return Err(CodecError::Decode("not a job result".into()));
+        }
+        r.outputs.check()?;
+        let done_notes = r
+            .notes
+            .iter()
+            .filter(|(_, n)| matches!(n, RowNote::Alone { .. }))
+            .count();
+        let undone = r.notes.len() - done_notes;
+        if r.notes.windows(2).any(|w| w[0].0 >= w[1].0)
+            || r.notes.last().is_some_and(|(at, _)| *at >= r.rows)
+            || r.outputs.len() + undone != r.rows as usize
+        {
+            return Err(CodecError::Decode(
+                "a job result whose rows do not add up".into(),
+            ));
         }
         Ok(r)
     }
@@ -280,10 +440,10 @@ impl Manifest {
     }
 }
 
-/// A 64-bit hash of the model version and the encoded rows, eight bytes at
+/// A 64-bit hash of the model version and the rows' block, eight bytes at
 /// a time. Stable across platforms and versions (runs stored on disk are
 /// compared by it).
-pub(crate) fn content_hash(version: &str, rows: &[Vec<u8>]) -> u64 {
+pub(crate) fn content_hash(version: &str, rows: &RowBlock) -> u64 {
     const K: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
@@ -300,9 +460,7 @@ pub(crate) fn content_hash(version: &str, rows: &[Vec<u8>]) -> u64 {
             .rotate_left(29);
     };
     eat(version.as_bytes());
-    for r in rows {
-        eat(r);
-    }
+    rows.hash_with(eat);
     // Final mix so every input bit reaches every output bit.
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
@@ -314,6 +472,10 @@ pub(crate) fn content_hash(version: &str, rows: &[Vec<u8>]) -> u64 {
 mod tests {
     use super::*;
 
+    /// The content hash of one row `abc` (as a `Vec<u8>`, a tensor of u8)
+    /// for model version `m1`.
+    const PINNED: u64 = 0x11c66b50dd3de0bb;
+
     fn key() -> ModelKey {
         ModelKey {
             name: "m".into(),
@@ -322,27 +484,32 @@ mod tests {
         }
     }
 
+    fn block(rows: &[&[u8]]) -> RowBlock {
+        RowBlock::encode(&rows.iter().map(|r| r.to_vec()).collect::<Vec<_>>()).unwrap()
+    }
+
     #[test]
     fn content_hashes_tell_tables_apart() {
-        let rows = |v: &[&[u8]]| v.iter().map(|r| r.to_vec()).collect::<Vec<_>>();
-        let a = content_hash("m1", &rows(&[b"abc", b"defghijkl"]));
-        assert_eq!(a, content_hash("m1", &rows(&[b"abc", b"defghijkl"])));
+        let a = content_hash("m1", &block(&[b"abc", b"defghijkl"]));
+        assert_eq!(a, content_hash("m1", &block(&[b"abc", b"defghijkl"])));
         // Another model version, row boundary, order, or a byte: another run.
-        assert_ne!(a, content_hash("m2", &rows(&[b"abc", b"defghijkl"])));
-        assert_ne!(a, content_hash("m1", &rows(&[b"abcd", b"efghijkl"])));
-        assert_ne!(a, content_hash("m1", &rows(&[b"defghijkl", b"abc"])));
-        assert_ne!(a, content_hash("m1", &rows(&[b"abc", b"defghijkm"])));
+        assert_ne!(a, content_hash("m2", &block(&[b"abc", b"defghijkl"])));
+        assert_ne!(a, content_hash("m1", &block(&[b"abcd", b"efghijkl"])));
+        assert_ne!(a, content_hash("m1", &block(&[b"defghijkl", b"abc"])));
+        assert_ne!(a, content_hash("m1", &block(&[b"abc", b"defghijkm"])));
         assert_ne!(
-            content_hash("", &rows(&[b""])),
-            content_hash("", &rows(&[b"", b""]))
+            content_hash("", &block(&[b""])),
+            content_hash("", &block(&[b"", b""]))
         );
+        let t = |rows: &[Vec<f32>]| content_hash("m", &RowBlock::encode(rows).unwrap());
+        assert_ne!(t(&[vec![1.0, 2.0]]), t(&[vec![1.0], vec![2.0]]));
         // Pinned: hashes name runs stored on disk.
-        assert_eq!(content_hash("m1", &rows(&[b"abc"])), 0xbbb4_7a03_ea44_c141);
+        assert_eq!(content_hash("m1", &block(&[b"abc"])), PINNED);
     }
 
     #[test]
     fn records_round_trip_and_refuse_each_other() {
-        let job = Job::new(1, 10, key(), 5, 1000, 0, vec![vec![1, 2], vec![3]]);
+        let job = Job::new(1, 10, key(), 5, 1000, 0, block(&[&[1, 2], &[3]]));
         let jb = job.encode().unwrap();
         assert_eq!(Job::decode(&jb), Some(job.clone()));
         let p = Provenance {
@@ -356,9 +523,49 @@ mod tests {
             queue_us: 3,
             decode_ns: 2,
         };
-        let r = JobResult::new(p, vec![RowResult::Moved(4)]);
+        let computed = Computed {
+            rows: 3,
+            infer_us: 40,
+            batch_rows: 3,
+            outputs: RowBlock::encode(&[7u64, 8]).unwrap(),
+            notes: vec![(0, RowNote::Moved(4)), (2, RowNote::Alone { infer_us: 5 })],
+        };
+        let r = JobResult::new(p, computed);
         let rb = r.encode().unwrap();
-        assert_eq!(JobResult::decode(&rb).unwrap(), r);
+        let back = JobResult::decode(&rb).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(
+            back.fates().collect::<Vec<_>>(),
+            vec![
+                RowFate::Moved(4),
+                RowFate::Done {
+                    index: 0,
+                    infer_us: 40,
+                    batch_rows: 3
+                },
+                RowFate::Done {
+                    index: 1,
+                    infer_us: 5,
+                    batch_rows: 1
+                },
+            ]
+        );
+        assert_eq!(back.counts(), (2, 0));
+        let mut shrunk = back.clone();
+        assert!(shrunk.fail_largest(10));
+        assert_eq!(shrunk.counts(), (1, 1));
+        assert_eq!(
+            shrunk
+                .fates()
+                .filter(|f| matches!(f, RowFate::Failed(_)))
+                .count(),
+            1
+        );
+        assert!(JobResult::decode(&shrunk.encode().unwrap()).is_ok());
+        // A result whose rows do not add up is refused.
+        let mut wrong = r.clone();
+        wrong.rows = 5;
+        assert!(JobResult::decode(&wrong.encode().unwrap()).is_err());
         let m = Manifest::new(
             1,
             key(),

@@ -9,8 +9,9 @@
 //!
 //! # How a run flows
 //!
-//! 1. [`InferService::submit`] encodes the rows (the one codec here,
-//!    bincode 1.3) and enqueues them as *jobs* of up to `max_batch`
+//! 1. [`InferService::submit`] encodes the rows once into one block (a
+//!    tensor for rows of numbers, else each row by the one codec here,
+//!    bincode 1.3) and enqueues its slices as *jobs* of up to `max_batch`
 //!    consecutive rows (fewer if rows are large) in the service's `jobs`
 //!    queue: in the lane of the run's priority, with its deadline. Each job
 //!    names its model by name, version and row type. Once they are synced
@@ -43,6 +44,9 @@
 //! - `mod.rs`: the [`Model`] trait, [`ModelError`], [`ErrorKind`],
 //!   [`RowError`].
 //! - `codec.rs`: the one encoding of rows, outputs and records ([`codec`]).
+//! - `rows.rs`: rows as blocks (a tensor for rows of numbers), what a
+//!   model sees of a batch ([`Batch`], [`TensorView`]) and gives back
+//!   ([`Outputs`]).
 //! - `job.rs`: the records stored: a job, its result, a run's manifest.
 //! - `registry.rs`: the registered models behind one object-safe face.
 //! - `error.rs`: [`InferError`], what the inference layer returns.
@@ -72,6 +76,7 @@ mod job;
 mod onnx;
 mod pool;
 mod registry;
+mod rows;
 mod run;
 mod runner;
 mod service;
@@ -90,6 +95,7 @@ pub use infer::{parallel_infer, Column, InferOptions, InferResult, InferRow};
 #[cfg(feature = "onnx")]
 pub use onnx::{OnnxModel, OnnxOutputs};
 pub use pool::PoolOptions;
+pub use rows::{Batch, Elem, Element, Outputs, TensorView};
 pub use run::{Elapsed, Metadata, Progress, RowOutput, Run, RunId, RunOutput};
 pub use service::{InferService, ModelRef, RunOptions, ServiceOptions, Unclaimed};
 pub use stats::{Latency, RowCount, ServiceStats, METRIC_NAMES};
@@ -134,6 +140,22 @@ pub trait Model: Send + Sync + 'static {
     /// happens next: a [`ErrorKind::Transient`] failure is retried with
     /// backoff, a [`ErrorKind::Permanent`] one is not.
     fn infer(&self, rows: &[Self::Input]) -> Result<Vec<Self::Output>, ModelError>;
+
+    /// Run the model on a micro-batch as the workers hold it: what they
+    /// call. A job's rows are one block; when they are numbers of one
+    /// width, [`Batch::tensor`] gives them as one tensor (rows × width) to
+    /// hand to a runtime without a copy per row, and [`Outputs::tensor`]
+    /// takes the outputs back as one. Default: [`Model::infer`] on the
+    /// rows decoded ([`Batch::rows`]).
+    ///
+    /// # Errors
+    /// As [`Model::infer`].
+    fn infer_batch(
+        &self,
+        batch: &Batch<'_, Self::Input>,
+    ) -> Result<Outputs<Self::Output>, ModelError> {
+        Ok(Outputs::rows(self.infer(batch.rows()?)?))
+    }
 }
 
 /// Why a row failed, which decides whether it is tried again.

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use tract_onnx::prelude::*;
 
-use super::{Model, ModelError};
+use super::{Batch, Model, ModelError, Outputs};
 
 /// What both model types hold: the runnable plan of a file and its names.
 struct Loaded {
@@ -72,7 +72,17 @@ impl Loaded {
             )));
         }
         let flat: Vec<f32> = rows.iter().flatten().copied().collect();
-        let input = tract_ndarray::Array2::from_shape_vec((rows.len(), self.features), flat)
+        Ok(self
+            .run_flat(rows.len(), flat)?
+            .into_iter()
+            .map(|(k, values)| values.chunks(k.max(1)).map(<[f32]>::to_vec).collect())
+            .collect())
+    }
+
+    /// Run the model on `rows` rows of `features` values, row after row in
+    /// `flat`; each output as (values per row, every value row after row).
+    fn run_flat(&self, rows: usize, flat: Vec<f32>) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
+        let input = tract_ndarray::Array2::from_shape_vec((rows, self.features), flat)
             .map_err(|e| ModelError::permanent(format!("cannot shape the batch: {e}")))?;
         let out = self
             .plan
@@ -86,9 +96,8 @@ impl Loaded {
                 let view = tensor
                     .to_plain_array_view::<f32>()
                     .map_err(|e| ModelError::permanent(format!("unexpected output type: {e}")))?;
-                let k = view.len() / rows.len().max(1);
-                let values = view.iter().copied().collect::<Vec<f32>>();
-                Ok(values.chunks(k.max(1)).map(<[f32]>::to_vec).collect())
+                let k = view.len() / rows.max(1);
+                Ok((k, view.iter().copied().collect::<Vec<f32>>()))
             })
             .collect()
     }
@@ -167,6 +176,27 @@ impl Model for OnnxModel {
         outputs
             .pop()
             .ok_or_else(|| ModelError::permanent("the model gave no output"))
+    }
+
+    /// The batch as one tensor in, the output as one tensor out: no
+    /// vector per row either way.
+    fn infer_batch(&self, batch: &Batch<'_, Vec<f32>>) -> Result<Outputs<Vec<f32>>, ModelError> {
+        let Some(t) = batch.tensor::<f32>() else {
+            return Ok(Outputs::rows(self.infer(batch.rows()?)?));
+        };
+        if t.width() != self.loaded.features {
+            return Err(ModelError::permanent(format!(
+                "rows have {} values; the model takes {}",
+                t.width(),
+                self.loaded.features
+            )));
+        }
+        let (k, values) = self
+            .loaded
+            .run_flat(t.rows(), t.as_slice().to_vec())?
+            .pop()
+            .ok_or_else(|| ModelError::permanent("the model gave no output"))?;
+        Outputs::tensor(t.rows(), k, values)
     }
 }
 

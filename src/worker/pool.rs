@@ -35,8 +35,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::committer::{Committer, Settled, Then};
-use super::job::{Job, ModelKey, RowResult};
+use super::job::{Computed, Job, ModelKey, RowNote};
 use super::registry::{Erased, Registry};
+use super::rows::RowBlock;
 use super::run::{Tracker, POLL};
 use super::runner::Runner;
 use super::service::Unclaimed;
@@ -409,7 +410,10 @@ struct Worker {
 /// A leased job, decoded, with the model that runs it.
 struct Leased {
     delivery: Delivery,
+    /// The job, its rows taken out into `rows`.
     job: Job,
+    /// The job's rows, shared with the runner thread for the model call.
+    rows: Arc<RowBlock>,
     model: Arc<dyn Erased>,
     /// Time to decode the job.
     decode_ns: u64,
@@ -422,11 +426,27 @@ impl Leased {
             .prior_attempts
             .saturating_add(self.delivery.attempt)
     }
+
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
 }
 
-/// What became of one row in a model call: its output (with the call's
-/// model time in µs and rows), or its error.
-type Fate = Result<(Vec<u8>, u64, u32), RowError>;
+/// What the model calls made of a job's rows.
+enum Fate {
+    /// Every row computed by one call: the outputs, the call's model time
+    /// (µs) and its rows.
+    Batch {
+        outputs: RowBlock,
+        infer_us: u64,
+        batch_rows: u32,
+    },
+    /// The call failed and each row ran alone: its output and model time,
+    /// or its error.
+    Rows(Vec<Result<(RowBlock, u64), RowError>>),
+    /// Every row failed with this error (a timeout, or a one-row call).
+    Failed(RowError),
+}
 
 impl Worker {
     fn run(mut self) {
@@ -469,6 +489,8 @@ impl Worker {
         }
     }
 
+    /// Decide the fate of each job leased: run the runnable ones, settle
+    /// the others.
     fn process(&mut self, batch: Vec<Delivery>, runner: &mut Runner) -> Vec<Settled> {
         let mut settled = Vec::with_capacity(batch.len());
         let mut runnable: Vec<Leased> = Vec::with_capacity(batch.len());
@@ -477,7 +499,7 @@ impl Worker {
             let decoding = Instant::now();
             let decoded = Job::decode(&d.payload);
             let decode_ns = decoding.elapsed().as_nanos() as u64;
-            let Some(job) = decoded else {
+            let Some(mut job) = decoded else {
                 settled.extend(self.unclaimed(
                     d,
                     None,
@@ -492,21 +514,29 @@ impl Worker {
                 settled.extend(self.unclaimed(d, key, why));
                 continue;
             };
+            let job_rows = Arc::new(std::mem::replace(&mut job.rows, RowBlock::none()));
             let leased = Leased {
                 delivery: d,
                 job,
+                rows: job_rows,
                 model,
                 decode_ns,
             };
             let attempt = leased.attempt();
             let last = leased.job.last_error.clone();
+            let n = leased.len();
             if self.shared.tracker.is_cancelled(leased.job.run) {
                 let why = RowError::new(ErrorKind::Cancelled, "its run was cancelled");
-                let rows = vec![RowResult::Failed(why); leased.job.rows.len()];
-                settled.push(self.complete(&leased, rows, Vec::new(), 0));
-            } else if leased.job.rows.is_empty() {
-                settled.push(self.complete(&leased, Vec::new(), Vec::new(), 0));
-            } else if leased.job.rows.len() > 1 && leased.delivery.attempt > 1 {
+                let computed = all_noted(n, |_| RowNote::Failed(why.clone()));
+                settled.push(self.complete(&leased, computed, Vec::new(), 0));
+            } else if n == 0 {
+                settled.push(self.complete(
+                    &leased,
+                    all_noted(0, |_| RowNote::Moved(0)),
+                    Vec::new(),
+                    0,
+                ));
+            } else if n > 1 && leased.delivery.attempt > 1 {
                 // Its worker died or timed out on it: find the culprit row
                 // by row, without running the rest together again. This
                 // delivery ran nothing: it does not count as a try.
@@ -516,10 +546,9 @@ impl Worker {
                         "its worker stopped before storing a result (lease expired)",
                     )
                 });
-                let children = (0..leased.job.rows.len())
-                    .map(|i| (i, why.clone(), Duration::ZERO))
-                    .collect();
-                settled.push(self.split(&leased, attempt - 1, children, Vec::new(), 0));
+                let failed = (0..n).map(|i| (i, why.clone(), Duration::ZERO)).collect();
+                let computed = all_noted(n, |_| RowNote::Moved(0));
+                settled.push(self.split(&leased, attempt - 1, failed, computed, 0));
             } else if let Some(e) = last.filter(|e| {
                 e.kind == ErrorKind::Permanent || attempt > self.shared.opts.retries + 1
             }) {
@@ -546,14 +575,14 @@ impl Worker {
                 runnable.into_iter().partition(|l| l.job.model == key);
             runnable = rest;
             let fates = self.run_model(runner, &group);
-            for (leased, fates) in group.iter().zip(fates) {
-                settled.push(self.settle(leased, fates));
+            for (leased, fate) in group.iter().zip(fates) {
+                settled.push(self.settle(leased, fate));
             }
         }
         settled
     }
 
-    /// A job no registered model takes: held, or parked, as configured.
+    /// Hold or park a job no model here takes (see [`Unclaimed`]).
     fn unclaimed(&self, d: Delivery, key: Option<ModelKey>, why: String) -> Option<Settled> {
         match self.shared.unclaimed {
             Unclaimed::Wait => {
@@ -582,81 +611,98 @@ impl Worker {
         }
     }
 
-    /// Run each job's rows on `model` in calls of at most `max_batch` rows;
-    /// a failed call is retried row by row to find the failing rows. One
-    /// list of fates per job.
-    fn run_model(&self, runner: &mut Runner, jobs: &[Leased]) -> Vec<Vec<Fate>> {
+    /// Run jobs of one model: consecutive jobs of one row layout share a
+    /// call of up to `max_batch` rows (a job is never cut across calls).
+    /// A failed call of several rows runs each row alone to find the
+    /// failing ones. One fate per job, in order.
+    fn run_model(&self, runner: &mut Runner, jobs: &[Leased]) -> Vec<Fate> {
         let model = jobs[0].model.clone();
-        let mut fates: Vec<Vec<Fate>> = jobs
-            .iter()
-            .map(|l| Vec::with_capacity(l.job.rows.len()))
-            .collect();
-        let rows: Vec<(usize, &Vec<u8>)> = jobs
-            .iter()
-            .enumerate()
-            .flat_map(|(j, l)| l.job.rows.iter().map(move |r| (j, r)))
-            .collect();
-        for call in rows.chunks(self.shared.opts.max_batch) {
-            let mut receipts: Vec<Receipt> = call
-                .iter()
-                .map(|(j, _)| jobs[*j].delivery.receipt)
-                .collect();
-            receipts.dedup();
+        let mut fates = Vec::with_capacity(jobs.len());
+        let mut start = 0;
+        while start < jobs.len() {
+            let mut end = start + 1;
+            let mut rows = jobs[start].len();
+            while end < jobs.len()
+                && jobs[end].rows.same_layout(&jobs[start].rows)
+                && rows + jobs[end].len() <= self.shared.opts.max_batch
+            {
+                rows += jobs[end].len();
+                end += 1;
+            }
+            let call = &jobs[start..end];
+            start = end;
+            let receipts: Vec<Receipt> = call.iter().map(|l| l.delivery.receipt).collect();
             // The shortest timeout of the jobs in the call: no row waits
             // longer than its own run allows.
             let timeout = call
                 .iter()
-                .map(|(j, _)| Duration::from_millis(jobs[*j].job.timeout_ms.max(1)))
+                .map(|l| Duration::from_millis(l.job.timeout_ms.max(1)))
                 .min()
                 .unwrap_or(self.shared.opts.timeout);
-            let inputs: Vec<Vec<u8>> = call.iter().map(|(_, r)| (*r).clone()).collect();
-            let n = call.len() as u32;
+            let block = if call.len() == 1 {
+                call[0].rows.clone()
+            } else {
+                Arc::new(RowBlock::concat(
+                    &call.iter().map(|l| &*l.rows).collect::<Vec<_>>(),
+                ))
+            };
             let started = Instant::now();
-            let outcome = self.infer(runner, &model, inputs, timeout, &receipts);
-            let us = started.elapsed().as_micros() as u64;
+            let outcome = self.infer(runner, &model, block, timeout, &receipts);
+            let infer_us = started.elapsed().as_micros() as u64;
             match outcome {
+                Ok(outputs) if call.len() == 1 => fates.push(Fate::Batch {
+                    outputs,
+                    infer_us,
+                    batch_rows: rows as u32,
+                }),
                 Ok(outputs) => {
-                    for ((j, _), o) in call.iter().zip(outputs) {
-                        fates[*j].push(Ok((o, us, n)));
+                    let mut at = 0;
+                    for l in call {
+                        fates.push(Fate::Batch {
+                            outputs: outputs.slice(at, at + l.len()),
+                            infer_us,
+                            batch_rows: rows as u32,
+                        });
+                        at += l.len();
                     }
                 }
-                Err(e) if call.len() > 1 && e.kind() != ErrorKind::Timeout => {
+                Err(e) if rows > 1 && e.kind() != ErrorKind::Timeout => {
                     // Find the failing rows: run each alone.
-                    for (j, row) in call {
-                        let receipt = [jobs[*j].delivery.receipt];
-                        let started = Instant::now();
-                        let one =
-                            self.infer(runner, &model, vec![(*row).clone()], timeout, &receipt);
-                        let us = started.elapsed().as_micros() as u64;
-                        fates[*j].push(match one {
-                            Ok(mut o) => Ok((o.remove(0), us, 1)),
-                            Err(e) => Err(e.into()),
-                        });
+                    for l in call {
+                        let receipt = [l.delivery.receipt];
+                        let alone = (0..l.len())
+                            .map(|i| {
+                                let row = Arc::new(l.rows.slice(i, i + 1));
+                                let started = Instant::now();
+                                let one = self.infer(runner, &model, row, timeout, &receipt);
+                                let us = started.elapsed().as_micros() as u64;
+                                one.map(|o| (o, us)).map_err(RowError::from)
+                            })
+                            .collect();
+                        fates.push(Fate::Rows(alone));
                     }
                 }
                 Err(e) => {
                     let e = RowError::from(e);
-                    for (j, _) in call {
-                        fates[*j].push(Err(e.clone()));
-                    }
+                    fates.extend(call.iter().map(|_| Fate::Failed(e.clone())));
                 }
             }
         }
         fates
     }
 
-    /// Run the model on the runner thread, renewing the leases of
-    /// `receipts` while it runs.
+    /// One model call on the runner thread, renewing the leases of the
+    /// jobs in it while it runs.
     fn infer(
         &self,
         runner: &mut Runner,
         model: &Arc<dyn Erased>,
-        inputs: Vec<Vec<u8>>,
+        rows: Arc<RowBlock>,
         timeout: Duration,
         receipts: &[Receipt],
-    ) -> Result<Vec<Vec<u8>>, ModelError> {
+    ) -> Result<RowBlock, ModelError> {
         let lease = self.shared.opts.lease;
-        runner.call(model.clone(), inputs, timeout, lease / 3, || {
+        runner.call(model.clone(), rows, timeout, lease / 3, || {
             for r in receipts {
                 // A lease already lost is settled by whoever has it now.
                 let _ = self.shared.jobs.extend_lease(*r, lease);
@@ -664,58 +710,61 @@ impl Worker {
         })
     }
 
-    /// What to do with a job that ran: complete it when every row has an
-    /// outcome; else a one-row job is retried (nack with backoff) or
-    /// dead-lettered, and a job of several rows splits its failed rows off
-    /// into one-row jobs (retried, or parked at once when out of retries or
-    /// permanent).
-    fn settle(&mut self, leased: &Leased, fates: Vec<Fate>) -> Settled {
+    /// A job's fate after its model call: complete it, retry it, park it,
+    /// or complete the rows done and split off the failed ones.
+    fn settle(&mut self, leased: &Leased, fate: Fate) -> Settled {
         let attempt = leased.attempt();
         let queue_us = wall_ms().saturating_sub(leased.job.enqueued_ms) * 1000;
         let out_of_retries = attempt > self.shared.opts.retries;
-        if leased.job.rows.len() == 1 {
-            return match fates.into_iter().next() {
-                Some(Ok((output, infer_us, batch_rows))) => {
-                    let row = RowResult::Done {
-                        output,
-                        infer_us,
-                        batch_rows,
-                    };
-                    self.complete(leased, vec![row], Vec::new(), queue_us)
-                }
-                Some(Err(e)) if e.kind == ErrorKind::Permanent || out_of_retries => {
-                    self.dead(leased, e, attempt)
-                }
-                Some(Err(e)) => {
-                    let delay = self.backoff(e.kind, attempt);
-                    self.shared.health.note(format!(
-                        "retrying job {} in {delay:?}: {e}",
-                        leased.delivery.id
-                    ));
-                    Settled {
-                        receipt: leased.delivery.receipt,
-                        run: Some((leased.job.run, leased.delivery.id.into())),
-                        priority: leased.delivery.priority,
-                        enqueued_ms: leased.job.enqueued_ms,
-                        then: Then::Retry(delay),
-                    }
-                }
-                None => self.dead(
-                    leased,
-                    RowError::new(ErrorKind::Permanent, "the model gave the row no outcome"),
-                    attempt,
-                ),
-            };
-        }
-        let mut rows = Vec::with_capacity(fates.len());
-        let mut failed = Vec::new();
-        for (i, fate) in fates.into_iter().enumerate() {
-            match fate {
-                Ok((output, infer_us, batch_rows)) => rows.push(RowResult::Done {
-                    output,
+        let n = leased.len();
+        let rows: Vec<Result<(RowBlock, u64), RowError>> = match fate {
+            Fate::Batch {
+                outputs,
+                infer_us,
+                batch_rows,
+            } => {
+                let computed = Computed {
+                    rows: n as u32,
                     infer_us,
                     batch_rows,
-                }),
+                    outputs,
+                    notes: Vec::new(),
+                };
+                return self.complete(leased, computed, Vec::new(), queue_us);
+            }
+            // A one-row job's error decides the job: retried whole, or
+            // parked.
+            Fate::Rows(mut rows) if n == 1 => match rows.pop() {
+                Some(Ok((outputs, infer_us))) => {
+                    let computed = Computed {
+                        rows: 1,
+                        infer_us,
+                        batch_rows: 1,
+                        outputs,
+                        notes: Vec::new(),
+                    };
+                    return self.complete(leased, computed, Vec::new(), queue_us);
+                }
+                Some(Err(e)) => return self.one_failed(leased, e),
+                None => {
+                    let e =
+                        RowError::new(ErrorKind::Permanent, "the model gave the row no outcome");
+                    return self.one_failed(leased, e);
+                }
+            },
+            Fate::Failed(e) if n == 1 => return self.one_failed(leased, e),
+            Fate::Failed(e) => (0..n).map(|_| Err(e.clone())).collect(),
+            Fate::Rows(rows) => rows,
+        };
+        let mut outputs = Vec::with_capacity(rows.len());
+        let mut notes = Vec::new();
+        let mut failed = Vec::new();
+        for (i, row) in rows.into_iter().enumerate() {
+            match row {
+                Ok((output, infer_us)) => {
+                    outputs.push(output);
+                    notes.push((i as u32, RowNote::Alone { infer_us }));
+                }
                 Err(e) => {
                     let delay = if e.kind == ErrorKind::Permanent || out_of_retries {
                         Duration::ZERO
@@ -723,43 +772,72 @@ impl Worker {
                         self.backoff(e.kind, attempt)
                     };
                     // Replaced by the child's id when it is enqueued.
-                    rows.push(RowResult::Moved(0));
+                    notes.push((i as u32, RowNote::Moved(0)));
                     failed.push((i, e, delay));
                 }
             }
         }
+        let computed = Computed {
+            rows: n as u32,
+            infer_us: 0,
+            batch_rows: 1,
+            outputs: RowBlock::concat(&outputs.iter().collect::<Vec<_>>()),
+            notes,
+        };
         if failed.is_empty() {
-            return self.complete(leased, rows, Vec::new(), queue_us);
+            return self.complete(leased, computed, Vec::new(), queue_us);
         }
-        self.split(leased, attempt, failed, rows, queue_us)
+        self.split(leased, attempt, failed, computed, queue_us)
     }
 
-    /// Split rows of `leased` off into one-row jobs ((index, last error,
-    /// delay) each, carrying `tried` attempts); `rows` holds the outcomes
-    /// of the others (empty: every row moves).
+    /// A one-row job failed: retry it whole after a backoff, or park it
+    /// (a permanent error, or out of retries).
+    fn one_failed(&mut self, leased: &Leased, e: RowError) -> Settled {
+        let attempt = leased.attempt();
+        if e.kind == ErrorKind::Permanent || attempt > self.shared.opts.retries {
+            return self.dead(leased, e, attempt);
+        }
+        let delay = self.backoff(e.kind, attempt);
+        self.shared.health.note(format!(
+            "retrying job {} in {delay:?}: {e}",
+            leased.delivery.id
+        ));
+        Settled {
+            receipt: leased.delivery.receipt,
+            run: Some((leased.job.run, leased.delivery.id.into())),
+            priority: leased.delivery.priority,
+            enqueued_ms: leased.job.enqueued_ms,
+            then: Then::Retry(delay),
+        }
+    }
+
+    /// Complete a job with the rows it computed, its failed rows split
+    /// off into one-row jobs (their ids filled in by the committer).
     fn split(
         &self,
         leased: &Leased,
         tried: u32,
         failed: Vec<(usize, RowError, Duration)>,
-        mut rows: Vec<RowResult>,
+        computed: Computed,
         queue_us: u64,
     ) -> Settled {
-        if rows.is_empty() {
-            rows = vec![RowResult::Moved(0); leased.job.rows.len()];
-        }
         let now = wall_ms();
         let children = failed
             .into_iter()
-            .map(|(i, e, delay)| (i, leased.job.split_off(i, tried, e, now), delay))
+            .map(|(i, e, delay)| {
+                let child = leased
+                    .job
+                    .split_off(leased.rows.slice(i, i + 1), i, tried, e, now);
+                (i, child, delay)
+            })
             .collect();
-        self.complete(leased, rows, children, queue_us)
+        self.complete(leased, computed, children, queue_us)
     }
 
     fn complete(
         &self,
         leased: &Leased,
-        rows: Vec<RowResult>,
+        computed: Computed,
         children: Vec<(usize, Job, Duration)>,
         queue_us: u64,
     ) -> Settled {
@@ -774,13 +852,12 @@ impl Worker {
                 queue_us,
                 decode_ns: leased.decode_ns,
                 partition: self.partition.clone(),
-                rows,
+                computed,
                 children,
             },
         }
     }
 
-    /// Park a one-row job that failed for good after `attempt` tries.
     fn dead(&self, leased: &Leased, error: RowError, attempt: u32) -> Settled {
         Settled {
             receipt: leased.delivery.receipt,
@@ -795,8 +872,6 @@ impl Worker {
         }
     }
 
-    /// Exponential backoff with jitter (half fixed, half random), from the
-    /// kind's first delay up to its maximum.
     fn backoff(&mut self, kind: ErrorKind, attempt: u32) -> Duration {
         let (first, max) = match kind {
             ErrorKind::Timeout => self.shared.opts.timeout_backoff,
@@ -815,3 +890,14 @@ impl Worker {
 
 /// Settled batches per worker the committer may have waiting.
 const COMMIT_QUEUE: usize = 32;
+
+/// A job of `n` rows none of which was computed, each noted by `note`.
+fn all_noted(n: usize, note: impl Fn(usize) -> RowNote) -> Computed {
+    Computed {
+        rows: n as u32,
+        infer_us: 0,
+        batch_rows: 0,
+        outputs: RowBlock::none(),
+        notes: (0..n).map(|i| (i as u32, note(i))).collect(),
+    }
+}

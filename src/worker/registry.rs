@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::codec;
 use super::job::ModelKey;
+use super::rows::{run_block, RowBlock};
 use super::{Model, ModelError};
 
 /// A model that runs on encoded rows.
@@ -24,7 +24,7 @@ pub(crate) trait Erased: Send + Sync {
 
     /// Decode `rows`, run the model, encode its outputs: one per row, in
     /// order. A row or output the codec refuses is a permanent failure.
-    fn infer(&self, rows: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, ModelError>;
+    fn infer(&self, rows: &RowBlock) -> Result<RowBlock, ModelError>;
 }
 
 struct Typed<M: Model> {
@@ -42,25 +42,8 @@ impl<M: Model> Erased for Typed<M> {
         &self.sha256
     }
 
-    fn infer(&self, rows: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, ModelError> {
-        let inputs = rows
-            .iter()
-            .map(|r| codec::decode::<M::Input>(r))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ModelError::permanent(format!("undecodable row: {e}")))?;
-        let outputs = self.model.infer(&inputs)?;
-        if outputs.len() != inputs.len() {
-            return Err(ModelError::permanent(format!(
-                "model returned {} outputs for {} rows",
-                outputs.len(),
-                inputs.len()
-            )));
-        }
-        outputs
-            .iter()
-            .map(codec::encode)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ModelError::permanent(format!("cannot store the output: {e}")))
+    fn infer(&self, rows: &RowBlock) -> Result<RowBlock, ModelError> {
+        run_block(&*self.model, rows)
     }
 }
 

@@ -25,8 +25,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use super::codec;
-use super::job::{JobResult, JobSpan, ModelKey, RowResult};
+use super::job::{JobResult, JobSpan, ModelKey, RowFate};
 use super::pool::Shared;
 use super::stats::Recorder;
 use super::{ErrorKind, InferError, Model, RowError};
@@ -79,18 +78,19 @@ pub struct Elapsed {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Metadata {
-    /// The model's name (`last_model.model_name`).
-    pub model_name: String,
+    /// The model's name (`last_model.model_name`). The strings here are
+    /// shared by the rows of a job (one allocation per job, not per row).
+    pub model_name: Arc<str>,
     /// The model's version (the hash it is registered under).
-    pub model_version: String,
+    pub model_version: Arc<str>,
     /// The SHA-256 of the model file in hex (`last_model.model_sha`), when
     /// the model has a file.
-    pub model_sha: Option<String>,
+    pub model_sha: Option<Arc<str>>,
     /// The service's pipeline version
     /// ([`ServiceOptions::pipeline_version`](super::ServiceOptions::pipeline_version)).
-    pub pipeline_version: String,
+    pub pipeline_version: Arc<str>,
     /// The worker that computed the row (`worker-<n>`).
-    pub partition: String,
+    pub partition: Arc<str>,
     /// Which delivery produced the result (1 on the first).
     pub attempt: u32,
     /// Time per step.
@@ -133,13 +133,13 @@ pub(crate) struct DeadMeta {
     pub attempt: u32,
 }
 
-/// What a job's rows share.
+/// What a job's rows share: their metadata, less the per-row parts.
 struct JobMeta {
-    model_name: String,
-    model_version: String,
-    model_sha: String,
-    pipeline_version: String,
-    partition: String,
+    model_name: Arc<str>,
+    model_version: Arc<str>,
+    model_sha: Option<Arc<str>>,
+    pipeline_version: Arc<str>,
+    partition: Arc<str>,
     attempt: u32,
     finished_ms: u64,
     queue_us: u64,
@@ -147,18 +147,39 @@ struct JobMeta {
     store_ns: u64,
 }
 
-/// A finished row, its output still encoded.
-struct Slot {
-    output: Result<Vec<u8>, RowError>,
+/// A job whose result a run holds: its metadata and its outputs, still
+/// encoded (decoded all at once when the run's output is made).
+struct JobOut {
+    meta: Arc<JobMeta>,
+    result: Arc<JobResult>,
+}
+
+/// A row's outcome, small: a computed row points at its job's outputs.
+enum Slot {
+    /// Not finished.
+    Empty,
+    /// Output `index` of job `job` (in [`State::jobs`]).
+    Done {
+        job: u32,
+        index: u32,
+        infer_us: u64,
+        batch_rows: u32,
+    },
+    Failed(Box<Failed>),
+}
+
+/// A row failed for good.
+struct Failed {
+    error: RowError,
     meta: Option<Arc<JobMeta>>,
-    infer_us: u64,
-    batch_rows: u32,
     finished_ms: u64,
 }
 
 #[derive(Default)]
 struct State {
-    slots: Vec<Option<Slot>>,
+    slots: Vec<Slot>,
+    /// The jobs whose outputs the slots point at.
+    jobs: Vec<JobOut>,
     done: usize,
     failed: usize,
     /// Job id -> (first row, rows).
@@ -176,23 +197,25 @@ struct State {
 
 /// What a run heard of a job it did not expect yet.
 enum Early {
-    Done(JobResult, u64),
+    Done(Arc<JobResult>, u64),
     Dead(RowError, Option<DeadMeta>),
 }
 
 impl State {
+    /// Fill row `row` if it is not filled yet (a row computed twice keeps
+    /// the first result applied).
     fn fill(&mut self, row: u64, slot: Slot) {
         let Some(s) = self.slots.get_mut(row as usize) else {
             return;
         };
-        if s.is_some() {
+        if !matches!(s, Slot::Empty) {
             return;
         }
         self.done += 1;
-        if slot.output.is_err() {
+        if matches!(slot, Slot::Failed(_)) {
             self.failed += 1;
         }
-        *s = Some(slot);
+        *s = slot;
     }
 
     fn finished(&self) -> bool {
@@ -234,7 +257,7 @@ impl RunState {
             total,
             budget: budget.map(|b| (b * total as f64).floor() as usize),
             state: Mutex::new(State {
-                slots: std::iter::repeat_with(|| None).take(total).collect(),
+                slots: std::iter::repeat_with(|| Slot::Empty).take(total).collect(),
                 ..State::default()
             }),
             changed: Condvar::new(),
@@ -335,7 +358,7 @@ impl RunState {
     /// Job `id` completed with `result`.
     /// Job `id` completed with `result`, stored in `store_ns` (0 when read
     /// back).
-    pub fn apply_done(&self, id: u64, result: JobResult, store_ns: u64) {
+    pub fn apply_done(&self, id: u64, result: Arc<JobResult>, store_ns: u64) {
         let mut s = self.state.lock();
         let Some((first, _)) = s.outstanding.remove(&id) else {
             if !s.sealed {
@@ -343,46 +366,63 @@ impl RunState {
             }
             return;
         };
+        let shared = |t: &str| -> Arc<str> { Arc::from(t) };
         let meta = Arc::new(JobMeta {
-            model_name: result.model_name,
-            model_version: result.model_version,
-            model_sha: result.model_sha,
-            pipeline_version: result.pipeline_version,
-            partition: result.partition,
+            model_name: shared(&result.model_name),
+            model_version: shared(&result.model_version),
+            model_sha: (!result.model_sha.is_empty()).then(|| shared(&result.model_sha)),
+            pipeline_version: shared(&result.pipeline_version),
+            partition: shared(&result.partition),
             attempt: result.attempt,
             finished_ms: result.finished_ms,
             queue_us: result.queue_us,
             decode_ns: result.decode_ns,
             store_ns,
         });
-        for (i, row) in result.rows.into_iter().enumerate() {
+        let job = s.jobs.len() as u32;
+        let failed_before = s.failed;
+        for (i, fate) in result.fates().enumerate() {
             let at = first + i as u64;
-            let slot = |output, infer_us, batch_rows| Slot {
-                output,
-                meta: Some(meta.clone()),
-                infer_us,
-                batch_rows,
-                finished_ms: meta.finished_ms,
-            };
-            match row {
-                RowResult::Done {
-                    output,
+            match fate {
+                RowFate::Done {
+                    index,
                     infer_us,
                     batch_rows,
-                } => s.fill(at, slot(Ok(output), infer_us, batch_rows)),
-                RowResult::Failed(e) => s.fill(at, slot(Err(e), 0, 0)),
-                RowResult::Moved(child) => {
+                } => s.fill(
+                    at,
+                    Slot::Done {
+                        job,
+                        index: index as u32,
+                        infer_us,
+                        batch_rows,
+                    },
+                ),
+                RowFate::Failed(e) => s.fill(
+                    at,
+                    Slot::Failed(Box::new(Failed {
+                        error: e.clone(),
+                        meta: Some(meta.clone()),
+                        finished_ms: meta.finished_ms,
+                    })),
+                ),
+                RowFate::Moved(child) => {
                     s.outstanding.insert(child, (at, 1));
                 }
             }
         }
+        s.jobs.push(JobOut {
+            meta,
+            result: result.clone(),
+        });
         self.count_end(&mut s);
+        // Waiters look only for the end, and for failures (the budget).
+        let wake = s.finished() || s.failed > failed_before;
         drop(s);
-        self.notify();
+        if wake {
+            self.notify();
+        }
     }
 
-    /// Job `id` left the queue without a result (a dead letter, removed):
-    /// each of its rows failed with `e`.
     pub fn apply_dead(&self, id: u64, e: RowError, dead: Option<DeadMeta>) {
         let mut s = self.state.lock();
         let Some((first, rows)) = s.outstanding.remove(&id) else {
@@ -392,13 +432,14 @@ impl RunState {
             return;
         };
         let now = super::wall_ms();
+        let empty: Arc<str> = Arc::from("");
         let meta = dead.map(|d| {
             Arc::new(JobMeta {
-                model_name: d.model_name,
-                model_version: d.model_version,
-                model_sha: String::new(),
-                pipeline_version: String::new(),
-                partition: String::new(),
+                model_name: Arc::from(d.model_name),
+                model_version: Arc::from(d.model_version),
+                model_sha: None,
+                pipeline_version: empty.clone(),
+                partition: empty.clone(),
                 attempt: d.attempt,
                 finished_ms: now,
                 queue_us: 0,
@@ -409,13 +450,11 @@ impl RunState {
         for i in 0..u64::from(rows) {
             s.fill(
                 first + i,
-                Slot {
-                    output: Err(e.clone()),
+                Slot::Failed(Box::new(Failed {
+                    error: e.clone(),
                     meta: meta.clone(),
-                    infer_us: 0,
-                    batch_rows: 0,
                     finished_ms: now,
-                },
+                })),
             );
         }
         self.count_end(&mut s);
@@ -491,7 +530,7 @@ impl RunState {
                             .and_then(|r| r.ok_or_else(|| "its result is gone".to_string()))
                             .and_then(|b| JobResult::decode(&b).map_err(|e| e.to_string()));
                         match read {
-                            Ok(r) => self.apply_done(id, r, 0),
+                            Ok(r) => self.apply_done(id, Arc::new(r), 0),
                             Err(e) => self.apply_dead(
                                 id,
                                 RowError::new(
@@ -539,14 +578,8 @@ impl Tracker {
             .unwrap_or_default()
     }
 
-    pub fn job_done(&self, tag: u64, id: u64, result: JobResult, store_ns: u64) {
-        let runs = self.get(tag);
-        let n = runs.len();
-        for (i, run) in runs.into_iter().enumerate() {
-            if i + 1 == n {
-                run.apply_done(id, result, store_ns);
-                break;
-            }
+    pub fn job_done(&self, tag: u64, id: u64, result: Arc<JobResult>, store_ns: u64) {
+        for run in self.get(tag) {
             run.apply_done(id, result.clone(), store_ns);
         }
     }
@@ -772,17 +805,60 @@ impl<M: Model> Run<M> {
             .cancelled
             .clone()
             .unwrap_or_else(|| RowError::new(ErrorKind::Lost, "the row has no outcome"));
+        // Each job's outputs decoded at once, then moved to their rows.
+        let mut outputs: Vec<Result<Vec<Option<M::Output>>, RowError>> = s
+            .jobs
+            .iter()
+            .map(|j| {
+                j.result
+                    .outputs
+                    .decode::<M::Output>()
+                    .map(|v| v.into_iter().map(Some).collect())
+                    .map_err(|e| {
+                        RowError::new(
+                            ErrorKind::Lost,
+                            format!("its stored output cannot be read: {e}"),
+                        )
+                    })
+            })
+            .collect();
         let mut failed = 0;
         let rows = s
             .slots
             .iter()
             .map(|slot| {
                 let row = match slot {
-                    Some(slot) => decode_row::<M::Output>(slot),
-                    None => RowOutput {
+                    Slot::Empty => RowOutput {
                         time: Timestamp(super::wall_ms()),
                         output: Err(unfinished.clone()),
                         metadata: None,
+                    },
+                    Slot::Done {
+                        job,
+                        index,
+                        infer_us,
+                        batch_rows,
+                    } => {
+                        let meta = &s.jobs[*job as usize].meta;
+                        let output = match &mut outputs[*job as usize] {
+                            Ok(values) => values
+                                .get_mut(*index as usize)
+                                .and_then(Option::take)
+                                .ok_or_else(|| {
+                                    RowError::new(ErrorKind::Lost, "its stored output is missing")
+                                }),
+                            Err(e) => Err(e.clone()),
+                        };
+                        RowOutput {
+                            time: Timestamp(meta.finished_ms),
+                            output,
+                            metadata: Some(metadata(meta, *infer_us, *batch_rows)),
+                        }
+                    }
+                    Slot::Failed(f) => RowOutput {
+                        time: Timestamp(f.finished_ms),
+                        output: Err(f.error.clone()),
+                        metadata: f.meta.as_ref().map(|m| metadata(m, 0, 0)),
                     },
                 };
                 if row.output.is_err() {
@@ -800,7 +876,6 @@ impl<M: Model> Run<M> {
     }
 }
 
-/// Counts a caller as waiting for a run while it lives.
 struct Waiting<'a>(&'a RunState);
 
 impl<'a> Waiting<'a> {
@@ -816,33 +891,21 @@ impl Drop for Waiting<'_> {
     }
 }
 
-fn decode_row<O: serde::de::DeserializeOwned>(slot: &Slot) -> RowOutput<O> {
-    let output = match &slot.output {
-        Ok(bytes) => codec::decode::<O>(bytes).map_err(|e| {
-            RowError::new(
-                ErrorKind::Lost,
-                format!("its stored output cannot be read: {e}"),
-            )
-        }),
-        Err(e) => Err(e.clone()),
-    };
-    RowOutput {
-        time: Timestamp(slot.finished_ms),
-        output,
-        metadata: slot.meta.as_ref().map(|m| Metadata {
-            model_name: m.model_name.clone(),
-            model_version: m.model_version.clone(),
-            model_sha: (!m.model_sha.is_empty()).then(|| m.model_sha.clone()),
-            pipeline_version: m.pipeline_version.clone(),
-            partition: m.partition.clone(),
-            attempt: m.attempt,
-            elapsed: Elapsed {
-                decode: Duration::from_nanos(m.decode_ns),
-                queue_wait: Duration::from_micros(m.queue_us),
-                inference: Duration::from_micros(slot.infer_us),
-                store: Duration::from_nanos(m.store_ns),
-            },
-            batch_rows: slot.batch_rows,
-        }),
+/// A row's metadata: its job's, with the row's own model time and call.
+fn metadata(m: &JobMeta, infer_us: u64, batch_rows: u32) -> Metadata {
+    Metadata {
+        model_name: m.model_name.clone(),
+        model_version: m.model_version.clone(),
+        model_sha: m.model_sha.clone(),
+        pipeline_version: m.pipeline_version.clone(),
+        partition: m.partition.clone(),
+        attempt: m.attempt,
+        elapsed: Elapsed {
+            decode: Duration::from_nanos(m.decode_ns),
+            queue_wait: Duration::from_micros(m.queue_us),
+            inference: Duration::from_micros(infer_us),
+            store: Duration::from_nanos(m.store_ns),
+        },
+        batch_rows,
     }
 }

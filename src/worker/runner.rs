@@ -15,14 +15,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::registry::Erased;
+use super::rows::RowBlock;
 use super::ModelError;
 
 /// The reply to one call: one encoded output per input, or why the call
 /// failed.
-pub(super) type Reply = std::result::Result<Vec<Vec<u8>>, ModelError>;
+pub(super) type Reply = std::result::Result<RowBlock, ModelError>;
 
 /// One call: the model and its encoded rows.
-type Call = (Arc<dyn Erased>, Vec<Vec<u8>>);
+type Call = (Arc<dyn Erased>, Arc<RowBlock>);
 
 /// A thread that runs models, so a call that hangs can be abandoned.
 pub(super) struct Runner {
@@ -63,7 +64,7 @@ impl Runner {
     pub(super) fn call(
         &mut self,
         model: Arc<dyn Erased>,
-        rows: Vec<Vec<u8>>,
+        rows: Arc<RowBlock>,
         timeout: Duration,
         renew_every: Duration,
         mut renew: impl FnMut(),

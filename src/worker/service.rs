@@ -27,10 +27,10 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::codec;
 use super::job::{content_hash, Job, JobSpan, Manifest, ModelKey};
 use super::pool::{Health, Pool, PoolOptions, Shared};
 use super::registry::Registry;
+use super::rows::RowBlock;
 use super::run::{RowOutput, Run, RunId, RunState, Tracker};
 use super::stats::ServiceStats;
 use super::{wall_ms, InferError, Model};
@@ -456,20 +456,19 @@ impl InferService {
         rows: &[M::Input],
         opts: &RunOptions,
     ) -> Result<Run<M>, InferError> {
-        let encoded = rows
-            .iter()
-            .map(codec::encode)
-            .collect::<Result<Vec<_>, _>>()?;
-        self.submit_encoded(model, encoded, opts)
+        self.submit_block(model, RowBlock::encode(rows)?, None, opts)
     }
 
-    pub(crate) fn submit_encoded<M: Model>(
+    /// [`InferService::submit`] of rows already in one block, whose
+    /// content hash may be known (`parallel_infer` made it for its key).
+    pub(crate) fn submit_block<M: Model>(
         &self,
         model: &ModelRef<M>,
-        encoded: Vec<Vec<u8>>,
+        block: RowBlock,
+        content: Option<u64>,
         opts: &RunOptions,
     ) -> Result<Run<M>, InferError> {
-        let checked = self.check(model, &encoded, opts)?;
+        let checked = self.check(model, &block, content, opts)?;
         let _turn = self.submitting.lock();
         if let Some(key) = &opts.key {
             if let Some(id) = self.runs.key_id(key)? {
@@ -482,7 +481,7 @@ impl InferService {
                 );
             }
         }
-        let mut plan = self.plan(model, encoded, opts, checked)?;
+        let mut plan = self.plan(model, &block, opts, checked)?;
         for batch in std::mem::take(&mut plan.batches) {
             let ids = self
                 .shared
@@ -513,11 +512,8 @@ impl InferService {
         rows: &[M::Input],
         opts: &RunOptions,
     ) -> Result<Run<M>, InferError> {
-        let encoded = rows
-            .iter()
-            .map(codec::encode)
-            .collect::<Result<Vec<_>, _>>()?;
-        let checked = self.check(model, &encoded, opts)?;
+        let block = RowBlock::encode(rows)?;
+        let checked = self.check(model, &block, None, opts)?;
         let _turn = self.submitting.lock_async().await;
         if let Some(key) = &opts.key {
             if let Some(id) = self.runs.key_id(key)? {
@@ -534,7 +530,7 @@ impl InferService {
                 );
             }
         }
-        let mut plan = self.plan(model, encoded, opts, checked)?;
+        let mut plan = self.plan(model, &block, opts, checked)?;
         for batch in std::mem::take(&mut plan.batches) {
             let ids = self
                 .shared
@@ -563,26 +559,26 @@ impl InferService {
     }
 
     /// Check a submission before anything is written: options, the model,
-    /// the size of its manifest.
+    /// the size of its manifest; hash its rows unless `content` is given.
     fn check<M: Model>(
         &self,
         model: &ModelRef<M>,
-        encoded: &[Vec<u8>],
+        block: &RowBlock,
+        content: Option<u64>,
         opts: &RunOptions,
     ) -> Result<Checked, InferError> {
         opts.validate()?;
         self.check_registered(&model.key)?;
-        let largest = encoded.iter().map(Vec::len).max().unwrap_or(0);
-        let chunk = rows_per_job(self.shared.opts.max_batch, largest);
-        let n_jobs = encoded.len().div_ceil(chunk);
+        let chunk = rows_per_job(self.shared.opts.max_batch, block.largest_row());
+        let n_jobs = block.len().div_ceil(chunk);
         if Manifest::size_for(n_jobs, &model.key) > crate::DEFAULT_MAX_MESSAGE_SIZE {
             return Err(InferError::InvalidArgument(format!(
                 "a table of {} rows in {n_jobs} jobs is too large for one run: submit it in parts",
-                encoded.len()
+                block.len()
             )));
         }
         Ok(Checked {
-            content: content_hash(&model.key.version, encoded),
+            content: content.unwrap_or_else(|| content_hash(&model.key.version, block)),
             chunk,
         })
     }
@@ -593,13 +589,13 @@ impl InferService {
     fn plan<M: Model>(
         &self,
         model: &ModelRef<M>,
-        encoded: Vec<Vec<u8>>,
+        block: &RowBlock,
         opts: &RunOptions,
         checked: Checked,
     ) -> Result<Plan, InferError> {
         let tag = self.tag();
         let now = wall_ms();
-        let total = encoded.len();
+        let total = block.len();
         let state = Arc::new(RunState::new(
             self.shared.recorder.clone(),
             tag,
@@ -617,10 +613,10 @@ impl InferService {
         let mut batches = Vec::new();
         let mut batch: Vec<(Vec<u8>, JobSpan)> = Vec::new();
         let mut bytes = 0;
-        let mut rows = encoded.into_iter();
         let mut first = 0u64;
         while (first as usize) < total {
-            let part: Vec<Vec<u8>> = rows.by_ref().take(checked.chunk).collect();
+            let end = (first as usize + checked.chunk).min(total);
+            let part = block.slice(first as usize, end);
             let n = part.len() as u32;
             let job = Job::new(
                 tag,
@@ -742,7 +738,7 @@ impl InferService {
             ));
         }
         self.check_registered(&model.key)?;
-        let row = codec::encode(row)?;
+        let row = RowBlock::encode(std::slice::from_ref(row))?;
         let tag = self.tag();
         let state = Arc::new(RunState::new(
             self.shared.recorder.clone(),
@@ -761,7 +757,7 @@ impl InferService {
             wall_ms(),
             timeout.as_millis() as u64,
             deadline_ms,
-            vec![row],
+            row,
         )
         .encode()?;
         let mut enqueue_opts = EnqueueOptions::new().priority(opts.priority);

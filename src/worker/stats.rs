@@ -146,8 +146,9 @@ pub(crate) struct JobRows<'a> {
     pub done: u64,
     pub failed: u64,
     pub queue_us: u64,
-    /// The model time of each computed row's call.
-    pub infer_us: &'a [u64],
+    /// The model time of the calls that computed the rows, as (µs, rows
+    /// computed by calls of that time).
+    pub infer_us: &'a [(u64, u64)],
     pub end_to_end_us: u64,
 }
 
@@ -169,8 +170,8 @@ impl Recorder {
             let n = j.done + j.failed;
             let _ = h.queue_wait.record_n(j.queue_us.max(1), n);
             let _ = h.end_to_end.record_n(j.end_to_end_us.max(1), n);
-            for &us in j.infer_us {
-                let _ = h.inference.record(us.max(1));
+            for &(us, n) in j.infer_us {
+                let _ = h.inference.record_n(us.max(1), n);
             }
         }
         #[cfg(feature = "metrics")]
@@ -244,8 +245,10 @@ fn export(j: &JobRows<'_>) {
         e2e.record(secs(j.end_to_end_us));
     }
     let infer = metrics::histogram!("lanelog_inference_seconds", "model" => model);
-    for &us in j.infer_us {
-        infer.record(secs(us));
+    for &(us, n) in j.infer_us {
+        for _ in 0..n {
+            infer.record(secs(us));
+        }
     }
 }
 
@@ -262,7 +265,7 @@ mod tests {
             done: 2,
             failed: 1,
             queue_us: 1_000,
-            infer_us: &[500, 500],
+            infer_us: &[(500, 2)],
             end_to_end_us: 2_000,
         });
         r.job(&JobRows {
@@ -271,7 +274,7 @@ mod tests {
             done: 1,
             failed: 0,
             queue_us: 3_000,
-            infer_us: &[700],
+            infer_us: &[(700, 1)],
             end_to_end_us: 4_000,
         });
         r.run_finished(false);
