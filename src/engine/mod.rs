@@ -334,10 +334,7 @@ impl Inner {
             core: Mutex::new(core),
             ready: Condvar::new(),
             ready_epoch: std::sync::atomic::AtomicU64::new(0),
-            spin: match std::thread::available_parallelism() {
-                Ok(n) if n.get() > 1 => delivery::SPIN_BEFORE_PARK,
-                _ => std::time::Duration::ZERO,
-            },
+            spin: spin_before_park(),
             sync: Mutex::new(SyncState::default()),
             synced: Condvar::new(),
             poison,
@@ -1150,4 +1147,15 @@ fn plan_chunks(items: &[NewMessage<'_>], room: usize) -> Vec<(std::ops::Range<us
 /// Bytes of records a fresh segment holds.
 fn seg_capacity(segment_size: u64) -> usize {
     segment_size as usize - header::SIZE
+}
+
+/// How long a consumer spins before it parks: only with another core to
+/// hand it work. The core count is asked once per process (it reads
+/// cgroup files, too slow for every queue an inference call opens).
+fn spin_before_park() -> std::time::Duration {
+    static SPIN: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| match std::thread::available_parallelism() {
+        Ok(n) if n.get() > 1 => delivery::SPIN_BEFORE_PARK,
+        _ => std::time::Duration::ZERO,
+    })
 }

@@ -6,6 +6,11 @@
 //! directory keeps its current entries and the entries as of the last
 //! successful `sync_dir`. [`MemoryStorage::crash`] combines these into the
 //! image a crash leaves behind.
+//!
+//! A volatile storage ([`MemoryStorage::volatile`]) keeps only the bytes
+//! reads see: nothing survives a power loss there anyway, so writes are
+//! applied once and syncs cost nothing. Queues that need no disk (an
+//! in-memory inference service) run on it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -237,6 +242,8 @@ struct State {
     counters: Counters,
     fault: Option<Fault>,
     capacity: Option<u64>,
+    /// No durable image is kept (see [`MemoryStorage::volatile`]).
+    volatile: bool,
 }
 
 impl State {
@@ -327,6 +334,18 @@ impl MemoryStorage {
         MemoryStorage::with_state(State::default())
     }
 
+    /// An empty directory that keeps no durable image: writes are applied
+    /// once, `sync_data` and `sync_dir` change nothing, and a power-loss
+    /// crash image ([`CrashPolicy::PowerLoss`],
+    /// [`CrashPolicy::DropUnsynced`]) is empty. Faults and the capacity
+    /// work as in [`MemoryStorage::new`].
+    pub fn volatile() -> MemoryStorage {
+        MemoryStorage::with_state(State {
+            volatile: true,
+            ..State::default()
+        })
+    }
+
     fn with_state(state: State) -> MemoryStorage {
         MemoryStorage {
             shared: Arc::new(Shared {
@@ -348,6 +367,8 @@ impl MemoryStorage {
         });
         let entries = match policy {
             CrashPolicy::ProcessCrash => &state.current,
+            // Nothing of a volatile storage was ever durable.
+            _ if state.volatile => &BTreeMap::new(),
             _ => &state.durable,
         };
         let current: BTreeMap<String, InodeRef> = entries
@@ -584,7 +605,14 @@ impl Storage for MemoryStorage {
         state.room_for_new(len)?;
         let mut bytes = Vec::new();
         resize(&mut bytes, to_usize(len)?)?;
-        let inode = Inode::settled(bytes);
+        let inode = if state.volatile {
+            Arc::new(Mutex::new(Inode {
+                data: bytes,
+                ..Inode::default()
+            }))
+        } else {
+            Inode::settled(bytes)
+        };
         state.current.insert(name.to_owned(), Arc::clone(&inode));
         Ok(self.handle(inode))
     }
@@ -610,7 +638,9 @@ impl Storage for MemoryStorage {
     fn sync_dir(&self) -> io::Result<()> {
         let mut state = self.shared.state.lock();
         state.enter(Op::Sync)?;
-        state.durable = state.current.clone();
+        if !state.volatile {
+            state.durable = state.current.clone();
+        }
         Ok(())
     }
 }
@@ -649,6 +679,9 @@ impl MemoryFile {
         if grows && max_len.is_some_and(|max| new_len > max) {
             return Err(enospc());
         }
+        if state.volatile {
+            return apply(&mut inode.data, &change);
+        }
         inode.change(change)
     }
 
@@ -659,6 +692,14 @@ impl MemoryFile {
         let start = to_usize(offset)?;
         let end = start.checked_add(data.len()).ok_or_else(efbig)?;
         let new_len = (end as u64).max(self.len_now());
+        if state.volatile && state.capacity.is_none() {
+            // No record of the write to keep: one copy, in place.
+            let mut inode = self.inode.lock();
+            let len = end.max(inode.data.len());
+            resize(&mut inode.data, len)?;
+            inode.data[start..end].copy_from_slice(data);
+            return Ok(());
+        }
         let change = Change::Write {
             offset: start,
             bytes: data.to_vec(),
@@ -721,7 +762,9 @@ impl StorageFile for MemoryFile {
     fn sync_data(&self) -> io::Result<()> {
         let mut state = self.shared.state.lock();
         state.enter(Op::Sync)?;
-        self.inode.lock().settle();
+        if !state.volatile {
+            self.inode.lock().settle();
+        }
         Ok(())
     }
 
@@ -1193,5 +1236,24 @@ mod tests {
         let c = s.crash(CrashPolicy::DropUnsynced);
         assert_eq!(c.read_file("f"), s.read_file("f"));
         assert_eq!(c.read_file("f").expect("f"), b"ab\0\0\0\0t\0\0");
+    }
+
+    #[test]
+    fn volatile_storage_reads_back_and_loses_everything_at_power_loss() {
+        let storage = MemoryStorage::volatile();
+        let f = storage.create("f", 4).expect("create");
+        f.write_at(2, b"abcd").expect("write");
+        f.sync_data().expect("sync");
+        storage.sync_dir().expect("sync dir");
+        assert_eq!(read(&*f), b"\0\0abcd");
+        f.set_len(3).expect("set_len");
+        assert_eq!(read(&*f), b"\0\0a");
+        let kept = storage.crash(CrashPolicy::ProcessCrash);
+        assert_eq!(kept.read_file("f").as_deref(), Some(&b"\0\0a"[..]));
+        let lost = storage.crash(CrashPolicy::DropUnsynced);
+        assert!(lost.file_names().is_empty());
+        // Faults still apply.
+        storage.set_fault(fault(storage.calls(), FaultKind::Eio, false, FaultOps::Any));
+        assert_eq!(raw_os(&f.write_at(0, b"x").unwrap_err()), Some(libc::EIO));
     }
 }

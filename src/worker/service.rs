@@ -163,7 +163,7 @@ impl ServiceOptions {
     /// # Errors
     /// As [`ServiceOptions::open`].
     pub fn open_in_memory(self) -> Result<InferService, InferError> {
-        let mem = || -> Arc<dyn Storage> { Arc::new(MemoryStorage::new()) };
+        let mem = || -> Arc<dyn Storage> { Arc::new(MemoryStorage::volatile()) };
         self.open_storage(mem(), mem())
     }
 
