@@ -197,7 +197,9 @@ async fn the_service_from_async_code_never_blocks_the_runtime_thread() {
     let service = ServiceOptions::new().pool(pool).open(dir.path()).unwrap();
     let m = service.register(Arc::new(Triple));
     let (done, beats, heartbeat) = Heartbeat::start();
-    let rows: Vec<u32> = (0..200).collect();
+    // Long enough (250 calls of 1 ms on 2 workers) that the run is still
+    // under way when its wait starts, after the interactive request.
+    let rows: Vec<u32> = (0..2000).collect();
     let work = async {
         let run = service
             .submit_async(&m, &rows, &RunOptions::new().key("async-run"))

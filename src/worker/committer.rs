@@ -3,21 +3,26 @@
 //! into one-row jobs), makes that durable, and then tells the runs.
 //!
 //! Workers hand each settled batch over a channel and go on to the next at
-//! once, so the model runs while earlier results are synced; the committer
-//! merges every batch waiting into one sync.
+//! once; the committer merges every batch waiting into one commit. Under
+//! `Immediate` it syncs at most every `SYNC_AT_LEAST_EVERY` and at least
+//! that soon after a write: a sync per commit would cost a run one
+//! fdatasync per few micro-batches, while a caller only sees results when
+//! its wait returns, and the wait syncs first.
 //!
 //! Invariants:
 //! - A job's result and its ack are one record (`complete`), so no crash
 //!   leaves a job acked without its result.
 //! - One-row jobs split off a job are enqueued and synced before the job is
 //!   completed with their ids: no crash loses a row.
-//! - A run hears of a settled job only after the sync that made it durable
-//!   (under `Immediate`), so a result a caller saw survives a crash.
+//! - A caller gets a run's results only after a sync that covers them
+//!   (`Run::wait` syncs first, under `Immediate`), so a result a caller
+//!   saw survives a crash. A result written but not yet synced that a
+//!   crash loses leaves its job pending: it is computed again, never lost.
 //! - A job whose settling fails stays leased: it comes back when its lease
 //!   ends. A poisoned or closed queue stops the pool (reported to every
 //!   waiting run by its health).
 
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,7 +80,15 @@ const DEADLINE_MARGIN_MS: u64 = 50;
 /// docs).
 pub(super) struct Committer {
     pub(super) shared: Arc<Shared>,
+    /// When the committer last synced the jobs queue.
+    pub(super) last_sync: Instant,
+    /// Whether results were written since.
+    pub(super) unsynced: bool,
 }
+
+/// Longest a written result waits for the committer's sync when nobody
+/// waits for its run (a waiter syncs at once, see `Run::wait`).
+const SYNC_AT_LEAST_EVERY: Duration = Duration::from_millis(20);
 
 /// What a commit tells the runs: (tag, job id, what became of it), with
 /// the job's lane and enqueue time for the stats.
@@ -97,9 +110,31 @@ struct Seen {
 
 impl Committer {
     /// Commit what arrives until every sender (every worker) is gone.
-    pub(super) fn run(self, inbox: &Receiver<Vec<Settled>>) {
-        while let Ok(mut group) = inbox.recv() {
-            // Merge whatever else is waiting: one sync for all of it.
+    pub(super) fn run(mut self, inbox: &Receiver<Vec<Settled>>) {
+        loop {
+            // With results written but not synced, wait only until they
+            // are due to be synced.
+            let next = if self.unsynced {
+                let due = SYNC_AT_LEAST_EVERY.saturating_sub(self.last_sync.elapsed());
+                match inbox.recv_timeout(due) {
+                    Ok(group) => Some(group),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        self.sync_now();
+                        return;
+                    }
+                }
+            } else {
+                match inbox.recv() {
+                    Ok(group) => Some(group),
+                    Err(_) => return,
+                }
+            };
+            let Some(mut group) = next else {
+                self.sync_now();
+                continue;
+            };
+            // Merge whatever else is waiting: one commit for all of it.
             while let Ok(more) = inbox.try_recv() {
                 group.extend(more);
             }
@@ -111,9 +146,24 @@ impl Committer {
         }
     }
 
+    /// Sync what was written (a failure poisons the queue, which stops the
+    /// pool: reported to every waiting run by its health).
+    fn sync_now(&mut self) {
+        if !self.unsynced {
+            return;
+        }
+        self.unsynced = false;
+        self.last_sync = Instant::now();
+        if let Err(e) = self.shared.jobs.sync() {
+            self.shared
+                .health
+                .fail(format!("the jobs queue failed: {e}"));
+        }
+    }
+
     /// Settle `group`; an error returned is fatal (a poisoned or closed
     /// queue), others are noted and leave their job leased.
-    fn commit(&self, mut group: Vec<Settled>) -> Result<(), Error> {
+    fn commit(&mut self, mut group: Vec<Settled>) -> Result<(), Error> {
         let jobs = &self.shared.jobs;
         let started = Instant::now();
         let now = wall_ms();
@@ -207,7 +257,13 @@ impl Committer {
             }
         }
         if self.shared.sync_commits {
-            jobs.sync()?;
+            if self.last_sync.elapsed() >= SYNC_AT_LEAST_EVERY {
+                jobs.sync()?;
+                self.last_sync = Instant::now();
+                self.unsynced = false;
+            } else {
+                self.unsynced = true;
+            }
         }
         let stored = wall_ms();
         let store_ns = started.elapsed().as_nanos() as u64;

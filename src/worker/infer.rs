@@ -268,29 +268,15 @@ pub fn parallel_infer<M: Model>(
     // A table's run rarely fills one segment: making the next one ahead
     // would write its zeros for nothing.
     service_opts.prepare_ahead = false;
-    let zt0 = Instant::now();
     let service = match &opts.dir {
         Some(dir) => service_opts.open(dir)?,
         None => service_opts.open_in_memory()?,
     };
     let m = service.register(model);
-    let zt1 = Instant::now();
-    let run = service.submit_block(&m, block, Some(content), &run_opts);
-    let zt2 = Instant::now();
-    let waited = run.and_then(|run| run.wait());
-    let zt3 = Instant::now();
+    let waited = service
+        .submit_block(&m, block, Some(content), &run_opts)
+        .and_then(|run| run.wait());
     let closed = service.close();
-    let zt4 = Instant::now();
-    if std::env::var_os("ZZ").is_some() {
-        eprintln!(
-            "pre {:?} open {:?} submit {:?} wait {:?} close {:?}",
-            zt0 - started,
-            zt1 - zt0,
-            zt2 - zt1,
-            zt3 - zt2,
-            zt4 - zt3
-        );
-    }
     let out = waited?;
     closed?;
     let rows_out = out

@@ -273,6 +273,8 @@ impl Pool {
             mpsc::sync_channel::<Vec<Settled>>(opts.num_parallel.saturating_mul(COMMIT_QUEUE));
         let committer = Committer {
             shared: shared.clone(),
+            last_sync: Instant::now(),
+            unsynced: false,
         };
         let committer = std::thread::Builder::new()
             .name("lanelog-committer".into())

@@ -47,7 +47,9 @@ impl std::fmt::Display for RunId {
     }
 }
 
-/// How far a run is.
+/// How far a run is: rows whose results are stored, made durable by the
+/// pool's next group commit (at most a few tens of milliseconds later) or
+/// by the wait that returns them, whichever comes first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Progress {
@@ -69,8 +71,8 @@ pub struct Elapsed {
     pub queue_wait: Duration,
     /// The model call holding the row (decoding its rows included).
     pub inference: Duration,
-    /// Storing the result durably (zero for a result read back from the
-    /// directory rather than stored by this process).
+    /// Storing the result (written with its ack; zero for a result read
+    /// back from the directory rather than stored by this process).
     pub store: Duration,
 }
 
@@ -718,8 +720,12 @@ impl<M: Model> Run<M> {
             // Register before looking, so a change between the look and the
             // await still wakes this future.
             changed.as_mut().enable();
-            if let Some(done) = self.settled()? {
-                return Ok(done);
+            if self.settled()? {
+                // What the caller is about to see is durable first.
+                if self.shared.sync_commits {
+                    durable(self.shared.jobs.sync_async().await)?;
+                }
+                return Ok(self.output());
             }
             changed.await;
         }
@@ -727,7 +733,9 @@ impl<M: Model> Run<M> {
 
     /// The run's output if it is over; an error if it cannot go on or went
     /// over its failure budget (cancelling it); `None` to wait more.
-    fn settled(&self) -> Result<Option<RunOutput<M::Output>>, InferError> {
+    /// Whether the run is finished; an error when it went over its
+    /// failure budget or can make no progress.
+    fn settled(&self) -> Result<bool, InferError> {
         let run = &self.state;
         let (finished, failed) = {
             let s = run.state.lock();
@@ -744,18 +752,23 @@ impl<M: Model> Run<M> {
             });
         }
         if finished {
-            return Ok(Some(self.output()));
+            return Ok(true);
         }
         self.check_live()?;
-        Ok(None)
+        Ok(false)
     }
 
     fn wait_until(&self, until: Option<Instant>) -> Result<RunOutput<M::Output>, InferError> {
         let run = &self.state;
         let _waiting = Waiting::new(run);
         loop {
-            if let Some(done) = self.settled()? {
-                return Ok(done);
+            if self.settled()? {
+                // What the caller is about to see is durable first (one
+                // group commit for every result stored since the last).
+                if self.shared.sync_commits {
+                    durable(self.shared.jobs.sync())?;
+                }
+                return Ok(self.output());
             }
             let mut wait = POLL;
             if let Some(until) = until {
@@ -888,6 +901,17 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The outcome of a run's sync before its results are given out: a queue
+/// closed since was synced by its close, so that is no error.
+fn durable(synced: crate::Result<()>) -> Result<(), InferError> {
+    match synced {
+        Ok(()) | Err(crate::Error::Closed) => Ok(()),
+        Err(e) => Err(InferError::Stalled(format!(
+            "the jobs queue failed: {e} (the run's results cannot be made durable)"
+        ))),
     }
 }
 
