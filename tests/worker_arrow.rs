@@ -354,3 +354,56 @@ fn a_table_of_several_batches_comes_back_as_as_many_batches() {
         other => panic!("expected InvalidArgument, got {other:?}"),
     }
 }
+
+/// Echoes the first value of each row: says which row a result is.
+struct First;
+
+impl Model for First {
+    type Input = Vec<f32>;
+    type Output = f32;
+    fn name(&self) -> &str {
+        "first"
+    }
+    fn version(&self) -> &str {
+        "1"
+    }
+    fn infer(&self, rows: &[Vec<f32>]) -> Result<Vec<f32>, ModelError> {
+        Ok(rows.iter().map(|r| r[0]).collect())
+    }
+}
+
+#[test]
+fn a_tensor_column_is_the_same_run_as_its_rows_sliced_or_not() {
+    use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
+    use arrow_array::types::Float32Type;
+    use lanelog::worker::parallel_infer;
+    let rows: Vec<Vec<f32>> = (0..200)
+        .map(|i| (0..8).map(|j| (i * 8 + j) as f32).collect())
+        .collect();
+    let mut b = FixedSizeListBuilder::new(Float32Builder::new(), 8);
+    for r in &rows {
+        b.values().append_slice(r);
+        b.append(true);
+    }
+    let whole = RecordBatch::try_from_iter([("t", Arc::new(b.finish()) as ArrayRef)]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let o = InferOptions::new()
+        .pool(PoolOptions::new().num_parallel(2).max_batch(16))
+        .dir(dir.path());
+    // The rows as vectors compute the run...
+    let first = parallel_infer(Arc::new(First), &rows, &o).unwrap();
+    assert_eq!(first.resumed, 0);
+    // ...and the same rows as a tensor column (read straight from its
+    // values), in slices with offsets, are that run: every row resumed.
+    let parts = [whole.slice(0, 70), whole.slice(70, 130)];
+    let out = lanelog::worker::parallel_infer_arrow_batches(Arc::new(First), &parts, &o).unwrap();
+    assert_eq!(out.resumed, rows.len());
+    assert_eq!(out.run, first.run);
+    let mut got = Vec::new();
+    for t in &out.tables {
+        let col = t.column_by_name("out.output").unwrap();
+        got.extend(col.as_primitive::<Float32Type>().values().iter().copied());
+    }
+    let want: Vec<f32> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(got, want);
+}

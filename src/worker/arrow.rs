@@ -1,9 +1,9 @@
-//! Arrow tables in and out of [`parallel_infer`] (the `arrow` feature,
+//! Arrow tables in and out of [`parallel_infer`](super::parallel_infer) (the `arrow` feature,
 //! built on `arrow-array` and `arrow-schema` only).
 //!
 //! [`parallel_infer_arrow`] takes a [`RecordBatch`], turns each of its rows
 //! into the model's input ([`FromArrow`]), runs them through
-//! [`parallel_infer`] and gives back a result [`RecordBatch`] in input
+//! [`parallel_infer`](super::parallel_infer) and gives back a result [`RecordBatch`] in input
 //! order, with the columns Wallaroo's `parallel_infer` returns:
 //!
 //! | column | type | with |
@@ -23,7 +23,7 @@
 //! result table is rebuilt with builders at the end.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, Float64Builder, ListBuilder};
 use arrow_array::cast::AsArray;
@@ -37,7 +37,9 @@ use arrow_array::{
 };
 use arrow_schema::{Field, Schema};
 
-use super::{parallel_infer, Column, InferError, InferOptions, InferRow, Model};
+use super::infer::{infer_block, make_row};
+use super::rows::RowBlock;
+use super::{Column, InferError, InferOptions, InferRow, Model};
 
 type Result<T, E = InferError> = std::result::Result<T, E>;
 
@@ -268,7 +270,7 @@ pub struct InferTable {
     pub run: u64,
 }
 
-/// [`parallel_infer`] over the rows of an Arrow [`RecordBatch`]; the
+/// [`parallel_infer`](super::parallel_infer) over the rows of an Arrow [`RecordBatch`]; the
 /// result is a [`RecordBatch`] in input order (columns: the module docs).
 ///
 /// ```
@@ -302,7 +304,7 @@ pub struct InferTable {
 ///
 /// # Errors
 /// [`InferError::InvalidArgument`] for a batch the input type cannot read
-/// (naming the column), then everything [`parallel_infer`] returns.
+/// (naming the column), then everything [`parallel_infer`](super::parallel_infer) returns.
 pub fn parallel_infer_arrow<M: Model>(
     model: Arc<M>,
     batch: &RecordBatch,
@@ -312,18 +314,94 @@ where
     M::Input: FromArrow,
     M::Output: ToArrow,
 {
-    let rows = M::Input::rows_from(batch)?;
+    let started = Instant::now();
     let outputs = model.output_names();
-    // The input columns come back from `batch` itself, not as row copies.
-    let inner = opts.clone().dataset_exclude(&[Column::Input]);
-    let result = parallel_infer(model, &rows, &inner)?;
+    let batches = std::slice::from_ref(batch);
+    let out = run_batches(model, batches, opts)?;
     Ok(InferTable {
-        table: result_table(batch, &result.rows, opts, &outputs)?,
-        failed: result.failed,
-        resumed: result.resumed,
-        elapsed: result.elapsed,
-        run: result.run,
+        table: result_table(batch, &out.rows, opts, &outputs)?,
+        failed: out.failed,
+        resumed: out.resumed,
+        elapsed: started.elapsed(),
+        run: out.run.0,
     })
+}
+
+/// The batches' rows run as one table: the result rows (without inputs:
+/// those come back from the batches themselves) and the run's totals.
+fn run_batches<M: Model>(
+    model: Arc<M>,
+    batches: &[RecordBatch],
+    opts: &InferOptions<M::Output>,
+) -> Result<Ran<M::Input, M::Output>>
+where
+    M::Input: FromArrow,
+{
+    let block = match tensor_block::<M::Input>(batches) {
+        Some(block) => block,
+        None => {
+            let mut rows = Vec::new();
+            for b in batches {
+                rows.extend(M::Input::rows_from(b)?);
+            }
+            RowBlock::encode(&rows)?
+        }
+    };
+    let inner = opts.clone().dataset_exclude(&[Column::Input]);
+    let out = infer_block(model, block, &inner)?;
+    Ok(Ran {
+        rows: out
+            .rows
+            .into_iter()
+            .map(|o| make_row(o, None, &inner))
+            .collect(),
+        failed: out.failed,
+        resumed: out.resumed,
+        run: out.run,
+    })
+}
+
+/// A run's result rows and totals, for the result tables.
+struct Ran<I, O> {
+    rows: Vec<InferRow<I, O>>,
+    failed: usize,
+    resumed: usize,
+    run: super::RunId,
+}
+
+/// The batches' rows as one tensor block straight from their values, with
+/// no vector per row: when the model takes `Vec<f32>` rows and every batch
+/// is one `FixedSizeList<Float32>` column without nulls (the layout a
+/// tensor column has). `None` otherwise: the rows are then read by
+/// [`FromArrow`], with the same values.
+fn tensor_block<I: 'static>(batches: &[RecordBatch]) -> Option<RowBlock> {
+    if std::any::TypeId::of::<I>() != std::any::TypeId::of::<Vec<f32>>() {
+        return None;
+    }
+    let mut width = None;
+    let mut values: Vec<f32> = Vec::new();
+    let mut rows = 0;
+    for b in batches {
+        if b.num_columns() != 1 {
+            return None;
+        }
+        let list = b.column(0).as_fixed_size_list_opt()?;
+        let floats = list.values().as_primitive_opt::<Float32Type>()?;
+        if list.null_count() > 0 || floats.null_count() > 0 {
+            return None;
+        }
+        let w = usize::try_from(list.value_length()).ok()?;
+        if *width.get_or_insert(w) != w {
+            return None;
+        }
+        if list.is_empty() {
+            continue;
+        }
+        let start = list.value_offset_at(0);
+        values.extend_from_slice(floats.values().get(start..start + list.len() * w)?);
+        rows += list.len();
+    }
+    RowBlock::from_elements(rows, width.unwrap_or(0), &values)
 }
 
 /// The result tables of [`parallel_infer_arrow_batches`] and the run's
@@ -352,7 +430,7 @@ pub struct InferTables {
 /// # Errors
 /// [`InferError::InvalidArgument`] for batches of different schemas or a
 /// batch the input type cannot read (naming the column), then everything
-/// [`parallel_infer`] returns.
+/// [`parallel_infer`](super::parallel_infer) returns.
 pub fn parallel_infer_arrow_batches<M: Model>(
     model: Arc<M>,
     batches: &[RecordBatch],
@@ -369,26 +447,22 @@ where
             )));
         }
     }
-    let mut rows = Vec::new();
-    for b in batches {
-        rows.extend(M::Input::rows_from(b)?);
-    }
+    let started = Instant::now();
     let outputs = model.output_names();
-    let inner = opts.clone().dataset_exclude(&[Column::Input]);
-    let result = parallel_infer(model, &rows, &inner)?;
+    let out = run_batches(model, batches, opts)?;
     let mut tables = Vec::with_capacity(batches.len());
     let mut at = 0;
     for b in batches {
-        let part = &result.rows[at..at + b.num_rows()];
+        let part = &out.rows[at..at + b.num_rows()];
         tables.push(result_table(b, part, opts, &outputs)?);
         at += b.num_rows();
     }
     Ok(InferTables {
         tables,
-        failed: result.failed,
-        resumed: result.resumed,
-        elapsed: result.elapsed,
-        run: result.run,
+        failed: out.failed,
+        resumed: out.resumed,
+        elapsed: started.elapsed(),
+        run: out.run.0,
     })
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use super::job::content_hash;
 use super::pool::PoolOptions;
 use super::rows::RowBlock;
-use super::run::{Metadata, RowOutput};
+use super::run::{Metadata, RowOutput, RunOutput};
 use super::service::{rows_per_job, RunOptions, ServiceOptions};
 use super::{InferError, Model, RowError};
 use crate::{Durability, Timestamp};
@@ -243,14 +243,37 @@ pub fn parallel_infer<M: Model>(
     rows: &[M::Input],
     opts: &InferOptions<M::Output>,
 ) -> Result<InferResult<M::Input, M::Output>, InferError> {
+    let started = Instant::now();
+    let block = RowBlock::encode(rows)?;
+    let out = infer_block(model, block, opts)?;
+    let rows_out = out
+        .rows
+        .into_iter()
+        .zip(rows)
+        .map(|(o, input)| make_row(o, Some(input), opts))
+        .collect();
+    Ok(InferResult {
+        rows: rows_out,
+        failed: out.failed,
+        resumed: out.resumed,
+        elapsed: started.elapsed(),
+        run: out.run.0,
+    })
+}
+
+/// `parallel_infer` of rows already in one block: the run's output, rows
+/// in input order.
+pub(crate) fn infer_block<M: Model>(
+    model: Arc<M>,
+    block: RowBlock,
+    opts: &InferOptions<M::Output>,
+) -> Result<RunOutput<M::Output>, InferError> {
     opts.pool.validate()?;
     if opts.time_excluded {
         return Err(InferError::InvalidArgument(
             "the dataset cannot exclude `time`: every result row has it".into(),
         ));
     }
-    let started = Instant::now();
-    let block = RowBlock::encode(rows)?;
     let content = content_hash(model.version(), &block);
     let mut run_opts = RunOptions::new().key(format!("parallel_infer-{content:016x}"));
     if let Some(b) = opts.failure_budget {
@@ -279,19 +302,7 @@ pub fn parallel_infer<M: Model>(
     let closed = service.close();
     let out = waited?;
     closed?;
-    let rows_out = out
-        .rows
-        .into_iter()
-        .zip(rows)
-        .map(|(o, input)| make_row(o, input, opts))
-        .collect();
-    Ok(InferResult {
-        rows: rows_out,
-        failed: out.failed,
-        resumed: out.resumed,
-        elapsed: started.elapsed(),
-        run: out.run.0,
-    })
+    Ok(out)
 }
 
 /// Segments of a run's queues: eight of the largest job at least, and a
@@ -306,9 +317,12 @@ fn segment_size_for(largest_job: usize, table_bytes: usize) -> u64 {
     want.clamp(crate::config::MIN_SEGMENT_SIZE, 64 << 20)
 }
 
-fn make_row<I: Clone, O: Clone>(
+/// A result row as the dataset asks for it; `input` is the caller's row
+/// (`None` where the caller keeps its inputs itself, as the Arrow path
+/// does: then no `input` comes back).
+pub(crate) fn make_row<I: Clone, O: Clone>(
     o: RowOutput<O>,
-    input: &I,
+    input: Option<&I>,
     opts: &InferOptions<O>,
 ) -> InferRow<I, O> {
     let want = |c: Column| opts.columns.contains(&c);
@@ -323,7 +337,7 @@ fn make_row<I: Clone, O: Clone>(
     };
     InferRow {
         time: o.time,
-        input: want(Column::Input).then(|| input.clone()),
+        input: input.filter(|_| want(Column::Input)).cloned(),
         anomaly_count: want(Column::Anomaly).then_some(flagged.len() as u32),
         anomalies: want(Column::Anomaly).then_some(flagged),
         metadata: if want(Column::Metadata) {

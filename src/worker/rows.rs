@@ -187,6 +187,27 @@ impl RowBlock {
         Ok(())
     }
 
+    /// `rows` rows of `width` elements each, row after row in `values`, as
+    /// a tensor block (one copy). `None` when `values` is not
+    /// `rows × width` long or either count is over `u32::MAX`.
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))]
+    pub fn from_elements<E: Element>(rows: usize, width: usize, values: &[E]) -> Option<RowBlock> {
+        if rows.checked_mul(width)? != values.len() {
+            return None;
+        }
+        let mut data = Vec::with_capacity(values.len() * E::ELEM.size());
+        E::extend_le(values, &mut data);
+        Some(RowBlock {
+            layout: Layout::Tensor {
+                elem: E::ELEM,
+                width: u32::try_from(width).ok()?,
+            },
+            rows: u32::try_from(rows).ok()?,
+            ends: Vec::new(),
+            data,
+        })
+    }
+
     /// Rows in the block.
     pub fn len(&self) -> usize {
         self.rows as usize
