@@ -348,3 +348,45 @@ fn a_result_too_large_to_store_fails_its_row_and_the_rest_completes() {
         assert_eq!(jobs.stats().ready + jobs.stats().in_flight, 0);
     }
 }
+
+/// Outputs vectors of one to three numbers (by row); fails any call that
+/// holds row 13, so that call's rows run alone and their outputs, of
+/// several widths, are stored together.
+struct Ragged;
+
+impl Model for Ragged {
+    type Input = u32;
+    type Output = Vec<f32>;
+    fn name(&self) -> &str {
+        "ragged"
+    }
+    fn version(&self) -> &str {
+        "1"
+    }
+    fn infer(&self, rows: &[u32]) -> Result<Vec<Vec<f32>>, ModelError> {
+        if rows.contains(&13) {
+            return Err(ModelError::permanent("row 13"));
+        }
+        Ok(rows
+            .iter()
+            .map(|&x| (0..=x % 3).map(|k| (x * 10 + k) as f32).collect())
+            .collect())
+    }
+}
+
+#[test]
+fn rows_run_alone_with_outputs_of_several_widths_come_back_whole() {
+    let rows: Vec<u32> = (0..40).collect();
+    let opts = InferOptions::new().pool(fast_pool().max_batch(8).retries(0));
+    let out = parallel_infer(Arc::new(Ragged), &rows, &opts).unwrap();
+    assert_eq!(out.failed, 1);
+    for (x, r) in rows.iter().zip(&out.rows) {
+        let got = r.output.clone().unwrap();
+        if *x == 13 {
+            assert_eq!(got.unwrap_err().kind, lanelog::worker::ErrorKind::Permanent);
+        } else {
+            let want: Vec<f32> = (0..=x % 3).map(|k| (x * 10 + k) as f32).collect();
+            assert_eq!(got, Ok(want), "row {x}");
+        }
+    }
+}

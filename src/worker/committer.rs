@@ -1,6 +1,6 @@
 //! The committer: the one thread of a pool that settles the jobs the
 //! workers ran (complete with the result, retry, dead letter, or split
-//! into one-row jobs), makes that durable, and then tells the runs.
+//! into one-row jobs), tells the runs, and makes it durable.
 //!
 //! Workers hand each settled batch over a channel and go on to the next at
 //! once; the committer merges every batch waiting into one commit. Under

@@ -457,7 +457,7 @@ mod tests {
 
     /// The content hash of one row `abc` (as a `Vec<u8>`, a tensor of u8)
     /// for model version `m1`.
-    const PINNED: u64 = 0x42c8_03e1_66bd_60ff;
+    const PINNED: u64 = 0x8682_5961_2d0b_a91b;
 
     fn key() -> ModelKey {
         ModelKey {

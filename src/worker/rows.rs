@@ -130,8 +130,13 @@ elements!(
 /// How a block lays out its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Layout {
-    /// `width` elements per row, rows end to end.
-    Tensor { elem: Elem, width: u32 },
+    /// `width` elements per row, rows end to end; each row one `Vec` of
+    /// them (`vector`) or one number (width 1).
+    Tensor {
+        elem: Elem,
+        width: u32,
+        vector: bool,
+    },
     /// Each row encoded by the codec, with its end offset in `ends`.
     Packed,
 }
@@ -201,6 +206,7 @@ impl RowBlock {
             layout: Layout::Tensor {
                 elem: E::ELEM,
                 width: u32::try_from(width).ok()?,
+                vector: true,
             },
             rows: u32::try_from(rows).ok()?,
             ends: Vec::new(),
@@ -221,7 +227,7 @@ impl RowBlock {
     /// Bytes of row `i`, as stored (its element bytes, or its encoding).
     pub fn row_bytes(&self, i: usize) -> &[u8] {
         match self.layout {
-            Layout::Tensor { elem, width } => {
+            Layout::Tensor { elem, width, .. } => {
                 let n = width as usize * elem.size();
                 &self.data[i * n..(i + 1) * n]
             }
@@ -243,7 +249,7 @@ impl RowBlock {
     /// Rows `start..end` as a block of their own.
     pub fn slice(&self, start: usize, end: usize) -> RowBlock {
         match self.layout {
-            Layout::Tensor { elem, width } => {
+            Layout::Tensor { elem, width, .. } => {
                 let n = width as usize * elem.size();
                 RowBlock {
                     layout: self.layout,
@@ -270,21 +276,45 @@ impl RowBlock {
         self.layout == other.layout
     }
 
-    /// These blocks' rows in one block (all of one layout; see
-    /// [`RowBlock::same_layout`]).
+    /// These blocks' rows in one block: of their layout when they share
+    /// one, else packed (tensors of several widths, say, from rows run
+    /// alone).
     pub fn concat(blocks: &[&RowBlock]) -> RowBlock {
         let Some(first) = blocks.first() else {
             return RowBlock::empty(Layout::Packed);
         };
+        if blocks.iter().any(|b| !b.same_layout(first)) {
+            let packed: Vec<RowBlock> = blocks.iter().map(|b| b.to_packed()).collect();
+            return RowBlock::concat(&packed.iter().collect::<Vec<_>>());
+        }
         let mut out = RowBlock::empty(first.layout);
         out.data
             .reserve(blocks.iter().map(|b| b.data.len()).sum::<usize>());
         for b in blocks {
-            debug_assert!(out.same_layout(b));
             let base = out.data.len() as u32;
             out.data.extend_from_slice(&b.data);
             out.ends.extend(b.ends.iter().map(|e| e + base));
             out.rows += b.rows;
+        }
+        out
+    }
+
+    /// The rows packed: each row as the codec encodes its value (a number
+    /// as its little-endian bytes, a `Vec` as its length then its
+    /// elements), so a packed block decodes to the same values.
+    pub fn to_packed(&self) -> RowBlock {
+        let Layout::Tensor { width, vector, .. } = self.layout else {
+            return self.clone();
+        };
+        let mut out = RowBlock::empty(Layout::Packed);
+        out.ends.reserve(self.len());
+        for i in 0..self.len() {
+            if vector {
+                out.data.extend_from_slice(&u64::from(width).to_le_bytes());
+            }
+            out.data.extend_from_slice(self.row_bytes(i));
+            out.ends.push(out.data.len() as u32);
+            out.rows += 1;
         }
         out
     }
@@ -307,7 +337,7 @@ impl RowBlock {
     pub fn check(&self) -> Result<(), CodecError> {
         let bad = |why: &str| Err(CodecError::Decode(format!("a damaged row block: {why}")));
         match self.layout {
-            Layout::Tensor { elem, width } => {
+            Layout::Tensor { elem, width, .. } => {
                 let want = (self.rows as u64) * u64::from(width) * elem.size() as u64;
                 if !self.ends.is_empty() || want != self.data.len() as u64 {
                     return bad("its size does not match its rows");
@@ -337,20 +367,23 @@ impl RowBlock {
             Layout::Packed => (0..self.len())
                 .map(|i| codec::decode::<T>(self.row_bytes(i)))
                 .collect(),
-            Layout::Tensor { elem, width } => tensor_rows::<T>(self, elem, width as usize)
-                .unwrap_or_else(|| {
-                    Err(CodecError::Decode(format!(
-                        "a tensor of {elem:?} × {width} cannot be read as {}",
-                        std::any::type_name::<T>()
-                    )))
-                }),
+            Layout::Tensor {
+                elem,
+                width,
+                vector,
+            } => tensor_rows::<T>(self, elem, width as usize, vector).unwrap_or_else(|| {
+                Err(CodecError::Decode(format!(
+                    "a tensor of {elem:?} × {width} cannot be read as {}",
+                    std::any::type_name::<T>()
+                )))
+            }),
         }
     }
 
     /// The block as one tensor of `E` (rows × width), if it is one.
     pub fn tensor<E: Element>(&self) -> Option<TensorView<'_, E>> {
         match self.layout {
-            Layout::Tensor { elem, width } if elem == E::ELEM => Some(TensorView {
+            Layout::Tensor { elem, width, .. } if elem == E::ELEM => Some(TensorView {
                 rows: self.len(),
                 width: width as usize,
                 data: E::from_le(&self.data),
@@ -362,7 +395,11 @@ impl RowBlock {
     /// Feed the block's layout and bytes to `eat` (for content hashes).
     pub fn hash_with(&self, mut eat: impl FnMut(&[u8])) {
         let layout = match self.layout {
-            Layout::Tensor { elem, width } => [1, elem as u8, 0, 0]
+            Layout::Tensor {
+                elem,
+                width,
+                vector,
+            } => [1, elem as u8, u8::from(vector), 0]
                 .into_iter()
                 .chain(width.to_le_bytes())
                 .collect::<Vec<u8>>(),
@@ -406,6 +443,7 @@ fn scalars<T: 'static, E: Element>(rows: &[T]) -> Option<RowBlock> {
         layout: Layout::Tensor {
             elem: E::ELEM,
             width: 1,
+            vector: false,
         },
         rows: u32::try_from(rows.len()).ok()?,
         ends: Vec::new(),
@@ -438,6 +476,7 @@ fn vectors<T: 'static, E: Element>(rows: &[T]) -> Option<RowBlock> {
         layout: Layout::Tensor {
             elem: E::ELEM,
             width: u32::try_from(width).ok()?,
+            vector: true,
         },
         rows: u32::try_from(rows.len()).ok()?,
         ends: Vec::new(),
@@ -451,11 +490,12 @@ fn tensor_rows<T: 'static>(
     block: &RowBlock,
     elem: Elem,
     width: usize,
+    vector: bool,
 ) -> Option<Result<Vec<T>, CodecError>> {
     macro_rules! try_elements {
         ($($e:ty),*) => {$(
             if elem == <$e>::ELEM {
-                return typed_rows::<T, $e>(block, width);
+                return typed_rows::<T, $e>(block, width, vector);
             }
         )*};
     }
@@ -466,9 +506,10 @@ fn tensor_rows<T: 'static>(
 fn typed_rows<T: 'static, E: Element>(
     block: &RowBlock,
     width: usize,
+    vector: bool,
 ) -> Option<Result<Vec<T>, CodecError>> {
     let values = E::from_le(&block.data);
-    if TypeId::of::<T>() == TypeId::of::<E>() {
+    if TypeId::of::<T>() == TypeId::of::<E>() && !vector {
         if width != 1 {
             return Some(Err(CodecError::Decode(format!(
                 "rows of {width} numbers cannot be read as single numbers"
@@ -476,7 +517,7 @@ fn typed_rows<T: 'static, E: Element>(
         }
         return Some(Ok(cast_vec::<E, T>(values.into_owned())));
     }
-    if TypeId::of::<T>() == TypeId::of::<Vec<E>>() {
+    if TypeId::of::<T>() == TypeId::of::<Vec<E>>() && vector {
         let rows: Vec<Vec<E>> = if width == 0 {
             vec![Vec::new(); block.len()]
         } else {
@@ -659,6 +700,7 @@ impl<O: Serialize + DeserializeOwned + 'static> Outputs<O> {
                 layout: Layout::Tensor {
                     elem: E::ELEM,
                     width,
+                    vector: t == TypeId::of::<Vec<E>>(),
                 },
                 rows,
                 ends: Vec::new(),
@@ -732,7 +774,8 @@ mod tests {
             b.layout,
             Layout::Tensor {
                 elem: Elem::F32,
-                width: 2
+                width: 2,
+                vector: true,
             }
         );
         b.check().unwrap();
@@ -777,6 +820,29 @@ mod tests {
         );
         let empty = RowBlock::encode::<Vec<f32>>(&[]).unwrap();
         assert_eq!(empty.decode::<Vec<f32>>().unwrap(), Vec::<Vec<f32>>::new());
+    }
+
+    #[test]
+    fn blocks_of_other_layouts_concatenate_packed() {
+        let a = RowBlock::encode(&[vec![1.0f32, 2.0]]).unwrap();
+        let b = RowBlock::encode(&[vec![3.0f32, 4.0, 5.0]]).unwrap();
+        let c = RowBlock::concat(&[&a, &b]);
+        c.check().unwrap();
+        assert_eq!(
+            c.decode::<Vec<f32>>().unwrap(),
+            vec![vec![1.0, 2.0], vec![3.0, 4.0, 5.0]]
+        );
+        // A packed tensor row is the codec's own encoding of the value.
+        let one = RowBlock::encode(&[vec![7u16, 8]]).unwrap().to_packed();
+        assert_eq!(one.row_bytes(0), codec::encode(&vec![7u16, 8]).unwrap());
+        let s = RowBlock::encode(&[9.5f64]).unwrap().to_packed();
+        assert_eq!(s.row_bytes(0), codec::encode(&9.5f64).unwrap());
+        // A number and a one-number vector are told apart.
+        let n = RowBlock::encode(&[3u32]).unwrap();
+        assert!(n.decode::<Vec<u32>>().is_err());
+        let v = RowBlock::encode(&[vec![3u32]]).unwrap();
+        assert!(v.decode::<u32>().is_err());
+        assert!(!n.same_layout(&v));
     }
 
     #[test]
