@@ -152,8 +152,8 @@ impl ServiceOptions {
             path: dir.to_path_buf(),
             detail: e.to_string(),
         })?;
-        let jobs = self.queue_options(true).open(dir.join("jobs"))?;
-        let runs = self.queue_options(false).open(dir.join("runs"))?;
+        let jobs = self.queue_options().open(dir.join("jobs"))?;
+        let runs = self.queue_options().open(dir.join("runs"))?;
         InferService::start(self, jobs, runs)
     }
 
@@ -178,17 +178,19 @@ impl ServiceOptions {
         jobs: Arc<dyn Storage>,
         runs: Arc<dyn Storage>,
     ) -> Result<InferService, InferError> {
-        let jobs = self.queue_options(true).open_storage(jobs)?;
-        let runs = self.queue_options(false).open_storage(runs)?;
+        let jobs = self.queue_options().open_storage(jobs)?;
+        let runs = self.queue_options().open_storage(runs)?;
         InferService::start(self, jobs, runs)
     }
 
-    fn queue_options(&self, jobs: bool) -> QueueOptions {
-        // The jobs queue is synced by the committer, once per commit, and
-        // by each submission: its own mode need not sync every call.
-        let durability = match (jobs, self.durability) {
-            (true, Durability::Immediate) => Durability::None,
-            (_, d) => d,
+    fn queue_options(&self) -> QueueOptions {
+        // Under `Immediate` the service syncs both queues itself, once per
+        // step that needs it (the committer's group commit and the wait's
+        // sync for results; one sync per submission for its jobs and one
+        // for its manifest), so neither queue syncs every call.
+        let durability = match self.durability {
+            Durability::Immediate => Durability::None,
+            d => d,
         };
         QueueOptions::new()
             .durability(durability)
@@ -554,6 +556,9 @@ impl InferService {
             for d in pending {
                 self.runs.complete_async(d.receipt, &d.payload).await?;
             }
+        }
+        if self.shared.sync_commits {
+            self.runs.sync_async().await?;
         }
         Ok(self.handle(plan.finish(id)))
     }
@@ -937,6 +942,11 @@ impl InferService {
         loop {
             let batch = self.runs.dequeue_with(&take)?;
             if batch.is_empty() {
+                // The manifests (and the keys that find them) are durable
+                // before a submission returns.
+                if self.shared.sync_commits {
+                    self.runs.sync()?;
+                }
                 return Ok(());
             }
             for d in batch {
