@@ -28,8 +28,8 @@
 use std::time::Duration;
 
 use crate::{
-    DeadLetter, Delivery, DequeueOptions, EnqueueOptions, MessageId, MessageStatus, Queue,
-    Receipt, Result,
+    DeadLetter, Delivery, DequeueOptions, EnqueueOptions, MessageId, MessageStatus, Queue, Receipt,
+    Result,
 };
 #[cfg(feature = "tokio")]
 use std::future::Future;
