@@ -286,6 +286,15 @@ impl JetStreamQueue {
         self.inner.table.lock().len()
     }
 
+    /// The name of the server leading the jobs stream (in a cluster, the
+    /// node whose loss makes the stream elect another leader).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when no server answers.
+    pub fn stream_leader(&self) -> Result<Option<String>> {
+        self.call(|q| async move { q.stream_leader().await })
+    }
+
     /// Run one operation on the private runtime and wait for it.
     fn call<T, F, Fut>(&self, op: F) -> Result<T>
     where

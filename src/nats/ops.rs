@@ -200,7 +200,9 @@ impl Inner {
                 size: 0,
                 max: self.max_message_size,
             },
-            K::TimedOut | K::BrokenPipe | K::MaxAckPending => {
+            // No stream answering is what a leader election looks like
+            // from the client (no responders), so it is transient too.
+            K::TimedOut | K::BrokenPipe | K::MaxAckPending | K::StreamNotFound => {
                 unavailable(&self.url, format!("publish: {e}"))
             }
             _ => Error::Backend {
@@ -696,6 +698,18 @@ impl Inner {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// The name of the server leading the jobs stream (its Raft leader in
+    /// a cluster; the one server otherwise).
+    pub(crate) async fn stream_leader(&self) -> Result<Option<String>> {
+        self.check_open()?;
+        let info = self
+            .jobs
+            .get_info()
+            .await
+            .map_err(|e| unavailable(&self.url, format!("stream info: {e}")))?;
+        Ok(info.cluster.and_then(|c| c.leader))
     }
 
     pub(crate) fn wake_waiters(&self) {

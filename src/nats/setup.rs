@@ -29,11 +29,12 @@ const MIN_SERVER: (u64, u64) = (2, 10);
 
 pub(crate) async fn open(url: String, opts: NatsOptions) -> Result<Inner> {
     let names = Names::new(&opts.prefix)?;
+    let addrs = server_addrs(&url)?;
     let connect = async_nats::ConnectOptions::new()
         .name("lanelog")
         .connection_timeout(opts.connect_timeout)
         .request_timeout(Some(opts.request_timeout))
-        .connect(url.as_str());
+        .connect(addrs);
     let client = match tokio::time::timeout(opts.connect_timeout, connect).await {
         Ok(Ok(client)) => client,
         Ok(Err(e)) => return Err(unavailable(&url, format!("cannot connect: {e}"))),
@@ -181,6 +182,18 @@ pub(crate) async fn open(url: String, opts: NatsOptions) -> Result<Inner> {
     })
 }
 
+/// `url` as the client's server list: one address or several separated
+/// by commas (the client connects to one and fails over to the others).
+fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>> {
+    url.split(',')
+        .map(|one| {
+            one.trim().parse().map_err(|e| {
+                Error::InvalidArgument(format!("server address {one:?} in {url:?}: {e}"))
+            })
+        })
+        .collect()
+}
+
 fn check_version(url: &str, version: &str) -> Result<()> {
     let mut parts = version
         .trim_start_matches('v')
@@ -202,6 +215,15 @@ fn check_version(url: &str, version: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_lists_are_parsed() {
+        assert_eq!(server_addrs("nats://a:1, nats://b:2").unwrap().len(), 2);
+        let e = server_addrs("nats://a:1,nats://b:x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nats://b:x"), "{e}");
+    }
 
     #[test]
     fn old_servers_are_refused_by_name() {

@@ -125,10 +125,11 @@ impl Server {
 
     /// `kill -9` the server now; its store stays for a [`Server::restart`].
     pub fn kill(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-9", &self.pid.to_string()])
-            .status();
         if let Some((mut child, stdin)) = self.guard.take() {
+            let _ = Command::new("kill")
+                .args(["-9", &self.pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
             drop(stdin);
             let _ = child.wait();
         }
