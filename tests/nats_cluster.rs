@@ -210,4 +210,16 @@ fn killing_the_stream_leader_loses_no_acknowledged_job() {
         .expect("delivered after failover");
     assert_eq!(d.id, id);
     consumer.complete(d.receipt, b"ok").expect("complete");
+
+    // The killed node comes back on its store and the queue serves on.
+    cluster
+        .node_mut(&leader)
+        .expect("the old leader")
+        .restart()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let id = producer
+        .enqueue_with(b"after restart", &EnqueueOptions::new())
+        .expect("enqueue after the restart");
+    assert_eq!(producer.result(id).expect("result"), None);
+    println!("{leader} restarted on its store; the queue still serves");
 }

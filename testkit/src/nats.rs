@@ -10,7 +10,8 @@
 //! - dropping a [`Server`] kills it and removes its directory;
 //! - each server runs under a small `sh` guard that holds a pipe from the
 //!   test process on its standard input: when the test process dies, even
-//!   by `kill -9`, the pipe closes, and the guard kills the server.
+//!   by `kill -9`, the pipe closes, and the guard kills the server and
+//!   removes its directory.
 //!
 //! Every wait here is bounded: a server not healthy within
 //! [`READY_TIMEOUT`] is an error that carries its log.
@@ -25,14 +26,18 @@ use std::time::{Duration, Instant};
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The guard: start the server in the background, print its pid, wait
-/// for standard input to close (the test dropped the server or died),
-/// then kill the server.
+/// for standard input to close, then kill the server. A test that kills
+/// a server on purpose writes `keep` first (its store stays for a
+/// restart, and the test's `TempDir` removes it later); a test process
+/// that died wrote nothing, so the guard removes the directory itself.
 const GUARD: &str = r#""$1" -c "$2" >"$3" 2>&1 &
 pid=$!
 echo "$pid"
-read -r _ || true
+line=
+read -r line || true
 kill -9 "$pid" 2>/dev/null
 wait "$pid" 2>/dev/null
+if [ "$line" != keep ]; then rm -rf "$4"; fi
 exit 0"#;
 
 /// Where the `nats-server` binary is: `$NATS_SERVER`, else the `PATH`.
@@ -125,11 +130,12 @@ impl Server {
 
     /// `kill -9` the server now; its store stays for a [`Server::restart`].
     pub fn kill(&mut self) {
-        if let Some((mut child, stdin)) = self.guard.take() {
+        if let Some((mut child, mut stdin)) = self.guard.take() {
             let _ = Command::new("kill")
                 .args(["-9", &self.pid.to_string()])
                 .stderr(Stdio::null())
                 .status();
+            let _ = stdin.write_all(b"keep\n");
             drop(stdin);
             let _ = child.wait();
         }
@@ -143,7 +149,7 @@ impl Server {
         if self.running() {
             return Ok(());
         }
-        let (guard, pid) = spawn_guarded(&self.config, &self.dir.path().join("log"))?;
+        let (guard, pid) = spawn_guarded(&self.config, self.dir.path())?;
         self.guard = Some(guard);
         self.pid = pid;
         wait_healthy(self)
@@ -209,7 +215,7 @@ fn start_nodes(n: usize, cluster: &str) -> Result<Vec<Server>, String> {
         let config = dir.path().join("server.conf");
         std::fs::write(&config, config_text(&name, *p, &ports, cluster, dir.path()))
             .map_err(|e| format!("write {}: {e}", config.display()))?;
-        let (guard, pid) = spawn_guarded(&config, &dir.path().join("log"))?;
+        let (guard, pid) = spawn_guarded(&config, dir.path())?;
         servers.push(Server {
             name,
             ports: *p,
@@ -249,15 +255,17 @@ fn config_text(name: &str, me: Ports, all: &[Ports], cluster: &str, dir: &Path) 
     c
 }
 
-fn spawn_guarded(config: &Path, log: &Path) -> Result<((Child, ChildStdin), u32), String> {
+fn spawn_guarded(config: &Path, dir: &Path) -> Result<((Child, ChildStdin), u32), String> {
     let binary = binary()?;
+    let log = dir.join("log");
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(GUARD)
         .arg("sh")
         .arg(&binary)
         .arg(config)
-        .arg(log)
+        .arg(&log)
+        .arg(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
