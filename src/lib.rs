@@ -93,8 +93,8 @@
 //! - `worker/`: the inference worker loop, on the crate's public API only
 //!   ([`worker`] lists its files).
 //! - `nats/` (feature `nats`): the seam over NATS JetStream,
-//!   [`nats::JetStreamQueue`] ([`nats`] lists its files; `docs/nats.md`
-//!   maps each part of the queue onto JetStream).
+//!   `nats::JetStreamQueue` (the module docs list its files;
+//!   `docs/nats.md` maps each part of the queue onto JetStream).
 //! - `seam.rs`: the queue seam, [`JobQueue`] (what the worker layer calls
 //!   on a queue) and [`DeadLetterAdmin`], implemented by [`Queue`] by
 //!   forwarding.
