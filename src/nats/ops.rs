@@ -530,51 +530,88 @@ impl Inner {
             .map(|m| m.payload.to_vec()))
     }
 
+    /// Where message `id` is. A job leaves the jobs stream only after its
+    /// result or dead letter is stored (complete and park write first,
+    /// then settle), so the jobs stream is read first: a job absent there
+    /// has its result or dead letter stored already, and the reads after
+    /// see it. Reading in the other order could report a job completed
+    /// between the reads as `Gone`.
     pub(crate) async fn status(&self, id: MessageId) -> Result<MessageStatus> {
         self.check_open()?;
-        if self
-            .last(&self.results, self.names.result_subject(id.0))
-            .await?
-            .is_some()
-        {
-            return Ok(MessageStatus::Completed);
-        }
-        let mut seq = id.0;
-        if let Some(dead) = self.last(&self.dead, self.names.dead_subject(id.0)).await? {
-            match names::number(Some(&dead.headers), names::REDRIVEN) {
-                Some(moved) => seq = moved,
-                None => {
-                    let reason = dead
+        // A redrive between the two dead-letter reads moves the job to a
+        // new sequence; look again then (a redrive is an operator's act,
+        // so a few tries suffice).
+        for _ in 0..4 {
+            let seq = self.redriven_to(id).await?.unwrap_or(id.0);
+            let job = self.at(&self.jobs, seq).await?;
+            if self
+                .last(&self.results, self.names.result_subject(id.0))
+                .await?
+                .is_some()
+            {
+                return Ok(MessageStatus::Completed);
+            }
+            let dead = self.last(&self.dead, self.names.dead_subject(id.0)).await?;
+            match dead
+                .as_ref()
+                .map(|d| (d, names::number(Some(&d.headers), names::REDRIVEN)))
+            {
+                Some((d, None)) => {
+                    let reason = d
                         .headers
                         .get(names::REASON)
                         .map(|v| v.as_str().to_string())
                         .unwrap_or_default();
                     return Ok(MessageStatus::Dead { reason });
                 }
+                Some((_, Some(moved))) if moved != seq => continue,
+                _ => {}
             }
+            return Ok(self.job_status(id, seq, job));
         }
-        let Some(m) = self.at(&self.jobs, seq).await? else {
-            return Ok(MessageStatus::Gone);
+        Err(unavailable(
+            &self.url,
+            format!("message {id} kept moving between dead letters and its lane"),
+        ))
+    }
+
+    /// The jobs stream sequence a redriven job moved to.
+    async fn redriven_to(&self, id: MessageId) -> Result<Option<u64>> {
+        Ok(self
+            .last(&self.dead, self.names.dead_subject(id.0))
+            .await?
+            .and_then(|d| names::number(Some(&d.headers), names::REDRIVEN)))
+    }
+
+    /// The status of a job by its jobs stream message (`None`: gone).
+    fn job_status(
+        &self,
+        id: MessageId,
+        seq: u64,
+        job: Option<jetstream::message::StreamMessage>,
+    ) -> MessageStatus {
+        let Some(m) = job else {
+            return MessageStatus::Gone;
         };
         let band = names::band_of(&m.subject).unwrap_or(0);
         let meta = JobMeta::read(Some(&m.headers), seq, band);
         if meta.id != id.0 {
-            return Ok(MessageStatus::Gone);
+            return MessageStatus::Gone;
         }
         if let Some(attempt) = self.table.lock().holds(id.0, Instant::now()) {
-            return Ok(MessageStatus::InFlight {
+            return MessageStatus::InFlight {
                 priority: meta.priority,
                 attempt,
-            });
+            };
         }
         match meta.not_before {
-            Some(t) if t > Timestamp::now().0 => Ok(MessageStatus::Delayed {
+            Some(t) if t > Timestamp::now().0 => MessageStatus::Delayed {
                 priority: meta.priority,
                 until: Timestamp(t),
-            }),
-            _ => Ok(MessageStatus::Ready {
+            },
+            _ => MessageStatus::Ready {
                 priority: meta.priority,
-            }),
+            },
         }
     }
 
