@@ -430,6 +430,51 @@ mod nats {
         }
     }
 
+    /// Called from inside a caller's tokio runtime, the synchronous calls
+    /// block that thread instead of panicking (the backend's runtime is
+    /// its own), and with feature `tokio` the async variants run on the
+    /// backend's runtime and are awaited from the caller's.
+    #[test]
+    fn calls_from_inside_a_tokio_runtime() {
+        let q = open("inside-tokio");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let id = q
+                .enqueue_with(b"sync call", &EnqueueOptions::new())
+                .unwrap();
+            let d = q
+                .dequeue_with(&DequeueOptions::new())
+                .unwrap()
+                .pop()
+                .unwrap();
+            assert_eq!(d.id, id);
+            q.complete(d.receipt, b"done").unwrap();
+            #[cfg(feature = "tokio")]
+            {
+                let id = q
+                    .enqueue_with_async(b"async call", &EnqueueOptions::new())
+                    .await
+                    .unwrap();
+                let ids = q
+                    .enqueue_batch_with_async(&[(&b"b"[..], EnqueueOptions::new())])
+                    .await
+                    .unwrap();
+                let mut got = q.dequeue_with(&DequeueOptions::new().max(2)).unwrap();
+                assert_eq!(got.len(), 2);
+                got.sort_by_key(|d| d.id);
+                assert_eq!((got[0].id, got[1].id), (id, ids[0]));
+                for d in got {
+                    q.complete_async(d.receipt, b"done").await.unwrap();
+                }
+                q.sync_async().await.unwrap();
+                assert_eq!(q.result(id).unwrap(), Some(b"done".to_vec()));
+            }
+        });
+    }
+
     /// A closed handle refuses every call with `Closed`.
     #[test]
     fn closed_refuses() {
