@@ -227,11 +227,22 @@ impl Inner {
         let wait_end = start + wait;
         let mut fill_end: Option<Instant> = linger_within_wait.then_some(wait_end);
         let mut out = Vec::new();
+        let mut first = true;
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            self.take(max - out.len(), &mut out).await?;
+            // The first pass asks every band; a pass made while waiting asks
+            // only the bands holding messages, so an idle poll costs one
+            // request instead of one per band.
+            let skip = if first {
+                None
+            } else {
+                Some(self.empty_bands().await?)
+            };
+            first = false;
+            self.take(max - out.len(), &mut out, skip.as_deref())
+                .await?;
             if out.len() >= max {
                 break;
             }
@@ -253,14 +264,47 @@ impl Inner {
         Ok(out)
     }
 
-    /// One pass over the bands without waiting.
-    async fn take(&self, mut want: usize, out: &mut Vec<Delivery>) -> Result<()> {
+    /// The bands whose subject holds no message at all (none ready, none
+    /// leased, none delayed): one stream-info request.
+    async fn empty_bands(&self) -> Result<Vec<u8>> {
+        let failed =
+            |e: jetstream::stream::InfoError| unavailable(&self.url, format!("stream info: {e}"));
+        let mut counts = self
+            .jobs
+            .info_with_subjects(self.names.jobs_subjects())
+            .await
+            .map_err(failed)?;
+        let mut held = Vec::new();
+        while let Some(entry) = counts.next().await {
+            let (subject, n) = entry.map_err(failed)?;
+            if n > 0 {
+                held.extend(names::band_of(&subject));
+            }
+        }
+        Ok(self
+            .bands
+            .iter()
+            .map(|(b, _)| *b)
+            .filter(|b| !held.contains(b))
+            .collect())
+    }
+
+    /// One pass over the bands without waiting, leaving out `skip`.
+    async fn take(
+        &self,
+        mut want: usize,
+        out: &mut Vec<Delivery>,
+        skip: Option<&[u8]>,
+    ) -> Result<()> {
         self.table
             .lock()
             .sweep(Instant::now(), self.opts.visibility_timeout);
         for (band, consumer) in &self.bands {
             if want == 0 {
                 break;
+            }
+            if skip.is_some_and(|s| s.contains(band)) {
+                continue;
             }
             let mut batch = consumer
                 .fetch()
