@@ -147,25 +147,21 @@ impl Inner {
     pub(crate) async fn enqueue(&self, batch: Vec<Outgoing>) -> Result<Vec<MessageId>> {
         self.check_open()?;
         let mut pending = Vec::with_capacity(batch.len());
-        for m in &batch {
+        for m in batch {
             let ack = self
                 .js
-                .publish_with_headers(
-                    m.subject.clone(),
-                    m.headers.clone(),
-                    m.payload.clone().into(),
-                )
+                .publish_with_headers(m.subject, m.headers, m.payload.into())
                 .await
                 .map_err(|e| self.publish_error(e))?;
-            pending.push(ack);
+            pending.push((m.key, ack));
         }
-        let mut ids = Vec::with_capacity(batch.len());
+        let mut ids = Vec::with_capacity(pending.len());
         let mut fresh_keys = Vec::new();
-        for (m, ack) in batch.iter().zip(pending) {
+        for (key, ack) in pending {
             let ack = ack.await.map_err(|e| self.publish_error(e))?;
             ids.push(MessageId(ack.sequence));
-            if let (Some(key), false) = (&m.key, ack.duplicate) {
-                fresh_keys.push((key.clone(), ack.sequence));
+            if let (Some(key), false) = (key, ack.duplicate) {
+                fresh_keys.push((key, ack.sequence));
             }
         }
         // The key records make `key_id` answer without publishing; the
@@ -196,10 +192,6 @@ impl Inner {
     fn publish_error(&self, e: jetstream::context::PublishError) -> Error {
         use jetstream::context::PublishErrorKind as K;
         match e.kind() {
-            K::MaxPayloadExceeded => Error::TooLarge {
-                size: 0,
-                max: self.max_message_size,
-            },
             // No stream answering is what a leader election looks like
             // from the client (no responders), so it is transient too.
             K::TimedOut | K::BrokenPipe | K::MaxAckPending | K::StreamNotFound => {
@@ -241,8 +233,13 @@ impl Inner {
                 Some(self.empty_bands().await?)
             };
             first = false;
-            self.take(max - out.len(), &mut out, skip.as_deref())
-                .await?;
+            // Deliveries already leased are handed out even when a later
+            // fetch fails: dropping them would hide them for a lease.
+            match self.take(max - out.len(), &mut out, skip.as_deref()).await {
+                Ok(()) => {}
+                Err(_) if !out.is_empty() => break,
+                Err(e) => return Err(e),
+            }
             if out.len() >= max {
                 break;
             }

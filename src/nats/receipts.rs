@@ -36,15 +36,30 @@ pub(crate) struct Held {
     pub lease_end: Instant,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Table {
     held: HashMap<u64, Held>,
     /// Message id → the receipt number of its current delivery here.
     current: HashMap<u64, u64>,
+    /// Receipt numbers issued here are `first + 1 ..= next`.
+    first: u64,
     next: u64,
 }
 
 impl Table {
+    /// A table issuing receipt numbers after `first`. Handles start at
+    /// different numbers, so a receipt passed to a handle that did not
+    /// issue it is very likely `Unknown` there rather than naming one of
+    /// its own deliveries.
+    pub(crate) fn new(first: u64) -> Table {
+        Table {
+            held: HashMap::new(),
+            current: HashMap::new(),
+            first,
+            next: first,
+        }
+    }
+
     /// Hold a new delivery; a previous delivery of the same message held
     /// here becomes stale.
     pub(crate) fn insert(&mut self, held: Held) -> Receipt {
@@ -67,7 +82,9 @@ impl Table {
         match self.held.get(&receipt.lease) {
             Some(h) if h.id == receipt.id => Ok(h),
             Some(_) => Err(Error::Unknown),
-            None if receipt.lease >= 1 && receipt.lease <= self.next => Err(Error::StaleReceipt),
+            None if receipt.lease > self.first && receipt.lease <= self.next => {
+                Err(Error::StaleReceipt)
+            }
             None => Err(Error::Unknown),
         }
     }
@@ -130,7 +147,7 @@ mod tests {
     #[test]
     fn a_newer_delivery_makes_the_older_receipt_stale() {
         let now = Instant::now();
-        let mut t = Table::default();
+        let mut t = Table::new(1 << 40);
         let first = t.insert(held(7, now + Duration::from_secs(1)));
         let second = t.insert(held(7, now + Duration::from_secs(1)));
         assert!(matches!(t.get(first), Err(Error::StaleReceipt)));
@@ -141,13 +158,20 @@ mod tests {
             t.get(Receipt { id: 7, lease: 99 }),
             Err(Error::Unknown)
         ));
+        assert!(matches!(
+            t.get(Receipt {
+                id: 7,
+                lease: (1 << 40) + 99
+            }),
+            Err(Error::Unknown)
+        ));
         assert_eq!(t.len(), 0);
     }
 
     #[test]
     fn sweep_bounds_the_table() {
         let now = Instant::now();
-        let mut t = Table::default();
+        let mut t = Table::new(1 << 40);
         let r = t.insert(held(1, now));
         t.insert(held(2, now + Duration::from_secs(60)));
         t.sweep(now + Duration::from_secs(2), Duration::from_secs(1));

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 use super::names::Names;
 use super::ops::Inner;
+use super::receipts::Table;
 use super::{unavailable, NatsOptions};
 use crate::{Error, Result};
 
@@ -174,12 +175,24 @@ pub(crate) async fn open(url: String, opts: NatsOptions) -> Result<Inner> {
         bands,
         max_message_size,
         opts,
-        table: Mutex::new(Default::default()),
+        table: Mutex::new(Table::new(receipt_base())),
         notify,
         wake: Mutex::new(Some(wake)),
         wake_epoch: AtomicU64::new(0),
         closed: AtomicBool::new(false),
     })
+}
+
+/// Where this handle's receipt numbers start: the clock's low 43 bits of
+/// nanoseconds, shifted up 20 bits, so two handles' numbers do not overlap
+/// in practice (one would have to issue 2^20 receipts to reach the start
+/// of a handle opened a nanosecond later), and the top bit stays clear, so
+/// counting up from the start cannot overflow.
+fn receipt_base() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (nanos & ((1 << 43) - 1)) << 20
 }
 
 /// `url` as the client's server list: one address or several separated
