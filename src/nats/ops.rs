@@ -169,15 +169,26 @@ impl Inner {
         for (key, id) in fresh_keys {
             let mut h = HeaderMap::new();
             h.insert(names::KEY_ID, id.to_string().as_str());
-            self.js
-                .publish_with_headers(self.names.key_subject(&key), h, Vec::new().into())
-                .await
-                .map_err(|e| self.publish_error(e))?
-                .await
-                .map_err(|e| self.publish_error(e))?;
+            self.publish(self.names.key_subject(&key), h, Vec::new().into())
+                .await?;
         }
         self.announce().await;
         Ok(ids)
+    }
+
+    /// Publish to a stream and wait for the server's ack.
+    async fn publish(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: bytes::Bytes,
+    ) -> Result<jetstream::publish::PublishAck> {
+        self.js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| self.publish_error(e))?
+            .await
+            .map_err(|e| self.publish_error(e))
     }
 
     /// Tell waiting dequeues (every process) that work arrived. Best
@@ -410,12 +421,8 @@ impl Inner {
             async_nats::header::NATS_MESSAGE_ID,
             format!("dead-{}-{seq}", meta.id).as_str(),
         );
-        self.js
-            .publish_with_headers(self.names.dead_subject(meta.id), h, payload.to_vec().into())
-            .await
-            .map_err(|e| self.publish_error(e))?
-            .await
-            .map_err(|e| self.publish_error(e))?;
+        self.publish(self.names.dead_subject(meta.id), h, payload.to_vec().into())
+            .await?;
         self.settle(reply, "+TERM".into()).await
     }
 
@@ -533,6 +540,14 @@ impl Inner {
             .await?;
         self.table.lock().remove(receipt);
         Ok(())
+    }
+
+    /// A stream's state and (in a cluster) its leader.
+    async fn info(&self, stream: &Stream) -> Result<jetstream::stream::Info> {
+        stream
+            .get_info()
+            .await
+            .map_err(|e| unavailable(&self.url, format!("stream info: {e}")))
     }
 
     /// The last message on `subject` of `stream`, `None` when it has none.
@@ -678,11 +693,7 @@ impl Inner {
 
     pub(crate) async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
         self.check_open()?;
-        let info = self
-            .dead
-            .get_info()
-            .await
-            .map_err(|e| unavailable(&self.url, format!("stream info: {e}")))?;
+        let info = self.info(&self.dead).await?;
         let mut out = Vec::new();
         if info.state.messages == 0 {
             return Ok(out);
@@ -746,25 +757,17 @@ impl Inner {
             format!("redrive-{}-{}", id.0, dead.sequence).as_str(),
         );
         let ack = self
-            .js
-            .publish_with_headers(
+            .publish(
                 self.names.band_subject(self.band_of(meta.priority)),
                 headers,
                 dead.payload.clone(),
             )
-            .await
-            .map_err(|e| self.publish_error(e))?
-            .await
-            .map_err(|e| self.publish_error(e))?;
+            .await?;
         let mut marker = HeaderMap::new();
         marker.insert(names::ID, id.0.to_string().as_str());
         marker.insert(names::REDRIVEN, ack.sequence.to_string().as_str());
-        self.js
-            .publish_with_headers(self.names.dead_subject(id.0), marker, Vec::new().into())
-            .await
-            .map_err(|e| self.publish_error(e))?
-            .await
-            .map_err(|e| self.publish_error(e))?;
+        self.publish(self.names.dead_subject(id.0), marker, Vec::new().into())
+            .await?;
         self.announce().await;
         Ok(())
     }
@@ -782,11 +785,7 @@ impl Inner {
     /// a cluster; the one server otherwise).
     pub(crate) async fn stream_leader(&self) -> Result<Option<String>> {
         self.check_open()?;
-        let info = self
-            .jobs
-            .get_info()
-            .await
-            .map_err(|e| unavailable(&self.url, format!("stream info: {e}")))?;
+        let info = self.info(&self.jobs).await?;
         Ok(info.cluster.and_then(|c| c.leader))
     }
 

@@ -62,29 +62,33 @@ pub(crate) async fn open(url: String, opts: NatsOptions) -> Result<Inner> {
         .timeout(opts.request_timeout)
         .build(client.clone());
 
-    let refused = |what: String| {
+    let replicas = opts.replicas;
+    let create = |config: stream::Config| {
+        let js = js.clone();
         let url = url.clone();
-        move |e: jetstream::context::CreateStreamError| Error::Backend {
-            url,
-            detail: format!("{what}: {e}"),
+        async move {
+            let name = config.name.clone();
+            js.get_or_create_stream(config)
+                .await
+                .map_err(|e| Error::Backend {
+                    url,
+                    detail: format!("stream {name}: {e}"),
+                })
         }
     };
-    let replicas = opts.replicas;
-    let jobs = js
-        .get_or_create_stream(stream::Config {
-            name: names.jobs_stream(),
-            subjects: vec![names.jobs_subjects()],
-            // Work queue: a message leaves the stream when acked or
-            // terminated, so the stream holds only live jobs.
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            duplicate_window: opts.dedup_window,
-            max_message_size: i32::try_from(max_payload).unwrap_or(i32::MAX),
-            ..Default::default()
-        })
-        .await
-        .map_err(refused(format!("stream {}", names.jobs_stream())))?;
+    let jobs = create(stream::Config {
+        name: names.jobs_stream(),
+        subjects: vec![names.jobs_subjects()],
+        // Work queue: a message leaves the stream when acked or
+        // terminated, so the stream holds only live jobs.
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: opts.dedup_window,
+        max_message_size: i32::try_from(max_payload).unwrap_or(i32::MAX),
+        ..Default::default()
+    })
+    .await?;
     // Dead letters, results and keys: one message per subject, the latest
     // (a redrive marker replaces its dead letter).
     let per_id = |name: String, subjects: String, max_age| stream::Config {
@@ -98,30 +102,24 @@ pub(crate) async fn open(url: String, opts: NatsOptions) -> Result<Inner> {
         max_message_size: i32::try_from(max_payload).unwrap_or(i32::MAX),
         ..Default::default()
     };
-    let dead = js
-        .get_or_create_stream(per_id(
-            names.dead_stream(),
-            names.dead_subjects(),
-            opts.dead_letter_retention.unwrap_or_default(),
-        ))
-        .await
-        .map_err(refused(format!("stream {}", names.dead_stream())))?;
-    let results = js
-        .get_or_create_stream(per_id(
-            names.results_stream(),
-            names.results_subjects(),
-            opts.result_retention.unwrap_or_default(),
-        ))
-        .await
-        .map_err(refused(format!("stream {}", names.results_stream())))?;
-    let keys = js
-        .get_or_create_stream(per_id(
-            names.keys_stream(),
-            names.keys_subjects(),
-            opts.dedup_window,
-        ))
-        .await
-        .map_err(refused(format!("stream {}", names.keys_stream())))?;
+    let dead = create(per_id(
+        names.dead_stream(),
+        names.dead_subjects(),
+        opts.dead_letter_retention.unwrap_or_default(),
+    ))
+    .await?;
+    let results = create(per_id(
+        names.results_stream(),
+        names.results_subjects(),
+        opts.result_retention.unwrap_or_default(),
+    ))
+    .await?;
+    let keys = create(per_id(
+        names.keys_stream(),
+        names.keys_subjects(),
+        opts.dedup_window,
+    ))
+    .await?;
 
     let mut bands = Vec::with_capacity(opts.bands.len());
     for &band in opts.bands.iter().rev() {
