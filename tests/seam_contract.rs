@@ -213,6 +213,53 @@ fn delayed_enqueue<Q: DeadLetterAdmin>(q: &Q) {
     q.ack_batch(&[d.receipt]).expect("ack");
 }
 
+/// Two consumer threads on clones of one handle share the work: every
+/// message is delivered to exactly one of them (no lease runs out here).
+fn consumers_share_the_work<Q: DeadLetterAdmin>(q: &Q) {
+    const N: usize = 200;
+    let items: Vec<(Vec<u8>, EnqueueOptions)> = (0..N)
+        .map(|i| (format!("m{i}").into_bytes(), opts((i % 3) as u8 * 100)))
+        .collect();
+    let mut ids = q.enqueue_batch_with(&items).expect("enqueue");
+    let consumers: Vec<_> = (0..2)
+        .map(|_| {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let start = Instant::now();
+                while start.elapsed() < PATIENCE {
+                    let batch = q
+                        .dequeue_with(
+                            &DequeueOptions::new()
+                                .max(8)
+                                .wait(Duration::from_millis(300)),
+                        )
+                        .expect("dequeue");
+                    if batch.is_empty() {
+                        break;
+                    }
+                    q.ack_batch(&batch.iter().map(|d| d.receipt).collect::<Vec<_>>())
+                        .expect("ack");
+                    got.extend(batch.iter().map(|d| (d.id, d.attempt)));
+                }
+                got
+            })
+        })
+        .collect();
+    let seen: Vec<_> = consumers
+        .into_iter()
+        .flat_map(|t| t.join().expect("consumer thread"))
+        .collect();
+    assert!(
+        seen.iter().all(|(_, attempt)| *attempt == 1),
+        "no redelivery"
+    );
+    let mut seen: Vec<_> = seen.into_iter().map(|(id, _)| id).collect();
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids, "each message delivered once, none missing");
+}
+
 /// Bad input: a clear error, nothing added.
 fn bad_input_refused<Q: DeadLetterAdmin>(q: &Q) {
     let past = lanelog::Timestamp(1);
@@ -270,6 +317,7 @@ contract!(
     keys_deduplicate,
     complete_once,
     delayed_enqueue,
+    consumers_share_the_work,
     bad_input_refused,
 );
 
