@@ -94,6 +94,29 @@ pub enum Error {
     /// The queue was closed with [`crate::Queue::close`].
     #[error("queue is closed")]
     Closed,
+
+    /// A remote queue's server (JetStream, feature `nats`) could not be
+    /// reached or did not answer in time. Transient: the call may be
+    /// retried once the server is back; whether the call took effect is
+    /// unknown (an enqueue retried with its idempotency key is not added
+    /// twice).
+    #[error("queue server {url} is unavailable: {detail}")]
+    Unavailable {
+        /// The server address the backend was opened with.
+        url: String,
+        /// What failed.
+        detail: String,
+    },
+
+    /// A remote queue's server answered with an error (a stream or consumer
+    /// it refused, a limit of its own).
+    #[error("queue server {url} refused the request: {detail}")]
+    Backend {
+        /// The server address the backend was opened with.
+        url: String,
+        /// The server's answer.
+        detail: String,
+    },
 }
 
 /// `Result` with [`Error`].

@@ -92,6 +92,12 @@
 //!
 //! - `worker/`: the inference worker loop, on the crate's public API only
 //!   ([`worker`] lists its files).
+//! - `nats/` (feature `nats`): the seam over NATS JetStream,
+//!   `nats::JetStreamQueue` (the module docs list its files;
+//!   `docs/nats.md` maps each part of the queue onto JetStream).
+//! - `seam.rs`: the queue seam, [`JobQueue`] (what the worker layer calls
+//!   on a queue) and [`DeadLetterAdmin`], implemented by [`Queue`] by
+//!   forwarding.
 //! - `queue.rs`: the public facade, [`Queue`] and [`QueueOptions::open`];
 //!   every method checks its arguments and hands over to the engine.
 //! - `inspect/`: read-only views of a directory without the lock (stats,
@@ -160,10 +166,13 @@ mod keys;
 mod lanes;
 mod layout;
 mod message;
+#[cfg(feature = "nats")]
+pub mod nats;
 mod prepare;
 mod queue;
 mod readme_doctest;
 mod recovery;
+mod seam;
 mod segment;
 pub mod storage;
 #[cfg(feature = "tokio")]
@@ -185,3 +194,4 @@ pub use message::{
     Stats,
 };
 pub use queue::Queue;
+pub use seam::{DeadLetterAdmin, JobQueue};

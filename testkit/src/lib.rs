@@ -19,11 +19,14 @@
 //!   serve reads without counting them.
 //! - [`SplitMix64`] (re-exported from `lanelog::storage`, where
 //!   `MemoryStorage::crash` draws from it): the one seeded generator.
+//! - [`nats`]: `nats-server` processes (one node or a cluster) on
+//!   loopback ports with a temporary store, killed with the test.
 //! - [`kill`]: run this test binary again as a child running one named
 //!   scenario and `kill -9` it, bounded in time.
 
 pub mod kill;
 pub mod model;
+pub mod nats;
 pub mod oracle;
 pub mod traced;
 pub mod workload;
