@@ -293,11 +293,14 @@ impl Inner {
             .filter(|&&id| id != active && rec.index.live_in(id) == 0)
             .map(|&id| (id, 0))
             .collect();
-        // What a killed process left in the page cache becomes durable now,
-        // so the `synced end` stamped into new frames is true (invariant C of
-        // `segment`).
-        segments[&active].file().sync_data()?;
-        rec.journal.file().sync_data()?;
+        // No sync here: the active segment and the journal start with their
+        // recovered end as `synced` (stamped into new records and frames,
+        // invariant C of `segment`), and that is true already. Recovery
+        // synced every file whose scan kept bytes a killed process may have
+        // left only in the page cache, and the bytes before where a scan
+        // starts were durable before the checkpoint naming that place was
+        // written (invariant D of `recovery`). A segment made just now was
+        // synced when it was made.
         let poison = Poison::default();
         let prep = match opts.prepare_ahead {
             Some(true) => Some(Preparer::start(storage.clone(), poison.flag())?),
