@@ -108,6 +108,11 @@ impl Journal {
         self.end
     }
 
+    /// Offset of this file known durable.
+    pub fn synced(&self) -> u32 {
+        self.synced
+    }
+
     /// The size new files get.
     pub fn new_size(&self) -> u32 {
         self.new_size

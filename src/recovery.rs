@@ -81,6 +81,8 @@ pub(crate) struct Recovered {
     pub cut_segments: Vec<u32>,
     /// The head segment of the checkpoint loaded (0 without one).
     pub checkpoint_head: u32,
+    /// Where the checkpoint loaded says replay resumes.
+    pub checkpoint_position: Option<crate::engine::Position>,
     pub report: RecoveryReport,
 }
 
@@ -100,6 +102,7 @@ pub(crate) struct Scanned {
     pub keyed_segments: Vec<u32>,
     pub cut_segments: Vec<u32>,
     pub checkpoint_head: u32,
+    pub checkpoint_position: Option<crate::engine::Position>,
     pub report: RecoveryReport,
     /// Live messages whose segment file is gone (id, segment); the report
     /// counts them in `missing_messages`.
@@ -326,6 +329,7 @@ pub(crate) fn recover(
         keyed_segments: s.keyed_segments,
         cut_segments: s.cut_segments,
         checkpoint_head: s.checkpoint_head,
+        checkpoint_position: s.checkpoint_position,
         report: s.report,
     })
 }
@@ -611,6 +615,7 @@ pub(crate) fn scan_directory(
         keyed_segments,
         cut_segments,
         checkpoint_head,
+        checkpoint_position: has_checkpoint.then(|| meta.position()),
         report,
         missing,
         fixes,
