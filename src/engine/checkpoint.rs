@@ -128,7 +128,8 @@ impl Inner {
         drop(keys);
         // Invariant B.
         let tmp = layout::checkpoint_temp_name(number);
-        let file = match self.storage.create(&tmp, bytes.len() as u64) {
+        // Written whole and synced below, before the rename relies on it.
+        let file = match self.storage.create_to_overwrite(&tmp, bytes.len() as u64) {
             Ok(file) => file,
             // Not made (a full disk): no checkpoint now, as when the journal
             // file could not be made; the next maintenance tries again.
