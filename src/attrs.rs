@@ -44,7 +44,8 @@ pub(crate) fn write(
 ) -> Result<()> {
     let bytes = attributes::encode(a, revision, now_ms);
     let _ = storage.remove(ATTRIBUTES_TMP);
-    let file = storage.create(ATTRIBUTES_TMP, bytes.len() as u64)?;
+    // Written whole and synced before the rename relies on it.
+    let file = storage.create_to_overwrite(ATTRIBUTES_TMP, bytes.len() as u64)?;
     file.write_at(0, &bytes)?;
     file.sync_data()?;
     storage.rename(ATTRIBUTES_TMP, ATTRIBUTES_NAME)?;

@@ -56,7 +56,8 @@ impl Journal {
         create_with_header(storage, &layout::journal_name(number), size, &h)
     }
 
-    /// A journal appending to an existing file at `end`.
+    /// A journal appending to an existing file at `end`, durable up to
+    /// there (a file found at open: invariant D of `recovery`).
     pub fn resume(
         number: u64,
         file: Arc<dyn StorageFile>,
@@ -105,6 +106,11 @@ impl Journal {
     /// Where the next entry goes in this file.
     pub fn end(&self) -> u32 {
         self.end
+    }
+
+    /// Offset of this file known durable.
+    pub fn synced(&self) -> u32 {
+        self.synced
     }
 
     /// The size new files get.

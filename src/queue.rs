@@ -836,8 +836,10 @@ impl Queue {
         self.inner.dead_letter_op(Kind::Purged, None)
     }
 
-    /// Sync, write a checkpoint (so the next open is fast) and release the
-    /// directory. Other handles to this queue get [`Error::Closed`] after.
+    /// Sync, write a checkpoint if anything was written since the last one
+    /// (so the next open is fast and makes no sync of its own) and release
+    /// the directory. Other handles to this queue get [`Error::Closed`]
+    /// after.
     ///
     /// ```
     /// # fn main() -> Result<(), lanelog::Error> {

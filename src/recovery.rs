@@ -13,6 +13,35 @@
 //!    recovery leaves a directory that recovers to the same state.
 //! C. The state rebuilt is what `Index::add` and `Index::apply` make of the
 //!    durable records and entries, the same calls the live queue makes.
+//! D. A segment or journal file is synced only when its scan kept a frame
+//!    (a record or journal frame past where the scan started) or found a
+//!    torn tail to zero (the zeroing is synced). Where a scan starts, every
+//!    byte before is durable already:
+//!    - the checkpoint's journal offset in its journal file and its head
+//!      offset in its head segment: a checkpoint is written only after every
+//!      file it describes was synced (invariant A of `engine::checkpoint`).
+//!      That holds whether or not the checkpoint's own rename is durable
+//!      yet: if it is lost, the older checkpoint found instead names
+//!      positions synced earlier still, and what the newer one supersedes is
+//!      removed only after its rename was synced;
+//!    - the header of every later file: a segment's or journal file's header
+//!      and directory entry are durable before anything is written to it
+//!      (invariant A of `segment` and of `journal`). A later segment is never
+//!      written before the one before it is sealed, synced, so segments
+//!      below the head are durable whole and are not scanned.
+//!
+//!    Past a scan's end, reads see zeros (a clean end) or a torn tail that
+//!    is zeroed and synced. The only zeros ever written over data are this
+//!    zeroing, and a new file is durably zero, so the disk holds zeros there
+//!    too. Hence when a scan keeps nothing, the file is durable up to its
+//!    end: the `synced` offset a recovered segment or journal starts with
+//!    (its end) is true with no sync (invariant C of `segment`), and
+//!    nothing decided from what was read (a removal, a later checkpoint)
+//!    rests on bytes a killed process left only in the page cache. When a
+//!    scan keeps a frame, those bytes may be only in the page cache, so the
+//!    file is synced before anything else is changed. Open after a clean
+//!    close (a checkpoint at the very end of every file) therefore makes no
+//!    sync at all.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -52,6 +81,8 @@ pub(crate) struct Recovered {
     pub cut_segments: Vec<u32>,
     /// The head segment of the checkpoint loaded (0 without one).
     pub checkpoint_head: u32,
+    /// Where the checkpoint loaded says replay resumes.
+    pub checkpoint_position: Option<crate::engine::Position>,
     pub report: RecoveryReport,
 }
 
@@ -71,6 +102,7 @@ pub(crate) struct Scanned {
     pub keyed_segments: Vec<u32>,
     pub cut_segments: Vec<u32>,
     pub checkpoint_head: u32,
+    pub checkpoint_position: Option<crate::engine::Position>,
     pub report: RecoveryReport,
     /// Live messages whose segment file is gone (id, segment); the report
     /// counts them in `missing_messages`.
@@ -96,9 +128,10 @@ pub(crate) struct LastJournal {
 enum Fix {
     Remove(String),
     Zero(Arc<dyn StorageFile>, Range<u64>),
-    /// A file recovery read: what a killed process left in the page cache
-    /// must be durable before anything decided from it (removing a finished
-    /// segment, a later checkpoint) can be.
+    /// A file whose scan kept frames past its known-durable start: what a
+    /// killed process left in the page cache must be durable before
+    /// anything decided from it (removing a finished segment, a later
+    /// checkpoint, a new frame claiming it synced) can be (invariant D).
     Sync(Arc<dyn StorageFile>),
 }
 
@@ -213,8 +246,10 @@ fn only_zeros_after_header(file: &dyn StorageFile) -> io::Result<bool> {
         .is_none_or(|rest| rest.iter().all(|&b| b == 0)))
 }
 
-/// Note what a scan found in the report and schedule its torn tail to be
-/// zeroed.
+/// Note what a scan found in the report, schedule its torn tail to be
+/// zeroed, and schedule the file to be synced if the scan kept frames
+/// (invariant D: nothing before the scan's start needs it, and zeroing a
+/// torn tail syncs the file anyway).
 fn judge<F>(
     name: &str,
     file: &Arc<dyn StorageFile>,
@@ -235,6 +270,8 @@ fn judge<F>(
         });
         report.frames_dropped += s.dropped_frames as u64;
         fixes.push(Fix::Zero(file.clone(), range64(t.clone())));
+    } else if !s.frames.is_empty() {
+        fixes.push(Fix::Sync(file.clone()));
     }
 }
 
@@ -292,6 +329,7 @@ pub(crate) fn recover(
         keyed_segments: s.keyed_segments,
         cut_segments: s.cut_segments,
         checkpoint_head: s.checkpoint_head,
+        checkpoint_position: s.checkpoint_position,
         report: s.report,
     })
 }
@@ -429,7 +467,6 @@ pub(crate) fn scan_directory(
                     .collect();
                 (s, keys)
             })?;
-            fixes.push(Fix::Sync(file.clone()));
             judge(&name, &file, &s, &mut report, &mut fixes);
             report.records_scanned += s.frames.len() as u64;
             if !keys.is_empty() {
@@ -489,7 +526,6 @@ pub(crate) fn scan_directory(
         };
         let version = versions.get(&name).copied().unwrap_or(FORMAT_VERSION);
         let s = with_contents(&*file, |buf| journal::scan(buf, start, version, n))?;
-        fixes.push(Fix::Sync(file.clone()));
         judge(&name, &file, &s, &mut report, &mut fixes);
         for (_, (entries, _)) in &s.frames {
             for e in entries {
@@ -579,6 +615,7 @@ pub(crate) fn scan_directory(
         keyed_segments,
         cut_segments,
         checkpoint_head,
+        checkpoint_position: has_checkpoint.then(|| meta.position()),
         report,
         missing,
         fixes,
@@ -672,10 +709,10 @@ impl CheckpointSink for Loader<'_> {
     }
 }
 
+/// Make the changes recovery decided on: syncs first, so that nothing read
+/// from the page cache is relied on before it is durable (invariant D),
+/// then zeroing (synced), then removals, made durable by one directory sync.
 fn apply_fixes(storage: &dyn Storage, fixes: Vec<Fix>) -> Result<()> {
-    if fixes.is_empty() {
-        return Ok(());
-    }
     let zeros = vec![0u8; 1 << 20];
     for fix in &fixes {
         if let Fix::Sync(file) = fix {
@@ -693,14 +730,18 @@ fn apply_fixes(storage: &dyn Storage, fixes: Vec<Fix>) -> Result<()> {
             file.sync_data()?;
         }
     }
+    let mut removed = false;
     for fix in &fixes {
         if let Fix::Remove(name) = fix {
             match storage.remove(name) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
                 _ => {}
             }
+            removed = true;
         }
     }
-    storage.sync_dir()?;
+    if removed {
+        storage.sync_dir()?;
+    }
     Ok(())
 }

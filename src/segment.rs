@@ -81,7 +81,8 @@ impl Segment {
     }
 
     /// A segment found at open: its records end at `end`, everything up to
-    /// there is durable (recovery synced what it read), `records` were
+    /// there is durable (recovery synced every file in which it kept records
+    /// past what was known durable, invariant D of `recovery`), `records` were
     /// appended to it over its life, the largest payload `largest`, and its
     /// header says format `version`.
     pub fn recovered(

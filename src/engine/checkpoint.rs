@@ -4,17 +4,28 @@
 //!
 //! Invariants:
 //!
-//! A. A checkpoint describes only durable files: the journal is rotated and
-//!    everything dirty synced before the snapshot is taken (invariant D of
-//!    `engine`).
+//! A. A checkpoint describes only durable files: everything dirty is synced
+//!    before the snapshot is taken, and the journal file and the active
+//!    segment it names are durable up to the positions it names (invariant
+//!    D of `engine`). Recovery relies on this to sync nothing before those
+//!    positions (invariant D of `recovery`).
 //! B. It is written under a temporary name, synced, renamed into place and
 //!    the directory synced before anything it supersedes (the previous
-//!    checkpoint, journal files before the one it names) is removed.
+//!    checkpoint, journal files before the one it names) is removed. The
+//!    removals themselves are not synced: a superseded file that a power
+//!    loss brings back is superseded again, and open removes it (a later
+//!    directory sync, of this queue or of open, makes them durable).
+//! C. Replay resumes at the journal position the checkpoint names, which
+//!    need not be the start of a file: a checkpoint taken by maintenance
+//!    rotates the journal first, so that the file it names and no other is
+//!    kept, while the one `close` takes does not (making a journal file
+//!    costs syncs, and the next open resumes appending to that file).
 
 use super::{Core, Inner, Target};
 use crate::codec::checkpoint::{
     self, CheckpointBody, CheckpointKey, CheckpointMeta, CheckpointSegment,
 };
+use crate::codec::header;
 use crate::error::Result;
 use crate::layout::{self, CreateError};
 use crate::prepare::Want;
@@ -29,26 +40,29 @@ impl Inner {
     }
 
     /// Write a checkpoint of the durable state and drop the journal files
-    /// it covers.
-    pub(super) fn checkpoint(&self, core: &mut Core) -> Result<()> {
+    /// it covers; with `rotate`, start a new journal file first (invariant
+    /// C).
+    pub(super) fn checkpoint(&self, core: &mut Core, rotate: bool) -> Result<()> {
         let now = self.opts.clock.now().0;
-        // Invariant A: start a fresh journal file so replay starts at its
-        // beginning, then sync everything the checkpoint will describe.
-        let next = Want::Journal(core.journal.number() + 1);
-        let rotated = match &self.prep {
-            Some(p) => p.take(next),
-            None => Ok(None),
+        if rotate {
+            let next = Want::Journal(core.journal.number() + 1);
+            let rotated = match &self.prep {
+                Some(p) => p.take(next),
+                None => Ok(None),
+            }
+            .and_then(|ahead| core.journal.rotate(&*self.storage, now, ahead));
+            let old = match rotated {
+                Ok(old) => old,
+                // A full disk: no checkpoint now; the next maintenance tries again.
+                Err(CreateError::NotMade(_)) => return Ok(()),
+                Err(CreateError::Failed(e)) => return Err(e.into()),
+            };
+            let old_number = core.journal.number() - 1;
+            core.mark_dirty(&old, Target::Journal(old_number), 0);
         }
-        .and_then(|ahead| core.journal.rotate(&*self.storage, now, ahead));
-        let old = match rotated {
-            Ok(old) => old,
-            // A full disk: no checkpoint now; the next maintenance tries again.
-            Err(CreateError::NotMade(_)) => return Ok(()),
-            Err(CreateError::Failed(e)) => return Err(e.into()),
-        };
-        let old_number = core.journal.number() - 1;
-        core.mark_dirty(&old, Target::Journal(old_number), 0);
+        // Invariant A: sync everything the checkpoint will describe.
         self.sync_inline(core)?;
+        self.sync_positions(core)?;
         let mut messages = Vec::with_capacity(core.index.live_count() as usize);
         core.index.snapshot(|m| messages.push(m));
         // Marks below every message a retention cut could remove (dead
@@ -114,7 +128,8 @@ impl Inner {
         drop(keys);
         // Invariant B.
         let tmp = layout::checkpoint_temp_name(number);
-        let file = match self.storage.create(&tmp, bytes.len() as u64) {
+        // Written whole and synced below, before the rename relies on it.
+        let file = match self.storage.create_to_overwrite(&tmp, bytes.len() as u64) {
             Ok(file) => file,
             // Not made (a full disk): no checkpoint now, as when the journal
             // file could not be made; the next maintenance tries again.
@@ -141,14 +156,84 @@ impl Inner {
             self.storage.remove(&layout::journal_name(n))?;
         }
         core.journal.forget_files_before(current);
-        self.storage.sync_dir()?;
+        // No directory sync for the removals (invariant B).
         core.checkpoint_number = number;
         core.checkpoint_head = active_id;
+        core.checkpointed = Some(meta.position());
         // Every key and counter is in this checkpoint: their segments may go.
         core.unsaved_keys.clear();
         core.unsaved_cuts.clear();
         core.checkpoint_file_bytes = bytes.len() as u64;
         core.journal_bytes_since_checkpoint = 0;
         Ok(())
+    }
+
+    /// Make the journal file and the active segment durable up to their
+    /// ends, the positions a checkpoint names (invariant A). After
+    /// `sync_inline` they are, unless a sync led by another thread took
+    /// them off the dirty list and has not finished (a `sync` racing
+    /// `close`): `synced` moves only once a sync completed, so this syncs
+    /// exactly when that may be so, and costs nothing otherwise.
+    fn sync_positions(&self, core: &mut Core) -> Result<()> {
+        let end = core.journal.end();
+        if core.journal.synced() < end {
+            core.journal.file().sync_data()?;
+            core.journal.mark_synced(end);
+        }
+        let seg = core.active();
+        let end = seg.end();
+        if seg.synced() < end {
+            seg.file().sync_data()?;
+            seg.mark_synced(end);
+        }
+        Ok(())
+    }
+
+    /// Whether the queue changed since the newest checkpoint, by what it
+    /// wrote: a journal or segment position other than the one the
+    /// checkpoint names, a journal file the checkpoint does not supersede,
+    /// or segments holding what no checkpoint holds (`close` checkpoints
+    /// only then). What changes without a write (leases released and keys
+    /// forgotten at open, delays maturing) open recomputes again from the
+    /// same checkpoint, and every byte up to its positions is durable
+    /// (invariant A), so a queue that did not change needs no new one.
+    pub(super) fn changed_since_checkpoint(&self, core: &Core) -> bool {
+        let active = &core.segments[&core.active];
+        let now = Position {
+            journal: (core.journal.number(), core.journal.end()),
+            head: (core.active, active.end()),
+        };
+        let written = match core.checkpointed {
+            Some(at) => at != now,
+            // No checkpoint yet: anything past the headers.
+            None => {
+                core.journal.end() as usize > header::SIZE || active.end() as usize > header::SIZE
+            }
+        };
+        written
+            || core.journal.files().len() > 1
+            || !core.unsaved_keys.is_empty()
+            || !core.unsaved_cuts.is_empty()
+    }
+}
+
+/// Where a checkpoint says replay resumes: the journal file and offset, and
+/// the head segment and offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Position {
+    pub journal: (u64, u32),
+    pub head: (u32, u32),
+}
+
+impl CheckpointMeta {
+    /// The position this checkpoint names.
+    pub(crate) fn position(&self) -> Position {
+        Position {
+            journal: (self.journal_file, self.journal_offset),
+            head: (
+                self.head_segment.min(u64::from(u32::MAX)) as u32,
+                self.head_offset,
+            ),
+        }
     }
 }

@@ -60,6 +60,7 @@ use crate::recovery;
 use crate::segment::{self, Segment};
 use crate::storage::{LockGuard, Storage};
 
+pub(crate) use checkpoint::Position;
 use commit::{Dirty, Poison, StopSignal, SyncState, Target, Written};
 pub(crate) use delivery::Settlement;
 
@@ -222,6 +223,9 @@ struct Core {
     /// The head segment of the newest checkpoint (0 without one): records
     /// in older segments are all held by it.
     checkpoint_head: u32,
+    /// Where the newest checkpoint says replay resumes (`None` without
+    /// one): `close` writes none if the queue is still there.
+    checkpointed: Option<checkpoint::Position>,
     /// Work for the next sync's maintenance: drained segments or a
     /// checkpoint due.
     maintenance_due: bool,
@@ -293,11 +297,14 @@ impl Inner {
             .filter(|&&id| id != active && rec.index.live_in(id) == 0)
             .map(|&id| (id, 0))
             .collect();
-        // What a killed process left in the page cache becomes durable now,
-        // so the `synced end` stamped into new frames is true (invariant C of
-        // `segment`).
-        segments[&active].file().sync_data()?;
-        rec.journal.file().sync_data()?;
+        // No sync here: the active segment and the journal start with their
+        // recovered end as `synced` (stamped into new records and frames,
+        // invariant C of `segment`), and that is true already. Recovery
+        // synced every file whose scan kept bytes a killed process may have
+        // left only in the page cache, and the bytes before where a scan
+        // starts were durable before the checkpoint naming that place was
+        // written (invariant D of `recovery`). A segment made just now was
+        // synced when it was made.
         let poison = Poison::default();
         let prep = match opts.prepare_ahead {
             Some(true) => Some(Preparer::start(storage.clone(), poison.flag())?),
@@ -316,6 +323,7 @@ impl Inner {
             unsaved_keys: rec.keyed_segments.into_iter().collect(),
             unsaved_cuts: rec.cut_segments.into_iter().collect(),
             checkpoint_head: rec.checkpoint_head,
+            checkpointed: rec.checkpoint_position,
             maintenance_due: !idle.is_empty(),
             drained: idle,
             journal_bytes_since_checkpoint: 0,
@@ -1041,9 +1049,14 @@ impl Inner {
             if core.health != Health::Open || self.poison.is_set() {
                 return Ok(());
             }
-            // A checkpoint makes the next open read it instead of replaying.
-            if core.journal.end() as usize > header::SIZE || core.journal.files().len() > 1 {
-                self.checkpoint(&mut core)?;
+            // A checkpoint makes the next open read it instead of replaying,
+            // and sync nothing (invariant D of `recovery`): it names the end
+            // of every file. It does not rotate the journal, which would
+            // cost a new file's syncs (invariant C of `checkpoint`). A queue
+            // that wrote nothing since its newest checkpoint needs no new
+            // one.
+            if self.changed_since_checkpoint(&core) {
+                self.checkpoint(&mut core, false)?;
             }
             Ok(())
         });

@@ -99,7 +99,7 @@ impl Inner {
             core.maintenance_due = true;
         }
         if self.checkpoint_due(core) {
-            self.checkpoint(core)?;
+            self.checkpoint(core, true)?;
         }
         Ok(())
     }
@@ -207,7 +207,7 @@ impl Inner {
     /// count those removals lower.
     fn saved(&self, core: &mut Core, id: u32) -> Result<bool> {
         if core.unsaved_keys.contains(&id) || core.unsaved_cuts.contains(&id) {
-            self.checkpoint(core)?;
+            self.checkpoint(core, true)?;
         }
         if core.unsaved_keys.contains(&id) {
             return Ok(false);

@@ -505,8 +505,22 @@ mod tests {
             Err(Error::Unknown)
         ));
 
-        // A close writes a checkpoint and drops the journal before it.
+        // A close writes a checkpoint at the journal's end, and keeps the
+        // file it names: nothing is trimmed yet.
         let other = q.enqueue(b"kept", 1).expect("enqueue");
+        q.close().expect("close");
+        let h = inspect(&mem, &clock).explain(id).expect("explain");
+        assert!(h.is_complete());
+        assert_eq!(h.events.len(), 6);
+        // Once the journal moves to a new file, the next checkpoint drops the
+        // files before it.
+        let q = queue(&mem, &clock);
+        let reason = "r".repeat(1000);
+        for _ in 0..70 {
+            q.enqueue(b"filler", 9).expect("enqueue");
+            let d = q.dequeue().expect("dequeue").expect("filler");
+            q.dead_letter(d.receipt, &reason).expect("dead letter");
+        }
         q.close().expect("close");
         let h = inspect(&mem, &clock).explain(other).expect("explain");
         assert!(!h.is_complete());

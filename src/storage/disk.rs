@@ -93,6 +93,29 @@ impl DiskStorage {
         &self.path
     }
 
+    /// Create `name` preallocated to `len` bytes; with `sync`, its contents
+    /// and size durable too.
+    fn create_file(&self, name: &str, len: u64, sync: bool) -> io::Result<Arc<dyn StorageFile>> {
+        self.refuse()?;
+        let path = self.file_path(name)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let made = mmap::preallocate(&file, len).and_then(|()| match sync {
+            true => file.sync_all(),
+            false => Ok(()),
+        });
+        if let Err(err) = made {
+            // Best effort: the caller needs the original error, and a leftover
+            // file is only wasted space that a retry will report as existing.
+            let _ = fs::remove_file(&path);
+            return Err(err);
+        }
+        Ok(Arc::new(DiskFile::new(file)))
+    }
+
     fn file_path(&self, name: &str) -> io::Result<PathBuf> {
         check_name(name)?;
         Ok(self.path.join(name))
@@ -277,20 +300,13 @@ impl Storage for DiskStorage {
     }
 
     fn create(&self, name: &str, len: u64) -> io::Result<Arc<dyn StorageFile>> {
-        self.refuse()?;
-        let path = self.file_path(name)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        if let Err(err) = mmap::preallocate(&file, len).and_then(|()| file.sync_all()) {
-            // Best effort: the caller needs the original error, and a leftover
-            // file is only wasted space that a retry will report as existing.
-            let _ = fs::remove_file(&path);
-            return Err(err);
-        }
-        Ok(Arc::new(DiskFile::new(file)))
+        self.create_file(name, len, true)
+    }
+
+    fn create_to_overwrite(&self, name: &str, len: u64) -> io::Result<Arc<dyn StorageFile>> {
+        // The caller's `fdatasync` after its write makes the data and the
+        // size durable (both are needed to read the data back).
+        self.create_file(name, len, false)
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
@@ -674,6 +690,26 @@ mod tests {
         let err = s.create("huge", 1 << 62).expect_err("too large");
         assert!(err.raw_os_error().is_some(), "{err}");
         assert!(!s.path().join("huge").exists());
+        let err = s
+            .create_to_overwrite("huge", 1 << 62)
+            .expect_err("too large");
+        assert!(err.raw_os_error().is_some(), "{err}");
+        assert!(!s.path().join("huge").exists());
+    }
+
+    #[test]
+    fn create_to_overwrite_preallocates_and_refuses_existing() {
+        let (_dir, s) = storage();
+        let f = s.create_to_overwrite("t", 4096).expect("create");
+        assert_eq!(
+            fs::metadata(s.path().join("t")).expect("metadata").len(),
+            4096
+        );
+        f.write_at(0, &[7; 4096]).expect("write");
+        f.sync_data().expect("sync");
+        assert_eq!(crate::storage::read_all(&*f).expect("read"), vec![7; 4096]);
+        let err = s.create_to_overwrite("t", 10).expect_err("exists");
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
     }
 
     #[test]

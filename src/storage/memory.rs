@@ -386,6 +386,53 @@ impl MemoryStorage {
         })
     }
 
+    /// The storage a new process finds after this one was killed while the
+    /// machine kept running: a new, independent storage (unlocked, no fault
+    /// planned, call counts at zero, same capacity) where reads see every
+    /// write and every directory change, but what was never synced is still
+    /// only in the page cache. Unlike [`CrashPolicy::ProcessCrash`], a later
+    /// power loss ([`MemoryStorage::crash`] of the returned storage) can
+    /// still lose it, unless the new process syncs it first: this is what
+    /// tests recovery's own syncs.
+    #[must_use = "the image is a new storage; the original is unchanged"]
+    pub fn kill_process(&self) -> MemoryStorage {
+        let state = self.shared.state.lock();
+        // One copy per inode, shared by every name that refers to it (in the
+        // current and in the durable directory), as the kernel keeps them.
+        let mut copies: Vec<(InodeRef, InodeRef)> = Vec::new();
+        let mut copy = |inode: &InodeRef| -> InodeRef {
+            if let Some((_, c)) = copies.iter().find(|(o, _)| Arc::ptr_eq(o, inode)) {
+                return Arc::clone(c);
+            }
+            let i = inode.lock();
+            let c = Arc::new(Mutex::new(Inode {
+                data: i.data.clone(),
+                durable: i.durable.clone(),
+                pending: i.pending.clone(),
+                raw_changed: i.raw_changed,
+            }));
+            copies.push((Arc::clone(inode), Arc::clone(&c)));
+            c
+        };
+        let current = state
+            .current
+            .iter()
+            .map(|(name, inode)| (name.clone(), copy(inode)))
+            .collect();
+        let durable = state
+            .durable
+            .iter()
+            .map(|(name, inode)| (name.clone(), copy(inode)))
+            .collect();
+        MemoryStorage::with_state(State {
+            current,
+            durable,
+            capacity: state.capacity,
+            volatile: state.volatile,
+            ..State::default()
+        })
+    }
+
     /// Number of counted calls made so far: every call of [`Storage`] and
     /// [`StorageFile`] on this storage and its files, except `lock`.
     pub fn calls(&self) -> u64 {
@@ -976,6 +1023,31 @@ mod tests {
         assert!(
             lens.iter().any(|&l| l % 512 == 0 && l > 0 && l < 2048),
             "{lens:?}"
+        );
+    }
+
+    #[test]
+    fn killed_process_leaves_unsynced_writes_losable() {
+        let s = synced_then_written();
+        s.create("g", 1).expect("create g");
+        let k = s.kill_process();
+        assert_eq!(k.read_file("f").expect("f"), b"NEWced");
+        assert!(k.read_file("g").is_some(), "unsynced entries are visible");
+        let lost = k.crash(CrashPolicy::DropUnsynced);
+        assert_eq!(lost.read_file("f").expect("f"), b"synced");
+        assert!(lost.read_file("g").is_none(), "its entry was never synced");
+        // Syncs made by the new process make the old writes durable.
+        k.open("f").expect("open").sync_data().expect("sync");
+        k.sync_dir().expect("sync dir");
+        let kept = k.crash(CrashPolicy::DropUnsynced);
+        assert_eq!(kept.read_file("f").expect("f"), b"NEWced");
+        assert!(kept.read_file("g").is_some());
+        // The original is unchanged by the copy.
+        assert_eq!(
+            s.crash(CrashPolicy::DropUnsynced)
+                .read_file("f")
+                .expect("f"),
+            b"synced"
         );
     }
 
