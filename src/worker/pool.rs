@@ -43,7 +43,7 @@ use super::runner::Runner;
 use super::service::Unclaimed;
 use super::stats::Recorder;
 use super::{note, wall_ms, ErrorKind, InferError, ModelError, RowError};
-use crate::{Delivery, DequeueOptions, Error, JobQueue, Queue, Receipt};
+use crate::{Delivery, DequeueOptions, Error, Queue, Receipt};
 
 /// How a service's workers run.
 #[derive(Debug, Clone)]
@@ -171,22 +171,8 @@ impl PoolOptions {
 const HOLD: Duration = Duration::from_secs(30 * 86_400);
 
 /// What the workers, the committer and the service share.
-pub(crate) struct Shared<Q: JobQueue = Queue> {
-    pub jobs: Q,
-    /// The lease of every job: the jobs queue's fixed lease when it has
-    /// one (JetStream: the consumers' ack wait), else `opts.lease`.
-    pub lease: Duration,
-    /// How often held jobs' leases are renewed: `None` when one
-    /// extension holds them ([`HOLD`]); a third of the lease when the
-    /// queue's lease is fixed (an extension only restarts it).
-    pub renew_held: Option<Duration>,
-    /// Longest wait of a worker's dequeue before it looks at its stop
-    /// flag: short on the embedded queue (a look is cheap), longer on a
-    /// remote one (each look is requests to the server).
-    pub dequeue_wait: Duration,
-    /// Whether the queue is remote ([`JobQueue::remote`]): other
-    /// processes may settle the jobs of runs held here.
-    pub remote: bool,
+pub(crate) struct Shared {
+    pub jobs: Queue,
     pub registry: Registry,
     pub tracker: Tracker,
     pub health: Health,
@@ -201,7 +187,7 @@ pub(crate) struct Shared<Q: JobQueue = Queue> {
     pub held: Mutex<Vec<(Receipt, Option<ModelKey>)>>,
 }
 
-impl<Q: JobQueue> Shared<Q> {
+impl Shared {
     /// Give back the held jobs a model registered now takes (all of them
     /// with `None`), ready at once.
     pub fn release_held(&self, for_model: Option<&ModelKey>) {
@@ -217,27 +203,6 @@ impl<Q: JobQueue> Shared<Q> {
                 let _ = self.jobs.nack(*receipt, Duration::ZERO);
             }
             !release
-        });
-    }
-}
-
-impl<Q: JobQueue> Shared<Q> {
-    /// Extend the lease of every held job again (a queue whose lease is
-    /// fixed restarts it at its full length); a job whose lease was lost
-    /// meanwhile (another process took it) is no longer held here.
-    pub fn renew_held_leases(&self) {
-        self.held.lock().retain(|(receipt, _)| {
-            match self.jobs.extend_lease(*receipt, HOLD) {
-                Ok(()) => true,
-                // Transient: the next renewal tries again, in time while
-                // the lease has two thirds left.
-                Err(Error::Unavailable { .. }) => true,
-                Err(e) => {
-                    self.health
-                        .note(format!("job {} is no longer held: {e}", receipt.id()));
-                    false
-                }
-            }
         });
     }
 }
@@ -277,18 +242,18 @@ impl Health {
 }
 
 /// Counts a worker as running for as long as it lives, panics included.
-struct Alive<Q: JobQueue>(Arc<Shared<Q>>);
+struct Alive(Arc<Shared>);
 
-impl<Q: JobQueue> Drop for Alive<Q> {
+impl Drop for Alive {
     fn drop(&mut self) {
         self.0.health.workers.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// The threads of a service: the workers and the committer.
-pub(crate) struct Pool<Q: JobQueue = Queue> {
+pub(crate) struct Pool {
     stop: Arc<AtomicBool>,
-    shared: Arc<Shared<Q>>,
+    shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     /// Exits once every worker (and so every sender) is gone, after
     /// committing what they handed over.
@@ -297,9 +262,9 @@ pub(crate) struct Pool<Q: JobQueue = Queue> {
     watcher: Option<JoinHandle<()>>,
 }
 
-impl<Q: JobQueue> Pool<Q> {
+impl Pool {
     /// Start the committer and `num_parallel` workers.
-    pub fn start(shared: Arc<Shared<Q>>) -> Result<Pool<Q>, InferError> {
+    pub fn start(shared: Arc<Shared>) -> Result<Pool, InferError> {
         let opts = shared.opts.clone();
         let stop = Arc::new(AtomicBool::new(false));
         // Room for many batches per worker: while the committer syncs, the
@@ -398,7 +363,7 @@ impl<Q: JobQueue> Pool<Q> {
     }
 }
 
-impl<Q: JobQueue> Drop for Pool<Q> {
+impl Drop for Pool {
     fn drop(&mut self) {
         let _ = self.stop_and_join();
     }
@@ -408,19 +373,11 @@ impl<Q: JobQueue> Drop for Pool<Q> {
 /// ask the queue about its jobs (what no worker here reports: a missed
 /// deadline, results of an earlier process), then wake its waiters to check
 /// the service's health too.
-fn watch<Q: JobQueue>(shared: &Shared<Q>, stop: &AtomicBool) {
-    let mut renewed = Instant::now();
+fn watch(shared: &Shared, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         std::thread::park_timeout(POLL);
         if stop.load(Ordering::SeqCst) {
             return;
-        }
-        if shared
-            .renew_held
-            .is_some_and(|every| renewed.elapsed() >= every)
-        {
-            renewed = Instant::now();
-            shared.renew_held_leases();
         }
         let healthy = shared.health.fatal().is_none() && shared.health.workers() > 0;
         for run in shared.tracker.live() {
@@ -428,10 +385,7 @@ fn watch<Q: JobQueue>(shared: &Shared<Q>, stop: &AtomicBool) {
                 continue;
             }
             if healthy {
-                // On a remote queue another process's committer may have
-                // dead-lettered a job: only the queue can tell.
-                let waiting = !shared.remote;
-                if let Err(e) = run.refresh(&shared.jobs, shared.sync_commits, waiting) {
+                if let Err(e) = run.refresh(&shared.jobs, shared.sync_commits, true) {
                     shared.health.note(format!(
                         "asking about the jobs of run {} failed: {e}",
                         run.id()
@@ -443,8 +397,8 @@ fn watch<Q: JobQueue>(shared: &Shared<Q>, stop: &AtomicBool) {
     }
 }
 
-struct Worker<Q: JobQueue> {
-    shared: Arc<Shared<Q>>,
+struct Worker {
+    shared: Arc<Shared>,
     commits: SyncSender<Vec<Settled>>,
     stop: Arc<AtomicBool>,
     seed: u64,
@@ -496,7 +450,7 @@ enum Fate {
     Failed(RowError),
 }
 
-impl<Q: JobQueue> Worker<Q> {
+impl Worker {
     fn run(mut self) {
         let _alive = Alive(self.shared.clone());
         let mut runner = Runner::new();
@@ -505,10 +459,10 @@ impl<Q: JobQueue> Worker<Q> {
                 .max(self.jobs_per_take)
                 // Short, so a shutdown is noticed quickly; the wait is not a
                 // poll: an enqueue wakes the worker at once, and so does
-                // shutdown (see `Shared::dequeue_wait`).
-                .wait(self.shared.dequeue_wait)
+                // shutdown.
+                .wait(Duration::from_millis(10))
                 .linger(self.shared.opts.linger)
-                .visibility(self.shared.lease);
+                .visibility(self.shared.opts.lease);
             let batch = match self.shared.jobs.dequeue_with(&take) {
                 Ok(b) => b,
                 Err(e @ (Error::Closed | Error::Poisoned)) => {
@@ -749,7 +703,7 @@ impl<Q: JobQueue> Worker<Q> {
         timeout: Duration,
         receipts: &[Receipt],
     ) -> Result<RowBlock, ModelError> {
-        let lease = self.shared.lease;
+        let lease = self.shared.opts.lease;
         runner.call(model.clone(), rows, timeout, lease / 3, || {
             for r in receipts {
                 // A lease already lost is settled by whoever has it now.
