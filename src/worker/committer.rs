@@ -79,11 +79,11 @@ const DEADLINE_MARGIN_MS: u64 = 50;
 /// Stores the workers' results and settles their jobs (see the module
 /// docs).
 pub(super) struct Committer {
-    pub(super) shared: Arc<Shared>,
+    shared: Arc<Shared>,
     /// When the committer last synced the jobs queue.
-    pub(super) last_sync: Instant,
+    last_sync: Instant,
     /// Whether results were written since.
-    pub(super) unsynced: bool,
+    unsynced: bool,
 }
 
 /// Longest a written result waits for the committer's sync when nobody
@@ -109,6 +109,15 @@ struct Seen {
 }
 
 impl Committer {
+    /// A committer for the pool sharing `shared`, nothing written yet.
+    pub(super) fn new(shared: Arc<Shared>) -> Committer {
+        Committer {
+            shared,
+            last_sync: Instant::now(),
+            unsynced: false,
+        }
+    }
+
     /// Commit what arrives until every sender (every worker) is gone.
     pub(super) fn run(mut self, inbox: &Receiver<Vec<Settled>>) {
         loop {

@@ -271,11 +271,7 @@ impl Pool {
         // workers go on, and the next commit takes all they settled.
         let (commits, inbox) =
             mpsc::sync_channel::<Vec<Settled>>(opts.num_parallel.saturating_mul(COMMIT_QUEUE));
-        let committer = Committer {
-            shared: shared.clone(),
-            last_sync: Instant::now(),
-            unsynced: false,
-        };
+        let committer = Committer::new(shared.clone());
         let committer = std::thread::Builder::new()
             .name("lanelog-committer".into())
             .spawn(move || committer.run(&inbox))
