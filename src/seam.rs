@@ -149,6 +149,18 @@ pub trait JobQueue: Clone + Send + Sync + 'static {
         None
     }
 
+    /// Whether this queue is a server's rather than this process's own:
+    /// every call is a round trip, other processes may hold its
+    /// deliveries (and settle, complete or dead-letter them), and every
+    /// write is confirmed by the server before its call returns, so
+    /// [`JobQueue::sync`] adds nothing to durability. The worker layer
+    /// waits longer per dequeue, hears of jobs settled by other processes
+    /// by asking the queue, and makes no syncs of its own on such a queue.
+    /// `false` for the embedded queue.
+    fn remote(&self) -> bool {
+        false
+    }
+
     /// [`JobQueue::enqueue_with`] for async callers. The default runs the
     /// synchronous call on the calling thread.
     ///

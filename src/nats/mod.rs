@@ -108,6 +108,12 @@ impl NatsOptions {
         self
     }
 
+    /// The prefix set by [`NatsOptions::prefix`] (the service derives its
+    /// two queues' prefixes from it).
+    pub(crate) fn prefix_name(&self) -> &str {
+        &self.prefix
+    }
+
     /// Copies the server keeps of each stream (1 to 5; a cluster of at
     /// least that many nodes). Applies when the streams are created.
     /// Default = 1.
@@ -416,6 +422,11 @@ impl JobQueue for JetStreamQueue {
 
     fn fixed_lease(&self) -> Option<Duration> {
         Some(self.inner.opts.visibility_timeout)
+    }
+
+    fn remote(&self) -> bool {
+        // Every write waits for the server's confirmation (see `sync`).
+        true
     }
 
     #[cfg(feature = "tokio")]

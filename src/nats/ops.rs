@@ -194,10 +194,10 @@ impl Inner {
     /// Tell waiting dequeues (every process) that work arrived. Best
     /// effort: a lost wake-up costs one poll interval.
     async fn announce(&self) {
-        let _ = self
+        let wake = self
             .client
-            .publish(self.names.wake_subject(), Vec::new().into())
-            .await;
+            .publish(self.names.wake_subject(), Vec::new().into());
+        let _ = self.bounded(wake).await;
     }
 
     fn publish_error(&self, e: jetstream::context::PublishError) -> Error {
@@ -297,6 +297,17 @@ impl Inner {
             .collect())
     }
 
+    /// `step` within one request timeout, or the reason it was not.
+    async fn bounded<F: std::future::Future>(
+        &self,
+        step: F,
+    ) -> std::result::Result<F::Output, String> {
+        let limit = self.opts.request_timeout;
+        tokio::time::timeout(limit, step)
+            .await
+            .map_err(|_| format!("no answer within {limit:?}"))
+    }
+
     /// One pass over the bands without waiting, leaving out `skip`.
     async fn take(
         &self,
@@ -314,15 +325,18 @@ impl Inner {
             if skip.is_some_and(|s| s.contains(band)) {
                 continue;
             }
-            let mut batch = consumer
-                .fetch()
-                .max_messages(want)
-                .messages()
+            let failed = |e: String| unavailable(&self.url, format!("fetch from band {band}: {e}"));
+            let mut batch = self
+                .bounded(consumer.fetch().max_messages(want).messages())
                 .await
-                .map_err(|e| unavailable(&self.url, format!("fetch from band {band}: {e}")))?;
-            while let Some(message) = batch.next().await {
-                let message = message
-                    .map_err(|e| unavailable(&self.url, format!("fetch from band {band}: {e}")))?;
+                .map_err(&failed)?
+                .map_err(|e| failed(e.to_string()))?;
+            // A no-wait fetch ends with the server's "no more messages"
+            // status; a server lost after the request never sends it (the
+            // reconnected client does not resend the pull), so each message
+            // is waited for at most one request timeout.
+            while let Some(message) = self.bounded(batch.next()).await.map_err(&failed)? {
+                let message = message.map_err(|e| failed(e.to_string()))?;
                 if let Some(d) = self.admit(*band, message).await? {
                     out.push(d);
                     want -= 1;
@@ -685,9 +699,10 @@ impl Inner {
 
     pub(crate) async fn sync(&self) -> Result<()> {
         self.check_open()?;
-        self.client
-            .flush()
+        // A flush waits for a reconnection; it is bounded like a request.
+        self.bounded(self.client.flush())
             .await
+            .map_err(|e| unavailable(&self.url, format!("flush: {e}")))?
             .map_err(|e| unavailable(&self.url, format!("flush: {e}")))
     }
 
@@ -799,9 +814,10 @@ impl Inner {
             return Err(Error::Closed);
         }
         self.wake_waiters();
-        self.client
-            .flush()
+        // A flush waits for a reconnection; it is bounded like a request.
+        self.bounded(self.client.flush())
             .await
+            .map_err(|e| unavailable(&self.url, format!("flush: {e}")))?
             .map_err(|e| unavailable(&self.url, format!("flush: {e}")))
     }
 }

@@ -32,7 +32,7 @@ use super::registry::Erased;
 use super::run::DeadMeta;
 use super::stats::JobRows;
 use super::{wall_ms, ErrorKind, RowError};
-use crate::{EnqueueOptions, Error, Receipt, Timestamp};
+use crate::{EnqueueOptions, Error, JobQueue, Receipt, Timestamp};
 
 /// One settled job: its receipt, its run's tag and its id, and what to do.
 pub(super) struct Settled {
@@ -78,8 +78,8 @@ const DEADLINE_MARGIN_MS: u64 = 50;
 
 /// Stores the workers' results and settles their jobs (see the module
 /// docs).
-pub(super) struct Committer {
-    shared: Arc<Shared>,
+pub(super) struct Committer<Q: JobQueue> {
+    shared: Arc<Shared<Q>>,
     /// When the committer last synced the jobs queue.
     last_sync: Instant,
     /// Whether results were written since.
@@ -108,9 +108,9 @@ struct Seen {
     infer_us: Vec<(u64, u64)>,
 }
 
-impl Committer {
+impl<Q: JobQueue> Committer<Q> {
     /// A committer for the pool sharing `shared`, nothing written yet.
-    pub(super) fn new(shared: Arc<Shared>) -> Committer {
+    pub(super) fn new(shared: Arc<Shared<Q>>) -> Committer<Q> {
         Committer {
             shared,
             last_sync: Instant::now(),
@@ -258,7 +258,17 @@ impl Committer {
             match outcome {
                 Ok(()) => {}
                 Err(e @ (Error::Poisoned | Error::Closed | Error::Io(_))) => return Err(e),
+                // Settled elsewhere: another process completed the job, or
+                // an earlier complete of this one stored its result but its
+                // answer was lost (a remote queue's `Unavailable`). The
+                // stored result stands; the run reads it from the queue.
+                Err(Error::StaleReceipt) => self.shared.health.note(format!(
+                    "job {} was settled elsewhere (its stored result stands)",
+                    settled.receipt.id()
+                )),
                 // A lease lost meanwhile: whoever has the job now settles it.
+                // A remote queue unavailable: the job stays leased and comes
+                // back when its lease ends.
                 Err(e) => self
                     .shared
                     .health

@@ -21,9 +21,9 @@ use super::job::content_hash;
 use super::pool::PoolOptions;
 use super::rows::RowBlock;
 use super::run::{Metadata, RowOutput, RunOutput};
-use super::service::{rows_per_job, RunOptions, ServiceOptions};
+use super::service::{rows_per_job, InferService, RunOptions, ServiceOptions};
 use super::{InferError, Model, RowError};
-use crate::{Durability, Timestamp};
+use crate::{Durability, JobQueue, Timestamp};
 
 /// A column of the result table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -243,9 +243,50 @@ pub fn parallel_infer<M: Model>(
     rows: &[M::Input],
     opts: &InferOptions<M::Output>,
 ) -> Result<InferResult<M::Input, M::Output>, InferError> {
+    infer_rows(model, rows, opts, embedded(opts))
+}
+
+/// How `parallel_infer` opens its service: on the embedded queue, in
+/// [`InferOptions::dir`] or in memory.
+fn embedded<O>(
+    opts: &InferOptions<O>,
+) -> impl FnOnce(ServiceOptions) -> Result<InferService, InferError> + '_ {
+    move |service_opts| match &opts.dir {
+        Some(dir) => service_opts.open(dir),
+        None => service_opts.open_in_memory(),
+    }
+}
+
+/// [`parallel_infer`] on a service over two queues of any backend
+/// ([`ServiceOptions::open_queues`]): `jobs` and `runs`, closed when the
+/// call returns. Workers of other processes serving the same queues
+/// share the run. [`InferOptions::dir`] and [`InferOptions::durability`]
+/// do not apply (the queues are opened already).
+///
+/// # Errors
+/// As [`parallel_infer`].
+pub fn parallel_infer_on<M: Model, Q: JobQueue>(
+    jobs: Q,
+    runs: Q,
+    model: Arc<M>,
+    rows: &[M::Input],
+    opts: &InferOptions<M::Output>,
+) -> Result<InferResult<M::Input, M::Output>, InferError> {
+    infer_rows(model, rows, opts, |service_opts| {
+        service_opts.open_queues(jobs, runs)
+    })
+}
+
+/// `parallel_infer` on the service `open` makes of the call's options.
+fn infer_rows<M: Model, Q: JobQueue>(
+    model: Arc<M>,
+    rows: &[M::Input],
+    opts: &InferOptions<M::Output>,
+    open: impl FnOnce(ServiceOptions) -> Result<InferService<Q>, InferError>,
+) -> Result<InferResult<M::Input, M::Output>, InferError> {
     let started = Instant::now();
     let block = RowBlock::encode(rows)?;
-    let out = infer_block(model, block, opts)?;
+    let out = infer_block_on(model, block, opts, open)?;
     let rows_out = out
         .rows
         .into_iter()
@@ -263,10 +304,22 @@ pub fn parallel_infer<M: Model>(
 
 /// `parallel_infer` of rows already in one block: the run's output, rows
 /// in input order.
+#[cfg(feature = "arrow")]
 pub(crate) fn infer_block<M: Model>(
     model: Arc<M>,
     block: RowBlock,
     opts: &InferOptions<M::Output>,
+) -> Result<RunOutput<M::Output>, InferError> {
+    infer_block_on(model, block, opts, embedded(opts))
+}
+
+/// [`infer_block`] on the service `open` makes of the call's options: a
+/// submit keyed by the rows' content, a wait, a close.
+fn infer_block_on<M: Model, Q: JobQueue>(
+    model: Arc<M>,
+    block: RowBlock,
+    opts: &InferOptions<M::Output>,
+    open: impl FnOnce(ServiceOptions) -> Result<InferService<Q>, InferError>,
 ) -> Result<RunOutput<M::Output>, InferError> {
     opts.pool.validate()?;
     if opts.time_excluded {
@@ -291,10 +344,7 @@ pub(crate) fn infer_block<M: Model>(
     // A table's run rarely fills one segment: making the next one ahead
     // would write its zeros for nothing.
     service_opts.prepare_ahead = false;
-    let service = match &opts.dir {
-        Some(dir) => service_opts.open(dir)?,
-        None => service_opts.open_in_memory()?,
-    };
+    let service = open(service_opts)?;
     let m = service.register(model);
     let waited = service
         .submit_block(&m, block, Some(content), &run_opts)

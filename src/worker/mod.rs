@@ -4,8 +4,15 @@
 //! results back in input order (a submit and a wait on a service opened for
 //! the call). `docs/service.md` is the guide.
 //!
-//! This module uses only the public [`Queue`](crate::Queue) API, so it could
-//! live in its own crate.
+//! This module uses only the queue seam ([`JobQueue`](crate::JobQueue)),
+//! so it could live in its own crate, and runs over any backend of it: the
+//! service, its pool, its runs and [`parallel_infer_on`] take the queue
+//! type as a parameter whose default is the embedded
+//! [`Queue`](crate::Queue). On a remote queue
+//! ([`JobQueue::remote`](crate::JobQueue::remote), JetStream) the lease is
+//! the queue's fixed one, held jobs are renewed every third of it, the
+//! service makes no syncs of its own (each write is confirmed), and runs
+//! hear of jobs other processes settled by asking the queue.
 //!
 //! # How a run flows
 //!
@@ -60,7 +67,8 @@
 //! - `runner.rs`: the model's thread, under a timeout, catching panics.
 //! - `stats.rs`: [`ServiceStats`] and, with the `metrics` feature, their
 //!   export through the `metrics` facade.
-//! - `infer.rs`: [`parallel_infer`], its options and its result table.
+//! - `infer.rs`: [`parallel_infer`] (and [`parallel_infer_on`], over
+//!   queues the caller opened), its options and its result table.
 //! - `arrow.rs` (feature `arrow`): `parallel_infer_arrow`, Arrow tables in
 //!   and out.
 //! - `onnx.rs` (feature `onnx`): `OnnxModel`, an ONNX file run by tract.
@@ -91,7 +99,7 @@ pub use arrow::{
 };
 pub use codec::MAX_RECORD_BYTES;
 pub use error::InferError;
-pub use infer::{parallel_infer, Column, InferOptions, InferResult, InferRow};
+pub use infer::{parallel_infer, parallel_infer_on, Column, InferOptions, InferResult, InferRow};
 #[cfg(feature = "onnx")]
 pub use onnx::{OnnxModel, OnnxOutputs};
 pub use pool::PoolOptions;

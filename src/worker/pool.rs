@@ -43,7 +43,7 @@ use super::runner::Runner;
 use super::service::Unclaimed;
 use super::stats::Recorder;
 use super::{note, wall_ms, ErrorKind, InferError, ModelError, RowError};
-use crate::{Delivery, DequeueOptions, Error, Queue, Receipt};
+use crate::{Delivery, DequeueOptions, Error, JobQueue, Queue, Receipt};
 
 /// How a service's workers run.
 #[derive(Debug, Clone)]
@@ -171,8 +171,22 @@ impl PoolOptions {
 const HOLD: Duration = Duration::from_secs(30 * 86_400);
 
 /// What the workers, the committer and the service share.
-pub(crate) struct Shared {
-    pub jobs: Queue,
+pub(crate) struct Shared<Q: JobQueue = Queue> {
+    pub jobs: Q,
+    /// The lease of every job: the jobs queue's fixed lease when it has
+    /// one (JetStream: the consumers' ack wait), else `opts.lease`.
+    pub lease: Duration,
+    /// How often held jobs' leases are renewed: `None` when one
+    /// extension holds them ([`HOLD`]); a third of the lease when the
+    /// queue's lease is fixed (an extension only restarts it).
+    pub renew_held: Option<Duration>,
+    /// Longest wait of a worker's dequeue before it looks at its stop
+    /// flag: short on the embedded queue (a look is cheap), longer on a
+    /// remote one (each look is requests to the server).
+    pub dequeue_wait: Duration,
+    /// Whether the queue is remote ([`JobQueue::remote`]): other
+    /// processes may settle the jobs of runs held here.
+    pub remote: bool,
     pub registry: Registry,
     pub tracker: Tracker,
     pub health: Health,
@@ -187,7 +201,7 @@ pub(crate) struct Shared {
     pub held: Mutex<Vec<(Receipt, Option<ModelKey>)>>,
 }
 
-impl Shared {
+impl<Q: JobQueue> Shared<Q> {
     /// Give back the held jobs a model registered now takes (all of them
     /// with `None`), ready at once.
     pub fn release_held(&self, for_model: Option<&ModelKey>) {
@@ -203,6 +217,27 @@ impl Shared {
                 let _ = self.jobs.nack(*receipt, Duration::ZERO);
             }
             !release
+        });
+    }
+}
+
+impl<Q: JobQueue> Shared<Q> {
+    /// Extend the lease of every held job again (a queue whose lease is
+    /// fixed restarts it at its full length); a job whose lease was lost
+    /// meanwhile (another process took it) is no longer held here.
+    pub fn renew_held_leases(&self) {
+        self.held.lock().retain(|(receipt, _)| {
+            match self.jobs.extend_lease(*receipt, HOLD) {
+                Ok(()) => true,
+                // Transient: the next renewal tries again, in time while
+                // the lease has two thirds left.
+                Err(Error::Unavailable { .. }) => true,
+                Err(e) => {
+                    self.health
+                        .note(format!("job {} is no longer held: {e}", receipt.id()));
+                    false
+                }
+            }
         });
     }
 }
@@ -242,18 +277,18 @@ impl Health {
 }
 
 /// Counts a worker as running for as long as it lives, panics included.
-struct Alive(Arc<Shared>);
+struct Alive<Q: JobQueue>(Arc<Shared<Q>>);
 
-impl Drop for Alive {
+impl<Q: JobQueue> Drop for Alive<Q> {
     fn drop(&mut self) {
         self.0.health.workers.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// The threads of a service: the workers and the committer.
-pub(crate) struct Pool {
+pub(crate) struct Pool<Q: JobQueue = Queue> {
     stop: Arc<AtomicBool>,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<Q>>,
     threads: Vec<JoinHandle<()>>,
     /// Exits once every worker (and so every sender) is gone, after
     /// committing what they handed over.
@@ -262,9 +297,9 @@ pub(crate) struct Pool {
     watcher: Option<JoinHandle<()>>,
 }
 
-impl Pool {
+impl<Q: JobQueue> Pool<Q> {
     /// Start the committer and `num_parallel` workers.
-    pub fn start(shared: Arc<Shared>) -> Result<Pool, InferError> {
+    pub fn start(shared: Arc<Shared<Q>>) -> Result<Pool<Q>, InferError> {
         let opts = shared.opts.clone();
         let stop = Arc::new(AtomicBool::new(false));
         // Room for many batches per worker: while the committer syncs, the
@@ -359,7 +394,7 @@ impl Pool {
     }
 }
 
-impl Drop for Pool {
+impl<Q: JobQueue> Drop for Pool<Q> {
     fn drop(&mut self) {
         let _ = self.stop_and_join();
     }
@@ -369,11 +404,19 @@ impl Drop for Pool {
 /// ask the queue about its jobs (what no worker here reports: a missed
 /// deadline, results of an earlier process), then wake its waiters to check
 /// the service's health too.
-fn watch(shared: &Shared, stop: &AtomicBool) {
+fn watch<Q: JobQueue>(shared: &Shared<Q>, stop: &AtomicBool) {
+    let mut renewed = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         std::thread::park_timeout(POLL);
         if stop.load(Ordering::SeqCst) {
             return;
+        }
+        if shared
+            .renew_held
+            .is_some_and(|every| renewed.elapsed() >= every)
+        {
+            renewed = Instant::now();
+            shared.renew_held_leases();
         }
         let healthy = shared.health.fatal().is_none() && shared.health.workers() > 0;
         for run in shared.tracker.live() {
@@ -381,7 +424,10 @@ fn watch(shared: &Shared, stop: &AtomicBool) {
                 continue;
             }
             if healthy {
-                if let Err(e) = run.refresh(&shared.jobs, shared.sync_commits, true) {
+                // On a remote queue another process's committer may have
+                // dead-lettered a job: only the queue can tell.
+                let waiting = !shared.remote;
+                if let Err(e) = run.refresh(&shared.jobs, shared.sync_commits, waiting) {
                     shared.health.note(format!(
                         "asking about the jobs of run {} failed: {e}",
                         run.id()
@@ -393,8 +439,8 @@ fn watch(shared: &Shared, stop: &AtomicBool) {
     }
 }
 
-struct Worker {
-    shared: Arc<Shared>,
+struct Worker<Q: JobQueue> {
+    shared: Arc<Shared<Q>>,
     commits: SyncSender<Vec<Settled>>,
     stop: Arc<AtomicBool>,
     seed: u64,
@@ -446,7 +492,7 @@ enum Fate {
     Failed(RowError),
 }
 
-impl Worker {
+impl<Q: JobQueue> Worker<Q> {
     fn run(mut self) {
         let _alive = Alive(self.shared.clone());
         let mut runner = Runner::new();
@@ -455,10 +501,10 @@ impl Worker {
                 .max(self.jobs_per_take)
                 // Short, so a shutdown is noticed quickly; the wait is not a
                 // poll: an enqueue wakes the worker at once, and so does
-                // shutdown.
-                .wait(Duration::from_millis(10))
+                // shutdown (see `Shared::dequeue_wait`).
+                .wait(self.shared.dequeue_wait)
                 .linger(self.shared.opts.linger)
-                .visibility(self.shared.opts.lease);
+                .visibility(self.shared.lease);
             let batch = match self.shared.jobs.dequeue_with(&take) {
                 Ok(b) => b,
                 Err(e @ (Error::Closed | Error::Poisoned)) => {
@@ -699,7 +745,7 @@ impl Worker {
         timeout: Duration,
         receipts: &[Receipt],
     ) -> Result<RowBlock, ModelError> {
-        let lease = self.shared.opts.lease;
+        let lease = self.shared.lease;
         runner.call(model.clone(), rows, timeout, lease / 3, || {
             for r in receipts {
                 // A lease already lost is settled by whoever has it now.

@@ -29,7 +29,7 @@ use super::job::{JobResult, JobSpan, ModelKey, RowFate};
 use super::pool::Shared;
 use super::stats::Recorder;
 use super::{ErrorKind, InferError, Model, RowError};
-use crate::{MessageId, MessageStatus, Queue, Timestamp};
+use crate::{JobQueue, MessageId, MessageStatus, Queue, Timestamp};
 
 /// How often the watcher asks the queue about the jobs of runs waited for,
 /// and waiters check the service's health.
@@ -486,7 +486,12 @@ impl RunState {
     /// with the row's metadata; only the queue's own (a missed deadline)
     /// are applied here. A run found again (`!waiting`) applies them all:
     /// they were written before it was registered.
-    pub fn refresh(&self, jobs: &Queue, sync_first: bool, waiting: bool) -> crate::Result<()> {
+    pub fn refresh<Q: JobQueue>(
+        &self,
+        jobs: &Q,
+        sync_first: bool,
+        waiting: bool,
+    ) -> crate::Result<()> {
         let mut asked: HashSet<u64> = HashSet::new();
         let mut synced = !sync_first;
         loop {
@@ -636,13 +641,13 @@ impl Tracker {
 
 /// A run submitted to an [`InferService`](super::InferService), or found
 /// again: wait for it, watch its progress, cancel it.
-pub struct Run<M: Model> {
+pub struct Run<M: Model, Q: JobQueue = Queue> {
     pub(crate) state: Arc<RunState>,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared<Q>>,
     pub(crate) _model: PhantomData<fn() -> M>,
 }
 
-impl<M: Model> std::fmt::Debug for Run<M> {
+impl<M: Model, Q: JobQueue> std::fmt::Debug for Run<M, Q> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Run")
             .field("id", &self.state.id())
@@ -652,7 +657,7 @@ impl<M: Model> std::fmt::Debug for Run<M> {
     }
 }
 
-impl<M: Model> Run<M> {
+impl<M: Model, Q: JobQueue> Run<M, Q> {
     /// The run's id (find it again with
     /// [`InferService::run`](super::InferService::run)).
     pub fn id(&self) -> RunId {

@@ -36,7 +36,8 @@ use super::stats::ServiceStats;
 use super::{wall_ms, InferError, Model};
 use crate::storage::{DiskStorage, MemoryStorage, Storage};
 use crate::{
-    DequeueOptions, Durability, EnqueueOptions, Error, MessageId, Queue, QueueOptions, Timestamp,
+    DequeueOptions, Durability, EnqueueOptions, Error, JobQueue, MessageId, Queue, QueueOptions,
+    Timestamp,
 };
 
 /// What the workers do with a job no registered model takes (another
@@ -181,6 +182,49 @@ impl ServiceOptions {
         let jobs = self.queue_options().open_storage(jobs)?;
         let runs = self.queue_options().open_storage(runs)?;
         InferService::start(self, jobs, runs)
+    }
+
+    /// A service over two queues opened by the caller, of any backend
+    /// ([`JobQueue`]): `jobs` for the jobs and their results, `runs` for
+    /// the runs' manifests. Both must be distinct queues, opened with
+    /// unlimited deliveries (the workers count attempts themselves) and a
+    /// dedup window as long as a run's key should find it. Every process
+    /// that opens a service on the same two queues shares its runs' work.
+    ///
+    /// # Errors
+    /// As [`ServiceOptions::open`] (the queues are closed with the
+    /// service).
+    pub fn open_queues<Q: JobQueue>(self, jobs: Q, runs: Q) -> Result<InferService<Q>, InferError> {
+        InferService::start(self, jobs, runs)
+    }
+
+    /// A service over NATS JetStream at `url` (see `docs/nats.md`): two
+    /// queues, prefixed `<prefix>_jobs` and `<prefix>_runs` from `nats`'s
+    /// prefix, each with `nats`'s other settings, unlimited deliveries,
+    /// and a dedup window and result retention of the service's
+    /// retention. The pool's lease is the queues' visibility timeout.
+    /// Workers on other machines open the same URL and prefix.
+    ///
+    /// # Errors
+    /// As [`NatsOptions::open`](crate::nats::NatsOptions::open) and
+    /// [`ServiceOptions::open`].
+    #[cfg(feature = "nats")]
+    pub fn open_nats(
+        self,
+        url: &str,
+        nats: &crate::nats::NatsOptions,
+    ) -> Result<InferService<crate::nats::JetStreamQueue>, InferError> {
+        let open = |role: &str| {
+            nats.clone()
+                .prefix(format!("{}_{role}", nats.prefix_name()))
+                .max_deliveries(0)
+                .dedup_window(self.retention)
+                .result_retention(self.retention)
+                .open(url)
+        };
+        let jobs = open("jobs")?;
+        let runs = open("runs")?;
+        self.open_queues(jobs, runs)
     }
 
     fn queue_options(&self) -> QueueOptions {
@@ -362,19 +406,19 @@ impl<M: Model> ModelRef<M> {
 /// service.close()?;
 /// # Ok(()) }
 /// ```
-pub struct InferService {
-    shared: Arc<Shared>,
-    runs: Queue,
+pub struct InferService<Q: JobQueue = Queue> {
+    shared: Arc<Shared<Q>>,
+    runs: Q,
     /// Serializes submissions (see the module invariants).
     submitting: OneAtATime,
-    pool: Mutex<Option<Pool>>,
+    pool: Mutex<Option<Pool<Q>>>,
     /// Most bytes of jobs per enqueue (a quarter segment: a batch is one
     /// write into one segment).
     batch_bytes: usize,
     next_tag: AtomicU64,
 }
 
-impl std::fmt::Debug for InferService {
+impl<Q: JobQueue> std::fmt::Debug for InferService<Q> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InferService")
             .field("models", &self.shared.registry.keys().len())
@@ -400,10 +444,21 @@ impl InferService {
     pub fn open(dir: impl AsRef<Path>) -> Result<InferService, InferError> {
         ServiceOptions::new().open(dir)
     }
+}
 
-    fn start(opts: ServiceOptions, jobs: Queue, runs: Queue) -> Result<InferService, InferError> {
+impl<Q: JobQueue> InferService<Q> {
+    fn start(opts: ServiceOptions, jobs: Q, runs: Q) -> Result<InferService<Q>, InferError> {
         opts.pool.validate()?;
+        let jobs_remote = jobs.remote();
         let shared = Arc::new(Shared {
+            lease: jobs.fixed_lease().unwrap_or(opts.pool.lease),
+            renew_held: jobs.fixed_lease().map(|l| l / 3),
+            dequeue_wait: if jobs.remote() {
+                REMOTE_DEQUEUE_WAIT
+            } else {
+                Duration::from_millis(10)
+            },
+            remote: jobs.remote(),
             jobs,
             registry: Registry::default(),
             tracker: Tracker::default(),
@@ -412,7 +467,9 @@ impl InferService {
             opts: opts.pool.clone(),
             pipeline_version: opts.pipeline_version.clone(),
             unclaimed: opts.unclaimed,
-            sync_commits: opts.durability == Durability::Immediate,
+            // A remote queue confirms each write before its call returns:
+            // its syncs would add nothing.
+            sync_commits: opts.durability == Durability::Immediate && !jobs_remote,
             held: Mutex::new(Vec::new()),
         });
         let service = InferService {
@@ -457,7 +514,7 @@ impl InferService {
         model: &ModelRef<M>,
         rows: &[M::Input],
         opts: &RunOptions,
-    ) -> Result<Run<M>, InferError> {
+    ) -> Result<Run<M, Q>, InferError> {
         self.submit_block(model, RowBlock::encode(rows)?, None, opts)
     }
 
@@ -469,7 +526,7 @@ impl InferService {
         block: RowBlock,
         content: Option<u64>,
         opts: &RunOptions,
-    ) -> Result<Run<M>, InferError> {
+    ) -> Result<Run<M, Q>, InferError> {
         let checked = self.check(model, &block, content, opts)?;
         let _turn = self.submitting.lock();
         if let Some(key) = &opts.key {
@@ -513,7 +570,7 @@ impl InferService {
         model: &ModelRef<M>,
         rows: &[M::Input],
         opts: &RunOptions,
-    ) -> Result<Run<M>, InferError> {
+    ) -> Result<Run<M, Q>, InferError> {
         let block = RowBlock::encode(rows)?;
         let checked = self.check(model, &block, None, opts)?;
         let _turn = self.submitting.lock_async().await;
@@ -547,7 +604,7 @@ impl InferService {
             .runs
             .enqueue_with_async(&plan.manifest()?, &plan.manifest_opts)
             .await?;
-        let take = manifests_to_settle();
+        let take = manifests_to_settle(&self.runs);
         loop {
             let pending = self.runs.dequeue_with(&take)?;
             if pending.is_empty() {
@@ -696,7 +753,7 @@ impl InferService {
             .jobs
             .enqueue_with(&job, &enqueue_opts)
             .map_err(refused)?;
-        let run: Run<M> = self.handle(one_enqueued(state, id));
+        let run: Run<M, Q> = self.handle(one_enqueued(state, id));
         let mut out = run.wait()?;
         out.rows
             .pop()
@@ -722,7 +779,7 @@ impl InferService {
             .enqueue_with_async(&job, &enqueue_opts)
             .await
             .map_err(refused)?;
-        let run: Run<M> = self.handle(one_enqueued(state, id));
+        let run: Run<M, Q> = self.handle(one_enqueued(state, id));
         let mut out = run.wait_async().await?;
         out.rows
             .pop()
@@ -781,7 +838,7 @@ impl InferService {
     /// submitted here, or removed by retention);
     /// [`InferError::InvalidArgument`] when it is a run of another model;
     /// [`InferError::Queue`].
-    pub fn run<M: Model>(&self, model: &ModelRef<M>, id: RunId) -> Result<Run<M>, InferError> {
+    pub fn run<M: Model>(&self, model: &ModelRef<M>, id: RunId) -> Result<Run<M, Q>, InferError> {
         self.resume(model, id.0, None, None, self.shared.sync_commits)
     }
 
@@ -794,7 +851,7 @@ impl InferService {
         &self,
         model: &ModelRef<M>,
         key: &str,
-    ) -> Result<Option<Run<M>>, InferError> {
+    ) -> Result<Option<Run<M, Q>>, InferError> {
         match self.runs.key_id(key)? {
             Some(id) => self
                 .resume(model, id.into(), None, None, self.shared.sync_commits)
@@ -882,7 +939,7 @@ impl InferService {
         h
     }
 
-    fn handle<M: Model>(&self, state: Arc<RunState>) -> Run<M> {
+    fn handle<M: Model>(&self, state: Arc<RunState>) -> Run<M, Q> {
         Run {
             state,
             shared: self.shared.clone(),
@@ -900,7 +957,7 @@ impl InferService {
         content: Option<u64>,
         budget: Option<f64>,
         sync_first: bool,
-    ) -> Result<Run<M>, InferError> {
+    ) -> Result<Run<M, Q>, InferError> {
         let bytes = self
             .runs
             .result(MessageId::from(id))?
@@ -938,7 +995,7 @@ impl InferService {
     /// Complete every manifest still pending (the one just enqueued, or
     /// ones a crash left), so each can be read back by its id.
     fn settle_manifests(&self) -> Result<(), InferError> {
-        let take = manifests_to_settle();
+        let take = manifests_to_settle(&self.runs);
         loop {
             let batch = self.runs.dequeue_with(&take)?;
             if batch.is_empty() {
@@ -1073,13 +1130,18 @@ fn one_enqueued(state: Arc<RunState>, id: MessageId) -> Arc<RunState> {
     state
 }
 
-/// How pending manifests are taken to be completed.
-fn manifests_to_settle() -> DequeueOptions {
+/// How pending manifests are taken to be completed: leased an hour, or
+/// for the queue's fixed lease (which it refuses to change).
+fn manifests_to_settle<Q: JobQueue>(runs: &Q) -> DequeueOptions {
     DequeueOptions::new()
         .max(64)
         .wait(Duration::ZERO)
-        .visibility(Duration::from_secs(3600))
+        .visibility(runs.fixed_lease().unwrap_or(Duration::from_secs(3600)))
 }
+
+/// A worker's dequeue wait on a remote queue: each look costs requests,
+/// and a shutdown still wakes the worker at once (`wake_waiters`).
+const REMOTE_DEQUEUE_WAIT: Duration = Duration::from_millis(500);
 
 /// A queue's refusal of an argument (a deadline that passed between the
 /// check and the enqueue) as the service's own.
@@ -1090,7 +1152,7 @@ fn refused(e: Error) -> InferError {
     }
 }
 
-impl Drop for InferService {
+impl<Q: JobQueue> Drop for InferService<Q> {
     fn drop(&mut self) {
         let _ = self.shut_down();
     }
