@@ -82,7 +82,10 @@ impl PoolOptions {
         }
     }
 
-    /// Workers running at once (1..=1024). Default = 2.
+    /// Workers running at once (0..=1024). Default = 2. Zero makes a
+    /// submitter only, for a remote queue whose workers run in other
+    /// processes (a service over the embedded queue refuses it: nobody
+    /// else can reach its directory).
     #[must_use]
     pub fn num_parallel(mut self, n: usize) -> Self {
         self.num_parallel = n;
@@ -147,8 +150,8 @@ impl PoolOptions {
 
     pub(crate) fn validate(&self) -> Result<(), InferError> {
         let bad = |s: &str| Err(InferError::InvalidArgument(s.to_string()));
-        if !(1..=1024).contains(&self.num_parallel) {
-            return bad("num_parallel must be in 1..=1024");
+        if self.num_parallel > 1024 {
+            return bad("num_parallel must be in 0..=1024");
         }
         if !(1..=65536).contains(&self.max_batch) {
             return bad("max_batch must be in 1..=65536");
@@ -202,6 +205,12 @@ pub(crate) struct Shared<Q: JobQueue = Queue> {
 }
 
 impl<Q: JobQueue> Shared<Q> {
+    /// Whether this service had workers and every one is gone (a
+    /// submitter only, `num_parallel` 0, never had any).
+    pub fn workers_gone(&self) -> bool {
+        self.opts.num_parallel > 0 && self.health.workers() == 0
+    }
+
     /// Give back the held jobs a model registered now takes (all of them
     /// with `None`), ready at once.
     pub fn release_held(&self, for_model: Option<&ModelKey>) {
@@ -418,7 +427,7 @@ fn watch<Q: JobQueue>(shared: &Shared<Q>, stop: &AtomicBool) {
             renewed = Instant::now();
             shared.renew_held_leases();
         }
-        let healthy = shared.health.fatal().is_none() && shared.health.workers() > 0;
+        let healthy = shared.health.fatal().is_none() && !shared.workers_gone();
         for run in shared.tracker.live() {
             if !run.watched() {
                 continue;

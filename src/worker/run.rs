@@ -801,7 +801,7 @@ impl<M: Model, Q: JobQueue> Run<M, Q> {
         if let Some(why) = health.fatal() {
             return Err(InferError::Stalled(why));
         }
-        if health.workers() == 0 {
+        if self.shared.workers_gone() {
             return Err(InferError::Stalled(
                 "every worker of the service is gone (stopped or panicked)".into(),
             ));

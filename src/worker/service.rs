@@ -449,6 +449,13 @@ impl InferService {
 impl<Q: JobQueue> InferService<Q> {
     fn start(opts: ServiceOptions, jobs: Q, runs: Q) -> Result<InferService<Q>, InferError> {
         opts.pool.validate()?;
+        if opts.pool.num_parallel == 0 && !jobs.remote() {
+            return Err(InferError::InvalidArgument(
+                "num_parallel 0 (a submitter only) needs a remote queue whose workers run \
+                 in other processes; no other process can reach an embedded queue"
+                    .into(),
+            ));
+        }
         let jobs_remote = jobs.remote();
         let shared = Arc::new(Shared {
             lease: jobs.fixed_lease().unwrap_or(opts.pool.lease),

@@ -1,6 +1,9 @@
 //! Running the `lanelog` binary from the CLI tests (`cli_commands`,
-//! `cli_verify`).
+//! `cli_verify`, `cli_infer`, `cli_worker`).
 #![allow(dead_code)]
+
+#[cfg(feature = "infer-cli")]
+pub mod digits;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -27,10 +27,10 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lanelog::worker::{
-    FromArrow, InferError, Model, OnnxModel, PoolOptions, RowOutput, Run, RunOptions, RunOutput,
-    ServiceOptions, ToArrow,
+    FromArrow, InferError, InferService, Model, OnnxModel, PoolOptions, RowOutput, Run, RunOptions,
+    RunOutput, ServiceOptions, ToArrow,
 };
-use lanelog::{Durability, Timestamp};
+use lanelog::{Durability, JobQueue, Timestamp};
 
 use crate::format::{duration, plural};
 use crate::{fail, lib_error, Failure, Output, IO, LOCKED, NOT_A_QUEUE, OK, USAGE};
@@ -40,7 +40,7 @@ pub(crate) const BAD_INPUT: i32 = 7;
 /// The output was written, but some rows failed (their `out.error`).
 pub(crate) const ROWS_FAILED: i32 = 8;
 
-/// Longest `--deadline`.
+/// Longest `--deadline` (and any other duration option).
 const MAX_DEADLINE: Duration = Duration::from_secs(365 * 86_400);
 
 /// How often the progress bar is updated from the run.
@@ -116,12 +116,15 @@ pub(crate) struct InferArgs {
     /// missed" (e.g. 30s, 5m, 2h, 1h30m, 500ms; units ms, s, m, h, d)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     deadline: Option<Duration>,
-    /// Workers running the model at once [default: the number of CPUs]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    /// Workers running the model at once [default: the number of CPUs];
+    /// 0 with --nats: only submit and collect, `lanelog worker`s compute
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=1024))]
     parallel: Option<u16>,
     /// Most rows per model call (and per job in the queue)
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
     batch: u32,
+    #[command(flatten)]
+    nats: crate::worker::NatsArgs,
 }
 
 /// A duration such as `30s`, `5m`, `1h30m` or `500ms`: one or more whole
@@ -163,10 +166,10 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         rest = tail;
     }
     if total.is_zero() {
-        return Err(format!("{s:?}: a deadline must be above zero"));
+        return Err(format!("{s:?}: a duration must be above zero"));
     }
     if total > MAX_DEADLINE {
-        return Err(format!("{s:?}: a deadline must be at most 365d"));
+        return Err(format!("{s:?}: a duration must be at most 365d"));
     }
     Ok(total)
 }
@@ -218,6 +221,10 @@ pub(crate) fn infer(a: &InferArgs) -> Result<Output, Failure> {
 /// Read and check the model and the input: everything that can be refused
 /// is refused here, before anything is submitted.
 fn prepare(a: &InferArgs) -> Result<Prepared, Failure> {
+    #[cfg(not(feature = "nats"))]
+    if a.nats.nats.is_some() {
+        return Err(crate::worker::not_in_this_build());
+    }
     let in_format = match a.format {
         Some(f) => f,
         None => FileFormat::of_path(&a.input).ok_or_else(|| {
@@ -241,6 +248,20 @@ fn prepare(a: &InferArgs) -> Result<Prepared, Failure> {
     let width = features.rows.first().map_or(shape.width, |r| Some(r.len()));
     let model = OnnxModel::load(&a.model, width.unwrap_or(1), &shape.output)
         .map_err(|e| fail(BAD_INPUT, e.message().to_string()))?;
+    if a.parallel == Some(0) && a.nats.nats.is_none() {
+        return Err(fail(
+            USAGE,
+            "--parallel 0 leaves the rows to workers of other processes, which only a run on \
+             --nats has: pass --nats URL or at least one worker",
+        ));
+    }
+    if a.nats.nats.is_some() && a.dir.is_some() {
+        return Err(fail(
+            USAGE,
+            "--dir and --nats are two places for the run: pass one (a run on NATS is found \
+             again by the same command with the same --nats and --prefix)",
+        ));
+    }
     // One row through the model: an output of another type, or a graph
     // tract cannot run, fails here once rather than on every row.
     if let Some(first) = features.rows.first() {
@@ -386,6 +407,37 @@ fn read_file(path: &Path) -> Result<Vec<u8>, Failure> {
             _ => fail(IO, format!("{d}: cannot read it: {e}")),
         })?;
     Ok(bytes)
+}
+
+/// The model at `path` for rows of `width` values (given, or fixed by the
+/// file) and its output `wanted` (or the one `model_shape` picks), as a
+/// worker runs it.
+#[cfg(feature = "nats")]
+pub(crate) fn load_model(
+    path: &Path,
+    wanted: Option<&str>,
+    width: Option<usize>,
+) -> Result<OnnxModel, Failure> {
+    let bytes = read_file(path)?;
+    let shape = model_shape(path, &bytes, wanted)?;
+    let d = path.display();
+    let width = match (width, shape.width) {
+        (Some(w), Some(fixed)) if w != fixed => {
+            return Err(fail(
+                USAGE,
+                format!("{d}: the model takes rows of {fixed} values, not --width {w}"),
+            ))
+        }
+        (Some(w), _) | (None, Some(w)) => w,
+        (None, None) => {
+            return Err(fail(
+                USAGE,
+                format!("{d}: the model does not fix how many values a row has: pass --width N"),
+            ))
+        }
+    };
+    OnnxModel::load(path, width, &shape.output)
+        .map_err(|e| fail(BAD_INPUT, e.message().to_string()))
 }
 
 /// The model's input width (when the file fixes it) and the output to
@@ -703,7 +755,9 @@ fn run_service(
     deadline: Option<Timestamp>,
     started: Instant,
 ) -> Result<Done, Failure> {
-    let key = p.key.as_str();
+    if let Some(url) = &a.nats.nats {
+        return run_on_nats(a, url, p, deadline, started);
+    }
     let tmp;
     let (dir, durability) = match &a.dir {
         Some(dir) => {
@@ -719,28 +773,79 @@ fn run_service(
             (tmp.path().join("run"), Durability::None)
         }
     };
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let pool = PoolOptions::new()
-        .num_parallel(a.parallel.map_or(threads, usize::from))
-        .max_batch(a.batch as usize)
-        .linger(Duration::from_millis(1));
     let service = ServiceOptions::new()
-        .pool(pool)
+        .pool(pool(a))
         .durability(durability)
         .open(&dir)
         .map_err(|e| service_error(&dir, e))?;
+    let place = dir.display().to_string();
+    submit_and_follow(a, p, deadline, started, service, &place, |e| {
+        service_error(&dir, e)
+    })
+}
+
+/// The workers of this process: `--parallel`, `--batch`.
+fn pool(a: &InferArgs) -> PoolOptions {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    PoolOptions::new()
+        .num_parallel(a.parallel.map_or(threads, usize::from))
+        .max_batch(a.batch as usize)
+        .linger(Duration::from_millis(1))
+}
+
+/// The run on NATS JetStream (`--nats`): submitted, or found by its key
+/// when an earlier try submitted it, and computed by this process's
+/// workers and every `lanelog worker` on the same URL and prefix.
+#[cfg(feature = "nats")]
+fn run_on_nats(
+    a: &InferArgs,
+    url: &str,
+    p: &Prepared,
+    deadline: Option<Timestamp>,
+    started: Instant,
+) -> Result<Done, Failure> {
+    let service = crate::worker::open_service(&a.nats, url, pool(a))?;
+    let place = format!("{url} (prefix {})", a.nats.prefix);
+    submit_and_follow(a, p, deadline, started, service, &place, |e| {
+        fail(crate::worker::UNAVAILABLE, format!("{url}: {e}"))
+    })
+}
+
+/// Refused before anything is read (see `prepare`).
+#[cfg(not(feature = "nats"))]
+fn run_on_nats(
+    _: &InferArgs,
+    _: &str,
+    _: &Prepared,
+    _: Option<Timestamp>,
+    _: Instant,
+) -> Result<Done, Failure> {
+    Err(crate::worker::not_in_this_build())
+}
+
+/// Find the run by its key or submit it on `service` (at `place`, for
+/// messages), follow it to its end with a progress bar, and close the
+/// service.
+#[allow(clippy::too_many_arguments)]
+fn submit_and_follow<Q: JobQueue>(
+    a: &InferArgs,
+    p: &Prepared,
+    deadline: Option<Timestamp>,
+    started: Instant,
+    service: InferService<Q>,
+    place: &str,
+    service_error: impl Fn(InferError) -> Failure,
+) -> Result<Done, Failure> {
+    let key = p.key.as_str();
     let m = service.register(p.model.clone());
-    let found = service
-        .find_run(&m, key)
-        .map_err(|e| service_error(&dir, e))?;
+    let found = service.find_run(&m, key).map_err(&service_error)?;
     let since = Instant::now();
     let (run, before) = match found {
         Some(run) => {
             let done = run.progress().done;
             eprintln!(
-                "lanelog: note: resuming run {} in {}: {done} of {} rows already done",
+                "lanelog: note: resuming run {} in {place}: {done} of {} rows already done",
                 run.id(),
-                dir.display(),
                 p.features.rows.len()
             );
             (run, done)
@@ -770,15 +875,15 @@ fn run_service(
                 if passed() {
                     too_late()
                 } else {
-                    service_error(&dir, e)
+                    service_error(e)
                 }
             })?;
             (run, 0)
         }
     };
-    let out = follow(&run, before, since).map_err(|e| service_error(&dir, e))?;
+    let out = follow(&run, before, since).map_err(&service_error)?;
     drop(run);
-    service.close().map_err(|e| service_error(&dir, e))?;
+    service.close().map_err(&service_error)?;
     Ok(Done {
         rows: out.rows,
         resumed: out.resumed,
@@ -823,8 +928,8 @@ fn service_error(dir: &Path, e: InferError) -> Failure {
 /// Wait for the run, showing rows done, failed and the rate (of the rows
 /// done since `since`, when `before` were done) on stderr when it is a
 /// terminal.
-fn follow(
-    run: &Run<OnnxModel>,
+fn follow<Q: JobQueue>(
+    run: &Run<OnnxModel, Q>,
     before: usize,
     since: Instant,
 ) -> Result<RunOutput<Vec<f32>>, InferError> {

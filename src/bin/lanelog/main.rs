@@ -1,6 +1,7 @@
 //! `lanelog`: look into, check and tend a lanelog queue directory, measure
-//! the queue on this machine, and run an ONNX model over a table file
-//! (`infer`, feature `infer-cli`).
+//! the queue on this machine, run an ONNX model over a table file
+//! (`infer`, feature `infer-cli`), and serve runs queued on NATS JetStream
+//! (`worker`, features `infer-cli` and `nats`).
 //!
 //! Read-only commands (`stats`, `peek`, `verify`, `explain`,
 //! `dead-letters`) go through [`lanelog::inspect`]: they take no lock, so
@@ -11,7 +12,8 @@
 //!
 //! This file holds the command line, the exit statuses, the mapping from
 //! library errors to them, and the dispatch; each command has its own file
-//! (`tend` holds `redrive` and `purge-dead`), and `format` the table, size,
+//! (`tend` holds `redrive` and `purge-dead`; `worker` also the `--nats`
+//! options `infer` shares), and `format` the table, size,
 //! duration, time, hex and payload helpers they print with.
 //!
 //! Invariants: a command returns its whole stdout text and its exit status
@@ -31,6 +33,8 @@ mod peek;
 mod stats;
 mod tend;
 mod verify;
+#[cfg(feature = "infer-cli")]
+mod worker;
 
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
@@ -70,6 +74,7 @@ Exit status:
   7  infer: the model or the input cannot be used (not ONNX, CSV or Arrow;
      a missing or non-numeric column; rows of the wrong width)
   8  infer: the output was written, but some rows failed (see out.error)
+  9  infer --nats, worker: the NATS server cannot be reached or refused
 
 Read-only commands (stats, peek, verify, explain, dead-letters) take no lock
 and change nothing: they work while another process has the queue open, and
@@ -224,6 +229,25 @@ enum Command {
         #[arg(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Compute the rows of runs queued on NATS JetStream with an ONNX model, until Ctrl-C
+    ///
+    /// Runs --parallel workers of the model against the queues of --nats URL
+    /// and --prefix: the runs `lanelog infer --nats` submits there, from any
+    /// host, with the same model file. Start as many workers, on as many
+    /// hosts, as the load needs; a worker killed or cut off gives its jobs
+    /// back when their --lease ends. Ctrl-C or SIGTERM stops it cleanly (the
+    /// jobs it holds go back at once); --exit-when-idle stops it once no row
+    /// has come for that long. Prints its counts when it stops.
+    #[cfg(feature = "infer-cli")]
+    #[command(after_help = EXIT_STATUS)]
+    Worker(worker::WorkerArgs),
+    /// Compute runs queued on NATS JetStream (not in this build: needs the `infer-cli` and `nats` features)
+    #[cfg(not(feature = "infer-cli"))]
+    #[command(disable_help_flag = true)]
+    Worker {
+        #[arg(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// A failure: its exit status and its one line.
@@ -329,6 +353,14 @@ fn run(command: Command) -> Result<Output, Failure> {
             USAGE,
             "infer is not in this build of lanelog: build it with the `infer-cli` feature \
              (cargo install --path . --features infer-cli)",
+        )),
+        #[cfg(feature = "infer-cli")]
+        Command::Worker(args) => worker::worker(&args),
+        #[cfg(not(feature = "infer-cli"))]
+        Command::Worker { .. } => Err(fail(
+            USAGE,
+            "worker is not in this build of lanelog: build it with the `infer-cli` and `nats` \
+             features (cargo install --path . --features infer-cli,nats)",
         )),
     }
 }
