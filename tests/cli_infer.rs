@@ -11,7 +11,7 @@
 
 mod cli_support;
 
-/// Without the feature the command is there and says what to build with.
+/// Without the feature the commands are there and say what to build with.
 #[cfg(not(feature = "infer-cli"))]
 #[test]
 fn infer_names_the_feature_it_needs() {
@@ -21,6 +21,13 @@ fn infer_names_the_feature_it_needs() {
             "infer", "--model", "m.onnx", "--input", "a.csv", "--output", "b.csv",
         ],
         &["infer", "--help"],
+        &[
+            "worker",
+            "--nats",
+            "nats://127.0.0.1:4222",
+            "--model",
+            "m.onnx",
+        ],
     ] {
         let r = cli_support::lanelog(args);
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);

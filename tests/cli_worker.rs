@@ -23,6 +23,10 @@ use cli_support::{lanelog, p};
 use lanelog::nats::NatsOptions;
 use lanelog::{JobQueue, MessageId, MessageStatus};
 use testkit::nats::{free_port, Server};
+use testkit::watchdog::Watchdog;
+
+/// Past this a test has hung (each passes in seconds to a minute).
+const HUNG_AFTER: Duration = Duration::from_secs(300);
 
 /// A child process killed (SIGKILL) when dropped, so a failed test leaves
 /// none behind.
@@ -178,6 +182,7 @@ impl Table {
 
 #[test]
 fn two_workers_share_one_run_each_row_once() {
+    let _hung = Watchdog::arm("two_workers_share_one_run_each_row_once", HUNG_AFTER);
     let server = Server::start().unwrap_or_else(|e| panic!("{e}"));
     let url = server.url();
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -199,6 +204,7 @@ fn two_workers_share_one_run_each_row_once() {
 
 #[test]
 fn a_killed_workers_jobs_are_computed_by_another() {
+    let _hung = Watchdog::arm("a_killed_workers_jobs_are_computed_by_another", HUNG_AFTER);
     let server = Server::start().unwrap_or_else(|e| panic!("{e}"));
     let url = server.url();
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -241,6 +247,7 @@ fn a_killed_workers_jobs_are_computed_by_another() {
 
 #[test]
 fn no_server_is_a_clear_error_naming_the_url() {
+    let _hung = Watchdog::arm("no_server_is_a_clear_error_naming_the_url", HUNG_AFTER);
     let url = format!("nats://127.0.0.1:{}", free_port());
     let tmp = tempfile::tempdir().expect("tempdir");
     let t = Table::new(tmp.path(), 10);

@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 use lanelog::nats::{JetStreamQueue, NatsOptions};
 use lanelog::{DequeueOptions, EnqueueOptions, Error, JobQueue, MessageId};
 use testkit::nats::Cluster;
+use testkit::watchdog::Watchdog;
+
+/// Past this a test has hung (each passes in seconds to a minute).
+const HUNG_AFTER: Duration = Duration::from_secs(300);
 
 const JOBS: u64 = 400;
 const BATCH: u64 = 20;
@@ -57,6 +61,10 @@ fn payload(n: u64) -> Vec<u8> {
 
 #[test]
 fn killing_the_stream_leader_loses_no_acknowledged_job() {
+    let _hung = Watchdog::arm(
+        "killing_the_stream_leader_loses_no_acknowledged_job",
+        HUNG_AFTER,
+    );
     let start = Instant::now();
     let mut cluster = Cluster::start(3).unwrap_or_else(|e| panic!("{e}"));
     let url = cluster.url();

@@ -20,6 +20,10 @@ use lanelog::worker::{
 };
 use lanelog::Error;
 use testkit::nats::{Cluster, Server};
+use testkit::watchdog::Watchdog;
+
+/// Past this a test has hung (each passes in seconds to a minute).
+const HUNG_AFTER: Duration = Duration::from_secs(300);
 
 /// Squares its input, slowly enough (`pause` per call) that a run spans
 /// several calls; fails row 13 for good.
@@ -84,6 +88,10 @@ fn outcome<E: std::fmt::Display>(r: &Result<u64, E>) -> Result<u64, String> {
 
 #[test]
 fn parallel_infer_over_one_node_gives_the_embedded_queues_rows() {
+    let _hung = Watchdog::arm(
+        "parallel_infer_over_one_node_gives_the_embedded_queues_rows",
+        HUNG_AFTER,
+    );
     let server = Server::start().unwrap_or_else(|e| panic!("{e}"));
     let rows: Vec<u32> = (0..100).collect();
     let model = Arc::new(Square {
@@ -123,6 +131,7 @@ fn parallel_infer_over_one_node_gives_the_embedded_queues_rows() {
 
 #[test]
 fn two_services_on_the_same_queues_share_one_run() {
+    let _hung = Watchdog::arm("two_services_on_the_same_queues_share_one_run", HUNG_AFTER);
     let server = Server::start().unwrap_or_else(|e| panic!("{e}"));
     let url = server.url();
     let open = |name: &str| -> InferService<JetStreamQueue> {
@@ -184,6 +193,7 @@ fn two_services_on_the_same_queues_share_one_run() {
 
 #[test]
 fn a_run_survives_killing_the_jobs_stream_leader() {
+    let _hung = Watchdog::arm("a_run_survives_killing_the_jobs_stream_leader", HUNG_AFTER);
     let start = Instant::now();
     let mut cluster = Cluster::start(3).unwrap_or_else(|e| panic!("{e}"));
     let url = cluster.url();

@@ -23,12 +23,14 @@
 //!   loopback ports with a temporary store, killed with the test.
 //! - [`kill`]: run this test binary again as a child running one named
 //!   scenario and `kill -9` it, bounded in time.
+//! - [`watchdog`]: end a hung test's process, naming it, past a limit.
 
 pub mod kill;
 pub mod model;
 pub mod nats;
 pub mod oracle;
 pub mod traced;
+pub mod watchdog;
 pub mod workload;
 
 pub use lanelog::storage::SplitMix64;
