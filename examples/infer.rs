@@ -1,7 +1,8 @@
 //! The main job: durable, parallel inference over a real table with a real
 //! model, end to end, with no set-up.
 //!
-//! Run: `cargo run --release --features onnx --example infer`
+//! Run: `cargo run --release --all-features --example infer` (the README's
+//! command: one build with the test suite's; it needs only `onnx`)
 //! (`-- --copies N` takes the table N times over; default 2).
 //!
 //! It loads the bundled scikit-learn digits model (models/digits_mlp.onnx),

@@ -18,8 +18,8 @@ use lanelog::codec::record::{self, RecordHeader, Seed};
 use lanelog::codec::MAX_ID;
 use lanelog::storage::{CrashPolicy, MemoryStorage, Storage};
 use lanelog::{EnqueueOptions, ManualClock, Queue, QueueOptions, Timestamp};
-use lanelog_fuzz::decode::{encode_record, encode_record_with_key, JOURNAL_FILE, SEGMENT_ID};
-use lanelog_fuzz::image::{self, File};
+use testkit::fuzz::decode::{encode_record, encode_record_with_key, JOURNAL_FILE, SEGMENT_ID};
+use testkit::fuzz::image::{self, File};
 
 type Seeds = Vec<(&'static str, Vec<u8>)>;
 /// A target and the function making its seeds.

@@ -9,7 +9,7 @@ use lanelog::codec::header::{FileHeader, FileKind};
 use lanelog::codec::{attributes, checkpoint};
 use lanelog::storage::Storage;
 use lanelog::{ManualClock, Timestamp};
-use lanelog_fuzz::image;
+use testkit::fuzz::image;
 
 fn main() {
     let path = std::env::args().nth(1).expect("usage: show_image FILE");

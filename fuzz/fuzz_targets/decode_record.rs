@@ -1,6 +1,6 @@
 #![no_main]
-//! See `lanelog_fuzz::decode::record` for the input format and the properties checked.
+//! See `testkit::fuzz::decode::record` for the input format and the properties checked.
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| lanelog_fuzz::decode::record(data));
+fuzz_target!(|data: &[u8]| testkit::fuzz::decode::record(data));

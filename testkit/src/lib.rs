@@ -21,10 +21,13 @@
 //!   `MemoryStorage::crash` draws from it): the one seeded generator.
 //! - [`nats`]: `nats-server` processes (one node or a cluster) on
 //!   loopback ports with a temporary store, killed with the test.
+//! - [`fuzz`]: what each fuzz target checks, shared by `fuzz/` and the
+//!   corpus replay in `tests/fuzz_corpus.rs`.
 //! - [`kill`]: run this test binary again as a child running one named
 //!   scenario and `kill -9` it, bounded in time.
 //! - [`watchdog`]: end a hung test's process, naming it, past a limit.
 
+pub mod fuzz;
 pub mod kill;
 pub mod model;
 pub mod nats;

@@ -82,13 +82,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::model::{Counts, Model, View};
+use crate::oracle::{judge, observe, Findings, Outcome};
+use crate::workload::{self, Item, Timers, SETTLE_LIMIT};
 use lanelog::storage::{CrashPolicy, MemoryStorage, Storage};
 use lanelog::{Clock, Durability, ManualClock, MessageId, Queue, QueueOptions, Timestamp};
-use testkit::model::{Counts, Model, View};
-use testkit::oracle::{judge, observe, Findings, Outcome};
-use testkit::workload::{self, Item, Timers, SETTLE_LIMIT};
 
-use crate::Bytes;
+use super::Bytes;
 
 /// Ops per input.
 pub const MAX_OPS: usize = 256;

@@ -32,7 +32,7 @@ use lanelog::codec::scan::{self, Frame, Scan};
 use lanelog::codec::{DecodeError, FORMAT_VERSION, MAX_ID, OLDEST_READ_VERSION};
 use lanelog::{MAX_KEY_BYTES, MAX_REASON_BYTES};
 
-use crate::Bytes;
+use super::Bytes;
 
 /// Payload limits tried on every input: none, tiny, header-sized, page,
 /// a small segment, unlimited.

@@ -1,6 +1,8 @@
-//! What the lanelog fuzz targets check, kept out of the `fuzz_targets/`
-//! wrappers so the seed generator (`examples/gen_corpus.rs`) shares the
-//! input formats with the targets.
+//! What the lanelog fuzz targets check, kept out of the `fuzz/fuzz_targets/`
+//! wrappers so the seed generator (`fuzz/examples/gen_corpus.rs`) shares
+//! the input formats with the targets, and the test suite replays every
+//! committed corpus and regression input through the same checks without
+//! libFuzzer (`tests/fuzz_corpus.rs`).
 //!
 //! - [`decode`]: the pure decoders of `lanelog::codec` never panic, and
 //!   whatever they accept re-encodes to the same bytes.
@@ -9,8 +11,8 @@
 //! - [`ops`]: operation sequences with crashes (enqueues with deadlines,
 //!   delays and idempotency keys, completes and results, clock steps that
 //!   miss deadlines and run retention), checked against the reference
-//!   model of the shared test kit (`testkit::model`) and its crash oracles
-//!   (`testkit::oracle`).
+//!   model of the shared test kit (`crate::model`) and its crash oracles
+//!   (`crate::oracle`).
 //!
 //! Every target's oracle is a panic: a failed `assert!` here is a finding.
 

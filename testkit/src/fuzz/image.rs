@@ -54,7 +54,7 @@ use lanelog::codec::{attributes, batch, entry, header, record};
 use lanelog::storage::{MemoryStorage, Storage};
 use lanelog::{Clock, EnqueueOptions, ManualClock, Queue, QueueOptions, Timestamp};
 
-use crate::Bytes;
+use super::Bytes;
 
 /// Files per image.
 pub const MAX_FILES: usize = 8;
