@@ -11,9 +11,11 @@
 //! as `OnnxModel` does.
 //!
 //! Also: encoding a table into one block (`Batch::from_rows`), the first
-//! step of every submission.
+//! step of every submission; and with the feature `nats`, a long-lived
+//! service's runs on the embedded queue against the same over JetStream.
 //!
-//! Run: `cargo bench --bench job_layer`
+//! Run: `cargo bench --bench job_layer` (`--features nats` for the
+//! JetStream rows)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -211,5 +213,92 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
+/// A long-lived service, one run after another (each a new table): on the
+/// embedded queue, durable, against lanelog's JetStream backend on a
+/// nats-server on loopback (one node, `sync_interval: always`, the
+/// official 2.15.1 binary found or installed by `testkit::nats`) and on
+/// three such nodes with R3 streams. W = 10 µs. Feature `nats`.
+#[cfg(feature = "nats")]
+fn service(c: &mut Criterion) {
+    use lanelog::nats::NatsOptions;
+    use lanelog::worker::{InferService, RunOptions, ServiceOptions};
+    use lanelog::JobQueue;
+    use testkit::nats::{Cluster, Server};
+
+    fn runs<Q: JobQueue>(
+        b: &mut criterion::Bencher<'_>,
+        service: &InferService<Q>,
+        model: &Arc<Dense>,
+    ) {
+        let m = service.register(model.clone());
+        let mut salt = 0;
+        b.iter_batched(
+            || {
+                salt += 1;
+                table(salt)
+            },
+            |t| {
+                service
+                    .submit(&m, &t, &RunOptions::new())
+                    .unwrap()
+                    .wait()
+                    .unwrap()
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    }
+    let pool = || {
+        PoolOptions::new()
+            .num_parallel(THREADS)
+            .max_batch(BATCH)
+            .linger(Duration::from_millis(1))
+    };
+    let nats = |url: &str, replicas: usize| {
+        // A fresh cluster may still be electing its meta leader.
+        let mut tries = 0;
+        loop {
+            let opened = ServiceOptions::new()
+                .pool(pool())
+                .open_nats(url, &NatsOptions::new().prefix("bench").replicas(replicas));
+            match opened {
+                Ok(s) => return s,
+                Err(e) if tries < 60 => {
+                    tries += 1;
+                    eprintln!("open: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => panic!("open {url}: {e}"),
+            }
+        }
+    };
+    let mut group = c.benchmark_group("job_layer_service");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    group.throughput(Throughput::Elements(ROWS as u64));
+    let model = Arc::new(Dense::new(Duration::from_micros(10)));
+    group.bench_function("embedded_durable/w10us", |b| {
+        let dir = tempfile::tempdir().unwrap();
+        let service = ServiceOptions::new().pool(pool()).open(dir.path()).unwrap();
+        runs(b, &service, &model);
+        service.close().unwrap();
+    });
+    group.bench_function("jetstream_1_always/w10us", |b| {
+        let server = Server::start().unwrap();
+        let service = nats(&server.url(), 1);
+        runs(b, &service, &model);
+        service.close().unwrap();
+    });
+    group.bench_function("jetstream_3_always/w10us", |b| {
+        let cluster = Cluster::start(3).unwrap();
+        let service = nats(&cluster.url(), 3);
+        runs(b, &service, &model);
+        service.close().unwrap();
+    });
+    group.finish();
+}
+
+#[cfg(not(feature = "nats"))]
 criterion_group!(benches, job_layer, encode);
+#[cfg(feature = "nats")]
+criterion_group!(benches, job_layer, encode, service);
 criterion_main!(benches);

@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long)]
     runs: Option<usize>,
     /// Rows to run, comma separated: full names (redis-list-always) or
-    /// families (redis, sqlite, rawlog, yaque, lanelog). [default: all]
+    /// families (redis, sqlite, rawlog, yaque, lanelog, jetstream). [default: all]
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
     /// Workloads: enqueue, fsync1, fsync8, dequeue, mixed, open.
@@ -356,6 +356,11 @@ pub fn not_run(p: &Plan, c: &Cell) -> Option<Outcome> {
     if c.w == Workload::Open {
         if let Some(as_) = info.open_as {
             return Some(Outcome::Skipped(format!("n/a: same files as {as_}")));
+        }
+        if info.jetstream {
+            return Some(Outcome::Skipped(
+                "n/a: a server's start, not a queue's open".to_string(),
+            ));
         }
     }
     if info.redis && !p.redis_found {

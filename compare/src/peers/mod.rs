@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::Result;
 
 pub mod fjallq;
+pub mod jetstreamq;
 pub mod lanelogq;
 pub mod rawlog;
 pub mod redisq;
@@ -47,6 +48,9 @@ pub struct PeerInfo {
     pub open_as: Option<&'static str>,
     /// Needs redis-server on PATH.
     pub redis: bool,
+    /// lanelog's JetStream backend on nats-server processes the row starts
+    /// (no (e) cell: a server's start is not a queue's open).
+    pub jetstream: bool,
     /// What the row is, for the legend.
     pub what: &'static str,
 }
@@ -57,6 +61,7 @@ pub const PEERS: &[PeerInfo] = &[
         durable: true,
         open_as: None,
         redis: false,
+        jetstream: false,
         what: "lanelog, `Durability::Immediate`: enqueue_batch / enqueue (one fdatasync per call, concurrent callers share one); dequeue_up_to (or dequeue_with + wait in mixed) then ack_batch (one fdatasync). At-least-once: ready -> delivered -> acked.",
     },
     PeerInfo {
@@ -64,6 +69,7 @@ pub const PEERS: &[PeerInfo] = &[
         durable: false,
         open_as: Some("lanelog"),
         redis: false,
+        jetstream: false,
         what: "lanelog, `Durability::None` (NOT durable against power loss; a process crash loses nothing). Same calls as `lanelog`.",
     },
     PeerInfo {
@@ -71,6 +77,7 @@ pub const PEERS: &[PeerInfo] = &[
         durable: true,
         open_as: None,
         redis: false,
+        jetstream: false,
         what: "The physical limit: one file growing by pwrite at its end; enqueue = one pwrite of the length-prefixed batch + fdatasync; dequeue = pread of the payloads + an 8-byte ack record + fdatasync; in-memory offset index, no checksums, no checkpoint (open = full scan). At-most-once-ish, no leases.",
     },
     PeerInfo {
@@ -78,6 +85,7 @@ pub const PEERS: &[PeerInfo] = &[
         durable: true,
         open_as: None,
         redis: false,
+        jetstream: false,
         what: "rawlog writing into space preallocated like lanelog's segments: the file is grown in 64 MiB steps by writing zeros and fsync (set_len + zero writes + fsync), so fdatasync has no size change to commit. The growth steps are inside the timed loop, as lanelog's new segments are.",
     },
     PeerInfo {
@@ -85,6 +93,7 @@ pub const PEERS: &[PeerInfo] = &[
         durable: true,
         open_as: None,
         redis: false,
+        jetstream: false,
         what: "SQLite (rusqlite 0.41, bundled) as a queue: WAL, synchronous=FULL; table q(id INTEGER PRIMARY KEY, priority, state, payload BLOB) + index (state, priority, id); enqueue = BEGIN IMMEDIATE + INSERT x B + COMMIT; dequeue = one transaction `DELETE ... WHERE id IN (SELECT id ... WHERE state=0 ORDER BY priority, id LIMIT n) RETURNING payload` (at-most-once: no delivered state). Threads share one connection behind a Mutex.",
     },
     PeerInfo {
@@ -92,6 +101,7 @@ pub const PEERS: &[PeerInfo] = &[
         durable: false,
         open_as: Some("sqlite-full"),
         redis: false,
+        jetstream: false,
         what: "As sqlite-full with synchronous=NORMAL (NOT durable: a power loss may lose commits since the last checkpoint).",
     },
     PeerInfo {
@@ -99,6 +109,7 @@ pub const PEERS: &[PeerInfo] = &[
         durable: true,
         open_as: None,
         redis: true,
+        jetstream: false,
         what: "redis-server (Debian) with --appendonly yes --appendfsync always, as a list: enqueue = one LPUSH q m1..mB; dequeue = RPOP q B (BLMPOP in mixed). At-most-once. One connection per thread.",
     },
     PeerInfo {
@@ -106,6 +117,7 @@ pub const PEERS: &[PeerInfo] = &[
         durable: false,
         open_as: Some("redis-list-always"),
         redis: true,
+        jetstream: false,
         what: "As redis-list-always with appendfsync everysec (NOT durable: loses about the last second on power loss).",
     },
     PeerInfo {
@@ -113,6 +125,7 @@ pub const PEERS: &[PeerInfo] = &[
         durable: true,
         open_as: None,
         redis: true,
+        jetstream: false,
         what: "redis-server, appendfsync always, as a priority queue: enqueue = one ZADD q s1 m1 ... (score = sequence); dequeue = ZPOPMIN q B (BZMPOP in mixed). At-most-once.",
     },
     PeerInfo {
@@ -120,13 +133,47 @@ pub const PEERS: &[PeerInfo] = &[
         durable: false,
         open_as: Some("redis-zset-always"),
         redis: true,
+        jetstream: false,
         what: "As redis-zset-always with appendfsync everysec (NOT durable).",
+    },
+    PeerInfo {
+        name: "jetstream-1-always",
+        durable: true,
+        open_as: None,
+        redis: false,
+        jetstream: true,
+        what: "lanelog's JetStream backend (lanelog::nats, async-nats) on one nats-server 2.15.1 on loopback with sync_interval: always (a write is fsynced before its publish is acknowledged): enqueue_batch_with = pipelined publishes, each acknowledged; dequeue_with = pull fetches, then ack_batch = one acknowledged ack per message. At-least-once, with leases (the consumer's ack wait).",
+    },
+    PeerInfo {
+        name: "jetstream-1-default",
+        durable: false,
+        open_as: None,
+        redis: false,
+        jetstream: true,
+        what: "As jetstream-1-always with the server's default sync (every 2 minutes: NOT durable against power loss).",
+    },
+    PeerInfo {
+        name: "jetstream-3-always",
+        durable: true,
+        open_as: None,
+        redis: false,
+        jetstream: true,
+        what: "As jetstream-1-always on a 3-node cluster on this machine (all three on loopback, one disk), streams replicated three times (a publish is acknowledged once a quorum stored it).",
+    },
+    PeerInfo {
+        name: "jetstream-3-default",
+        durable: false,
+        open_as: None,
+        redis: false,
+        jetstream: true,
+        what: "As jetstream-3-always with the server's default sync (NOT durable against a power loss of the quorum).",
     },
     PeerInfo {
         name: "fjall",
         durable: true,
         open_as: None,
         redis: false,
+        jetstream: false,
         what: "fjall 3 (LSM): enqueue = WriteBatch of inserts (key = u64 sequence, big endian) with PersistMode::SyncAll; dequeue = range from an in-memory cursor + WriteBatch of removes with SyncAll. At-most-once.",
     },
     PeerInfo {
@@ -134,6 +181,7 @@ pub const PEERS: &[PeerInfo] = &[
         durable: false,
         open_as: None,
         redis: false,
+        jetstream: false,
         what: "yaque 0.6 as shipped (NOT durable: never fsyncs): send_batch; try_recv_batch_up_to + commit (receiver position saved every 250 reads).",
     },
     PeerInfo {
@@ -141,6 +189,7 @@ pub const PEERS: &[PeerInfo] = &[
         durable: true,
         open_as: Some("yaque"),
         redis: false,
+        jetstream: false,
         what: "yaque plus the harness's fdatasync of the newest segment after send_batch, and save() + fdatasync of recv-metadata after each commit (no directory fsync on a new segment: an approximation of a durable yaque).",
     },
 ];
@@ -163,6 +212,10 @@ pub fn open(name: &str, dir: &Path) -> Result<Box<dyn Store>> {
         "redis-zset-always" => Box::new(redisq::RedisStore::start(dir, true, true)?),
         "redis-zset-everysec" => Box::new(redisq::RedisStore::start(dir, true, false)?),
         "fjall" => Box::new(fjallq::FjallStore::open(dir)?),
+        "jetstream-1-always" => Box::new(jetstreamq::JetStreamStore::start(dir, 1, true)?),
+        "jetstream-1-default" => Box::new(jetstreamq::JetStreamStore::start(dir, 1, false)?),
+        "jetstream-3-always" => Box::new(jetstreamq::JetStreamStore::start(dir, 3, true)?),
+        "jetstream-3-default" => Box::new(jetstreamq::JetStreamStore::start(dir, 3, false)?),
         "yaque" => Box::new(yaqueq::YaqueStore::open(dir, false)?),
         "yaque-fsync" => Box::new(yaqueq::YaqueStore::open(dir, true)?),
         other => anyhow::bail!("unknown peer {other}"),
