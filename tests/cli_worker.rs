@@ -81,24 +81,19 @@ fn spawn(args: &[&str]) -> Proc {
 /// worker's jobs come back soon.
 const LEASE: &str = "2s";
 
+/// `command` with what every process of one deployment shares: the
+/// server, the prefix, the lease and the model file.
+fn shared<'a>(command: &'a str, url: &'a str) -> Vec<&'a str> {
+    vec![
+        command, "--nats", url, "--prefix", "w", "--lease", LEASE, "--model", MODEL,
+    ]
+}
+
 /// A `lanelog worker` on `url`; returns once it says it is serving (its
 /// queues are made), with the rest of its stderr left to read.
 fn worker(url: &str, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        "worker",
-        "--nats",
-        url,
-        "--prefix",
-        "w",
-        "--lease",
-        LEASE,
-        "--model",
-        MODEL,
-        "--parallel",
-        "1",
-        "--batch",
-        "64",
-    ];
+    let mut args = shared("worker", url);
+    args.extend_from_slice(&["--parallel", "1", "--batch", "64"]);
     args.extend_from_slice(extra);
     let mut w = spawn(&args);
     let stderr: ChildStderr = w.0.stderr.take().expect("stderr");
@@ -116,25 +111,10 @@ fn worker(url: &str, extra: &[&str]) -> Proc {
 /// `lanelog infer --nats` of `input` into `output`, computing nothing
 /// itself (`--parallel 0`): every row is a worker's.
 fn submit(url: &str, input: &Path, output: &Path) -> Proc {
-    spawn(&[
-        "infer",
-        "--nats",
-        url,
-        "--prefix",
-        "w",
-        "--lease",
-        LEASE,
-        "--model",
-        MODEL,
-        "--parallel",
-        "0",
-        "--batch",
-        "4",
-        "--input",
-        p(input),
-        "--output",
-        p(output),
-    ])
+    let mut args = shared("infer", url);
+    args.extend_from_slice(&["--parallel", "0", "--batch", "4"]);
+    args.extend_from_slice(&["--input", p(input), "--output", p(output)]);
+    spawn(&args)
 }
 
 /// The rows a worker's summary says it computed.

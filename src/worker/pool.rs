@@ -228,9 +228,7 @@ impl<Q: JobQueue> Shared<Q> {
             !release
         });
     }
-}
 
-impl<Q: JobQueue> Shared<Q> {
     /// Extend the lease of every held job again (a queue whose lease is
     /// fixed restarts it at its full length); a job whose lease was lost
     /// meanwhile (another process took it) is no longer held here.
