@@ -6,7 +6,7 @@
 //! naming its URL, not a hang.
 //! Method: a real nats-server on loopback (`testkit::nats`), the real
 //! binary, the CSV output checked row by row against the model called
-//! directly; the kill comes once the run's first job has a stored
+//! directly; the kill comes once the run's 20th job has a stored
 //! result (read from the jobs stream by `lanelog::nats`). Every wait is
 //! bounded.
 #![cfg(all(feature = "infer-cli", feature = "nats"))]
@@ -190,9 +190,9 @@ fn a_killed_workers_jobs_are_computed_by_another() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let t = Table::new(tmp.path(), 3000);
     let out = tmp.path().join("out.csv");
-    // Worker a alone, until the run's first job (the jobs stream's first
-    // message) has its result stored: then a has taken jobs, and is
-    // killed with some of them unfinished.
+    // Worker a alone, until the run's 20th job has its result stored:
+    // then a has acked jobs and holds others, and is killed with some of
+    // them unfinished.
     let a = worker(&url, &[]);
     let jobs = NatsOptions::new()
         .prefix("w_jobs")
@@ -202,7 +202,12 @@ fn a_killed_workers_jobs_are_computed_by_another() {
         .expect("open the jobs queue");
     let submitter = submit(&url, &t.path, &out);
     let end = Instant::now() + Duration::from_secs(60);
-    while jobs.status(MessageId::from(1)).expect("status") != MessageStatus::Completed {
+    // The 20th job, not the first: a worker stores a job's result, then
+    // acks it, so a kill right after the first result may leave that job
+    // unacked (redelivered and computed again by b, its stored result
+    // standing). By the 20th result, a has acked the jobs of its earlier
+    // takes.
+    while jobs.status(MessageId::from(20)).expect("status") != MessageStatus::Completed {
         assert!(Instant::now() < end, "worker a computed nothing in 60 s");
         std::thread::sleep(Duration::from_millis(5));
     }
