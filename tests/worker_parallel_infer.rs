@@ -390,3 +390,64 @@ fn rows_run_alone_with_outputs_of_several_widths_come_back_whole() {
         }
     }
 }
+
+/// Squares its input, but a call with row 3 in it never returns (a model
+/// stuck for good: a deadlock in its runtime, a device that never
+/// answers).
+struct NeverReturnsOn3;
+
+impl Model for NeverReturnsOn3 {
+    type Input = u32;
+    type Output = u64;
+    fn name(&self) -> &str {
+        "never-returns"
+    }
+    fn version(&self) -> &str {
+        "v1"
+    }
+    fn infer(&self, rows: &[u32]) -> Result<Vec<u64>, ModelError> {
+        if rows.contains(&3) {
+            loop {
+                std::thread::park();
+            }
+        }
+        Ok(rows.iter().map(|&x| u64::from(x) * u64::from(x)).collect())
+    }
+}
+
+#[test]
+fn a_call_that_never_returns_is_given_up_on_and_its_worker_replaced() {
+    // A hang here is the bug this test is for: fail it by name.
+    let _bound = testkit::watchdog::Watchdog::arm(
+        "a_call_that_never_returns_is_given_up_on_and_its_worker_replaced",
+        Duration::from_secs(120),
+    );
+    let rows: Vec<u32> = (0..8).collect();
+    for batch in [1, 4] {
+        // One worker: every row after the stuck call is computed by the
+        // workers that replace it.
+        let opts = InferOptions::new().pool(
+            fast_pool()
+                .num_parallel(1)
+                .max_batch(batch)
+                .timeout(Duration::from_millis(100))
+                .timeout_backoff(Duration::from_millis(1), Duration::from_millis(5))
+                .retries(1),
+        );
+        let out = parallel_infer(Arc::new(NeverReturnsOn3), &rows, &opts).unwrap();
+        for (i, row) in outputs(&out).into_iter().enumerate() {
+            if i == 3 {
+                let e = row.expect_err("row 3 never gets a result");
+                assert!(e.starts_with("timed out after 100ms"), "{e}");
+            } else {
+                assert_eq!(
+                    row,
+                    Ok((i * i) as u64),
+                    "row {i}, batch {batch}: {:?}",
+                    outputs(&out)
+                );
+            }
+        }
+        assert_eq!(out.failed, 1, "batch {batch}");
+    }
+}

@@ -197,6 +197,18 @@ fn resize(bytes: &mut Vec<u8>, len: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// A new file's zeros. `vec![0; len]` asks the allocator for zeroed memory
+/// (calloc), which a large buffer gets as fresh pages from the system, so a
+/// preallocated segment costs no pass of zeros and only the pages written
+/// are ever touched. The probe first makes an impossible size `ENOSPC`, not
+/// an abort.
+fn zeroed(len: usize) -> io::Result<Vec<u8>> {
+    Vec::<u8>::new()
+        .try_reserve_exact(len)
+        .map_err(|_| enospc())?;
+    Ok(vec![0; len])
+}
+
 /// Sizes a real file system would refuse as too large.
 fn efbig() -> io::Error {
     io::Error::from_raw_os_error(libc::EFBIG)
@@ -650,15 +662,20 @@ impl Storage for MemoryStorage {
             ));
         }
         state.room_for_new(len)?;
-        let mut bytes = Vec::new();
-        resize(&mut bytes, to_usize(len)?)?;
+        let len = to_usize(len)?;
         let inode = if state.volatile {
             Arc::new(Mutex::new(Inode {
-                data: bytes,
+                data: zeroed(len)?,
                 ..Inode::default()
             }))
         } else {
-            Inode::settled(bytes)
+            // Two zeroed buffers rather than a clone: a copy would touch
+            // every page of a file mostly never written.
+            Arc::new(Mutex::new(Inode {
+                data: zeroed(len)?,
+                durable: zeroed(len)?,
+                ..Inode::default()
+            }))
         };
         state.current.insert(name.to_owned(), Arc::clone(&inode));
         Ok(self.handle(inode))

@@ -46,6 +46,14 @@ pub(super) struct Settled {
     pub(super) then: Then,
 }
 
+/// What the committer is told: a worker's settled jobs, or that the
+/// workers are done (a thread the watchdog gave up on may still hold a
+/// sender, so the committer does not wait for every sender to go).
+pub(super) enum ToCommitter {
+    Settled(Vec<Settled>),
+    Finish,
+}
+
 /// What to do with a job.
 pub(super) enum Then {
     /// Store the result and ack; first enqueue `children`, (index in the
@@ -118,39 +126,52 @@ impl<Q: JobQueue> Committer<Q> {
         }
     }
 
-    /// Commit what arrives until every sender (every worker) is gone.
-    pub(super) fn run(mut self, inbox: &Receiver<Vec<Settled>>) {
+    /// Commit what arrives until [`ToCommitter::Finish`] (or until every
+    /// sender is gone), then sync.
+    pub(super) fn run(mut self, inbox: &Receiver<ToCommitter>) {
         loop {
             // With results written but not synced, wait only until they
             // are due to be synced.
             let next = if self.unsynced {
                 let due = SYNC_AT_LEAST_EVERY.saturating_sub(self.last_sync.elapsed());
                 match inbox.recv_timeout(due) {
-                    Ok(group) => Some(group),
+                    Ok(m) => Some(m),
                     Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        self.sync_now();
-                        return;
-                    }
+                    Err(RecvTimeoutError::Disconnected) => Some(ToCommitter::Finish),
                 }
             } else {
-                match inbox.recv() {
-                    Ok(group) => Some(group),
-                    Err(_) => return,
-                }
+                Some(inbox.recv().unwrap_or(ToCommitter::Finish))
             };
-            let Some(mut group) = next else {
-                self.sync_now();
-                continue;
+            let mut group = match next {
+                None => {
+                    self.sync_now();
+                    continue;
+                }
+                Some(ToCommitter::Finish) => {
+                    self.sync_now();
+                    return;
+                }
+                Some(ToCommitter::Settled(group)) => group,
             };
             // Merge whatever else is waiting: one commit for all of it.
+            let mut finish = false;
             while let Ok(more) = inbox.try_recv() {
-                group.extend(more);
+                match more {
+                    ToCommitter::Settled(more) => group.extend(more),
+                    ToCommitter::Finish => {
+                        finish = true;
+                        break;
+                    }
+                }
             }
             if let Err(e) = self.commit(group) {
                 self.shared
                     .health
                     .fail(format!("the jobs queue failed: {e}"));
+            }
+            if finish {
+                self.sync_now();
+                return;
             }
         }
     }

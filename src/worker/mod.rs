@@ -26,8 +26,10 @@
 //!    `runs` queue, keyed by the run's idempotency key if it has one.
 //! 2. A worker leases jobs for up to `max_batch` rows (waiting at most
 //!    `linger` for them), runs each job only on the model registered under
-//!    its exact key, on a runner thread under the run's timeout, and renews
-//!    the leases while it runs. A failed call is run again row by row to
+//!    its exact key, on the worker's own thread, watched by the pool's
+//!    watcher: the leases are renewed while it runs, and a call past the
+//!    run's timeout is given up on (its jobs fail as timed out, the worker
+//!    is replaced). A failed call is run again row by row to
 //!    find the failing rows. A job no registered model takes is held (or
 //!    parked, see [`Unclaimed`]), never run.
 //! 3. The worker hands the batch to the committer, which completes each job
@@ -64,7 +66,8 @@
 //!   job's rows) and the pool's health.
 //! - `committer.rs`: the committer thread (complete, retry, dead-letter or
 //!   split jobs; sync; tell the runs).
-//! - `runner.rs`: the model's thread, under a timeout, catching panics.
+//! - `watchdog.rs`: model calls inline on the workers' threads, watched:
+//!   leases renewed, an overrun given up on, panics caught.
 //! - `stats.rs`: [`ServiceStats`] and, with the `metrics` feature, their
 //!   export through the `metrics` facade.
 //! - `infer.rs`: [`parallel_infer`] (and [`parallel_infer_on`], over
@@ -86,9 +89,9 @@ mod pool;
 mod registry;
 mod rows;
 mod run;
-mod runner;
 mod service;
 mod stats;
+mod watchdog;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,7 @@
 //! The worker pool: [`PoolOptions`], the threads of a service ([`Pool`])
 //! and the workers. Each of `num_parallel` workers leases micro-batches of
-//! jobs, runs each job on its own run's model on its runner thread under a
-//! timeout (see `runner.rs`), decides each job's fate (complete, retry,
+//! jobs, runs each job on its own run's model, inline on its own thread
+//! under the watchdog's timeout (see `watchdog.rs`), decides each job's fate (complete, retry,
 //! dead letter, or split into one-row jobs) and hands the settled batch to
 //! the pool's one committer (see `committer.rs`), which stores the results
 //! and then tells the runs.
@@ -26,22 +26,23 @@
 //!
 //! [`ModelKey`]: super::job::ModelKey
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
-use super::committer::{Committer, Settled, Then};
+use super::committer::{Committer, Settled, Then, ToCommitter};
 use super::job::{Computed, Job, ModelKey, RowNote};
 use super::registry::{Erased, Registry};
 use super::rows::RowBlock;
 use super::run::{Tracker, POLL};
-use super::runner::Runner;
 use super::service::Unclaimed;
 use super::stats::Recorder;
+use super::watchdog::{Abandoned, Slot, Watchdog};
 use super::{note, wall_ms, ErrorKind, InferError, ModelError, RowError};
 use crate::{Delivery, DequeueOptions, Error, JobQueue, Queue, Receipt};
 
@@ -254,7 +255,10 @@ impl<Q: JobQueue> Shared<Q> {
 #[derive(Default)]
 pub(crate) struct Health {
     fatal: Mutex<Option<String>>,
-    workers: AtomicUsize,
+    /// Workers running, not counting threads the watchdog gave up on.
+    workers: Mutex<usize>,
+    /// Signalled when a worker leaves.
+    left: Condvar,
     errors: Mutex<Vec<String>>,
 }
 
@@ -271,7 +275,25 @@ impl Health {
     }
 
     pub fn workers(&self) -> usize {
-        self.workers.load(Ordering::SeqCst)
+        *self.workers.lock()
+    }
+
+    fn worker_started(&self) {
+        *self.workers.lock() += 1;
+    }
+
+    fn worker_left(&self) {
+        let mut n = self.workers.lock();
+        *n = n.saturating_sub(1);
+        self.left.notify_all();
+    }
+
+    /// Wait until no worker runs.
+    fn wait_workers_gone(&self) {
+        let mut n = self.workers.lock();
+        while *n > 0 {
+            self.left.wait(&mut n);
+        }
     }
 
     pub fn note(&self, message: String) {
@@ -283,103 +305,174 @@ impl Health {
     }
 }
 
-/// Counts a worker as running for as long as it lives, panics included.
-struct Alive<Q: JobQueue>(Arc<Shared<Q>>);
+/// Counts a worker as running for as long as it lives, panics included,
+/// unless the watchdog gave up on it (its replacement counts instead).
+struct Alive<Q: JobQueue> {
+    crew: Arc<Crew<Q>>,
+    slot: Arc<Slot<Batch>>,
+}
 
 impl<Q: JobQueue> Drop for Alive<Q> {
     fn drop(&mut self) {
-        self.0.health.workers.fetch_sub(1, Ordering::SeqCst);
+        self.crew.watchdog.leave(&self.slot);
+        if !self.slot.abandoned() {
+            self.crew.shared.health.worker_left();
+        }
+    }
+}
+
+/// What starts workers: the pool at its start, and the watcher in place of
+/// a worker whose model call it gave up on.
+struct Crew<Q: JobQueue> {
+    shared: Arc<Shared<Q>>,
+    commits: SyncSender<ToCommitter>,
+    stop: Arc<AtomicBool>,
+    watchdog: Arc<Watchdog<Batch>>,
+    /// The workers to join at stop; the handle of a thread given up on is
+    /// let go (it is never joined: its model call may never return).
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    started: AtomicUsize,
+}
+
+impl<Q: JobQueue> Crew<Q> {
+    /// Start a worker. `inherited`: the batch of a worker whose call the
+    /// watchdog gave up on, and the call's timeout; the new worker settles
+    /// the call's jobs as timed out and runs the rest of the batch before
+    /// it takes any job.
+    fn spawn(self: &Arc<Self>, inherited: Option<(Batch, Duration)>) -> std::io::Result<()> {
+        let i = self.started.fetch_add(1, Ordering::SeqCst);
+        self.shared.health.worker_started();
+        let crew = self.clone();
+        // Held across the spawn, so the handle is listed before the
+        // watcher can look for it.
+        let mut threads = self.threads.lock();
+        let spawned = std::thread::Builder::new()
+            .name(format!("lanelog-worker-{i}"))
+            .spawn(move || {
+                let slot = crew.watchdog.join();
+                let worker = Worker {
+                    seed: 0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1).wrapping_mul(wall_ms() | 1),
+                    jobs_per_take: 1,
+                    partition: Arc::from(format!("worker-{i}")),
+                    shared: crew.shared.clone(),
+                    slot,
+                    crew,
+                };
+                worker.run(inherited);
+            });
+        match spawned {
+            Ok(t) => {
+                threads.push(t);
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.health.worker_left();
+                Err(e)
+            }
+        }
+    }
+
+    /// Let go of the threads whose calls the watchdog gave up on and start
+    /// their replacements.
+    fn replace(self: &Arc<Self>, abandoned: Vec<Abandoned<Batch>>) {
+        for a in abandoned {
+            self.threads.lock().retain(|t| t.thread().id() != a.thread);
+            self.shared.health.note(format!(
+                "a model call overran its timeout of {:?}: its worker is replaced",
+                a.timeout
+            ));
+            // The replacement counts first, so the count never reads zero
+            // while one is on its way.
+            if let Err(e) = self.spawn(Some((a.held, a.timeout))) {
+                // Its jobs come back when their leases end.
+                self.shared.health.note(format!(
+                    "cannot start a worker in place of a stuck one: {e}"
+                ));
+            }
+            // The stuck thread no longer counts.
+            self.shared.health.worker_left();
+        }
     }
 }
 
 /// The threads of a service: the workers and the committer.
 pub(crate) struct Pool<Q: JobQueue = Queue> {
-    stop: Arc<AtomicBool>,
-    shared: Arc<Shared<Q>>,
-    threads: Vec<JoinHandle<()>>,
-    /// Exits once every worker (and so every sender) is gone, after
-    /// committing what they handed over.
+    crew: Arc<Crew<Q>>,
+    /// Exits on [`ToCommitter::Finish`], after committing what the workers
+    /// handed over.
     committer: Option<JoinHandle<()>>,
-    /// Asks the queue about the jobs of runs waited for (see `run.rs`).
+    /// Asks the queue about the jobs of runs waited for (see `run.rs`) and
+    /// watches the workers' model calls (see `watchdog.rs`).
     watcher: Option<JoinHandle<()>>,
 }
 
 impl<Q: JobQueue> Pool<Q> {
-    /// Start the committer and `num_parallel` workers.
+    /// Start the committer, the watcher and `num_parallel` workers.
     pub fn start(shared: Arc<Shared<Q>>) -> Result<Pool<Q>, InferError> {
         let opts = shared.opts.clone();
-        let stop = Arc::new(AtomicBool::new(false));
         // Room for many batches per worker: while the committer syncs, the
         // workers go on, and the next commit takes all they settled.
-        let (commits, inbox) =
-            mpsc::sync_channel::<Vec<Settled>>(opts.num_parallel.saturating_mul(COMMIT_QUEUE));
+        let (commits, inbox) = mpsc::sync_channel::<ToCommitter>(
+            opts.num_parallel.max(1).saturating_mul(COMMIT_QUEUE),
+        );
         let committer = Committer::new(shared.clone());
         let committer = std::thread::Builder::new()
             .name("lanelog-committer".into())
             .spawn(move || committer.run(&inbox))
             .map_err(InferError::Spawn)?;
-        let watcher = {
-            let (shared, stop) = (shared.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("lanelog-watcher".into())
-                .spawn(move || watch(&shared, &stop))
-        };
-        let mut pool = Pool {
-            stop: stop.clone(),
+        let crew = Arc::new(Crew {
             shared: shared.clone(),
-            threads: Vec::with_capacity(opts.num_parallel),
+            commits,
+            stop: Arc::new(AtomicBool::new(false)),
+            watchdog: Arc::default(),
+            threads: Mutex::new(Vec::with_capacity(opts.num_parallel)),
+            started: AtomicUsize::new(0),
+        });
+        let mut pool = Pool {
+            crew: crew.clone(),
             committer: Some(committer),
             watcher: None,
         };
+        let watcher = {
+            let crew = crew.clone();
+            std::thread::Builder::new()
+                .name("lanelog-watcher".into())
+                .spawn(move || watch(&crew))
+        };
         match watcher {
-            Ok(w) => pool.watcher = Some(w),
+            Ok(w) => {
+                crew.watchdog.set_watcher(w.thread().clone());
+                pool.watcher = Some(w);
+            }
             Err(e) => {
-                drop(commits);
                 let _ = pool.stop_and_join();
                 return Err(InferError::Spawn(e));
             }
         }
-        for i in 0..opts.num_parallel {
-            shared.health.workers.fetch_add(1, Ordering::SeqCst);
-            let worker = Worker {
-                shared: shared.clone(),
-                commits: commits.clone(),
-                stop: stop.clone(),
-                seed: 0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1).wrapping_mul(wall_ms() | 1),
-                jobs_per_take: 1,
-                partition: Arc::from(format!("worker-{i}")),
-            };
-            let spawned = std::thread::Builder::new()
-                .name(format!("lanelog-worker-{i}"))
-                .spawn(move || worker.run());
-            match spawned {
-                Ok(t) => pool.threads.push(t),
-                Err(e) => {
-                    shared.health.workers.fetch_sub(1, Ordering::SeqCst);
-                    drop(commits);
-                    let _ = pool.stop_and_join();
-                    return Err(InferError::Spawn(e));
-                }
+        for _ in 0..opts.num_parallel {
+            if let Err(e) = crew.spawn(None) {
+                let _ = pool.stop_and_join();
+                return Err(InferError::Spawn(e));
             }
         }
         Ok(pool)
     }
 
-    /// Stop taking jobs, let each worker finish (or time out) its current
-    /// batch, wait for the workers, then for the committer to store their
-    /// last results; give back the held jobs.
+    /// Stop taking jobs, let each worker finish (or be given up on in) its
+    /// current batch, wait for the workers, then for the committer to store
+    /// their last results; give back the held jobs.
     pub fn stop_and_join(&mut self) -> Result<(), InferError> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.shared.jobs.wake_waiters();
+        let crew = &self.crew;
+        let shared = &crew.shared;
+        crew.stop.store(true, Ordering::SeqCst);
+        shared.jobs.wake_waiters();
+        // The watcher still runs: a worker stuck in its model is given up
+        // on (and its replacement, seeing the stop, leaves at once).
+        shared.health.wait_workers_gone();
         let mut panicked = 0;
-        for t in self.threads.drain(..) {
+        let threads = std::mem::take(&mut *crew.threads.lock());
+        for t in threads {
             if t.join().is_err() {
-                panicked += 1;
-            }
-        }
-        // The workers' senders are gone: the committer drains and exits.
-        if let Some(c) = self.committer.take() {
-            if c.join().is_err() {
                 panicked += 1;
             }
         }
@@ -389,9 +482,17 @@ impl<Q: JobQueue> Pool<Q> {
                 panicked += 1;
             }
         }
-        self.shared.release_held(None);
+        // A thread given up on may still send later: the committer stops
+        // on this message, not when every sender is gone.
+        let _ = crew.commits.send(ToCommitter::Finish);
+        if let Some(c) = self.committer.take() {
+            if c.join().is_err() {
+                panicked += 1;
+            }
+        }
+        shared.release_held(None);
         // Waiters look again, and find the workers gone.
-        for run in self.shared.tracker.live() {
+        for run in shared.tracker.live() {
             run.notify();
         }
         if panicked > 0 {
@@ -407,49 +508,78 @@ impl<Q: JobQueue> Drop for Pool<Q> {
     }
 }
 
-/// The watcher thread: every [`POLL`], for each run a caller waits for,
-/// ask the queue about its jobs (what no worker here reports: a missed
-/// deadline, results of an earlier process), then wake its waiters to check
-/// the service's health too.
-fn watch<Q: JobQueue>(shared: &Shared<Q>, stop: &AtomicBool) {
+/// The watcher thread: sweeps the workers' model calls (renewing their
+/// jobs' leases, replacing a worker whose call overran), and every
+/// [`POLL`], for each run a caller waits for, asks the queue about its
+/// jobs (what no worker here reports: a missed deadline, results of an
+/// earlier process), then wakes its waiters to check the service's health
+/// too.
+fn watch<Q: JobQueue>(crew: &Arc<Crew<Q>>) {
+    let shared = &crew.shared;
     let mut renewed = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
-        std::thread::park_timeout(POLL);
-        if stop.load(Ordering::SeqCst) {
+    let mut polled = Instant::now();
+    loop {
+        let lease = shared.lease;
+        let (abandoned, next_call) = crew.watchdog.sweep(|receipts| {
+            for r in receipts {
+                // A lease already lost is settled by whoever has it now.
+                let _ = shared.jobs.extend_lease(*r, lease);
+            }
+        });
+        crew.replace(abandoned);
+        let stopping = crew.stop.load(Ordering::SeqCst);
+        // While stopping, only the workers' calls are watched, until the
+        // pool joins this thread (after the last worker left).
+        if stopping && shared.health.workers() == 0 {
             return;
         }
-        if shared
-            .renew_held
-            .is_some_and(|every| renewed.elapsed() >= every)
-        {
-            renewed = Instant::now();
-            shared.renew_held_leases();
+        if !stopping && polled.elapsed() >= POLL {
+            polled = Instant::now();
+            poll_runs(shared, &mut renewed);
         }
-        let healthy = shared.health.fatal().is_none() && !shared.workers_gone();
-        for run in shared.tracker.live() {
-            if !run.watched() {
-                continue;
-            }
-            if healthy {
-                // On a remote queue another process's committer may have
-                // dead-lettered a job: only the queue can tell.
-                let waiting = !shared.remote;
-                if let Err(e) = run.refresh(&shared.jobs, shared.sync_commits, waiting) {
-                    shared.health.note(format!(
-                        "asking about the jobs of run {} failed: {e}",
-                        run.id()
-                    ));
-                }
-            }
-            run.notify();
+        let until_poll = POLL.saturating_sub(polled.elapsed());
+        let wait = next_call.map_or(until_poll, |at| {
+            at.saturating_duration_since(Instant::now()).min(until_poll)
+        });
+        std::thread::park_timeout(wait);
+    }
+}
+
+/// The watcher's look every [`POLL`]: held jobs' leases, and the runs
+/// waited for.
+fn poll_runs<Q: JobQueue>(shared: &Shared<Q>, renewed: &mut Instant) {
+    if shared
+        .renew_held
+        .is_some_and(|every| renewed.elapsed() >= every)
+    {
+        *renewed = Instant::now();
+        shared.renew_held_leases();
+    }
+    let healthy = shared.health.fatal().is_none() && !shared.workers_gone();
+    for run in shared.tracker.live() {
+        if !run.watched() {
+            continue;
         }
+        if healthy {
+            // On a remote queue another process's committer may have
+            // dead-lettered a job: only the queue can tell.
+            let waiting = !shared.remote;
+            if let Err(e) = run.refresh(&shared.jobs, shared.sync_commits, waiting) {
+                shared.health.note(format!(
+                    "asking about the jobs of run {} failed: {e}",
+                    run.id()
+                ));
+            }
+        }
+        run.notify();
     }
 }
 
 struct Worker<Q: JobQueue> {
     shared: Arc<Shared<Q>>,
-    commits: SyncSender<Vec<Settled>>,
-    stop: Arc<AtomicBool>,
+    crew: Arc<Crew<Q>>,
+    /// Where this worker's model calls are watched.
+    slot: Arc<Slot<Batch>>,
     seed: u64,
     /// Jobs to lease at once: enough for about `max_batch` rows, from the
     /// rows per job of the last batch.
@@ -463,7 +593,7 @@ struct Leased {
     delivery: Delivery,
     /// The job, its rows taken out into `rows`.
     job: Job,
-    /// The job's rows, shared with the runner thread for the model call.
+    /// The job's rows (shared by the calls that take them).
     rows: Arc<RowBlock>,
     model: Arc<dyn Erased>,
     /// Time to decode the job.
@@ -483,6 +613,14 @@ impl Leased {
     }
 }
 
+/// A worker's jobs while it makes a model call: the call's, and those it
+/// has yet to run. The watchdog holds them during the call, so a worker
+/// replacing a stuck one takes them all over.
+struct Batch {
+    call: Vec<Leased>,
+    rest: VecDeque<Leased>,
+}
+
 /// What the model calls made of a job's rows.
 enum Fate {
     /// Every row computed by one call: the outputs, the call's model time
@@ -500,10 +638,24 @@ enum Fate {
 }
 
 impl<Q: JobQueue> Worker<Q> {
-    fn run(mut self) {
-        let _alive = Alive(self.shared.clone());
-        let mut runner = Runner::new();
-        while !self.stop.load(Ordering::SeqCst) {
+    fn run(mut self, inherited: Option<(Batch, Duration)>) {
+        let _alive = Alive {
+            crew: self.crew.clone(),
+            slot: self.slot.clone(),
+        };
+        if let Some((batch, timeout)) = inherited {
+            let e = RowError::from(ModelError::timed_out(timeout));
+            let mut settled: Vec<Settled> = batch
+                .call
+                .iter()
+                .map(|l| self.settle(l, Fate::Failed(e.clone())))
+                .collect();
+            let given_up = self.run_jobs(batch.rest, &mut settled);
+            if !self.hand_over(settled) || given_up {
+                return;
+            }
+        }
+        while !self.crew.stop.load(Ordering::SeqCst) {
             let take = DequeueOptions::new()
                 .max(self.jobs_per_take)
                 // Short, so a shutdown is noticed quickly; the wait is not a
@@ -529,20 +681,37 @@ impl<Q: JobQueue> Worker<Q> {
             if batch.is_empty() {
                 continue;
             }
-            let settled = self.process(batch, &mut runner);
-            // The committer leaves early only by panicking.
-            if self.commits.send(settled).is_err() {
-                self.shared
-                    .health
-                    .fail("the committer thread is gone".into());
+            let (settled, given_up) = self.process(batch);
+            if !self.hand_over(settled) || given_up {
                 return;
             }
         }
     }
 
+    /// Send settled jobs to the committer; false when it is gone (which,
+    /// but for a thread the watchdog gave up on, stops the pool).
+    fn hand_over(&self, settled: Vec<Settled>) -> bool {
+        if self
+            .crew
+            .commits
+            .send(ToCommitter::Settled(settled))
+            .is_ok()
+        {
+            return true;
+        }
+        if !self.slot.abandoned() {
+            // The committer leaves early only by panicking.
+            self.shared
+                .health
+                .fail("the committer thread is gone".into());
+        }
+        false
+    }
+
     /// Decide the fate of each job leased: run the runnable ones, settle
-    /// the others.
-    fn process(&mut self, batch: Vec<Delivery>, runner: &mut Runner) -> Vec<Settled> {
+    /// the others. Also says whether the watchdog gave up on this thread
+    /// meanwhile (then the jobs it did not run are its replacement's).
+    fn process(&mut self, batch: Vec<Delivery>) -> (Vec<Settled>, bool) {
         let mut settled = Vec::with_capacity(batch.len());
         let mut runnable: Vec<Leased> = Vec::with_capacity(batch.len());
         let mut rows = 0;
@@ -620,17 +789,16 @@ impl<Q: JobQueue> Worker<Q> {
             (self.shared.opts.max_batch * settled.len().max(runnable.len()).max(1) / rows.max(1))
                 .clamp(1, self.shared.opts.max_batch);
         // One model at a time, in the order the queue gave the jobs.
+        let mut queue = VecDeque::with_capacity(runnable.len());
         while !runnable.is_empty() {
             let key = runnable[0].job.model.clone();
             let (group, rest): (Vec<Leased>, Vec<Leased>) =
                 runnable.into_iter().partition(|l| l.job.model == key);
+            queue.extend(group);
             runnable = rest;
-            let fates = self.run_model(runner, &group);
-            for (leased, fate) in group.iter().zip(fates) {
-                settled.push(self.settle(leased, fate));
-            }
         }
-        settled
+        let given_up = self.run_jobs(queue, &mut settled);
+        (settled, given_up)
     }
 
     /// Hold or park a job no model here takes (see [`Unclaimed`]).
@@ -662,27 +830,42 @@ impl<Q: JobQueue> Worker<Q> {
         }
     }
 
-    /// Run jobs of one model: consecutive jobs of one row layout share a
-    /// call of up to `max_batch` rows (a job is never cut across calls).
-    /// A failed call of several rows runs each row alone to find the
-    /// failing ones. One fate per job, in order.
-    fn run_model(&self, runner: &mut Runner, jobs: &[Leased]) -> Vec<Fate> {
-        let model = jobs[0].model.clone();
-        let mut fates = Vec::with_capacity(jobs.len());
-        let mut start = 0;
-        while start < jobs.len() {
-            let mut end = start + 1;
-            let mut rows = jobs[start].len();
-            while end < jobs.len()
-                && jobs[end].rows.same_layout(&jobs[start].rows)
-                && rows + jobs[end].len() <= self.shared.opts.max_batch
-            {
-                rows += jobs[end].len();
-                end += 1;
+    /// Run `queue`'s jobs in order: consecutive jobs of one model and one
+    /// row layout share a call of up to `max_batch` rows (a job is never
+    /// cut across calls). A failed call of several rows runs each row
+    /// alone to find the failing ones. Each job is settled into `settled`,
+    /// in order. Returns whether the watchdog gave up on this thread: then
+    /// the call's jobs and the rest of the queue are its replacement's.
+    fn run_jobs(&mut self, mut queue: VecDeque<Leased>, settled: &mut Vec<Settled>) -> bool {
+        while let Some(first) = queue.pop_front() {
+            let model = first.model.clone();
+            let mut rows = first.len();
+            let mut call = vec![first];
+            // A row whose last call timed out runs alone: a call that hangs
+            // for good would time out every row beside it again.
+            let alone = |l: &Leased| {
+                l.job
+                    .last_error
+                    .as_ref()
+                    .is_some_and(|e| e.kind == ErrorKind::Timeout)
+            };
+            while let Some(next) = queue.front() {
+                if next.job.model != call[0].job.model
+                    || !next.rows.same_layout(&call[0].rows)
+                    || rows + next.len() > self.shared.opts.max_batch
+                    || alone(&call[0])
+                    || alone(next)
+                {
+                    break;
+                }
+                rows += next.len();
+                call.extend(queue.pop_front());
             }
-            let call = &jobs[start..end];
-            start = end;
-            let receipts: Vec<Receipt> = call.iter().map(|l| l.delivery.receipt).collect();
+            // What is settled goes to the committer before the next call,
+            // which might never return.
+            if !settled.is_empty() {
+                self.hand_over(std::mem::take(settled));
+            }
             // The shortest timeout of the jobs in the call: no row waits
             // longer than its own run allows.
             let timeout = call
@@ -698,17 +881,23 @@ impl<Q: JobQueue> Worker<Q> {
                 ))
             };
             let started = Instant::now();
-            let outcome = self.infer(runner, &model, block, timeout, &receipts);
+            let mut batch = Batch { call, rest: queue };
+            let outcome;
+            (batch, outcome) = match self.infer(batch, &model, &block, timeout) {
+                Some(back) => back,
+                None => return true,
+            };
             let infer_us = started.elapsed().as_micros() as u64;
+            let mut fates = Vec::with_capacity(batch.call.len());
             match outcome {
-                Ok(outputs) if call.len() == 1 => fates.push(Fate::Batch {
+                Ok(outputs) if batch.call.len() == 1 => fates.push(Fate::Batch {
                     outputs,
                     infer_us,
                     batch_rows: rows as u32,
                 }),
                 Ok(outputs) => {
                     let mut at = 0;
-                    for l in call {
+                    for l in &batch.call {
                         fates.push(Fate::Batch {
                             outputs: outputs.slice(at, at + l.len()),
                             infer_us,
@@ -719,46 +908,55 @@ impl<Q: JobQueue> Worker<Q> {
                 }
                 Err(e) if rows > 1 && e.kind() != ErrorKind::Timeout => {
                     // Find the failing rows: run each alone.
-                    for l in call {
-                        let receipt = [l.delivery.receipt];
-                        let alone = (0..l.len())
-                            .map(|i| {
-                                let row = Arc::new(l.rows.slice(i, i + 1));
-                                let started = Instant::now();
-                                let one = self.infer(runner, &model, row, timeout, &receipt);
-                                let us = started.elapsed().as_micros() as u64;
-                                one.map(|o| (o, us)).map_err(RowError::from)
-                            })
-                            .collect();
+                    for j in 0..batch.call.len() {
+                        let mut alone = Vec::with_capacity(batch.call[j].len());
+                        for i in 0..batch.call[j].len() {
+                            let row = batch.call[j].rows.slice(i, i + 1);
+                            let started = Instant::now();
+                            let one;
+                            (batch, one) = match self.infer(batch, &model, &row, timeout) {
+                                Some(back) => back,
+                                None => return true,
+                            };
+                            let us = started.elapsed().as_micros() as u64;
+                            alone.push(one.map(|o| (o, us)).map_err(RowError::from));
+                        }
                         fates.push(Fate::Rows(alone));
                     }
                 }
                 Err(e) => {
                     let e = RowError::from(e);
-                    fates.extend(call.iter().map(|_| Fate::Failed(e.clone())));
+                    fates.extend(batch.call.iter().map(|_| Fate::Failed(e.clone())));
                 }
             }
+            for (leased, fate) in batch.call.iter().zip(fates) {
+                settled.push(self.settle(leased, fate));
+            }
+            queue = batch.rest;
         }
-        fates
+        false
     }
 
-    /// One model call on the runner thread, renewing the leases of the
-    /// jobs in it while it runs.
+    /// One model call on `batch.call`, inline, watched by the watchdog
+    /// (which renews the leases of the call's jobs while it runs). Gives
+    /// `batch` back with the outcome, or `None` if the watchdog gave up on
+    /// the call (then `batch` went to the worker replacing this one).
     fn infer(
         &self,
-        runner: &mut Runner,
+        batch: Batch,
         model: &Arc<dyn Erased>,
-        rows: Arc<RowBlock>,
+        rows: &RowBlock,
         timeout: Duration,
-        receipts: &[Receipt],
-    ) -> Result<RowBlock, ModelError> {
-        let lease = self.shared.lease;
-        runner.call(model.clone(), rows, timeout, lease / 3, || {
-            for r in receipts {
-                // A lease already lost is settled by whoever has it now.
-                let _ = self.shared.jobs.extend_lease(*r, lease);
-            }
-        })
+    ) -> Option<(Batch, Result<RowBlock, ModelError>)> {
+        let receipts = batch.call.iter().map(|l| l.delivery.receipt).collect();
+        self.crew.watchdog.call(
+            &self.slot,
+            batch,
+            receipts,
+            timeout,
+            self.shared.lease / 3,
+            || model.infer(rows),
+        )
     }
 
     /// A job's fate after its model call: complete it, retry it, park it,
