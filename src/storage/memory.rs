@@ -129,8 +129,13 @@ enum Change {
 /// One file's contents, shared by its directory entries and open handles.
 #[derive(Debug, Default)]
 struct Inode {
-    /// What reads see now.
+    /// What reads see now (followed by `tail` zeros).
     data: Vec<u8>,
+    /// Zeros past `data` that were never written, kept as a count: a
+    /// volatile file is sparse, so a preallocated segment costs memory only
+    /// for what is written into it. Always 0 in a storage that keeps a
+    /// durable image (its crash images are whole byte images).
+    tail: usize,
     /// The contents as of the last successful `sync_data`.
     durable: Vec<u8>,
     /// Changes since that sync, in issue order. Replaying them on `durable`
@@ -168,6 +173,59 @@ impl Inode {
     fn change(&mut self, change: Change) -> io::Result<()> {
         apply(&mut self.data, &change)?;
         self.pending.push(change);
+        Ok(())
+    }
+
+    /// The file's length: its bytes and the zeros after them.
+    fn len(&self) -> usize {
+        self.data.len() + self.tail
+    }
+
+    /// The whole contents, the tail's zeros included.
+    fn contents(&self) -> Vec<u8> {
+        let mut all = Vec::with_capacity(self.len());
+        all.extend_from_slice(&self.data);
+        all.resize(self.len(), 0);
+        all
+    }
+
+    /// Write `src` at `offset` of a volatile file: only the bytes up to the
+    /// write's end are held; the zeros past it stay a count.
+    fn write_sparse(&mut self, offset: usize, src: &[u8]) -> io::Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        let end = offset.checked_add(src.len()).ok_or_else(efbig)?;
+        let len = self.len();
+        if end > self.data.len() {
+            resize(&mut self.data, end)?;
+        }
+        self.data[offset..end].copy_from_slice(src);
+        self.tail = len.saturating_sub(self.data.len());
+        Ok(())
+    }
+
+    /// Apply `change` to a volatile file (see [`Inode::write_sparse`]).
+    fn apply_sparse(&mut self, change: &Change) -> io::Result<()> {
+        match change {
+            Change::Write { offset, bytes } => self.write_sparse(*offset, bytes),
+            Change::SetLen(len) if *len <= self.data.len() => {
+                self.data.truncate(*len);
+                self.tail = 0;
+                Ok(())
+            }
+            Change::SetLen(len) => {
+                self.tail = len - self.data.len();
+                Ok(())
+            }
+        }
+    }
+
+    /// Hold the tail's zeros as bytes (before changing both images).
+    fn fill_tail(&mut self) -> io::Result<()> {
+        let len = self.len();
+        resize(&mut self.data, len)?;
+        self.tail = 0;
         Ok(())
     }
 }
@@ -280,7 +338,7 @@ impl State {
     fn used_bytes(&self) -> u64 {
         self.current
             .values()
-            .map(|inode| inode.lock().data.len() as u64)
+            .map(|inode| inode.lock().len() as u64)
             .sum()
     }
 
@@ -293,7 +351,7 @@ impl State {
             .current
             .values()
             .find(|other| Arc::ptr_eq(other, inode))?;
-        let own_len = own.lock().data.len() as u64;
+        let own_len = own.lock().len() as u64;
         Some(capacity.saturating_sub(self.used_bytes().saturating_sub(own_len)))
     }
 
@@ -419,6 +477,7 @@ impl MemoryStorage {
             let i = inode.lock();
             let c = Arc::new(Mutex::new(Inode {
                 data: i.data.clone(),
+                tail: i.tail,
                 durable: i.durable.clone(),
                 pending: i.pending.clone(),
                 raw_changed: i.raw_changed,
@@ -485,7 +544,7 @@ impl MemoryStorage {
     pub fn read_file(&self, name: &str) -> Option<Vec<u8>> {
         let state = self.shared.state.lock();
         let inode = state.current.get(name)?;
-        let data = inode.lock().data.clone();
+        let data = inode.lock().contents();
         Some(data)
     }
 
@@ -516,6 +575,7 @@ impl MemoryStorage {
         let inode = state.current.get(name).ok_or_else(|| not_found(name))?;
         let mut inode = inode.lock();
         inode.raw_changed = true;
+        inode.fill_tail()?;
         apply(&mut inode.data, change)?;
         apply(&mut inode.durable, change)
     }
@@ -524,7 +584,7 @@ impl MemoryStorage {
 /// The contents of one file after a crash under `policy`.
 fn survivor(inode: &Inode, policy: CrashPolicy, rng: &mut SplitMix64) -> Vec<u8> {
     let torn = match policy {
-        CrashPolicy::ProcessCrash => return inode.data.clone(),
+        CrashPolicy::ProcessCrash => return inode.contents(),
         CrashPolicy::DropUnsynced => return inode.durable.clone(),
         CrashPolicy::PowerLoss { torn, .. } => torn,
     };
@@ -665,7 +725,7 @@ impl Storage for MemoryStorage {
         let len = to_usize(len)?;
         let inode = if state.volatile {
             Arc::new(Mutex::new(Inode {
-                data: zeroed(len)?,
+                tail: len,
                 ..Inode::default()
             }))
         } else {
@@ -728,7 +788,7 @@ impl fmt::Debug for MemoryFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inode = self.inode.lock();
         f.debug_struct("MemoryFile")
-            .field("len", &inode.data.len())
+            .field("len", &inode.len())
             .field("pending", &inode.pending.len())
             .finish()
     }
@@ -739,12 +799,12 @@ impl MemoryFile {
     fn change(&self, state: &State, change: Change, new_len: u64) -> io::Result<()> {
         let max_len = state.max_len(&self.inode);
         let mut inode = self.inode.lock();
-        let grows = new_len > inode.data.len() as u64;
+        let grows = new_len > inode.len() as u64;
         if grows && max_len.is_some_and(|max| new_len > max) {
             return Err(enospc());
         }
         if state.volatile {
-            return apply(&mut inode.data, &change);
+            return inode.apply_sparse(&change);
         }
         inode.change(change)
     }
@@ -758,11 +818,7 @@ impl MemoryFile {
         let new_len = (end as u64).max(self.len_now());
         if state.volatile && state.capacity.is_none() {
             // No record of the write to keep: one copy, in place.
-            let mut inode = self.inode.lock();
-            let len = end.max(inode.data.len());
-            resize(&mut inode.data, len)?;
-            inode.data[start..end].copy_from_slice(data);
-            return Ok(());
+            return self.inode.lock().write_sparse(start, data);
         }
         let change = Change::Write {
             offset: start,
@@ -772,7 +828,7 @@ impl MemoryFile {
     }
 
     fn len_now(&self) -> u64 {
-        self.inode.lock().data.len() as u64
+        self.inode.lock().len() as u64
     }
 }
 
@@ -787,23 +843,27 @@ impl StorageFile for MemoryFile {
         let mut state = self.shared.state.lock();
         state.enter(Op::Other)?;
         let inode = self.inode.lock();
-        let src = usize::try_from(offset)
+        let range = usize::try_from(offset)
             .ok()
-            .and_then(|start| inode.data.get(start..start.checked_add(buf.len())?));
-        match src {
-            Some(src) => {
-                buf.copy_from_slice(src);
-                Ok(())
-            }
-            None => Err(io::Error::new(
+            .and_then(|start| Some(start..start.checked_add(buf.len())?))
+            .filter(|r| r.end <= inode.len());
+        let Some(range) = range else {
+            return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!(
                     "read of {} bytes at offset {offset} is past the end of a {}-byte file",
                     buf.len(),
-                    inode.data.len()
+                    inode.len()
                 ),
-            )),
-        }
+            ));
+        };
+        // The bytes held, then the tail's zeros.
+        let held = inode.data.get(range.start..).unwrap_or_default();
+        let n = held.len().min(buf.len());
+        let (from_data, zeros) = buf.split_at_mut(n);
+        from_data.copy_from_slice(&held[..n]);
+        zeros.fill(0);
+        Ok(())
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
@@ -1344,5 +1404,51 @@ mod tests {
         // Faults still apply.
         storage.set_fault(fault(storage.calls(), FaultKind::Eio, false, FaultOps::Any));
         assert_eq!(raw_os(&f.write_at(0, b"x").unwrap_err()), Some(libc::EIO));
+    }
+
+    #[test]
+    fn a_volatile_file_holds_only_what_was_written() {
+        let storage = MemoryStorage::volatile();
+        let f = storage
+            .create("seg", 1 << 30)
+            .expect("a GiB of zeros costs nothing");
+        assert_eq!(f.len().unwrap(), 1 << 30);
+        assert_eq!(storage.used_bytes(), 1 << 30);
+        f.write_at(4, b"abc").expect("write");
+        let mut buf = [9u8; 10];
+        // Across the written bytes and into the zeros past them.
+        f.read_at(2, &mut buf).expect("read");
+        assert_eq!(&buf, b"\0\0abc\0\0\0\0\0");
+        f.read_at((1 << 30) - 4, &mut buf[..4])
+            .expect("read the last bytes");
+        assert_eq!(&buf[..4], b"\0\0\0\0");
+        assert!(
+            f.read_at((1 << 30) - 3, &mut buf[..4]).is_err(),
+            "past the end"
+        );
+        {
+            let inode = storage.shared.state.lock().current["seg"].clone();
+            assert_eq!(
+                inode.lock().data.len(),
+                7,
+                "only up to the write's end is held"
+            );
+        }
+        // Shrinking into the held bytes, growing back with zeros.
+        f.set_len(5).expect("shrink");
+        f.set_len(8).expect("grow");
+        assert_eq!(read(&*f), b"\0\0\0\0a\0\0\0");
+        let kept = storage.crash(CrashPolicy::ProcessCrash);
+        assert_eq!(
+            kept.read_file("seg").as_deref(),
+            Some(&b"\0\0\0\0a\0\0\0"[..])
+        );
+        storage
+            .write_file_raw("seg", 9, b"z")
+            .expect("raw write past the end");
+        assert_eq!(
+            storage.read_file("seg").as_deref(),
+            Some(&b"\0\0\0\0a\0\0\0\0z"[..])
+        );
     }
 }
