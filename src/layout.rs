@@ -221,6 +221,12 @@ impl From<CreateError> for io::Error {
 /// Create a preallocated file, write and sync its header, and sync the
 /// directory, so that its entry is durable before anything is written to
 /// it (invariant C). A half-made file is removed.
+///
+/// One sync of the file, after the header: it makes the header, the size
+/// and the allocation durable together (a sync of the empty allocation
+/// first would cost a second fdatasync per file for nothing: until this
+/// one, recovery may find the file absent, empty, or all zeros, and reads
+/// each as a file never made).
 pub(crate) fn create_with_header(
     storage: &dyn Storage,
     name: &str,
@@ -228,7 +234,7 @@ pub(crate) fn create_with_header(
     header: &FileHeader,
 ) -> std::result::Result<Arc<dyn StorageFile>, CreateError> {
     let file = storage
-        .create(name, u64::from(size))
+        .create_to_overwrite(name, u64::from(size))
         .map_err(CreateError::NotMade)?;
     let made = (|| {
         file.write_at(0, &header.encode())?;

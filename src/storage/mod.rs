@@ -58,9 +58,10 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// [`Storage::sync_dir`]). Fails with `AlreadyExists` if the name exists.
     fn create(&self, name: &str, len: u64) -> io::Result<Arc<dyn StorageFile>>;
 
-    /// As [`Storage::create`], for a file the caller writes whole and then
-    /// syncs with [`StorageFile::sync_data`] before it relies on it (a
-    /// temporary file renamed into place once synced): its contents and
+    /// As [`Storage::create`], for a file the caller writes and then syncs
+    /// with [`StorageFile::sync_data`] before it relies on it (a temporary
+    /// file renamed into place once synced, a segment whose header is
+    /// written and synced before its directory entry): its contents and
     /// size need be durable only after that sync, which then also covers
     /// its size, so an implementation may skip a sync of its own here. A
     /// full disk is still reported here.

@@ -355,14 +355,16 @@ fn infer_block_on<M: Model, Q: JobQueue>(
     Ok(out)
 }
 
-/// Segments of a run's queues: eight of the largest job at least, and a
-/// quarter of the table's bytes (fewer segments to make while the jobs are
-/// enqueued), but no bigger than that needs: a fresh queue writes its whole
-/// first segment of zeros, a cost every call on a new directory pays.
+/// Segments of a run's queues: eight of the largest job at least, and room
+/// for the whole table and its results (outputs up to a quarter of the
+/// inputs' bytes) in one segment, so a call makes no second segment (each
+/// costs a preallocation and three syncs on disk). A larger segment costs
+/// nothing more to make: it is preallocated on disk, and sparse in memory.
 fn segment_size_for(largest_job: usize, table_bytes: usize) -> u64 {
+    let table = table_bytes as u64;
     let want = (largest_job as u64 + 64)
         .saturating_mul(8)
-        .max(table_bytes as u64 / 4)
+        .max(table.saturating_add(table / 4))
         .next_power_of_two();
     want.clamp(crate::config::MIN_SEGMENT_SIZE, 64 << 20)
 }
