@@ -288,11 +288,18 @@ impl Health {
         self.left.notify_all();
     }
 
-    /// Wait until no worker runs.
-    fn wait_workers_gone(&self) {
+    /// Wait until no worker runs, calling `wake` now and again meanwhile:
+    /// a worker that looked at its stop flag just before it was set, and
+    /// then began its dequeue's wait after the first wake-up, would
+    /// otherwise sleep its whole wait (the wake-ups back off, up to 50 ms,
+    /// as each may be a request to a server).
+    fn wait_workers_gone(&self, wake: impl Fn()) {
+        let mut again = Duration::from_micros(200);
         let mut n = self.workers.lock();
         while *n > 0 {
-            self.left.wait(&mut n);
+            wake();
+            self.left.wait_for(&mut n, again);
+            again = (again * 2).min(Duration::from_millis(50));
         }
     }
 
@@ -465,10 +472,11 @@ impl<Q: JobQueue> Pool<Q> {
         let crew = &self.crew;
         let shared = &crew.shared;
         crew.stop.store(true, Ordering::SeqCst);
-        shared.jobs.wake_waiters();
         // The watcher still runs: a worker stuck in its model is given up
         // on (and its replacement, seeing the stop, leaves at once).
-        shared.health.wait_workers_gone();
+        shared
+            .health
+            .wait_workers_gone(|| shared.jobs.wake_waiters());
         let mut panicked = 0;
         let threads = std::mem::take(&mut *crew.threads.lock());
         for t in threads {
