@@ -8,7 +8,9 @@
 //! - through `parallel_infer` with its queues in memory (the queue's CPU
 //!   work without a disk), and
 //! - through `parallel_infer` with durable queues (`Durability::Immediate`
-//!   results) in a fresh directory, twice: the first call makes the queues.
+//!   results) in a fresh directory, twice: the first call makes the queues;
+//!   the second computes the rows in reverse order in them (the same table
+//!   again would be the same run, its stored results collected).
 //!
 //! and the ratios to the direct run are printed (durable: the second call).
 //!
@@ -92,6 +94,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "memory/direct",
         "durable/direct"
     );
+    let reversed: Vec<Vec<f32>> = rows.iter().rev().cloned().collect();
     for per_row_us in [0u64, 2, 5, 10, 20, 50] {
         let model = Arc::new(Costly {
             inner: inner.clone(),
@@ -109,10 +112,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let durable = in_memory.clone().dir(dir.path());
         let memory = parallel_infer(model.clone(), &rows, &in_memory)?;
         let first = parallel_infer(model.clone(), &rows, &durable)?;
-        let again = parallel_infer(model, &rows, &durable)?;
+        // The same table again would be the same run (its key is the rows'
+        // hash), collected, not computed: the same rows in reverse order
+        // are the same work under another key.
+        let again = parallel_infer(model, &reversed, &durable)?;
         let failed = memory.failed + first.failed + again.failed;
         if failed > 0 {
             return Err(format!("{failed} rows failed").into());
+        }
+        if again.resumed > 0 {
+            return Err("the second durable call collected stored results".into());
         }
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let ratio = |d: Duration| d.as_secs_f64() / direct.as_secs_f64();
