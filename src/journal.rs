@@ -20,7 +20,7 @@ use crate::codec::header::{self, FileHeader, FileKind};
 use crate::codec::scan::{self, Frame, Scan};
 use crate::codec::DecodeError;
 use crate::codec::{batch, FORMAT_VERSION};
-use crate::layout::{self, create_with_header, CreateError};
+use crate::layout::{self, create_unlisted, create_with_header, CreateError};
 use crate::storage::{Storage, StorageFile};
 
 /// The file being appended to. Its fields are private so that only its own
@@ -54,6 +54,18 @@ impl Journal {
     ) -> Result<Arc<dyn StorageFile>, CreateError> {
         let h = FileHeader::new(FileKind::Journal, number, now_ms);
         create_with_header(storage, &layout::journal_name(number), size, &h)
+    }
+
+    /// As [`Journal::create`] without the directory's sync (invariant C
+    /// of `layout`: the caller syncs it before the first frame).
+    pub fn create_unlisted(
+        storage: &dyn Storage,
+        number: u64,
+        size: u32,
+        now_ms: u64,
+    ) -> Result<Arc<dyn StorageFile>, CreateError> {
+        let h = FileHeader::new(FileKind::Journal, number, now_ms);
+        create_unlisted(storage, &layout::journal_name(number), size, &h)
     }
 
     /// A journal appending to an existing file at `end`, durable up to

@@ -20,7 +20,11 @@
 //! B. Open refuses numbers above [`MAX_FILE_NUMBER`] and segment ids above
 //!    [`MAX_SEGMENT_ID`], so adding one to any number found never overflows.
 //! C. A file made by [`create_with_header`] has its header and directory
-//!    entry durable before anything else is written to it.
+//!    entry durable before anything else is written to it. One made by
+//!    [`create_unlisted`] has its header durable; its maker syncs the
+//!    directory before anything else is written to it (an open makes a
+//!    fresh queue's journal and segment so, and syncs the directory once
+//!    for both and the attributes).
 
 use std::io;
 use std::sync::Arc;
@@ -233,13 +237,38 @@ pub(crate) fn create_with_header(
     size: u32,
     header: &FileHeader,
 ) -> std::result::Result<Arc<dyn StorageFile>, CreateError> {
+    make(storage, name, size, header, true)
+}
+
+/// As [`create_with_header`] without the directory's sync: the caller
+/// syncs the directory before it writes anything else to the file
+/// (invariant C), once for every file it made so.
+pub(crate) fn create_unlisted(
+    storage: &dyn Storage,
+    name: &str,
+    size: u32,
+    header: &FileHeader,
+) -> std::result::Result<Arc<dyn StorageFile>, CreateError> {
+    make(storage, name, size, header, false)
+}
+
+fn make(
+    storage: &dyn Storage,
+    name: &str,
+    size: u32,
+    header: &FileHeader,
+    sync_dir: bool,
+) -> std::result::Result<Arc<dyn StorageFile>, CreateError> {
     let file = storage
         .create_to_overwrite(name, u64::from(size))
         .map_err(CreateError::NotMade)?;
     let made = (|| {
         file.write_at(0, &header.encode())?;
         file.sync_data()?;
-        storage.sync_dir()
+        match sync_dir {
+            true => storage.sync_dir(),
+            false => Ok(()),
+        }
     })();
     if let Err(e) = made {
         let _ = storage.remove(name);

@@ -71,6 +71,9 @@ pub(crate) struct Recovered {
     pub index: Index,
     pub segments: BTreeMap<u32, Segment>,
     pub journal: Journal,
+    /// Whether recovery made the journal file (a fresh directory): its
+    /// directory entry is not synced yet (the open syncs it).
+    pub journal_made: bool,
     pub next_id: u64,
     pub checkpoint_number: u64,
     pub checkpoint_bytes: u64,
@@ -295,6 +298,7 @@ pub(crate) fn recover(
     }
     apply_fixes(storage, s.fixes)?;
     let new_size = opts.journal_file_size as u32;
+    let journal_made = s.last_journal.is_none();
     let journal = match s.last_journal {
         Some(j) => Journal::resume(
             j.number,
@@ -306,8 +310,10 @@ pub(crate) fn recover(
         ),
         None => {
             let n = s.checkpoint_journal.max(1);
-            let file =
-                Journal::create(storage, n, new_size, now_ms).map_err(std::io::Error::from)?;
+            // Its directory entry is synced by the open, before it writes
+            // (with the fresh segment's and the attributes').
+            let file = Journal::create_unlisted(storage, n, new_size, now_ms)
+                .map_err(std::io::Error::from)?;
             let v = crate::codec::FORMAT_VERSION;
             Journal::resume(
                 n,
@@ -323,6 +329,7 @@ pub(crate) fn recover(
         index: s.index,
         segments: s.segments,
         journal,
+        journal_made,
         next_id: s.next_id,
         checkpoint_number: s.checkpoint_number,
         checkpoint_bytes: s.checkpoint_bytes,

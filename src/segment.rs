@@ -21,7 +21,7 @@ use crate::codec::header::{self, FileHeader, FileKind};
 use crate::codec::record::{self, RecordHeader, Seed};
 use crate::codec::scan::{self, Frame, Scan};
 use crate::codec::DecodeError;
-use crate::layout::{self, create_with_header, CreateError};
+use crate::layout::{self, create_unlisted, create_with_header, CreateError};
 use crate::storage::{Storage, StorageFile};
 
 /// An open segment. Its fields are private so that only its own methods
@@ -60,6 +60,19 @@ impl Segment {
     ) -> Result<Segment, CreateError> {
         let h = FileHeader::new(FileKind::Segment, u64::from(id), now_ms);
         let file = create_with_header(storage, &layout::segment_name(id), size, &h)?;
+        Ok(Segment::made(id, file, size))
+    }
+
+    /// As [`Segment::create`] without the directory's sync (invariant C
+    /// of `layout`: the caller syncs it before the first record).
+    pub fn create_unlisted(
+        storage: &dyn Storage,
+        id: u32,
+        size: u32,
+        now_ms: u64,
+    ) -> Result<Segment, CreateError> {
+        let h = FileHeader::new(FileKind::Segment, u64::from(id), now_ms);
+        let file = create_unlisted(storage, &layout::segment_name(id), size, &h)?;
         Ok(Segment::made(id, file, size))
     }
 

@@ -261,34 +261,43 @@ impl Inner {
         let now = opts.clock.now().0;
         let (opts, stored) = adopt_attributes(&*storage, opts)?;
         let mut rec = recovery::recover(&*storage, &opts, now)?;
-        // The attributes are stored once recovery accepted the directory
-        // with them (an override it refuses changes nothing).
-        let wanted = opts.attributes();
-        match stored {
-            Some((a, _)) if a == wanted => {}
-            Some((_, revision)) => attrs::write(&*storage, &wanted, revision + 1, now)?,
-            None => attrs::write(&*storage, &wanted, 1, now)?,
-        }
-        rec.index.promote_due(now);
-        rec.index
-            .forget_keys(now.saturating_sub(duration_ms(opts.dedup_window)));
-        let mut segments = rec.segments;
+        let mut segments = std::mem::take(&mut rec.segments);
         // Records are appended only to a segment of this build's format
         // version: a directory of an older version gets a new segment.
         let newest = segments
             .iter()
             .next_back()
             .map(|(&id, s)| (id, s.version() == crate::codec::FORMAT_VERSION));
+        let mut unlisted = rec.journal_made;
         let active = match newest {
             Some((id, true)) => id,
             other => {
                 let id = other.map_or(1, |(id, _)| id + 1);
-                let seg = Segment::create(&*storage, id, opts.segment_size as u32, now)
+                let seg = Segment::create_unlisted(&*storage, id, opts.segment_size as u32, now)
                     .map_err(std::io::Error::from)?;
                 segments.insert(id, seg);
+                unlisted = true;
                 id
             }
         };
+        // The attributes are stored once recovery accepted the directory
+        // with them (an override it refuses changes nothing). Their
+        // directory sync also makes the entries of the journal and the
+        // segment just made durable, before anything is written to them
+        // (invariant C of `layout`): one directory sync for a fresh queue.
+        let wanted = opts.attributes();
+        match stored {
+            Some((a, _)) if a == wanted => {
+                if unlisted {
+                    storage.sync_dir()?;
+                }
+            }
+            Some((_, revision)) => attrs::write(&*storage, &wanted, revision + 1, now)?,
+            None => attrs::write(&*storage, &wanted, 1, now)?,
+        }
+        rec.index.promote_due(now);
+        rec.index
+            .forget_keys(now.saturating_sub(duration_ms(opts.dedup_window)));
         // Segments recovery kept with nothing live (an older version's
         // last segment, segments holding keys no checkpoint has yet): the
         // first maintenance pass deletes them.

@@ -541,9 +541,11 @@ fn watch<Q: JobQueue>(crew: &Arc<Crew<Q>>) {
         if stopping && shared.health.workers() == 0 {
             return;
         }
-        if !stopping && polled.elapsed() >= POLL {
+        if polled.elapsed() >= POLL {
             polled = Instant::now();
-            poll_runs(shared, &mut renewed);
+            if !stopping {
+                poll_runs(shared, &mut renewed);
+            }
         }
         let until_poll = POLL.saturating_sub(polled.elapsed());
         let wait = next_call.map_or(until_poll, |at| {
