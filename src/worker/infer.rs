@@ -348,7 +348,7 @@ fn infer_block_on<M: Model, Q: JobQueue>(
     let m = service.register(model);
     let waited = service
         .submit_block(&m, block, Some(content), &run_opts)
-        .and_then(|run| run.wait());
+        .and_then(|run| run.wait_rows(opts.columns.contains(&Column::Metadata)));
     let closed = service.close();
     let out = waited?;
     closed?;

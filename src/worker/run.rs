@@ -691,7 +691,14 @@ impl<M: Model, Q: JobQueue> Run<M, Q> {
     /// # Errors
     /// As [`Run::wait_timeout`], but never [`InferError::WaitTimedOut`].
     pub fn wait(&self) -> Result<RunOutput<M::Output>, InferError> {
-        self.wait_until(None)
+        self.wait_until(None, true)
+    }
+
+    /// [`Run::wait`], the rows' [`Metadata`] left out unless `metadata`
+    /// (`parallel_infer` without [`Column::Metadata`](super::Column::Metadata)
+    /// would only drop it).
+    pub(crate) fn wait_rows(&self, metadata: bool) -> Result<RunOutput<M::Output>, InferError> {
+        self.wait_until(None, metadata)
     }
 
     /// Wait at most `timeout` for every row to be done, then return the
@@ -706,7 +713,7 @@ impl<M: Model, Q: JobQueue> Run<M, Q> {
     /// is not registered), naming why; [`InferError::Queue`] when reading
     /// the queue fails.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<RunOutput<M::Output>, InferError> {
-        self.wait_until(Some(Instant::now() + timeout))
+        self.wait_until(Some(Instant::now() + timeout), true)
     }
 
     /// Wait for every row to be done, asynchronously: the same as
@@ -730,7 +737,7 @@ impl<M: Model, Q: JobQueue> Run<M, Q> {
                 if self.shared.sync_commits {
                     durable(self.shared.jobs.sync_async().await)?;
                 }
-                return Ok(self.output());
+                return Ok(self.output(true));
             }
             changed.await;
         }
@@ -763,7 +770,11 @@ impl<M: Model, Q: JobQueue> Run<M, Q> {
         Ok(false)
     }
 
-    fn wait_until(&self, until: Option<Instant>) -> Result<RunOutput<M::Output>, InferError> {
+    fn wait_until(
+        &self,
+        until: Option<Instant>,
+        metadata: bool,
+    ) -> Result<RunOutput<M::Output>, InferError> {
         let run = &self.state;
         let _waiting = Waiting::new(run);
         loop {
@@ -773,7 +784,7 @@ impl<M: Model, Q: JobQueue> Run<M, Q> {
                 if self.shared.sync_commits {
                     durable(self.shared.jobs.sync())?;
                 }
-                return Ok(self.output());
+                return Ok(self.output(metadata));
             }
             let mut wait = POLL;
             if let Some(until) = until {
@@ -816,8 +827,8 @@ impl<M: Model, Q: JobQueue> Run<M, Q> {
     }
 
     /// The results so far, in input order; rows not done failed with the
-    /// cancel's error.
-    fn output(&self) -> RunOutput<M::Output> {
+    /// cancel's error. Rows carry their [`Metadata`] if `with_metadata`.
+    fn output(&self, with_metadata: bool) -> RunOutput<M::Output> {
         let s = self.state.state.lock();
         let unfinished = s
             .cancelled
@@ -870,13 +881,17 @@ impl<M: Model, Q: JobQueue> Run<M, Q> {
                         RowOutput {
                             time: Timestamp(meta.finished_ms),
                             output,
-                            metadata: Some(metadata(meta, *infer_us, *batch_rows)),
+                            metadata: with_metadata.then(|| metadata(meta, *infer_us, *batch_rows)),
                         }
                     }
                     Slot::Failed(f) => RowOutput {
                         time: Timestamp(f.finished_ms),
                         output: Err(f.error.clone()),
-                        metadata: f.meta.as_ref().map(|m| metadata(m, 0, 0)),
+                        metadata: f
+                            .meta
+                            .as_ref()
+                            .filter(|_| with_metadata)
+                            .map(|m| metadata(m, 0, 0)),
                     },
                 };
                 if row.output.is_err() {
