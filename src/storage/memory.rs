@@ -255,11 +255,11 @@ fn resize(bytes: &mut Vec<u8>, len: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// A new file's zeros. `vec![0; len]` asks the allocator for zeroed memory
-/// (calloc), which a large buffer gets as fresh pages from the system, so a
-/// preallocated segment costs no pass of zeros and only the pages written
-/// are ever touched. The probe first makes an impossible size `ENOSPC`, not
-/// an abort.
+/// A new file's zeros, in a storage that keeps a durable image (a volatile
+/// one holds them as a count). `vec![0; len]` asks the allocator for zeroed
+/// memory (calloc), which skips the pass of zeros when it hands out fresh
+/// pages; a clone of one image for the other would touch every page. The
+/// probe first makes an impossible size `ENOSPC`, not an abort.
 fn zeroed(len: usize) -> io::Result<Vec<u8>> {
     Vec::<u8>::new()
         .try_reserve_exact(len)
