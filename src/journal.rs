@@ -52,8 +52,7 @@ impl Journal {
         size: u32,
         now_ms: u64,
     ) -> Result<Arc<dyn StorageFile>, CreateError> {
-        let h = FileHeader::new(FileKind::Journal, number, now_ms);
-        create_with_header(storage, &layout::journal_name(number), size, &h)
+        Journal::make(storage, number, size, now_ms, create_with_header)
     }
 
     /// As [`Journal::create`] without the directory's sync (invariant C
@@ -64,8 +63,18 @@ impl Journal {
         size: u32,
         now_ms: u64,
     ) -> Result<Arc<dyn StorageFile>, CreateError> {
+        Journal::make(storage, number, size, now_ms, create_unlisted)
+    }
+
+    fn make(
+        storage: &dyn Storage,
+        number: u64,
+        size: u32,
+        now_ms: u64,
+        create: layout::Create,
+    ) -> Result<Arc<dyn StorageFile>, CreateError> {
         let h = FileHeader::new(FileKind::Journal, number, now_ms);
-        create_unlisted(storage, &layout::journal_name(number), size, &h)
+        create(storage, &layout::journal_name(number), size, &h)
     }
 
     /// A journal appending to an existing file at `end`, durable up to

@@ -240,6 +240,15 @@ pub(crate) fn create_with_header(
     make(storage, name, size, header, true)
 }
 
+/// How a file with a header is made: [`create_with_header`] or
+/// [`create_unlisted`].
+pub(crate) type Create = fn(
+    &dyn Storage,
+    &str,
+    u32,
+    &FileHeader,
+) -> std::result::Result<Arc<dyn StorageFile>, CreateError>;
+
 /// As [`create_with_header`] without the directory's sync: the caller
 /// syncs the directory before it writes anything else to the file
 /// (invariant C), once for every file it made so.

@@ -58,9 +58,7 @@ impl Segment {
         size: u32,
         now_ms: u64,
     ) -> Result<Segment, CreateError> {
-        let h = FileHeader::new(FileKind::Segment, u64::from(id), now_ms);
-        let file = create_with_header(storage, &layout::segment_name(id), size, &h)?;
-        Ok(Segment::made(id, file, size))
+        Segment::make(storage, id, size, now_ms, create_with_header)
     }
 
     /// As [`Segment::create`] without the directory's sync (invariant C
@@ -71,8 +69,18 @@ impl Segment {
         size: u32,
         now_ms: u64,
     ) -> Result<Segment, CreateError> {
+        Segment::make(storage, id, size, now_ms, create_unlisted)
+    }
+
+    fn make(
+        storage: &dyn Storage,
+        id: u32,
+        size: u32,
+        now_ms: u64,
+        create: layout::Create,
+    ) -> Result<Segment, CreateError> {
         let h = FileHeader::new(FileKind::Segment, u64::from(id), now_ms);
-        let file = create_unlisted(storage, &layout::segment_name(id), size, &h)?;
+        let file = create(storage, &layout::segment_name(id), size, &h)?;
         Ok(Segment::made(id, file, size))
     }
 

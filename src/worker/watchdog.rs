@@ -276,30 +276,39 @@ mod tests {
         assert!(!slot.abandoned());
     }
 
+    /// What a test's call gives back: its jobs and its outcome, or `None`.
+    type Returned<T> = std::thread::JoinHandle<Option<(T, Result<(), ModelError>)>>;
+
+    /// A call of `held` on its own thread, running until `release` is
+    /// sent; returns once the model is running.
+    fn blocked_call<T: Send + 'static>(
+        dog: &Arc<Watchdog<T>>,
+        slot: &Arc<Slot<T>>,
+        held: T,
+        timeout: Duration,
+        renew_every: Duration,
+    ) -> (std::sync::mpsc::Sender<()>, Returned<T>) {
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let (dog, slot) = (dog.clone(), slot.clone());
+        let worker = std::thread::spawn(move || {
+            dog.call(&slot, held, Vec::new(), timeout, renew_every, || {
+                started.send(()).unwrap();
+                wait.recv().unwrap();
+                Ok(())
+            })
+        });
+        running.recv().unwrap();
+        (release, worker)
+    }
+
     #[test]
     fn an_overrun_is_taken_out_and_its_late_result_dropped() {
         let dog = Arc::new(Watchdog::<Vec<u32>>::default());
         let slot = dog.join();
-        let (release, wait) = std::sync::mpsc::channel::<()>();
-        let (started, running) = std::sync::mpsc::channel::<()>();
-        let worker = {
-            let (dog, slot) = (dog.clone(), slot.clone());
-            std::thread::spawn(move || {
-                dog.call(
-                    &slot,
-                    vec![9],
-                    Vec::new(),
-                    Duration::from_millis(1),
-                    Duration::from_secs(20),
-                    || {
-                        started.send(()).unwrap();
-                        wait.recv().unwrap();
-                        Ok(1)
-                    },
-                )
-            })
-        };
-        running.recv().unwrap();
+        let timeout = Duration::from_millis(1);
+        let (release, worker) =
+            blocked_call(&dog, &slot, vec![9], timeout, Duration::from_secs(20));
         let gone = loop {
             let (gone, _) = dog.sweep(|_| {});
             if !gone.is_empty() {
@@ -309,7 +318,7 @@ mod tests {
         };
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].held, vec![9]);
-        assert_eq!(gone[0].timeout, Duration::from_millis(1));
+        assert_eq!(gone[0].timeout, timeout);
         assert!(slot.abandoned());
         release.send(()).unwrap();
         assert!(
@@ -317,42 +326,21 @@ mod tests {
             "the late result is dropped"
         );
         // An abandoned slot makes no further call.
-        assert!(dog
-            .call(
-                &slot,
-                vec![],
-                Vec::new(),
-                Duration::from_secs(1),
-                Duration::from_secs(1),
-                || Ok(())
-            )
-            .is_none());
+        let again = dog.call(&slot, vec![], Vec::new(), timeout, timeout, || Ok(()));
+        assert!(again.is_none());
     }
 
     #[test]
     fn leases_of_a_long_call_are_renewed() {
         let dog = Arc::new(Watchdog::<()>::default());
         let slot = dog.join();
-        let (release, wait) = std::sync::mpsc::channel::<()>();
-        let (started, running) = std::sync::mpsc::channel::<()>();
-        let worker = {
-            let (dog, slot) = (dog.clone(), slot.clone());
-            std::thread::spawn(move || {
-                dog.call(
-                    &slot,
-                    (),
-                    Vec::new(),
-                    Duration::from_secs(600),
-                    Duration::from_millis(1),
-                    || {
-                        started.send(()).unwrap();
-                        wait.recv().unwrap();
-                        Ok(())
-                    },
-                )
-            })
-        };
-        running.recv().unwrap();
+        let (release, worker) = blocked_call(
+            &dog,
+            &slot,
+            (),
+            Duration::from_secs(600),
+            Duration::from_millis(1),
+        );
         let mut renewals = 0;
         while renewals < 2 {
             std::thread::sleep(Duration::from_millis(2));
