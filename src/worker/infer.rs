@@ -358,8 +358,9 @@ fn infer_block_on<M: Model, Q: JobQueue>(
 /// Segments of a run's queues: eight of the largest job at least, and room
 /// for the whole table and its results (outputs up to a quarter of the
 /// inputs' bytes) in one segment, so a call makes no second segment (each
-/// costs a preallocation and three syncs on disk). A larger segment costs
-/// nothing more to make: it is preallocated on disk, and sparse in memory.
+/// costs a preallocation, a file sync and a directory sync on disk). A
+/// larger segment costs little more to make: on disk only its first sync
+/// takes longer (more extents to allocate), and in memory it is sparse.
 fn segment_size_for(largest_job: usize, table_bytes: usize) -> u64 {
     let table = table_bytes as u64;
     let want = (largest_job as u64 + 64)

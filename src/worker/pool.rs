@@ -1,8 +1,9 @@
 //! The worker pool: [`PoolOptions`], the threads of a service ([`Pool`])
 //! and the workers. Each of `num_parallel` workers leases micro-batches of
 //! jobs, runs each job on its own run's model, inline on its own thread
-//! under the watchdog's timeout (see `watchdog.rs`), decides each job's fate (complete, retry,
-//! dead letter, or split into one-row jobs) and hands the settled batch to
+//! under the watchdog's timeout (see `watchdog.rs`), decides each job's
+//! fate (complete, retry, dead letter, or split into one-row jobs) and
+//! hands the settled batch to
 //! the pool's one committer (see `committer.rs`), which stores the results
 //! and then tells the runs.
 //!
@@ -333,7 +334,7 @@ impl<Q: JobQueue> Drop for Alive<Q> {
 struct Crew<Q: JobQueue> {
     shared: Arc<Shared<Q>>,
     commits: SyncSender<ToCommitter>,
-    stop: Arc<AtomicBool>,
+    stop: AtomicBool,
     watchdog: Arc<Watchdog<Batch>>,
     /// The workers to join at stop; the handle of a thread given up on is
     /// let go (it is never joined: its model call may never return).
@@ -361,7 +362,6 @@ impl<Q: JobQueue> Crew<Q> {
                     seed: 0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1).wrapping_mul(wall_ms() | 1),
                     jobs_per_take: 1,
                     partition: Arc::from(format!("worker-{i}")),
-                    shared: crew.shared.clone(),
                     slot,
                     crew,
                 };
@@ -430,7 +430,7 @@ impl<Q: JobQueue> Pool<Q> {
         let crew = Arc::new(Crew {
             shared: shared.clone(),
             commits,
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: AtomicBool::new(false),
             watchdog: Arc::default(),
             threads: Mutex::new(Vec::with_capacity(opts.num_parallel)),
             started: AtomicUsize::new(0),
@@ -586,7 +586,6 @@ fn poll_runs<Q: JobQueue>(shared: &Shared<Q>, renewed: &mut Instant) {
 }
 
 struct Worker<Q: JobQueue> {
-    shared: Arc<Shared<Q>>,
     crew: Arc<Crew<Q>>,
     /// Where this worker's model calls are watched.
     slot: Arc<Slot<Batch>>,
@@ -620,6 +619,15 @@ impl Leased {
 
     fn len(&self) -> usize {
         self.rows.len()
+    }
+
+    /// Whether its rows' last call timed out: then it runs alone, as a call
+    /// that hangs for good would time out every row beside it again.
+    fn runs_alone(&self) -> bool {
+        self.job
+            .last_error
+            .as_ref()
+            .is_some_and(|e| e.kind == ErrorKind::Timeout)
     }
 }
 
@@ -671,19 +679,20 @@ impl<Q: JobQueue> Worker<Q> {
                 // Short, so a shutdown is noticed quickly; the wait is not a
                 // poll: an enqueue wakes the worker at once, and so does
                 // shutdown (see `Shared::dequeue_wait`).
-                .wait(self.shared.dequeue_wait)
-                .linger(self.shared.opts.linger)
-                .visibility(self.shared.lease);
-            let batch = match self.shared.jobs.dequeue_with(&take) {
+                .wait(self.crew.shared.dequeue_wait)
+                .linger(self.crew.shared.opts.linger)
+                .visibility(self.crew.shared.lease);
+            let batch = match self.crew.shared.jobs.dequeue_with(&take) {
                 Ok(b) => b,
                 Err(e @ (Error::Closed | Error::Poisoned)) => {
-                    self.shared
+                    self.crew
+                        .shared
                         .health
                         .fail(format!("the jobs queue failed: {e}"));
                     return;
                 }
                 Err(e) => {
-                    self.shared.health.note(format!("dequeue failed: {e}"));
+                    self.crew.shared.health.note(format!("dequeue failed: {e}"));
                     std::thread::sleep(Duration::from_millis(20));
                     continue;
                 }
@@ -711,7 +720,8 @@ impl<Q: JobQueue> Worker<Q> {
         }
         if !self.slot.abandoned() {
             // The committer leaves early only by panicking.
-            self.shared
+            self.crew
+                .shared
                 .health
                 .fail("the committer thread is gone".into());
         }
@@ -738,7 +748,7 @@ impl<Q: JobQueue> Worker<Q> {
                 continue;
             };
             rows += job.rows.len().max(1);
-            let Some(model) = self.shared.registry.get(&job.model) else {
+            let Some(model) = self.crew.shared.registry.get(&job.model) else {
                 let why = format!("no model {} for its row type is registered", job.model);
                 let key = Some(job.model.clone());
                 settled.extend(self.unclaimed(d, key, why));
@@ -755,7 +765,7 @@ impl<Q: JobQueue> Worker<Q> {
             let attempt = leased.attempt();
             let last = leased.job.last_error.clone();
             let n = leased.len();
-            if self.shared.tracker.is_cancelled(leased.job.run) {
+            if self.crew.shared.tracker.is_cancelled(leased.job.run) {
                 let why = RowError::new(ErrorKind::Cancelled, "its run was cancelled");
                 let computed = all_noted(n, |_| RowNote::Failed(why.clone()));
                 settled.push(self.complete(&leased, computed, Vec::new(), 0));
@@ -780,12 +790,12 @@ impl<Q: JobQueue> Worker<Q> {
                 let computed = all_noted(n, |_| RowNote::Moved(0));
                 settled.push(self.split(&leased, attempt - 1, failed, computed, 0));
             } else if let Some(e) = last.filter(|e| {
-                e.kind == ErrorKind::Permanent || attempt > self.shared.opts.retries + 1
+                e.kind == ErrorKind::Permanent || attempt > self.crew.shared.opts.retries + 1
             }) {
                 // Failed for good before this delivery: parked unrun (this
                 // delivery is not a try).
                 settled.push(self.dead(&leased, e, attempt - 1));
-            } else if attempt > self.shared.opts.retries + 1 {
+            } else if attempt > self.crew.shared.opts.retries + 1 {
                 let why = RowError::new(
                     ErrorKind::Transient,
                     format!("gave up after {} deliveries without a result", attempt - 1),
@@ -795,9 +805,10 @@ impl<Q: JobQueue> Worker<Q> {
                 runnable.push(leased);
             }
         }
-        self.jobs_per_take =
-            (self.shared.opts.max_batch * settled.len().max(runnable.len()).max(1) / rows.max(1))
-                .clamp(1, self.shared.opts.max_batch);
+        self.jobs_per_take = (self.crew.shared.opts.max_batch
+            * settled.len().max(runnable.len()).max(1)
+            / rows.max(1))
+        .clamp(1, self.crew.shared.opts.max_batch);
         // One model at a time, in the order the queue gave the jobs.
         let mut queue = VecDeque::with_capacity(runnable.len());
         while !runnable.is_empty() {
@@ -813,19 +824,20 @@ impl<Q: JobQueue> Worker<Q> {
 
     /// Hold or park a job no model here takes (see [`Unclaimed`]).
     fn unclaimed(&self, d: Delivery, key: Option<ModelKey>, why: String) -> Option<Settled> {
-        match self.shared.unclaimed {
+        match self.crew.shared.unclaimed {
             Unclaimed::Wait => {
-                match self.shared.jobs.extend_lease(d.receipt, HOLD) {
-                    Ok(()) => self.shared.held.lock().push((d.receipt, key.clone())),
+                match self.crew.shared.jobs.extend_lease(d.receipt, HOLD) {
+                    Ok(()) => self.crew.shared.held.lock().push((d.receipt, key.clone())),
                     Err(e) => self
+                        .crew
                         .shared
                         .health
                         .note(format!("cannot hold job {}: {e}", d.id)),
                 }
                 // A model registered while this one was being held.
                 if let Some(k) = &key {
-                    if self.shared.registry.has(k) {
-                        self.shared.release_held(Some(k));
+                    if self.crew.shared.registry.has(k) {
+                        self.crew.shared.release_held(Some(k));
                     }
                 }
                 None
@@ -850,21 +862,14 @@ impl<Q: JobQueue> Worker<Q> {
         while let Some(first) = queue.pop_front() {
             let model = first.model.clone();
             let mut rows = first.len();
+            let solo = first.runs_alone();
             let mut call = vec![first];
-            // A row whose last call timed out runs alone: a call that hangs
-            // for good would time out every row beside it again.
-            let alone = |l: &Leased| {
-                l.job
-                    .last_error
-                    .as_ref()
-                    .is_some_and(|e| e.kind == ErrorKind::Timeout)
-            };
             while let Some(next) = queue.front() {
-                if next.job.model != call[0].job.model
+                if solo
+                    || next.runs_alone()
+                    || next.job.model != call[0].job.model
                     || !next.rows.same_layout(&call[0].rows)
-                    || rows + next.len() > self.shared.opts.max_batch
-                    || alone(&call[0])
-                    || alone(next)
+                    || rows + next.len() > self.crew.shared.opts.max_batch
                 {
                     break;
                 }
@@ -882,7 +887,7 @@ impl<Q: JobQueue> Worker<Q> {
                 .iter()
                 .map(|l| Duration::from_millis(l.job.timeout_ms.max(1)))
                 .min()
-                .unwrap_or(self.shared.opts.timeout);
+                .unwrap_or(self.crew.shared.opts.timeout);
             let block = if call.len() == 1 {
                 call[0].rows.clone()
             } else {
@@ -964,7 +969,7 @@ impl<Q: JobQueue> Worker<Q> {
             batch,
             receipts,
             timeout,
-            self.shared.lease / 3,
+            self.crew.shared.lease / 3,
             || model.infer(rows),
         )
     }
@@ -974,7 +979,7 @@ impl<Q: JobQueue> Worker<Q> {
     fn settle(&mut self, leased: &Leased, fate: Fate) -> Settled {
         let attempt = leased.attempt();
         let queue_us = wall_ms().saturating_sub(leased.job.enqueued_ms) * 1000;
-        let out_of_retries = attempt > self.shared.opts.retries;
+        let out_of_retries = attempt > self.crew.shared.opts.retries;
         let n = leased.len();
         let rows: Vec<Result<(RowBlock, u64), RowError>> = match fate {
             Fate::Batch {
@@ -1053,11 +1058,11 @@ impl<Q: JobQueue> Worker<Q> {
     /// (a permanent error, or out of retries).
     fn one_failed(&mut self, leased: &Leased, e: RowError) -> Settled {
         let attempt = leased.attempt();
-        if e.kind == ErrorKind::Permanent || attempt > self.shared.opts.retries {
+        if e.kind == ErrorKind::Permanent || attempt > self.crew.shared.opts.retries {
             return self.dead(leased, e, attempt);
         }
         let delay = self.backoff(e.kind, attempt);
-        self.shared.health.note(format!(
+        self.crew.shared.health.note(format!(
             "retrying job {} in {delay:?}: {e}",
             leased.delivery.id
         ));
@@ -1133,8 +1138,8 @@ impl<Q: JobQueue> Worker<Q> {
 
     fn backoff(&mut self, kind: ErrorKind, attempt: u32) -> Duration {
         let (first, max) = match kind {
-            ErrorKind::Timeout => self.shared.opts.timeout_backoff,
-            _ => self.shared.opts.backoff,
+            ErrorKind::Timeout => self.crew.shared.opts.timeout_backoff,
+            _ => self.crew.shared.opts.backoff,
         };
         let exp = first.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
         let capped = exp.min(max);
