@@ -4,7 +4,8 @@
 //! `close` while a slow model works through a run, then a second service
 //! on the directory finding the run by its key and finishing it; (2) a
 //! child process running `parallel_infer` into a directory, killed with
-//! SIGKILL mid-run, then the same call again in this process.
+//! SIGKILL mid-run (once its directory holds a stored result, read through
+//! the lock-free `Inspector`), then the same call again in this process.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -135,7 +136,6 @@ fn a_sigkilled_run_resumes_with_every_row_once() {
         let _ = parallel_infer(Arc::new(Slow::new(true)), &rows, &opts(Path::new(&dir)));
         return;
     }
-    let mut resumed_somewhere = false;
     for (cycle, batches_before_kill) in [10usize, 25, 40].into_iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
         let mut child = testkit::kill::Child::spawn(TEST_NAME, &[(CHILD_ENV, dir.path())]);
@@ -144,6 +144,13 @@ fn a_sigkilled_run_resumes_with_every_row_once() {
             seen += usize::from(l == "@batch");
             seen >= batches_before_kill
         });
+        // A kill before any result is stored would resume nothing (a slow
+        // disk can hold the first commit back past many model calls): wait
+        // until the directory shows one, then kill.
+        assert!(
+            wait_until_stored(dir.path(), Duration::from_secs(60)),
+            "cycle {cycle}: no result stored in 60 s"
+        );
         child.kill(); // SIGKILL
         let model = Arc::new(Slow::new(false));
         let out = parallel_infer(model.clone(), &rows, &opts(dir.path())).unwrap();
@@ -164,12 +171,34 @@ fn a_sigkilled_run_resumes_with_every_row_once() {
             rows.len()
         );
         eprintln!("cycle {cycle}: killed after {seen} model batches; {} rows resumed, {computed} computed again", out.resumed);
-        resumed_somewhere |= out.resumed > 0;
+        assert!(
+            out.resumed > 0,
+            "cycle {cycle}: a stored result was not resumed"
+        );
         // Stored: the same call again computes nothing.
         let model = Arc::new(Slow::new(false));
         let again = parallel_infer(model.clone(), &rows, &opts(dir.path())).unwrap();
         assert_eq!(again.resumed, rows.len(), "cycle {cycle}");
         assert_eq!(model.rows.load(Ordering::SeqCst), 0, "cycle {cycle}");
     }
-    assert!(resumed_somewhere, "no kill landed mid-run");
+}
+
+/// Whether, within `timeout`, the run in `dir` (written by another process)
+/// has its manifest and at least one job's result stored: then a resume
+/// finds the run and something done.
+fn wait_until_stored(dir: &Path, timeout: Duration) -> bool {
+    let stats =
+        |queue: &str| lanelog::inspect::Inspector::open(dir.join(queue)).and_then(|i| i.stats());
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        // A read beside the writer may see a half-written tail and fail:
+        // that is a read to try again, not an answer.
+        if let (Ok(jobs), Ok(runs)) = (stats("jobs"), stats("runs")) {
+            if jobs.results > 0 && runs.ready + runs.in_flight + runs.acked_total > 0 {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
 }
