@@ -4,6 +4,7 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{RwLock, RwLockWriteGuard};
@@ -23,6 +24,11 @@ pub struct DiskStorage {
     /// Made by [`DiskStorage::open_read_only`]: files are opened for reading
     /// only and read without maps; every change and the lock are refused.
     read_only: bool,
+    /// This storage made the directory and its entry in the parent is not
+    /// yet known durable: the first [`Storage::sync_dir`] syncs the parent
+    /// too, or a power loss could take the whole directory, and every file
+    /// synced in it, away.
+    parent_unsynced: AtomicBool,
 }
 
 impl DiskStorage {
@@ -32,10 +38,11 @@ impl DiskStorage {
     /// not exist (nothing is created), and with `NotADirectory` when `path`
     /// exists but is not a directory.
     pub fn open(path: &Path) -> io::Result<DiskStorage> {
-        ensure_dir(path)?;
+        let made = ensure_dir(path)?;
         Ok(DiskStorage {
             path: path.to_path_buf(),
             read_only: false,
+            parent_unsynced: AtomicBool::new(made),
         })
     }
 
@@ -57,7 +64,24 @@ impl DiskStorage {
         Ok(DiskStorage {
             path: path.to_path_buf(),
             read_only: true,
+            parent_unsynced: AtomicBool::new(false),
         })
+    }
+
+    /// Make the directory's entry in its parent durable, if
+    /// [`DiskStorage::open`] created the directory and no sync has done
+    /// it yet ([`Storage::sync_dir`] does it too). A directory that holds
+    /// only other directories (as a service's holds its queues') needs
+    /// this once they are made.
+    pub fn sync_entry(&self) -> io::Result<()> {
+        if !self.parent_unsynced.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        File::open(parent_dir(&self.path))
+            .and_then(|d| d.sync_all())
+            .inspect_err(|_| {
+                self.parent_unsynced.store(true, Ordering::Release);
+            })
     }
 
     /// Whether this storage was opened with [`DiskStorage::open_read_only`].
@@ -179,20 +203,31 @@ fn parse_proc_locks(text: &str, major: u64, minor: u64, inode: u64) -> Vec<i64> 
     pids
 }
 
-/// Make sure `path` is a directory, creating it if it does not exist.
-fn ensure_dir(path: &Path) -> io::Result<()> {
+/// The directory holding `path` (`.` for a bare relative name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Make sure `path` is a directory, creating it if it does not exist;
+/// returns whether this call created it.
+fn ensure_dir(path: &Path) -> io::Result<bool> {
     match fs::metadata(path) {
-        Ok(meta) => return require_dir(path, &meta),
+        Ok(meta) => return require_dir(path, &meta).map(|()| false),
         Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
         Err(_) => {}
     }
     match fs::create_dir(path) {
         Err(err) if err.kind() == io::ErrorKind::NotFound => Err(missing_parent(path)),
         // Someone created it between the two calls: judge what is there now.
+        // (Its entry may not be durable yet either: sync the parent.)
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-            require_dir(path, &fs::metadata(path)?)
+            require_dir(path, &fs::metadata(path)?).map(|()| true)
         }
-        other => other,
+        Err(err) => Err(err),
+        Ok(()) => Ok(true),
     }
 }
 
@@ -321,7 +356,11 @@ impl Storage for DiskStorage {
 
     fn sync_dir(&self) -> io::Result<()> {
         self.refuse()?;
-        File::open(&self.path)?.sync_all()
+        File::open(&self.path)?.sync_all()?;
+        // After the directory's own sync, which on a journaling file system
+        // has most often committed the parent's change already (so this
+        // one is cheap).
+        self.sync_entry()
     }
 }
 
@@ -512,6 +551,23 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = DiskStorage::open(&dir.path().join("q")).expect("open");
         (dir, storage)
+    }
+
+    #[test]
+    fn a_directory_it_made_has_its_entry_synced_once_and_one_it_found_none() {
+        let (dir, made) = storage();
+        assert!(made.parent_unsynced.load(Ordering::Acquire));
+        made.sync_dir().expect("sync dir and parent");
+        assert!(!made.parent_unsynced.load(Ordering::Acquire));
+        made.sync_entry().expect("nothing left to sync");
+        let found = DiskStorage::open(&dir.path().join("q")).expect("open again");
+        assert!(!found.parent_unsynced.load(Ordering::Acquire));
+        let service = DiskStorage::open(&dir.path().join("svc")).expect("open");
+        service.sync_entry().expect("sync the parent");
+        assert!(!service.parent_unsynced.load(Ordering::Acquire));
+        assert_eq!(parent_dir(Path::new("q")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("/a/q")), Path::new("/a"));
+        assert_eq!(parent_dir(Path::new("a/q")), Path::new("a"));
     }
 
     fn read(file: &dyn StorageFile, offset: u64, len: usize) -> io::Result<Vec<u8>> {

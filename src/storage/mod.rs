@@ -75,7 +75,8 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Remove a file. Handles already open stay readable.
     fn remove(&self, name: &str) -> io::Result<()>;
 
-    /// Make every create, rename and remove issued so far durable.
+    /// Make every create, rename and remove issued so far durable (and,
+    /// for a directory this storage created, its entry in its parent).
     fn sync_dir(&self) -> io::Result<()>;
 }
 

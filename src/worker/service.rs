@@ -149,12 +149,16 @@ impl ServiceOptions {
     /// [`InferError::Spawn`].
     pub fn open(self, dir: impl AsRef<Path>) -> Result<InferService, InferError> {
         let dir = dir.as_ref();
-        DiskStorage::open(dir).map_err(|e| Error::BadDirectory {
+        let bad = |e: std::io::Error| Error::BadDirectory {
             path: dir.to_path_buf(),
             detail: e.to_string(),
-        })?;
+        };
+        let storage = DiskStorage::open(dir).map_err(bad)?;
         let jobs = self.queue_options().open(dir.join("jobs"))?;
         let runs = self.queue_options().open(dir.join("runs"))?;
+        // Each queue's open made its own entry here durable; this makes the
+        // service directory's entry durable, if it was just made.
+        storage.sync_entry().map_err(Error::Io)?;
         InferService::start(self, jobs, runs)
     }
 
