@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::job::content_hash;
+use super::job::{content_hash, Manifest};
 use super::pool::PoolOptions;
 use super::rows::RowBlock;
 use super::run::{Metadata, RowOutput, RunOutput};
@@ -337,10 +337,15 @@ fn infer_block_on<M: Model, Q: JobQueue>(
     let chunk = rows_per_job(opts.pool.max_batch, largest);
     let total = block.byte_len() + block.len() * 8;
     let segment = segment_size_for(chunk * (largest + 8) + 256, total);
+    let manifest = Manifest::size_with_names(
+        block.len().div_ceil(chunk.max(1)),
+        model.name().len() + model.version().len(),
+    );
     let mut service_opts = ServiceOptions::new()
         .pool(opts.pool.clone())
         .durability(opts.durability)
         .segment_size(segment);
+    service_opts.runs_segment_size = Some(runs_segment_size_for(manifest));
     // A table's run rarely fills one segment: making the next one ahead
     // would write its zeros for nothing.
     service_opts.prepare_ahead = false;
@@ -368,6 +373,17 @@ fn segment_size_for(largest_job: usize, table_bytes: usize) -> u64 {
         .max(table.saturating_add(table / 4))
         .next_power_of_two();
     want.clamp(crate::config::MIN_SEGMENT_SIZE, 64 << 20)
+}
+
+/// The runs queue's segments for a call whose manifest takes up to
+/// `manifest` bytes: room for two, at least the smallest segment (a call
+/// stores one manifest; a larger segment would cost its zeros' writing
+/// and syncing on the call's path for nothing).
+fn runs_segment_size_for(manifest: usize) -> u64 {
+    ((manifest as u64).saturating_add(64).saturating_mul(2))
+        .checked_next_power_of_two()
+        .unwrap_or(u64::MAX)
+        .clamp(crate::config::MIN_SEGMENT_SIZE, 64 << 20)
 }
 
 /// A result row as the dataset asks for it; `input` is the caller's row
@@ -399,5 +415,27 @@ pub(crate) fn make_row<I: Clone, O: Clone>(
             None
         },
         output: want(Column::Output).then_some(o.output),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runs_queue_gets_the_smallest_segment_a_manifest_fits_twice_in() {
+        let min = crate::config::MIN_SEGMENT_SIZE;
+        // The bundled model's table: 57 jobs.
+        assert_eq!(
+            runs_segment_size_for(Manifest::size_with_names(57, 40)),
+            min
+        );
+        // 100,000 jobs: about 2 MB of spans, twice that rounded up.
+        let big = Manifest::size_with_names(100_000, 40);
+        assert_eq!(runs_segment_size_for(big), 4 << 20);
+        // What the segment can hold is above the manifest.
+        let room = runs_segment_size_for(big) as usize - 32 - crate::codec::record::HEADER_SIZE;
+        assert!(room > big);
+        assert_eq!(runs_segment_size_for(usize::MAX / 2), 64 << 20);
     }
 }

@@ -436,7 +436,13 @@ impl Manifest {
     /// Bytes a manifest of `jobs` jobs takes, near enough to refuse a run
     /// too large for one before anything is written.
     pub fn size_for(jobs: usize, model: &ModelKey) -> usize {
-        128 + model.name.len() + model.version.len() + jobs * 20
+        Manifest::size_with_names(jobs, model.name.len() + model.version.len())
+    }
+
+    /// As [`Manifest::size_for`], for a model whose name and version take
+    /// `names` bytes together.
+    pub fn size_with_names(jobs: usize, names: usize) -> usize {
+        128 + names + jobs * 20
     }
 }
 

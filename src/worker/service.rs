@@ -61,6 +61,11 @@ pub struct ServiceOptions {
     pub(crate) pool: PoolOptions,
     pub(crate) durability: Durability,
     pub(crate) segment_size: u64,
+    /// The `runs` queue's segment size when not `segment_size`: it holds
+    /// only manifests, so a one-off run (`parallel_infer`) makes it no
+    /// larger than they need (a new segment's zeros are written and
+    /// synced on the call's path).
+    pub(crate) runs_segment_size: Option<u64>,
     pub(crate) unclaimed: Unclaimed,
     pub(crate) retention: Duration,
     pub(crate) prepare_ahead: bool,
@@ -82,6 +87,7 @@ impl ServiceOptions {
             pool: PoolOptions::new(),
             durability: Durability::Immediate,
             segment_size: 16 << 20,
+            runs_segment_size: None,
             unclaimed: Unclaimed::Wait,
             retention: Duration::from_secs(7 * 86_400),
             prepare_ahead: true,
@@ -154,8 +160,8 @@ impl ServiceOptions {
             detail: e.to_string(),
         };
         let storage = DiskStorage::open(dir).map_err(bad)?;
-        let jobs = self.queue_options().open(dir.join("jobs"))?;
-        let runs = self.queue_options().open(dir.join("runs"))?;
+        let jobs = self.queue_options(Queues::Jobs).open(dir.join("jobs"))?;
+        let runs = self.queue_options(Queues::Runs).open(dir.join("runs"))?;
         // Each queue's open made its own entry here durable; this makes the
         // service directory's entry durable, if it was just made.
         storage.sync_entry().map_err(Error::Io)?;
@@ -183,8 +189,8 @@ impl ServiceOptions {
         jobs: Arc<dyn Storage>,
         runs: Arc<dyn Storage>,
     ) -> Result<InferService, InferError> {
-        let jobs = self.queue_options().open_storage(jobs)?;
-        let runs = self.queue_options().open_storage(runs)?;
+        let jobs = self.queue_options(Queues::Jobs).open_storage(jobs)?;
+        let runs = self.queue_options(Queues::Runs).open_storage(runs)?;
         InferService::start(self, jobs, runs)
     }
 
@@ -231,7 +237,7 @@ impl ServiceOptions {
         self.open_queues(jobs, runs)
     }
 
-    fn queue_options(&self) -> QueueOptions {
+    fn queue_options(&self, which: Queues) -> QueueOptions {
         // Under `Immediate` the service syncs both queues itself, once per
         // step that needs it (the committer's group commit and the wait's
         // sync for results; one sync per submission for its jobs and one
@@ -243,12 +249,22 @@ impl ServiceOptions {
         QueueOptions::new()
             .durability(durability)
             .max_deliveries(0)
-            .segment_size(self.segment_size)
+            .segment_size(match which {
+                Queues::Jobs => self.segment_size,
+                Queues::Runs => self.runs_segment_size.unwrap_or(self.segment_size),
+            })
             .journal_file_size(256 << 10)
             .prepare_ahead(self.prepare_ahead)
             .retention(self.retention)
             .dedup_window(self.retention)
     }
+}
+
+/// The service's two queues.
+#[derive(Debug, Clone, Copy)]
+enum Queues {
+    Jobs,
+    Runs,
 }
 
 /// Per-run options of [`InferService::submit`].
