@@ -160,8 +160,13 @@ impl ServiceOptions {
             detail: e.to_string(),
         };
         let storage = DiskStorage::open(dir).map_err(bad)?;
-        let jobs = self.queue_options(Queues::Jobs).open(dir.join("jobs"))?;
-        let runs = self.queue_options(Queues::Runs).open(dir.join("runs"))?;
+        // Side by side: the two queues' syncs (their files' making in a new
+        // directory) overlap instead of queueing one after the other.
+        let (runs, jobs) = side_by_side(
+            || self.queue_options(Queues::Runs).open(dir.join("runs")),
+            || self.queue_options(Queues::Jobs).open(dir.join("jobs")),
+        );
+        let (jobs, runs) = (jobs?, runs?);
         // Each queue's open made its own entry here durable; this makes the
         // service directory's entry durable, if it was just made.
         storage.sync_entry().map_err(Error::Io)?;
@@ -258,6 +263,28 @@ impl ServiceOptions {
             .retention(self.retention)
             .dedup_window(self.retention)
     }
+}
+
+/// `a` on a thread of its own while `b` runs on this one (`a` after `b`
+/// on this one, if no thread can be started); both results.
+fn side_by_side<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B) {
+    // Taken by whichever runs it: the thread, or this one if the thread
+    // could not be started (a failed spawn drops only the borrow).
+    let slot = parking_lot::Mutex::new(Some(a));
+    let run_a = || slot.lock().take().map(|f| f());
+    std::thread::scope(|s| {
+        let beside = std::thread::Builder::new()
+            .name("lanelog-beside".into())
+            .spawn_scoped(s, run_a);
+        let b = b();
+        let a = match beside {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(_) => run_a(),
+        };
+        (a.expect("`a` ran on one thread or the other"), b)
+    })
 }
 
 /// The service's two queues.
@@ -940,8 +967,11 @@ impl<Q: JobQueue> InferService<Q> {
         };
         let stopped = pool.stop_and_join();
         drop(pool);
-        let jobs = self.shared.jobs.clone().close();
-        let runs = self.runs.clone().close();
+        // Side by side, as at open: each close syncs and checkpoints.
+        let (runs, jobs) = side_by_side(
+            || self.runs.clone().close(),
+            || self.shared.jobs.clone().close(),
+        );
         stopped?;
         jobs?;
         runs?;
@@ -1182,5 +1212,24 @@ fn refused(e: Error) -> InferError {
 impl<Q: JobQueue> Drop for InferService<Q> {
     fn drop(&mut self) {
         let _ = self.shut_down();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::side_by_side;
+
+    #[test]
+    fn side_by_side_runs_both_and_passes_a_panic_on() {
+        let here = std::thread::current().id();
+        let (a, b) = side_by_side(
+            || (std::thread::current().id(), 1),
+            || (std::thread::current().id(), 2),
+        );
+        assert_eq!((a.1, b.1), (1, 2));
+        assert_ne!(a.0, here, "`a` ran on a thread of its own");
+        assert_eq!(b.0, here);
+        let caught = std::panic::catch_unwind(|| side_by_side(|| panic!("in a"), || 2));
+        assert!(caught.is_err());
     }
 }
