@@ -722,6 +722,12 @@ impl Queue {
         self.inner.sync()
     }
 
+    /// Reserve a block of ids durably now (one journal sync, if the
+    /// current block is used up), not at the first enqueue.
+    pub(crate) fn reserve_ids_ahead(&self) -> Result<()> {
+        self.inner.reserve_ids_ahead()
+    }
+
     /// Wake every thread blocked in a dequeue on this queue (any handle):
     /// each returns at once with what it has leased so far, possibly
     /// nothing, instead of waiting out its `wait` or `linger`. For stopping

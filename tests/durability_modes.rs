@@ -94,3 +94,39 @@ fn periodic_flushes_in_the_background() {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// After a reopen, the first enqueue under `Immediate` syncs the journal
+/// once (the reservation of a block of ids, synced before any id of it is
+/// handed out) and the segment once (the record): the reservation's own
+/// sync leaves nothing of the journal for the commit to sync again.
+#[test]
+fn the_first_enqueue_after_a_reopen_syncs_each_file_once() {
+    let m = MemoryStorage::new();
+    let o = || opts(Durability::Immediate).prepare_ahead(false);
+    let q = o()
+        .open_storage(Arc::new(m.clone()) as Arc<dyn Storage>)
+        .unwrap();
+    q.enqueue(b"a", 0).unwrap();
+    q.close().unwrap();
+    let traced = Arc::new(testkit::traced::Traced::new(m.clone(), true));
+    let q = o()
+        .open_storage(traced.clone() as Arc<dyn Storage>)
+        .unwrap();
+    let before = traced.log().len();
+    q.enqueue(b"b", 0).unwrap();
+    let synced: Vec<String> = traced.log()[before..]
+        .iter()
+        .filter(|c| c.is_sync())
+        .map(|c| c.file.clone())
+        .collect();
+    assert_eq!(
+        synced,
+        ["journal-0000000001.jnl", "segment-0000000001.seg"],
+        "{synced:?}"
+    );
+    q.close().unwrap();
+    let q = o()
+        .open_storage(Arc::new(m.crash(CrashPolicy::DropUnsynced)) as Arc<dyn Storage>)
+        .unwrap();
+    assert_eq!(q.stats().ready, 2);
+}

@@ -236,6 +236,16 @@ impl Inner {
 }
 
 impl Core {
+    /// The current journal file was just synced with nothing written to it
+    /// since (the core lock held throughout): all of it is durable, and the
+    /// next commit need not sync it again.
+    pub(super) fn journal_synced_whole(&mut self) {
+        let end = self.journal.end();
+        self.journal.mark_synced(end);
+        let current = Target::Journal(self.journal.number());
+        self.dirty.retain(|d| d.target != current);
+    }
+
     /// Note a write to `file` ending at `end`, for the next sync.
     pub(super) fn mark_dirty(&mut self, file: &Arc<dyn StorageFile>, target: Target, end: u32) {
         match self.dirty.iter_mut().find(|d| d.target == target) {

@@ -742,6 +742,17 @@ impl Inner {
         self.ready.notify_all();
     }
 
+    /// Reserve the next block of ids now, if none is left, so that the
+    /// first enqueue needs no sync of its own for it: for an opener that
+    /// will enqueue and has a sync to overlap this one with (the service
+    /// opens its two queues side by side).
+    pub(crate) fn reserve_ids_ahead(&self) -> Result<()> {
+        let mut core = self.core.lock();
+        self.writable(&core)?;
+        let now = self.opts.clock.now().0;
+        self.reserve_ids(&mut core, 1, now)
+    }
+
     /// Reserve ids durably so that `n` more can be handed out (invariant E).
     fn reserve_ids(&self, core: &mut Core, n: u64, now: u64) -> Result<()> {
         if core.next_id + n <= core.reserved_until {
@@ -762,8 +773,8 @@ impl Inner {
         // This sync happens under the lock, once per block of ids.
         let journal_file = core.journal.file().clone();
         journal_file.sync_data().map_err(|e| self.poison(e))?;
-        let end = core.journal.end();
-        core.journal.mark_synced(end);
+        // Under the lock since the append: every byte of it is durable.
+        core.journal_synced_whole();
         core.reserved_until = up_to;
         Ok(())
     }

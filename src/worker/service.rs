@@ -161,11 +161,15 @@ impl ServiceOptions {
         };
         let storage = DiskStorage::open(dir).map_err(bad)?;
         // Side by side: the two queues' syncs (their files' making in a new
-        // directory) overlap instead of queueing one after the other.
-        let (runs, jobs) = side_by_side(
-            || self.queue_options(Queues::Runs).open(dir.join("runs")),
-            || self.queue_options(Queues::Jobs).open(dir.join("jobs")),
-        );
+        // directory, their first id reservations, which a submission would
+        // otherwise make one after the other) overlap.
+        let open = |which: Queues, name: &str| {
+            let queue = self.queue_options(which).open(dir.join(name))?;
+            queue.reserve_ids_ahead()?;
+            Ok::<_, Error>(queue)
+        };
+        let (runs, jobs) =
+            side_by_side(|| open(Queues::Runs, "runs"), || open(Queues::Jobs, "jobs"));
         let (jobs, runs) = (jobs?, runs?);
         // Each queue's open made its own entry here durable; this makes the
         // service directory's entry durable, if it was just made.
