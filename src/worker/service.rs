@@ -275,7 +275,10 @@ fn side_by_side<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B)
     // Taken by whichever runs it: the thread, or this one if the thread
     // could not be started (a failed spawn drops only the borrow).
     let slot = parking_lot::Mutex::new(Some(a));
-    let run_a = || slot.lock().take().map(|f| f());
+    let run_a = || {
+        let f = slot.lock().take();
+        f.map(|f| f())
+    };
     std::thread::scope(|s| {
         let beside = std::thread::Builder::new()
             .name("lanelog-beside".into())
