@@ -347,3 +347,19 @@ fn retention_mark_past_next_id() {
         .expect("reopen");
     assert_eq!(q.stats().ready, 1, "still there after reopen");
 }
+
+/// `fuzz/regressions/ops_with_crashes/crash-0ddb03b6…` (a bug of the test
+/// kit's model, not of the queue): a message with a deadline, dead-lettered
+/// when it passed and redriven, both under `Durability::None`; a power loss
+/// kept neither, so the reopened queue held it ready with its deadline, as
+/// it was before, and dead-lettered it on the first look. The model had
+/// taken a redriven message to come back from after its redrive, without a
+/// deadline, and predicted its delivery. It now tells the states apart by
+/// the delivery count (a redrive starts it again from 0).
+#[test]
+fn ops_redriven_message_back_from_before_its_dead_letter() {
+    let input = include_bytes!(
+        "../fuzz/regressions/ops_with_crashes/crash-0ddb03b6da49fcd0214c655dc015ba05ee179fc2"
+    );
+    testkit::fuzz::ops::run(input);
+}

@@ -1329,12 +1329,18 @@ impl Model {
             match state {
                 Seen::Waiting(a) => {
                     let was = self.msgs[&id].at;
-                    if matches!(was, At::Dead | At::Done | At::Gone) {
+                    let m = self.msgs.get_mut(&id).expect("known");
+                    if back_from_before_dead(&m.hist, a) {
+                        // Back from before it was first dead-lettered (no
+                        // state since shows `a` deliveries), whatever came
+                        // after (a redrive, another delivery): with the
+                        // deadline it had then.
+                        m.deadline = m.deadline_set;
+                    } else if matches!(was, At::Dead | At::Done | At::Gone) {
                         // Back from before it was dead-lettered, completed
                         // or acked: with the deadline it had then (a
                         // redriven message is taken to be back from after
                         // its redrive, without one).
-                        let m = self.msgs.get_mut(&id).expect("known");
                         m.deadline = if m.redriven { 0 } else { m.deadline_set };
                     }
                     self.change(id, |m| m.attempt = a);
@@ -1502,4 +1508,14 @@ impl Model {
     pub fn completed(&self) -> impl Iterator<Item = u64> + '_ {
         self.done.iter().copied()
     }
+}
+
+/// Whether a message whose states were `hist` and that a reopen shows
+/// waiting after `a` deliveries is back from before its first dead
+/// letter: it was dead-lettered, and no state since then shows `a`
+/// deliveries (a redrive starts the count again from 0).
+fn back_from_before_dead(hist: &[(u64, Seen)], a: u32) -> bool {
+    hist.iter()
+        .position(|(_, st)| matches!(st, Seen::Dead(_)))
+        .is_some_and(|d| !hist[d..].iter().any(|(_, st)| *st == Seen::Waiting(a)))
 }
