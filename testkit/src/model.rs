@@ -1329,20 +1329,28 @@ impl Model {
             match state {
                 Seen::Waiting(a) => {
                     let was = self.msgs[&id].at;
-                    let m = self.msgs.get_mut(&id).expect("known");
-                    if back_from_before_dead(&m.hist, a) {
+                    let m = &self.msgs[&id];
+                    let deadline = if back_from_before_dead(&m.hist, a) {
                         // Back from before it was first dead-lettered (no
                         // state since shows `a` deliveries), whatever came
                         // after (a redrive, another delivery): with the
                         // deadline it had then.
-                        m.deadline = m.deadline_set;
+                        m.deadline_set
                     } else if matches!(was, At::Dead | At::Done | At::Gone) {
                         // Back from before it was dead-lettered, completed
                         // or acked: with the deadline it had then (a
                         // redriven message is taken to be back from after
-                        // its redrive, without one).
-                        m.deadline = if m.redriven { 0 } else { m.deadline_set };
-                    }
+                        // its redrive, without one; a harness that can read
+                        // the directory says which, `deadline_seen`).
+                        if m.redriven {
+                            0
+                        } else {
+                            m.deadline_set
+                        }
+                    } else {
+                        m.deadline
+                    };
+                    self.set_deadline(id, deadline);
                     self.change(id, |m| m.attempt = a);
                     if !matches!(was, At::Ready | At::Delayed(_)) {
                         self.place(id, At::Ready);
@@ -1382,6 +1390,50 @@ impl Model {
         self.dead_expired.rebase(totals.dead_expired, seq);
         self.durable = [self.seq; 2];
         self.reopened(now);
+    }
+
+    /// A reopen shows message `id` waiting with `deadline` (0 for none),
+    /// read from the reopened directory: the model takes it if it is one
+    /// the message had (the one it was enqueued with, back from before a
+    /// dead letter; none, after a redrive), and fails otherwise.
+    pub fn deadline_seen(&mut self, id: u64, deadline: u64) -> Result<(), String> {
+        let Some(m) = self.msgs.get(&id) else {
+            return Err(format!("message {id} is unknown"));
+        };
+        if deadline == m.deadline || deadline == m.deadline_set || (deadline == 0 && m.redriven) {
+            self.set_deadline(id, deadline);
+            return Ok(());
+        }
+        Err(format!(
+            "message {id} came back with deadline {deadline}; it was enqueued with {}{}",
+            m.deadline_set,
+            if m.redriven { " and redriven" } else { "" }
+        ))
+    }
+
+    /// Set message `id`'s deadline, keeping its place in the ready order
+    /// (which deadlines lead) right.
+    fn set_deadline(&mut self, id: u64, deadline: u64) {
+        let m = &self.msgs[&id];
+        if m.deadline == deadline {
+            return;
+        }
+        let ready = m.at == At::Ready;
+        if ready {
+            let k = m.ready_key(id);
+            self.ready.remove(&k);
+        }
+        let m = self.msgs.get_mut(&id).expect("known");
+        m.deadline = deadline;
+        if ready {
+            let k = m.ready_key(id);
+            self.ready.insert(k);
+        }
+    }
+
+    /// Whether any message was ever redriven (its deadline dropped).
+    pub fn any_redriven(&self) -> bool {
+        self.msgs.values().any(|m| m.redriven)
     }
 
     /// Any receipt may be used; `k` picks one.

@@ -71,7 +71,10 @@
 //! (`testkit::oracle::judge`, on a copy of the directory read whole by
 //! `testkit::oracle::observe`, with an enqueue per key) find nothing: every durable unacked enqueue
 //! present, no durably acked, completed or expired message back, results
-//! byte-exact and never beside their message, attempts in range, nothing
+//! byte-exact and never beside their message, attempts in range, a
+//! waiting message's deadline one it had (read from the directory once a
+//! message was redriven: back from before its dead letter it has the one
+//! it was enqueued with, after its redrive none), nothing
 //! unknown, drain order, stats and the lifetime counters within bounds,
 //! no damage reported, each batch back whole or not at all, every key
 //! whose enqueue was durable remembered with its first id; the reopened
@@ -385,6 +388,25 @@ impl Run {
         self.reopen(view, &format!("op {} {policy:?}", self.step));
     }
 
+    /// Give the model the deadline of every message the directory holds
+    /// waiting (read without opening a queue on it).
+    fn deadlines_seen(&mut self, ctx: &str) {
+        let copy = self.storage.crash(CrashPolicy::ProcessCrash);
+        let clock = Arc::new(ManualClock::new(Timestamp(self.now()))) as Arc<dyn Clock>;
+        let peeked = lanelog::inspect::Inspector::open_storage(Arc::new(copy), clock)
+            .and_then(|i| i.peek(None, usize::MAX));
+        let peeked = match peeked {
+            Ok(p) => p,
+            Err(e) => panic!("{ctx}: peek after reopen failed: {e}"),
+        };
+        for p in peeked {
+            let deadline = p.deadline.map_or(0, |t| t.0);
+            if let Err(e) = self.model.deadline_seen(u64::from(p.id), deadline) {
+                panic!("{ctx}: {e}");
+            }
+        }
+    }
+
     fn close_reopen(&mut self) {
         self.begin();
         self.q.take().expect("open").close().expect("close");
@@ -415,6 +437,12 @@ impl Run {
         let now = self.now();
         let (seen, totals) = o.state();
         self.model.recovered(now, view, &seen, totals);
+        if self.model.any_redriven() {
+            // A redriven message may be back from before or after its
+            // redrive, with its deadline or without; where the delivery
+            // count cannot tell, the directory does.
+            self.deadlines_seen(ctx);
+        }
         let q = match self
             .options()
             .open_storage(Arc::new(self.storage.clone()) as Arc<dyn Storage>)
