@@ -361,6 +361,7 @@ impl<Q: JobQueue> Crew<Q> {
                 let worker = Worker {
                     seed: 0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1).wrapping_mul(wall_ms() | 1),
                     jobs_per_take: 1,
+                    job_rows_hint: 0,
                     partition: Arc::from(format!("worker-{i}")),
                     slot,
                     crew,
@@ -590,9 +591,15 @@ struct Worker<Q: JobQueue> {
     /// Where this worker's model calls are watched.
     slot: Arc<Slot<Batch>>,
     seed: u64,
-    /// Jobs to lease at once: enough for about `max_batch` rows, from the
-    /// rows per job of the last batch.
+    /// Jobs to lease at once: about `max_batch` rows' worth at the size of
+    /// the largest job seen lately (`job_rows_hint`).
     jobs_per_take: usize,
+    /// Rows of the largest job seen lately: the largest of the last take,
+    /// or this decayed by an eighth per take, whichever is more. Not the
+    /// last take's average: after a take of one small job (an interactive
+    /// row) that would lease dozens of a bulk run's jobs at once, held by
+    /// this worker for many model calls while urgent work waits.
+    job_rows_hint: usize,
     /// This worker's name in results' metadata.
     partition: Arc<str>,
 }
@@ -637,6 +644,14 @@ impl Leased {
 struct Batch {
     call: Vec<Leased>,
     rest: VecDeque<Leased>,
+}
+
+/// After a take whose largest job had `largest` rows: the new largest-job
+/// hint (that, or the old hint less an eighth) and how many jobs to lease
+/// next, about `max_batch` rows' worth of jobs that large.
+fn next_take(max_batch: usize, hint: usize, largest: usize) -> (usize, usize) {
+    let hint = largest.max(hint - hint.div_ceil(8));
+    (hint, (max_batch / hint.max(1)).clamp(1, max_batch))
 }
 
 /// What the model calls made of a job's rows.
@@ -734,7 +749,7 @@ impl<Q: JobQueue> Worker<Q> {
     fn process(&mut self, batch: Vec<Delivery>) -> (Vec<Settled>, bool) {
         let mut settled = Vec::with_capacity(batch.len());
         let mut runnable: Vec<Leased> = Vec::with_capacity(batch.len());
-        let mut rows = 0;
+        let mut largest = 0;
         for d in batch {
             let decoding = Instant::now();
             let decoded = Job::decode(&d.payload);
@@ -747,7 +762,7 @@ impl<Q: JobQueue> Worker<Q> {
                 ));
                 continue;
             };
-            rows += job.rows.len().max(1);
+            largest = largest.max(job.rows.len().max(1));
             let Some(model) = self.crew.shared.registry.get(&job.model) else {
                 let why = format!("no model {} for its row type is registered", job.model);
                 let key = Some(job.model.clone());
@@ -805,10 +820,8 @@ impl<Q: JobQueue> Worker<Q> {
                 runnable.push(leased);
             }
         }
-        self.jobs_per_take = (self.crew.shared.opts.max_batch
-            * settled.len().max(runnable.len()).max(1)
-            / rows.max(1))
-        .clamp(1, self.crew.shared.opts.max_batch);
+        (self.job_rows_hint, self.jobs_per_take) =
+            next_take(self.crew.shared.opts.max_batch, self.job_rows_hint, largest);
         // One model at a time, in the order the queue gave the jobs.
         let mut queue = VecDeque::with_capacity(runnable.len());
         while !runnable.is_empty() {
@@ -1163,5 +1176,31 @@ fn all_noted(n: usize, note: impl Fn(usize) -> RowNote) -> Computed {
         batch_rows: 0,
         outputs: RowBlock::none(),
         notes: (0..n).map(|i| (i as u32, note(i))).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_take;
+
+    #[test]
+    fn a_take_follows_the_largest_job_seen_lately_not_the_last_average() {
+        // A bulk run's jobs of 64 rows: one job per take.
+        let (hint, jobs) = next_take(64, 0, 64);
+        assert_eq!((hint, jobs), (64, 1));
+        // One urgent row: the next take still leases one job, not 64 of
+        // the bulk run's (4,096 rows held while urgent work waits).
+        let (hint, jobs) = next_take(64, hint, 1);
+        assert_eq!((hint, jobs), (56, 1));
+        // Only small jobs for a while: the takes grow back to a full batch.
+        let mut h = hint;
+        let mut takes = 0;
+        while next_take(64, h, 1).1 < 64 {
+            h = next_take(64, h, 1).0;
+            takes += 1;
+        }
+        assert!(takes < 40, "{takes} takes to batch small jobs again");
+        // Nothing decodable in a take: the hint only decays.
+        assert_eq!(next_take(64, 1, 0), (0, 64));
     }
 }
