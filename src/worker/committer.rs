@@ -98,13 +98,6 @@ pub(super) struct Committer<Q: JobQueue> {
 /// waits for its run (a waiter syncs at once, see `Run::wait`).
 const SYNC_AT_LEAST_EVERY: Duration = Duration::from_millis(20);
 
-/// What a commit tells the runs: (tag, job id, what became of it), with
-/// the job's lane and enqueue time for the stats.
-enum Heard {
-    Done(u64, u64, JobResult),
-    Dead(u64, u64, RowError, DeadMeta),
-}
-
 /// What the stats learn of one settled job.
 struct Seen {
     model: (String, String),
@@ -197,7 +190,12 @@ impl<Q: JobQueue> Committer<Q> {
         let jobs = &self.shared.jobs;
         let started = Instant::now();
         let now = wall_ms();
-        let mut heard = Vec::with_capacity(group.len());
+        // Highest lane first (arrival order within a lane), and each run
+        // told as soon as its job is stored: an urgent row does not wait
+        // behind a bulk run's backlog of results. (A waiter syncs before
+        // it returns what it was told, so telling before the group's sync
+        // shows nothing a crash could take back.)
+        group.sort_by_key(|s| std::cmp::Reverse(s.priority));
         let mut seen = Vec::with_capacity(group.len());
         let mut failed = vec![false; group.len()];
         self.enqueue_children(&mut group, &mut failed, now)?;
@@ -242,7 +240,10 @@ impl<Q: JobQueue> Committer<Q> {
                         });
                     }
                     if let (Ok(()), Some((tag, id))) = (&done, settled.run) {
-                        heard.push(Heard::Done(tag, id, result));
+                        let store_ns = started.elapsed().as_nanos() as u64;
+                        self.shared
+                            .tracker
+                            .job_done(tag, id, Arc::new(result), store_ns);
                     }
                     done
                 }
@@ -269,7 +270,7 @@ impl<Q: JobQueue> Committer<Q> {
                             model_version: model.key().version.clone(),
                             attempt,
                         };
-                        heard.push(Heard::Dead(tag, id, error, meta));
+                        self.shared.tracker.job_dead(tag, id, error, Some(meta));
                     }
                     done
                 }
@@ -306,7 +307,6 @@ impl<Q: JobQueue> Committer<Q> {
             }
         }
         let stored = wall_ms();
-        let store_ns = started.elapsed().as_nanos() as u64;
         for s in &seen {
             self.shared.recorder.job(&JobRows {
                 model: (&s.model.0, &s.model.1),
@@ -317,18 +317,6 @@ impl<Q: JobQueue> Committer<Q> {
                 infer_us: &s.infer_us,
                 end_to_end_us: stored.saturating_sub(s.enqueued_ms) * 1000,
             });
-        }
-        for h in heard {
-            match h {
-                Heard::Done(tag, id, result) => {
-                    self.shared
-                        .tracker
-                        .job_done(tag, id, Arc::new(result), store_ns)
-                }
-                Heard::Dead(tag, id, e, meta) => {
-                    self.shared.tracker.job_dead(tag, id, e, Some(meta))
-                }
-            }
         }
         Ok(())
     }
