@@ -90,10 +90,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 4. The same table as a service runs it: a bulk run on queues already
     // made, alone, then with interactive requests beside it.
+    // Workers at a lower OS priority: the interactive requests' submit,
+    // commit and wake-up run ahead of model calls on busy cores.
     let pool = PoolOptions::new()
         .num_parallel(threads)
         .max_batch(BATCH)
-        .linger(Duration::from_millis(1));
+        .linger(Duration::from_millis(1))
+        .worker_nice(if cfg!(target_os = "linux") { 10 } else { 0 });
     let service = if in_memory {
         ServiceOptions::new().pool(pool).open_in_memory()?
     } else {

@@ -235,7 +235,11 @@ fn columns_validations_and_bad_options() {
         Err(InferError::InvalidArgument(m)) => assert!(m.contains("time"), "{m}"),
         other => panic!("expected InvalidArgument, got {other:?}"),
     }
-    for bad in [fast_pool().num_parallel(0), fast_pool().max_batch(0)] {
+    for bad in [
+        fast_pool().num_parallel(0),
+        fast_pool().max_batch(0),
+        fast_pool().worker_nice(20),
+    ] {
         let opts = InferOptions::new().pool(bad);
         assert!(matches!(
             parallel_infer(Arc::new(Square::default()), &rows, &opts),
@@ -449,5 +453,49 @@ fn a_call_that_never_returns_is_given_up_on_and_its_worker_replaced() {
             }
         }
         assert_eq!(out.failed, 1, "batch {batch}");
+    }
+}
+
+/// The nice value of the calling thread (field 19 of its stat line).
+#[cfg(target_os = "linux")]
+fn thread_nice() -> i64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    // Fields after the command, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
+/// Answers every row with the nice value of the thread it ran on.
+#[cfg(target_os = "linux")]
+struct NiceProbe;
+
+#[cfg(target_os = "linux")]
+impl Model for NiceProbe {
+    type Input = u32;
+    type Output = i64;
+    fn name(&self) -> &str {
+        "nice-probe"
+    }
+    fn version(&self) -> &str {
+        "v1"
+    }
+    fn infer(&self, rows: &[u32]) -> Result<Vec<i64>, ModelError> {
+        Ok(rows.iter().map(|_| thread_nice()).collect())
+    }
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn worker_nice_lowers_the_model_threads_priority_and_no_other() {
+    let caller = thread_nice();
+    let rows: Vec<u32> = (0..40).collect();
+    for (nice, want) in [(0, caller), (4, (caller + 4).min(19)), (19, 19)] {
+        let opts = InferOptions::new().pool(fast_pool().worker_nice(nice));
+        let out = parallel_infer(Arc::new(NiceProbe), &rows, &opts).unwrap();
+        assert_eq!(out.failed, 0);
+        for r in &out.rows {
+            assert_eq!(r.output, Some(Ok(want)), "worker_nice({nice})");
+        }
+        assert_eq!(thread_nice(), caller, "the caller's priority is its own");
     }
 }

@@ -86,6 +86,7 @@ mod job;
 #[cfg(feature = "onnx")]
 mod onnx;
 mod pool;
+mod priority;
 mod registry;
 mod rows;
 mod run;

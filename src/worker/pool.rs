@@ -58,6 +58,7 @@ pub struct PoolOptions {
     pub(crate) backoff: (Duration, Duration),
     pub(crate) timeout_backoff: (Duration, Duration),
     pub(crate) lease: Duration,
+    pub(crate) worker_nice: u8,
 }
 
 impl Default for PoolOptions {
@@ -81,6 +82,7 @@ impl PoolOptions {
             backoff: (Duration::from_millis(100), Duration::from_secs(10)),
             timeout_backoff: (Duration::from_secs(1), Duration::from_secs(60)),
             lease: Duration::from_secs(30),
+            worker_nice: 0,
         }
     }
 
@@ -150,6 +152,23 @@ impl PoolOptions {
         self
     }
 
+    /// Lower each worker thread's OS scheduling priority by `n` (its nice
+    /// value goes up by `n`, at most to 19; Linux only). Default = 0.
+    ///
+    /// Workers run the model and keep both cores busy during a bulk run;
+    /// the threads that feed and drain them (a caller's submit and wait,
+    /// the committer that stores results) then wait for a time slice. A
+    /// lower worker priority lets those run first, so an urgent
+    /// single-row request beside a bulk run is answered in a fraction of
+    /// the time, at some cost to the bulk run's throughput
+    /// (docs/benchmarks.md gives both). A priority once lowered cannot be
+    /// raised again without privileges: a worker keeps it for its life.
+    #[must_use]
+    pub fn worker_nice(mut self, n: u8) -> Self {
+        self.worker_nice = n;
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), InferError> {
         let bad = |s: &str| Err(InferError::InvalidArgument(s.to_string()));
         if self.num_parallel > 1024 {
@@ -166,6 +185,12 @@ impl PoolOptions {
         }
         if self.backoff.0 > self.backoff.1 || self.timeout_backoff.0 > self.timeout_backoff.1 {
             return bad("a first backoff must not be above its maximum");
+        }
+        if self.worker_nice > 19 {
+            return bad("worker_nice must be in 0..=19");
+        }
+        if self.worker_nice > 0 && !super::priority::SUPPORTED {
+            return bad("worker_nice is supported on Linux only (elsewhere a thread's priority is the whole process's)");
         }
         Ok(())
     }
@@ -357,6 +382,15 @@ impl<Q: JobQueue> Crew<Q> {
         let spawned = std::thread::Builder::new()
             .name(format!("lanelog-worker-{i}"))
             .spawn(move || {
+                let nice = crew.shared.opts.worker_nice;
+                if nice > 0 {
+                    if let Err(e) = super::priority::lower_this_thread(nice) {
+                        // The worker still runs, at the usual priority.
+                        crew.shared.health.note(format!(
+                            "worker-{i}: could not lower its priority by {nice}: {e}"
+                        ));
+                    }
+                }
                 let slot = crew.watchdog.join();
                 let worker = Worker {
                     seed: 0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1).wrapping_mul(wall_ms() | 1),
