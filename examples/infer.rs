@@ -109,7 +109,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     service.submit(&m, &bulk_rows, &RunOptions::new())?.wait()?;
     let bulk_alone = t.elapsed();
-    let (bulk_mixed, latencies) = with_interactive(&service, &m, &bulk_rows)?;
+    // Bulk runs with requests beside them until a hundred requests are
+    // timed (at most five runs), so the p99 is not just the slowest few.
+    let (mut mixed_runs, mut latencies) = (Vec::new(), Vec::new());
+    while latencies.len() < 100 && mixed_runs.len() < 5 {
+        let (took, asked) = with_interactive(&service, &m, &bulk_rows)?;
+        mixed_runs.push(took);
+        latencies.extend(asked);
+    }
+    latencies.sort();
+    mixed_runs.sort();
+    let bulk_mixed = mixed_runs[mixed_runs.len() / 2];
     service.close()?;
     let parallel = bulk_alone.div_f64(10.0);
 
@@ -143,14 +153,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bulk_rate(bulk_alone)
     );
     println!(
-        "service, {} rows, with interactive {:>6.1} ms  {:>9.0} rows/s",
+        "service, {} rows, with interactive {:>6.1} ms  {:>9.0} rows/s (median run)",
         bulk_rows.len(),
         ms(bulk_mixed),
         bulk_rate(bulk_mixed)
     );
     let pct = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
     println!(
-        "interactive requests (priority 9) during the bulk run: {}, latency p50 {:.2} ms, p99 {:.2} ms",
+        "interactive requests (priority 9) during {} bulk runs: {}, latency p50 {:.2} ms, p99 {:.2} ms",
+        mixed_runs.len(),
         latencies.len(),
         ms(pct(0.5)),
         ms(pct(0.99))
@@ -230,8 +241,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Run `rows` as a bulk run while another thread sends one row at a time
 /// at priority 9 (`infer_one`, a new request as soon as the last is
-/// answered, 1 ms apart); the bulk run's time and every request's latency,
-/// sorted.
+/// answered, 1 ms apart); the bulk run's time and every request's latency.
 fn with_interactive(
     service: &InferService,
     m: &lanelog::worker::ModelRef<OnnxModel>,
@@ -270,7 +280,6 @@ fn with_interactive(
         service.infer_one(m, &rows[0], &RunOptions::new().priority(9))?;
         latencies.push(asked.elapsed());
     }
-    latencies.sort();
     Ok((bulk_time, latencies))
 }
 
