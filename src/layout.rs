@@ -261,6 +261,20 @@ pub(crate) fn create_unlisted(
     make(storage, name, size, header, false)
 }
 
+/// As [`create_unlisted`], for a file made by a background thread ahead of
+/// need ([`Storage::create_ahead`]): renamed into place and the directory
+/// synced by the writer that takes it.
+pub(crate) fn create_ahead(
+    storage: &dyn Storage,
+    name: &str,
+    size: u32,
+    header: &FileHeader,
+) -> std::result::Result<Arc<dyn StorageFile>, CreateError> {
+    make_with(storage, name, size, header, false, |s, n, l| {
+        s.create_ahead(n, l)
+    })
+}
+
 fn make(
     storage: &dyn Storage,
     name: &str,
@@ -268,9 +282,23 @@ fn make(
     header: &FileHeader,
     sync_dir: bool,
 ) -> std::result::Result<Arc<dyn StorageFile>, CreateError> {
-    let file = storage
-        .create_to_overwrite(name, u64::from(size))
-        .map_err(CreateError::NotMade)?;
+    make_with(storage, name, size, header, sync_dir, |s, n, l| {
+        s.create_to_overwrite(n, l)
+    })
+}
+
+/// How the file of [`make_with`] is created.
+type NewFile = fn(&dyn Storage, &str, u64) -> std::io::Result<Arc<dyn StorageFile>>;
+
+fn make_with(
+    storage: &dyn Storage,
+    name: &str,
+    size: u32,
+    header: &FileHeader,
+    sync_dir: bool,
+    new_file: NewFile,
+) -> std::result::Result<Arc<dyn StorageFile>, CreateError> {
+    let file = new_file(storage, name, u64::from(size)).map_err(CreateError::NotMade)?;
     let made = (|| {
         file.write_at(0, &header.encode())?;
         file.sync_data()?;

@@ -4,9 +4,12 @@
 //! milliseconds. Instead, once the active segment or journal file is an
 //! eighth full, a background thread makes the next one under a temporary name
 //! (`segment-N.seg.prep`, `journal-N.jnl.prep`): preallocated, header
-//! written and synced. The write that needs it renames it into place and
-//! syncs the directory (invariant A of `segment` and `journal`: the entry
-//! is durable before anything is written to the file).
+//! written and synced. Its zeros go to the device a MiB at a time as they
+//! are written (`Storage::create_ahead`): left for the file's sync, tens
+//! of MiB would go out at once and every sync of the writer meanwhile
+//! would wait behind them. The write that needs it renames it into place
+//! and syncs the directory (invariant A of `segment` and `journal`: the
+//! entry is durable before anything is written to the file).
 //!
 //! A crash leaves at most `.prep` files, which recovery removes unread. A
 //! prepared file that is not the one needed (the writer got there first
@@ -31,7 +34,7 @@ use std::thread::JoinHandle;
 use parking_lot::{Condvar, Mutex};
 
 use crate::codec::header::{FileHeader, FileKind};
-use crate::layout::{self, create_with_header, CreateError};
+use crate::layout::{self, create_ahead, CreateError};
 use crate::storage::{Storage, StorageFile};
 
 /// What to make: a segment or a journal file, by number.
@@ -142,7 +145,9 @@ impl Preparer {
                 continue;
             };
             drop(s);
-            let made = create_with_header(
+            // Made unlisted: the writer that takes it renames it into
+            // place and syncs the directory then (invariant A).
+            let made = create_ahead(
                 &*self.storage,
                 &want.temp_name(),
                 size,
@@ -157,7 +162,7 @@ impl Preparer {
                 Ok(_) => {
                     let _ = self.storage.remove(&want.temp_name());
                 }
-                // `create_with_header` removed what it made; the writer
+                // `create_ahead` removed what it made; the writer
                 // will make the file itself.
                 Err(_) => {}
             }

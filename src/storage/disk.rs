@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use parking_lot::{RwLock, RwLockWriteGuard};
 
-use super::mmap::{self, ReadMap};
+use super::mmap::{self, ReadMap, Zeros};
 use super::{LockGuard, Storage, StorageFile};
 
 /// Name of the file whose `flock` is the directory's owner lock. It is never
@@ -117,9 +117,15 @@ impl DiskStorage {
         &self.path
     }
 
-    /// Create `name` preallocated to `len` bytes; with `sync`, its contents
-    /// and size durable too.
-    fn create_file(&self, name: &str, len: u64, sync: bool) -> io::Result<Arc<dyn StorageFile>> {
+    /// Create `name` preallocated to `len` bytes, its zeros written as
+    /// `zeros` says; with `sync`, its contents and size durable too.
+    fn create_file(
+        &self,
+        name: &str,
+        len: u64,
+        zeros: Zeros,
+        sync: bool,
+    ) -> io::Result<Arc<dyn StorageFile>> {
         self.refuse()?;
         let path = self.file_path(name)?;
         let file = OpenOptions::new()
@@ -127,7 +133,7 @@ impl DiskStorage {
             .write(true)
             .create_new(true)
             .open(&path)?;
-        let made = mmap::preallocate(&file, len).and_then(|()| match sync {
+        let made = mmap::preallocate(&file, len, zeros).and_then(|()| match sync {
             true => file.sync_all(),
             false => Ok(()),
         });
@@ -335,13 +341,17 @@ impl Storage for DiskStorage {
     }
 
     fn create(&self, name: &str, len: u64) -> io::Result<Arc<dyn StorageFile>> {
-        self.create_file(name, len, true)
+        self.create_file(name, len, Zeros::Cached, true)
     }
 
     fn create_to_overwrite(&self, name: &str, len: u64) -> io::Result<Arc<dyn StorageFile>> {
         // The caller's `fdatasync` after its write makes the data and the
         // size durable (both are needed to read the data back).
-        self.create_file(name, len, false)
+        self.create_file(name, len, Zeros::Cached, false)
+    }
+
+    fn create_ahead(&self, name: &str, len: u64) -> io::Result<Arc<dyn StorageFile>> {
+        self.create_file(name, len, Zeros::WrittenOut, false)
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
@@ -756,16 +766,23 @@ mod tests {
     #[test]
     fn create_to_overwrite_preallocates_and_refuses_existing() {
         let (_dir, s) = storage();
-        let f = s.create_to_overwrite("t", 4096).expect("create");
-        assert_eq!(
-            fs::metadata(s.path().join("t")).expect("metadata").len(),
-            4096
-        );
-        f.write_at(0, &[7; 4096]).expect("write");
-        f.sync_data().expect("sync");
-        assert_eq!(crate::storage::read_all(&*f).expect("read"), vec![7; 4096]);
-        let err = s.create_to_overwrite("t", 10).expect_err("exists");
-        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        type Make = fn(&DiskStorage, &str, u64) -> io::Result<Arc<dyn StorageFile>>;
+        let makers: [(&str, Make); 2] = [
+            ("to_overwrite", |s, n, l| s.create_to_overwrite(n, l)),
+            ("ahead", |s, n, l| s.create_ahead(n, l)),
+        ];
+        for (name, make) in makers {
+            let f = make(&s, name, 4096).expect("create");
+            assert_eq!(
+                fs::metadata(s.path().join(name)).expect("metadata").len(),
+                4096
+            );
+            f.write_at(0, &[7; 4096]).expect("write");
+            f.sync_data().expect("sync");
+            assert_eq!(crate::storage::read_all(&*f).expect("read"), vec![7; 4096]);
+            let err = make(&s, name, 10).expect_err("exists");
+            assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{name}");
+        }
     }
 
     #[test]

@@ -57,21 +57,31 @@ pub(super) fn map_read(file: &File) -> io::Result<ReadMap> {
     Ok(ReadMap { map })
 }
 
+/// How the zeros of a new file reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Zeros {
+    /// Left in the page cache for the caller's sync to write.
+    Cached,
+    /// Written out to the device a chunk at a time as they are written, for
+    /// a file made in the background (see `Storage::create_ahead`).
+    WrittenOut,
+}
+
 /// Allocate disk space for the first `len` bytes of `file`, extending it with
 /// zeros to at least `len`; existing bytes are kept.
 ///
 /// A full disk is reported here as an error with raw os error `ENOSPC`.
-pub(super) fn preallocate(file: &File, len: u64) -> io::Result<()> {
+pub(super) fn preallocate(file: &File, len: u64, zeros: Zeros) -> io::Result<()> {
     if len == 0 {
         return Ok(());
     }
     match fallocate(file, len) {
-        Err(err) if needs_fallback(&err) => zero_fill(file, file.metadata()?.len(), len),
+        Err(err) if needs_fallback(&err) => zero_fill(file, file.metadata()?.len(), len, zeros),
         // fallocate leaves "unwritten" extents: every later fdatasync into
         // them must also commit the extent conversion (a metadata update).
         // Writing the zeros now, off the write path, leaves those syncs only
         // the data to flush.
-        Ok(()) => zero_fill(file, 0, len),
+        Ok(()) => zero_fill(file, 0, len, zeros),
         Err(err) => Err(err),
     }
 }
@@ -107,14 +117,59 @@ fn fallocate(_file: &File, _len: u64) -> io::Result<()> {
 
 /// Write real zero blocks over `from..len`, so the space is allocated and
 /// written now rather than left as a hole or an unwritten extent.
-fn zero_fill(file: &File, from: u64, len: u64) -> io::Result<()> {
-    let zeros = vec![0u8; ZERO_CHUNK];
+fn zero_fill(file: &File, from: u64, len: u64, zeros: Zeros) -> io::Result<()> {
+    let chunk = vec![0u8; ZERO_CHUNK];
     let mut pos = from;
     while pos < len {
         let step = usize::try_from(len - pos).map_or(ZERO_CHUNK, |rest| rest.min(ZERO_CHUNK));
-        file.write_all_at(&zeros[..step], pos)?;
+        file.write_all_at(&chunk[..step], pos)?;
+        if zeros == Zeros::WrittenOut {
+            write_out(file, pos, step as u64)?;
+        }
         pos += step as u64;
     }
+    Ok(())
+}
+
+/// Write `offset..offset + len` of `file` to the device and wait for it
+/// (`sync_file_range`: no cache flush, no metadata; the file's sync still
+/// makes it durable). Zeros written out a chunk at a time keep at most one
+/// chunk of them queued at the device ahead of another file's sync; left
+/// in the cache, a whole segment's worth would go out at once when the
+/// file is synced, and every sync of the writer meanwhile would wait for
+/// it.
+#[cfg(target_os = "linux")]
+fn write_out(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+
+    let (Ok(offset), Ok(len)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        // Past what the call can name: the file's sync writes it.
+        return Ok(());
+    };
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: the descriptor is borrowed from `file`, so it stays open for
+    // the whole call; `sync_file_range` takes only integers and touches no
+    // memory of ours.
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        // Not a regular file, or a file system without it: nothing to
+        // hurry, the file's sync writes what there is.
+        Some(libc::ESPIPE | libc::EINVAL | libc::EOPNOTSUPP) => Ok(()),
+        _ => Err(err),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn write_out(_file: &File, _offset: u64, _len: u64) -> io::Result<()> {
     Ok(())
 }
 
@@ -137,7 +192,7 @@ mod tests {
     #[test]
     fn preallocate_sets_length_and_allocates_blocks() {
         let (_dir, file) = temp_file();
-        preallocate(&file, 3 << 20).expect("preallocate");
+        preallocate(&file, 3 << 20, Zeros::Cached).expect("preallocate");
         let meta = file.metadata().expect("metadata");
         assert_eq!(meta.len(), 3 << 20);
         assert!(meta.blocks() * 512 >= 3 << 20, "blocks: {}", meta.blocks());
@@ -146,7 +201,7 @@ mod tests {
     #[test]
     fn preallocate_zero_is_a_no_op() {
         let (_dir, file) = temp_file();
-        preallocate(&file, 0).expect("preallocate");
+        preallocate(&file, 0, Zeros::Cached).expect("preallocate");
         assert_eq!(file.metadata().expect("metadata").len(), 0);
     }
 
@@ -155,7 +210,7 @@ mod tests {
         let (_dir, file) = temp_file();
         file.write_all_at(b"abc", 0).expect("write");
         let len = ZERO_CHUNK as u64 + 100;
-        zero_fill(&file, 3, len).expect("zero fill");
+        zero_fill(&file, 3, len, Zeros::Cached).expect("zero fill");
         let meta = file.metadata().expect("metadata");
         assert_eq!(meta.len(), len);
         assert!(meta.blocks() * 512 >= len);
@@ -170,8 +225,25 @@ mod tests {
         let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
             return;
         };
-        let err = zero_fill(&full, 0, 10).expect_err("device is full");
-        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+        for zeros in [Zeros::Cached, Zeros::WrittenOut] {
+            let err = zero_fill(&full, 0, 10, zeros).expect_err("device is full");
+            assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+        }
+    }
+
+    #[test]
+    fn zeros_written_out_read_back_as_zeros_with_space_allocated() {
+        let (_dir, file) = temp_file();
+        let len = 2 * ZERO_CHUNK as u64 + 4096;
+        preallocate(&file, len, Zeros::WrittenOut).expect("preallocate");
+        let meta = file.metadata().expect("metadata");
+        assert_eq!(meta.len(), len);
+        assert!(meta.blocks() * 512 >= len, "blocks: {}", meta.blocks());
+        let mut back = vec![1u8; len as usize];
+        file.read_exact_at(&mut back, 0).expect("read");
+        assert!(back.iter().all(|&b| b == 0));
+        // Written out: nothing of it is left dirty for the file's sync.
+        write_out(&file, 0, len).expect("a second write-out finds nothing to do");
     }
 
     #[test]

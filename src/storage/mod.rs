@@ -69,6 +69,16 @@ pub trait Storage: Send + Sync + fmt::Debug {
         self.create(name, len)
     }
 
+    /// As [`Storage::create_to_overwrite`], for a file made by a
+    /// background thread ahead of need while the queue's writer syncs its
+    /// own files: an implementation may spread the file's writing out (on
+    /// disk, its zeros go to the device a MiB at a time as they are
+    /// written, so the writer's syncs never wait behind a whole file of
+    /// them), at the cost of making the file itself slower.
+    fn create_ahead(&self, name: &str, len: u64) -> io::Result<Arc<dyn StorageFile>> {
+        self.create_to_overwrite(name, len)
+    }
+
     /// Atomically rename `from` to `to`, replacing `to` if it exists.
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
 
