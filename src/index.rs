@@ -413,6 +413,10 @@ pub(crate) struct Index {
     cut_from: BTreeSet<u32>,
     marks: Marks,
     keys: Keys,
+    /// The highest id ever placed here (any state): a record with a higher
+    /// id cannot be one the index holds, so only lower ones are looked up
+    /// (see [`Index::place_record`]).
+    highest_placed: u64,
 }
 
 impl Index {
@@ -436,6 +440,7 @@ impl Index {
             cut_from: BTreeSet::new(),
             marks: Marks::new(granularity),
             keys: Keys::default(),
+            highest_placed: 0,
         }
     }
 
@@ -450,6 +455,14 @@ impl Index {
         }
         if h.id < self.cut_below {
             // Below a retention cut already applied: not live.
+            return false;
+        }
+        // Ids are unique: a second record of an id the index holds (the
+        // checkpoint's, or an earlier segment's) is damage, and placing it
+        // would leave the message in two places, each delivery finding it
+        // ready again. The first one found stands. Records come in id
+        // order, so this looks up only after damage.
+        if h.id <= self.highest_placed && self.find(h.id).is_some() {
             return false;
         }
         self.place(h.id, h.priority, loc, h.ready_at(), 0, h.deadline_ms);
@@ -481,6 +494,7 @@ impl Index {
             self.totals.acked = self.totals.acked.saturating_add(1);
         }
         self.count_live(loc.segment, 1);
+        self.highest_placed = self.highest_placed.max(id);
         self.completed.insert(
             id,
             Completed {
@@ -513,6 +527,7 @@ impl Index {
         attempt: u32,
         deadline: u64,
     ) {
+        self.highest_placed = self.highest_placed.max(id);
         if attempt > 0 {
             self.attempts.insert(id, attempt);
         }
@@ -678,6 +693,7 @@ impl Index {
         lease_deadline: u64,
         deadline: u64,
     ) {
+        self.highest_placed = self.highest_placed.max(id);
         if deadline > 0 {
             self.deadlines_of.insert(id, deadline);
         }
@@ -687,6 +703,7 @@ impl Index {
     /// A dead letter restored from a checkpoint. Not counted live: see
     /// [`Index::count_live`].
     pub fn place_dead(&mut self, id: u64, dead: Dead) {
+        self.highest_placed = self.highest_placed.max(id);
         self.dead_order.insert((dead.at, id));
         self.dead.insert(id, dead);
     }
@@ -694,6 +711,7 @@ impl Index {
     /// A stored result restored from a checkpoint. Not counted live: see
     /// [`Index::count_live`].
     pub fn place_completed(&mut self, id: u64, c: Completed) {
+        self.highest_placed = self.highest_placed.max(id);
         self.completed.insert(id, c);
     }
 

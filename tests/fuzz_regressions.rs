@@ -363,3 +363,22 @@ fn ops_redriven_message_back_from_before_its_dead_letter() {
     );
     testkit::fuzz::ops::run(input);
 }
+
+/// `fuzz/regressions/open_image/duplicate-id-spin` (an out-of-memory
+/// report of `open_image` on format version 2): a checkpoint holds message
+/// 4 ready with one deadline, and a segment past the checkpoint's position
+/// holds another record of id 4 (not a relocated copy) with another
+/// deadline. Recovery placed both, so the lane held the message twice; a
+/// delivery removed one entry and the other stayed at the head, so one
+/// `dequeue` leased it again and again, writing a journal frame each time,
+/// until memory ran out (a journal file every ~700 turns). A record of an
+/// id the index already holds is now ignored (the first one found stands).
+#[test]
+fn a_second_record_of_a_held_id_is_ignored() {
+    let _hung = testkit::watchdog::Watchdog::arm(
+        "a_second_record_of_a_held_id_is_ignored",
+        Duration::from_secs(120),
+    );
+    let input = include_bytes!("../fuzz/regressions/open_image/duplicate-id-spin");
+    testkit::fuzz::image::run(input);
+}
