@@ -100,6 +100,21 @@ impl Lane {
         }
     }
 
+    /// Remove the entry [`Lane::peek`] gives, whatever its key.
+    fn pop_head(&mut self) -> Option<(u64, Loc)> {
+        if let Some(((_, id), loc)) = self.urgent.pop_first() {
+            return Some((id, loc));
+        }
+        let f = self.fresh.front().map(|s| s.id);
+        let o = self.others.first_key_value().map(|(&id, _)| id);
+        match (f, o) {
+            (Some(a), Some(b)) if b < a => self.others.pop_first(),
+            (Some(_), _) => self.fresh.pop_front().map(|s| (s.id, s.loc)),
+            (None, Some(_)) => self.others.pop_first(),
+            (None, None) => None,
+        }
+    }
+
     fn find(&self, id: u64, deadline: u64) -> Option<Loc> {
         if deadline > 0 {
             return self.urgent.get(&(deadline, id)).copied();
@@ -1052,6 +1067,15 @@ impl Index {
     }
 
     /// The next message of lane `priority`, without taking it.
+    /// Drop lane `priority`'s head entry, which names a message that is not
+    /// ready there (see `Inner::lease`): only the entry goes, the message
+    /// stays wherever else the index holds it.
+    pub fn drop_stale_head(&mut self, priority: u8) {
+        if self.ready.lanes[usize::from(priority)].pop_head().is_some() {
+            self.ready.after_removal(priority, 1);
+        }
+    }
+
     pub fn peek_lane(&self, priority: u8) -> Option<Candidate> {
         let (id, loc) = self.ready.lanes[usize::from(priority)].peek()?;
         Some(self.candidate(id, priority, loc))

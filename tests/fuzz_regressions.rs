@@ -382,3 +382,20 @@ fn a_second_record_of_a_held_id_is_ignored() {
     let input = include_bytes!("../fuzz/regressions/open_image/duplicate-id-spin");
     testkit::fuzz::image::run(input);
 }
+
+/// `fuzz/regressions/open_image/stale-lane-head-spin` (a second
+/// out-of-memory report of `open_image`, after the fix above): a directory
+/// whose checkpoint holds message 1 both ready and completed. The lane kept
+/// its entry while every delivery was refused (the message is finished), so
+/// `dequeue` peeked the same message without end, journaling each try. A
+/// lane head that names the message just settled, or one the index refuses
+/// to deliver, is now dropped as stale (the message stays where else it is).
+#[test]
+fn a_stale_lane_entry_is_dropped_not_delivered_forever() {
+    let _hung = testkit::watchdog::Watchdog::arm(
+        "a_stale_lane_entry_is_dropped_not_delivered_forever",
+        Duration::from_secs(120),
+    );
+    let input = include_bytes!("../fuzz/regressions/open_image/stale-lane-head-spin");
+    testkit::fuzz::image::run(input);
+}

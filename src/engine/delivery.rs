@@ -211,6 +211,10 @@ impl Inner {
         let mut leased = Vec::with_capacity(max.min(1024));
         // Leasing and dead-lettering finish no segment's last record.
         let mut drained = Vec::new();
+        // The id each turn settled: a lane whose head names it again holds
+        // a stale entry (a damaged directory placed the message twice), and
+        // is dropped, not delivered again (which would never end).
+        let mut last = None;
         while leased.len() < max {
             let Some(lane) = core.scheduler.pick(core.index.nonempty()) else {
                 break;
@@ -218,6 +222,11 @@ impl Inner {
             let Some(c) = core.index.peek_lane(lane) else {
                 break;
             };
+            if last == Some(c.id) {
+                core.index.drop_stale_head(lane);
+                continue;
+            }
+            last = Some(c.id);
             let e = if c.deadline > 0 && c.deadline <= now {
                 // The tender dead-letters missed deadlines when they pass;
                 // this catches one that passed since it last ran.
@@ -240,8 +249,14 @@ impl Inner {
             };
             core.index.apply(&e, &mut drained);
             if e.kind == Kind::Delivered {
+                let Some(lease) = core.index.lease(c.id).map(|l| l.lease) else {
+                    // The index refused it: the message is finished or dead
+                    // elsewhere, so the entry is stale (as above). Nothing
+                    // changed, nothing to journal.
+                    core.index.drop_stale_head(lane);
+                    continue;
+                };
                 core.scheduler.charge(c.priority);
-                let lease = core.index.lease(c.id).map_or(0, |l| l.lease);
                 let file = core
                     .segments
                     .get(&c.loc.segment)

@@ -1,5 +1,7 @@
-//! Read-only memory maps and space preallocation: the only `unsafe` code in
-//! the crate, kept to two small blocks.
+//! Read-only memory maps, space preallocation and writing a new file's
+//! zeros out to the device: the only `unsafe` code in the crate, kept to
+//! three small blocks (each a system call or a map, with its `SAFETY`
+//! comment).
 //!
 //! Soundness of the maps rests on rules the rest of the crate keeps: a queue
 //! directory is used only while its exclusive owner lock is held, files are
@@ -13,7 +15,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-/// Size of each zero write when the file system cannot preallocate.
+/// Size of each zero write (and of each write-out, `Zeros::WrittenOut`).
 const ZERO_CHUNK: usize = 1 << 20;
 
 /// A read-only, shared memory map of a whole file.
@@ -67,8 +69,8 @@ pub(super) enum Zeros {
     WrittenOut,
 }
 
-/// Allocate disk space for the first `len` bytes of `file`, extending it with
-/// zeros to at least `len`; existing bytes are kept.
+/// Allocate disk space for the first `len` bytes of a new, empty `file` and
+/// write zeros over them.
 ///
 /// A full disk is reported here as an error with raw os error `ENOSPC`.
 pub(super) fn preallocate(file: &File, len: u64, zeros: Zeros) -> io::Result<()> {
