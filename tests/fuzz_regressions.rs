@@ -375,12 +375,10 @@ fn ops_redriven_message_back_from_before_its_dead_letter() {
 /// id the index already holds is now ignored (the first one found stands).
 #[test]
 fn a_second_record_of_a_held_id_is_ignored() {
-    let _hung = testkit::watchdog::Watchdog::arm(
+    image_input_runs_to_its_end(
         "a_second_record_of_a_held_id_is_ignored",
-        Duration::from_secs(120),
+        include_bytes!("../fuzz/regressions/open_image/duplicate-id-spin"),
     );
-    let input = include_bytes!("../fuzz/regressions/open_image/duplicate-id-spin");
-    testkit::fuzz::image::run(input);
 }
 
 /// `fuzz/regressions/open_image/stale-lane-head-spin` (a second
@@ -392,11 +390,17 @@ fn a_second_record_of_a_held_id_is_ignored() {
 /// to deliver, is now dropped as stale (the message stays where else it is).
 #[test]
 fn a_stale_lane_entry_is_dropped_not_delivered_forever() {
-    let _hung = testkit::watchdog::Watchdog::arm(
+    image_input_runs_to_its_end(
         "a_stale_lane_entry_is_dropped_not_delivered_forever",
-        Duration::from_secs(120),
+        include_bytes!("../fuzz/regressions/open_image/stale-lane-head-spin"),
     );
-    let input = include_bytes!("../fuzz/regressions/open_image/stale-lane-head-spin");
+}
+
+/// Run an `open_image` input through the target's own checks, aborting
+/// the test process if it has not ended in two minutes (these inputs made
+/// a `dequeue` spin without end).
+fn image_input_runs_to_its_end(name: &str, input: &[u8]) {
+    let _hung = testkit::watchdog::Watchdog::arm(name, Duration::from_secs(120));
     testkit::fuzz::image::run(input);
 }
 
