@@ -1384,6 +1384,11 @@ impl Index {
         })
     }
 
+    /// The highest id ever placed here, in any state (0 for none).
+    pub fn highest_placed(&self) -> u64 {
+        self.highest_placed
+    }
+
     /// Where a live message is and in what state, wherever it is. Walks the
     /// ready lanes when it is in none of the other sets: inspection only.
     pub fn find(&self, id: u64) -> Option<Found<'_>> {

@@ -585,6 +585,14 @@ pub(crate) fn scan_directory(
         report.missing_messages += index.drop_segment(id);
     }
 
+    // No id the index holds may be handed out again. A checkpoint's
+    // messages are all below its next id, but a damaged one is not trusted
+    // to keep that: a new message would share an id with a held one, or,
+    // below the lowest held one (which the cut bound settles on next), be
+    // taken for one a retention cut removed and dropped as it is enqueued.
+    let held_end = index.highest_placed().saturating_add(1);
+    next_id = next_id.max(held_end.min(crate::codec::MAX_ID));
+
     // Marks kept for dead letters, or left by finished messages, below the
     // lowest message a cut could remove call for no cut now.
     index.settle_cut_below(next_id);

@@ -404,13 +404,18 @@ fn image_input_runs_to_its_end(name: &str, input: &[u8]) {
     testkit::fuzz::image::run(input);
 }
 
-/// `fuzz/open/open_image/enqueued-after-drain-gone-at-reopen`, found by
-/// `open_image` on 2026-12-06 and not fixed yet (docs/testing.md, "Open
-/// bugs"): two messages enqueued after the target's drain are gone after a
-/// clean close and a reopen (the close's checkpoint does not hold them).
+/// `fuzz/regressions/open_image/held-id-above-next-id`, found by
+/// `open_image` on 2026-12-06: a damaged checkpoint holding two ready messages
+/// with ids above its next id. Recovery kept the stored
+/// next id, and settled the retention cut bound on the lowest held id,
+/// above it: the two messages the target enqueued after its drain got ids
+/// below that bound, were taken for messages a cut had removed, and were
+/// dropped as they were enqueued (`Ok`, then `Gone` after a clean close and
+/// a reopen). Recovery now hands out ids only above every id it holds.
 #[test]
-#[ignore = "known bug: messages enqueued on a damaged image are gone after a clean close (docs/testing.md, Open bugs)"]
 fn messages_enqueued_after_the_drain_survive_a_clean_close() {
-    let input = include_bytes!("../fuzz/open/open_image/enqueued-after-drain-gone-at-reopen");
-    testkit::fuzz::image::run(input);
+    image_input_runs_to_its_end(
+        "messages_enqueued_after_the_drain_survive_a_clean_close",
+        include_bytes!("../fuzz/regressions/open_image/held-id-above-next-id"),
+    );
 }
