@@ -262,17 +262,21 @@ pub(crate) fn create_unlisted(
 }
 
 /// As [`create_unlisted`], for a file made by a background thread ahead of
-/// need ([`Storage::create_ahead`]): renamed into place and the directory
-/// synced by the writer that takes it.
+/// need ([`Storage::create_ahead`], or with `allocate_only`
+/// [`Storage::create_ahead_allocated`]): renamed into place and the
+/// directory synced by the writer that takes it.
 pub(crate) fn create_ahead(
     storage: &dyn Storage,
     name: &str,
     size: u32,
     header: &FileHeader,
+    allocate_only: bool,
 ) -> std::result::Result<Arc<dyn StorageFile>, CreateError> {
-    make_with(storage, name, size, header, false, |s, n, l| {
-        s.create_ahead(n, l)
-    })
+    let new_file: NewFile = match allocate_only {
+        true => |s, n, l| s.create_ahead_allocated(n, l),
+        false => |s, n, l| s.create_ahead(n, l),
+    };
+    make_with(storage, name, size, header, false, new_file)
 }
 
 fn make(

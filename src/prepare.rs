@@ -7,7 +7,11 @@
 //! written and synced. Its zeros go to the device a MiB at a time as they
 //! are written (`Storage::create_ahead`): left for the file's sync, tens
 //! of MiB would go out at once and every sync of the writer meanwhile
-//! would wait behind them. The write that needs it renames it into place
+//! would wait behind them. Under `Durability::None` the zeros are not
+//! written at all, only the space allocated
+//! (`Storage::create_ahead_allocated`): nothing waits for a sync there, and
+//! the zeros would double the bytes the writer puts through the page cache.
+//! The write that needs it renames it into place
 //! and syncs the directory (invariant A of `segment` and `journal`: the
 //! entry is durable before anything is written to the file).
 //!
@@ -92,6 +96,9 @@ pub(crate) struct Preparer {
     wake: Condvar,
     thread: Mutex<Option<JoinHandle<()>>>,
     sync_failed: Arc<AtomicBool>,
+    /// Make files with their space allocated but no zeros written
+    /// (`Storage::create_ahead_allocated`).
+    allocate_only: bool,
 }
 
 impl std::fmt::Debug for Preparer {
@@ -101,12 +108,15 @@ impl std::fmt::Debug for Preparer {
 }
 
 impl Preparer {
-    /// Start the thread.
     /// Start the thread; a failed background sync sets `sync_failed` (the
-    /// queue's poison flag).
+    /// queue's poison flag). With `allocate_only` (for a queue whose writes
+    /// are not synced as they are made), files are made with their space
+    /// allocated and no zeros written: the zeros would double the bytes a
+    /// writer that never waits for a sync puts through the page cache.
     pub fn start(
         storage: Arc<dyn Storage>,
         sync_failed: Arc<AtomicBool>,
+        allocate_only: bool,
     ) -> std::io::Result<Arc<Preparer>> {
         let p = Arc::new(Preparer {
             storage,
@@ -114,6 +124,7 @@ impl Preparer {
             wake: Condvar::new(),
             thread: Mutex::new(None),
             sync_failed,
+            allocate_only,
         });
         let worker = p.clone();
         let handle = std::thread::Builder::new()
@@ -152,6 +163,7 @@ impl Preparer {
                 &want.temp_name(),
                 size,
                 &want.header(now_ms),
+                self.allocate_only,
             );
             s = self.state.lock();
             if s.asked[slot].map(|a| a.0) == Some(want) {
@@ -255,7 +267,7 @@ mod tests {
     #[test]
     fn prepares_renames_and_discards() {
         let s = MemoryStorage::new();
-        let p = Preparer::start(Arc::new(s.clone()), Arc::default()).unwrap();
+        let p = Preparer::start(Arc::new(s.clone()), Arc::default(), false).unwrap();
         p.ask(Want::Segment(2), 1 << 20, 5);
         wait_ready(&p, 0);
         assert!(s
@@ -370,5 +382,122 @@ mod tests {
                 assert_eq!(s.open(&name).unwrap().len().unwrap(), 2 << 20, "{name}");
             }
         }
+    }
+
+    /// A memory storage that notes which kind of background creation made
+    /// each file.
+    #[derive(Debug, Clone, Default)]
+    struct Noting {
+        inner: MemoryStorage,
+        made: Arc<Mutex<Vec<(&'static str, String)>>>,
+    }
+
+    impl Storage for Noting {
+        fn lock(&self) -> std::io::Result<crate::storage::LockGuard> {
+            self.inner.lock()
+        }
+        fn list(&self) -> std::io::Result<Vec<String>> {
+            self.inner.list()
+        }
+        fn open(&self, name: &str) -> std::io::Result<Arc<dyn StorageFile>> {
+            self.inner.open(name)
+        }
+        fn create(&self, name: &str, len: u64) -> std::io::Result<Arc<dyn StorageFile>> {
+            self.inner.create(name, len)
+        }
+        fn create_ahead(&self, name: &str, len: u64) -> std::io::Result<Arc<dyn StorageFile>> {
+            self.made.lock().push(("zeros", name.to_string()));
+            self.inner.create_ahead(name, len)
+        }
+        fn create_ahead_allocated(
+            &self,
+            name: &str,
+            len: u64,
+        ) -> std::io::Result<Arc<dyn StorageFile>> {
+            self.made.lock().push(("allocated", name.to_string()));
+            self.inner.create_ahead_allocated(name, len)
+        }
+        fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+            self.inner.rename(from, to)
+        }
+        fn remove(&self, name: &str) -> std::io::Result<()> {
+            self.inner.remove(name)
+        }
+        fn sync_dir(&self) -> std::io::Result<()> {
+            self.inner.sync_dir()
+        }
+    }
+
+    #[test]
+    fn files_are_made_without_zeros_only_under_durability_none() {
+        use crate::{Durability, QueueOptions};
+        for (durability, kind) in [
+            (Durability::None, "allocated"),
+            (Durability::Immediate, "zeros"),
+        ] {
+            let s = Noting::default();
+            let q = QueueOptions::new()
+                .segment_size(1 << 20)
+                .journal_file_size(64 << 10)
+                .durability(durability)
+                .prepare_ahead(true)
+                .open_storage(Arc::new(s.clone()))
+                .unwrap();
+            let payload = vec![5u8; 4096];
+            let mut n = 0u64;
+            while s.made.lock().is_empty() && n < 2000 {
+                q.enqueue(&payload, 0).unwrap();
+                n += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let made = s.made.lock().clone();
+            assert!(!made.is_empty(), "{durability:?}: nothing was prepared");
+            assert!(
+                made.iter().all(|(k, _)| *k == kind),
+                "{durability:?}: {made:?}"
+            );
+            q.close().unwrap();
+            let q = QueueOptions::new()
+                .segment_size(1 << 20)
+                .open_storage(Arc::new(s.inner.clone()))
+                .unwrap();
+            assert_eq!(q.stats().ready, n);
+            q.close().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_queue_under_none_rolls_onto_allocated_segments_on_disk() {
+        use crate::{Durability, QueueOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let opts = || {
+            QueueOptions::new()
+                .segment_size(1 << 20)
+                .journal_file_size(64 << 10)
+                .durability(Durability::None)
+                .prepare_ahead(true)
+        };
+        let q = opts().open(dir.path()).unwrap();
+        // About five segments, slowly enough for the thread to make most.
+        let mut sent = Vec::new();
+        for i in 0..1200u32 {
+            let mut p = vec![(i % 251) as u8; 4000];
+            p[..4].copy_from_slice(&i.to_le_bytes());
+            q.enqueue(&p, 0).unwrap();
+            sent.push(p);
+            if i % 50 == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+        q.sync().unwrap();
+        q.close().unwrap();
+        let q = opts().open(dir.path()).unwrap();
+        for want in &sent {
+            let d = q.dequeue().unwrap().expect("a message");
+            assert_eq!(&d.payload, want);
+            q.ack(d.receipt).unwrap();
+        }
+        assert!(q.dequeue().unwrap().is_none());
+        q.close().unwrap();
     }
 }

@@ -316,7 +316,11 @@ impl Inner {
         // synced when it was made.
         let poison = Poison::default();
         let prep = match opts.prepare_ahead {
-            Some(true) => Some(Preparer::start(storage.clone(), poison.flag())?),
+            Some(true) => Some(Preparer::start(
+                storage.clone(),
+                poison.flag(),
+                opts.durability == Durability::None,
+            )?),
             _ => None,
         };
         let core = Core {

@@ -354,6 +354,10 @@ impl Storage for DiskStorage {
         self.create_file(name, len, Zeros::WrittenOut, false)
     }
 
+    fn create_ahead_allocated(&self, name: &str, len: u64) -> io::Result<Arc<dyn StorageFile>> {
+        self.create_file(name, len, Zeros::Allocated, false)
+    }
+
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         self.refuse()?;
         fs::rename(self.file_path(from)?, self.file_path(to)?)
@@ -767,9 +771,10 @@ mod tests {
     fn create_to_overwrite_preallocates_and_refuses_existing() {
         let (_dir, s) = storage();
         type Make = fn(&DiskStorage, &str, u64) -> io::Result<Arc<dyn StorageFile>>;
-        let makers: [(&str, Make); 2] = [
+        let makers: [(&str, Make); 3] = [
             ("to_overwrite", |s, n, l| s.create_to_overwrite(n, l)),
             ("ahead", |s, n, l| s.create_ahead(n, l)),
+            ("ahead_allocated", |s, n, l| s.create_ahead_allocated(n, l)),
         ];
         for (name, make) in makers {
             let f = make(&s, name, 4096).expect("create");

@@ -67,10 +67,16 @@ pub(super) enum Zeros {
     /// Written out to the device a chunk at a time as they are written, for
     /// a file made in the background (see `Storage::create_ahead`).
     WrittenOut,
+    /// Not written: the space is only allocated (unwritten extents, which
+    /// read as zeros), for a file synced rarely (see
+    /// `Storage::create_ahead_allocated`). Written as `Cached` where the
+    /// file system cannot allocate without writing.
+    Allocated,
 }
 
 /// Allocate disk space for the first `len` bytes of a new, empty `file` and
-/// write zeros over them.
+/// write zeros over them (but for `Zeros::Allocated`, where the file system
+/// can allocate without writing).
 ///
 /// A full disk is reported here as an error with raw os error `ENOSPC`.
 pub(super) fn preallocate(file: &File, len: u64, zeros: Zeros) -> io::Result<()> {
@@ -78,7 +84,14 @@ pub(super) fn preallocate(file: &File, len: u64, zeros: Zeros) -> io::Result<()>
         return Ok(());
     }
     match fallocate(file, len) {
-        Err(err) if needs_fallback(&err) => zero_fill(file, file.metadata()?.len(), len, zeros),
+        Err(err) if needs_fallback(&err) => {
+            let zeros = match zeros {
+                Zeros::Allocated => Zeros::Cached,
+                z => z,
+            };
+            zero_fill(file, file.metadata()?.len(), len, zeros)
+        }
+        Ok(()) if zeros == Zeros::Allocated => Ok(()),
         // fallocate leaves "unwritten" extents: every later fdatasync into
         // them must also commit the extent conversion (a metadata update).
         // Writing the zeros now, off the write path, leaves those syncs only
@@ -246,6 +259,26 @@ mod tests {
         assert!(back.iter().all(|&b| b == 0));
         // Written out: nothing of it is left dirty for the file's sync.
         write_out(&file, 0, len).expect("a second write-out finds nothing to do");
+    }
+
+    #[test]
+    fn allocated_reads_back_as_zeros_with_space_allocated() {
+        let (_dir, file) = temp_file();
+        let len = 2 * ZERO_CHUNK as u64 + 4096;
+        preallocate(&file, len, Zeros::Allocated).expect("preallocate");
+        let meta = file.metadata().expect("metadata");
+        assert_eq!(meta.len(), len);
+        // Allocated (not a hole: a full disk shows now, not at a write),
+        // whether by fallocate or, where it is unsupported, by zeros.
+        assert!(meta.blocks() * 512 >= len, "blocks: {}", meta.blocks());
+        let mut back = vec![1u8; len as usize];
+        file.read_exact_at(&mut back, 0).expect("read");
+        assert!(back.iter().all(|&b| b == 0));
+        file.write_all_at(b"data", 4096).expect("write");
+        file.sync_data().expect("sync");
+        let mut four = [0u8; 4];
+        file.read_exact_at(&mut four, 4096).expect("read");
+        assert_eq!(&four, b"data");
     }
 
     #[test]

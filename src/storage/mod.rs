@@ -79,6 +79,18 @@ pub trait Storage: Send + Sync + fmt::Debug {
         self.create_to_overwrite(name, len)
     }
 
+    /// As [`Storage::create_ahead`], for a file whose writes are synced
+    /// rarely (a queue under `Durability::None`): an implementation may
+    /// only allocate the space, without writing zeros over it, as long as
+    /// the unwritten part reads as zeros (on disk, `fallocate`'s unwritten
+    /// extents), so the file's bytes are written once, by its data, not
+    /// twice. Each later sync into such a file also commits the conversion
+    /// of the extents it wrote, which rare syncs can afford. A full disk is
+    /// still reported here.
+    fn create_ahead_allocated(&self, name: &str, len: u64) -> io::Result<Arc<dyn StorageFile>> {
+        self.create_ahead(name, len)
+    }
+
     /// Atomically rename `from` to `to`, replacing `to` if it exists.
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
 
