@@ -2,18 +2,17 @@
 //! and synced (see `storage::disk`), and so is a new journal file; made
 //! inline, that stalls the one write that fills the old file for tens of
 //! milliseconds. Instead, once the active segment or journal file is an
-//! eighth full, a background thread makes the next one under a temporary name
-//! (`segment-N.seg.prep`, `journal-N.jnl.prep`): preallocated, header
+//! eighth full, a background thread makes the next one under a temporary
+//! name (`segment-N.seg.prep`, `journal-N.jnl.prep`): preallocated, header
 //! written and synced. Its zeros go to the device a MiB at a time as they
-//! are written (`Storage::create_ahead`): left for the file's sync, tens
-//! of MiB would go out at once and every sync of the writer meanwhile
-//! would wait behind them. Under `Durability::None` the zeros are not
-//! written at all, only the space allocated
-//! (`Storage::create_ahead_allocated`): nothing waits for a sync there, and
-//! the zeros would double the bytes the writer puts through the page cache.
-//! The write that needs it renames it into place
-//! and syncs the directory (invariant A of `segment` and `journal`: the
-//! entry is durable before anything is written to the file).
+//! are written (`Storage::create_ahead`): left for the file's sync, tens of
+//! MiB would go out at once and every sync of the writer meanwhile would
+//! wait behind them. Under `Durability::None` the zeros are not written at
+//! all, only the space allocated (`Storage::create_ahead_allocated`):
+//! nothing waits for a sync there, and the zeros would double the bytes
+//! written, to the page cache and to the device. The write that needs it renames it
+//! into place and syncs the directory (invariant A of `segment` and
+//! `journal`: the entry is durable before anything is written to the file).
 //!
 //! A crash leaves at most `.prep` files, which recovery removes unread. A
 //! prepared file that is not the one needed (the writer got there first
