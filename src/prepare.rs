@@ -10,9 +10,10 @@
 //! wait behind them. Under `Durability::None` the zeros are not written at
 //! all, only the space allocated (`Storage::create_ahead_allocated`):
 //! nothing waits for a sync there, and the zeros would double the bytes
-//! written, to the page cache and to the device. The write that needs it renames it
-//! into place and syncs the directory (invariant A of `segment` and
-//! `journal`: the entry is durable before anything is written to the file).
+//! written, to the page cache and to the device. The write that needs it
+//! renames it into place and syncs the directory (invariant A of `segment`
+//! and `journal`: the entry is durable before anything is written to the
+//! file).
 //!
 //! A crash leaves at most `.prep` files, which recovery removes unread. A
 //! prepared file that is not the one needed (the writer got there first
