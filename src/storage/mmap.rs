@@ -246,34 +246,33 @@ mod tests {
         }
     }
 
-    #[test]
-    fn zeros_written_out_read_back_as_zeros_with_space_allocated() {
-        let (_dir, file) = temp_file();
+    /// A file of two chunks and a page preallocated as `zeros` says,
+    /// checked to have its length, its space allocated (not a hole: a full
+    /// disk shows at creation, not at a write) and to read as zeros.
+    fn preallocated(zeros: Zeros) -> (tempfile::TempDir, File, u64) {
+        let (dir, file) = temp_file();
         let len = 2 * ZERO_CHUNK as u64 + 4096;
-        preallocate(&file, len, Zeros::WrittenOut).expect("preallocate");
+        preallocate(&file, len, zeros).expect("preallocate");
         let meta = file.metadata().expect("metadata");
         assert_eq!(meta.len(), len);
         assert!(meta.blocks() * 512 >= len, "blocks: {}", meta.blocks());
         let mut back = vec![1u8; len as usize];
         file.read_exact_at(&mut back, 0).expect("read");
         assert!(back.iter().all(|&b| b == 0));
+        (dir, file, len)
+    }
+
+    #[test]
+    fn zeros_written_out_read_back_as_zeros_with_space_allocated() {
+        let (_dir, file, len) = preallocated(Zeros::WrittenOut);
         // Written out: nothing of it is left dirty for the file's sync.
         write_out(&file, 0, len).expect("a second write-out finds nothing to do");
     }
 
     #[test]
     fn allocated_reads_back_as_zeros_with_space_allocated() {
-        let (_dir, file) = temp_file();
-        let len = 2 * ZERO_CHUNK as u64 + 4096;
-        preallocate(&file, len, Zeros::Allocated).expect("preallocate");
-        let meta = file.metadata().expect("metadata");
-        assert_eq!(meta.len(), len);
-        // Allocated (not a hole: a full disk shows now, not at a write),
-        // whether by fallocate or, where it is unsupported, by zeros.
-        assert!(meta.blocks() * 512 >= len, "blocks: {}", meta.blocks());
-        let mut back = vec![1u8; len as usize];
-        file.read_exact_at(&mut back, 0).expect("read");
-        assert!(back.iter().all(|&b| b == 0));
+        // Allocated by fallocate or, where it is unsupported, by zeros.
+        let (_dir, file, _) = preallocated(Zeros::Allocated);
         file.write_all_at(b"data", 4096).expect("write");
         file.sync_data().expect("sync");
         let mut four = [0u8; 4];
