@@ -1066,7 +1066,6 @@ impl Index {
         self.peek_lane(crate::lanes::highest(self.ready.nonempty)?)
     }
 
-    /// The next message of lane `priority`, without taking it.
     /// Drop lane `priority`'s head entry, which names a message that is not
     /// ready there (see `Inner::lease`): only the entry goes, the message
     /// stays wherever else the index holds it.
@@ -1076,6 +1075,7 @@ impl Index {
         }
     }
 
+    /// The next message of lane `priority`, without taking it.
     pub fn peek_lane(&self, priority: u8) -> Option<Candidate> {
         let (id, loc) = self.ready.lanes[usize::from(priority)].peek()?;
         Some(self.candidate(id, priority, loc))
